@@ -1,0 +1,8 @@
+"""`python -m meddenoise ...` behaves exactly like the `meddenoise` command (torchrun launches it this way)."""
+
+import sys
+
+from meddenoise.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,53 @@
+"""The `meddenoise` command: parses the command line and hands over to one function per command.
+
+Each command lives in `meddenoise.commands.<module>` and exposes `register(subparsers)`, which adds its parser
+and sets `func` (called with the parsed arguments). Command modules import torch and other heavy libraries
+inside their functions, so `meddenoise --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from meddenoise import __version__
+from meddenoise.errors import MeddenoiseError
+
+# Order here is the order in `meddenoise --help`.
+COMMAND_MODULES: tuple[str, ...] = (
+    # add one line per command module, e.g. "prepare",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="meddenoise",
+        description="Train, evaluate and audit deep denoisers for medical images (chest X-rays first).",
+    )
+    parser.add_argument("--version", action="version", version=f"meddenoise {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for module_name in COMMAND_MODULES:
+        importlib.import_module(f"meddenoise.commands.{module_name}").register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        result = args.func(args)
+    except MeddenoiseError as exc:
+        print(f"meddenoise {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"meddenoise {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
