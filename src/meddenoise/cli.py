@@ -17,6 +17,16 @@ from meddenoise.errors import MeddenoiseError
 # Order here is the order in `meddenoise --help`.
 COMMAND_MODULES: tuple[str, ...] = (
     # add one line per command module, e.g. "prepare",
+    "prepare",
+    "data",
+    "obfuscate",
+    "models",
+    "train",
+    "privacy_audit",
+    "evaluate",
+    "denoise",
+    "reproduce",
+    "report",
 )
 
 

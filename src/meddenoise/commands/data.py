@@ -1,0 +1,121 @@
+"""`meddenoise data info DIR`: what a prepared folder holds, and a contact sheet (clean vs obfuscated)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from pathlib import Path
+
+from meddenoise.config import add_config_arguments, config_from_args, option
+from meddenoise.errors import ConfigError, DataError
+
+
+@dataclasses.dataclass
+class DataInfoConfig:
+    folder: str = option("", "the prepared folder", required=True, cli=False)
+    out: str = option("", "where to write the contact sheet PNG (default: FOLDER/contact_sheet.png)")
+    samples: int = option(4, "number of sample images (rows of the contact sheet)")
+    split: str = option("test", "split the samples are drawn from", choices=("train", "val", "test", "all"))
+    noise_levels: list[float] = option([0.1, 0.2, 0.3], "standard deviations of the Gaussian obfuscation")
+    noise_mean: float = option(0.1, "mean of the Gaussian obfuscation (the paper: 0.1)")
+    seed: int = option(0, "noise seed (fixed mode, as a releasing site would publish)")
+    sheet: bool = option(True, "write the contact sheet")
+
+    def check(self) -> None:
+        if self.samples < 1:
+            raise ConfigError("--samples must be at least 1")
+        if any(level < 0 for level in self.noise_levels):
+            raise ConfigError("--noise-levels must be non-negative")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("data", help="inspect prepared data", description="Inspect prepared data.")
+    data_commands = parser.add_subparsers(dest="data_command", metavar="SUBCOMMAND", required=True)
+    info = data_commands.add_parser(
+        "info",
+        help="counts, patients per split, image size and a contact sheet of a prepared folder",
+        description="Print the counts, patients per split, image size and dtype of a prepared folder, and "
+        "write a contact sheet PNG: sample images clean and obfuscated at each noise level (fixed noise).",
+    )
+    info.add_argument("folder", help="the prepared folder (written by `meddenoise prepare`)")
+    add_config_arguments(info, DataInfoConfig)
+    info.set_defaults(func=run_info)
+
+
+def run_info(args: argparse.Namespace) -> int:
+    from meddenoise.data.cache import load_prepared
+
+    config = config_from_args(DataInfoConfig, args)
+    data = load_prepared(config.folder)
+    print(describe(data))
+    if config.sheet:
+        out = Path(config.out) if config.out else data.folder / "contact_sheet.png"
+        print(write_contact_sheet(data, config, out))
+    return 0
+
+
+def describe(data) -> str:
+    info = data.info
+    count, height, width = data.images.shape
+    patients_total = len({row["patient_id"] for row in data.records})
+    groups_total = len({row["group"] for row in data.records})
+    params = data.params
+    lines = [
+        f"{data.folder}: {count} images of {width}x{height} {data.images.dtype} (max value {data.max_value})",
+        f"  source: {params.get('source', '?')}, split by {params.get('split_by', '?')}, "
+        f"seed {params.get('seed', '?')}, created {info.get('created', '?')}",
+        f"  patients: {patients_total}, groups (kept whole by the split): {groups_total}",
+        f"  {'split':<6} {'images':>8} {'patients':>9} {'groups':>7}",
+    ]
+    for split in ("train", "val", "test"):
+        rows = [row for row in data.records if row["split"] == split]
+        patients, groups = len({row["patient_id"] for row in rows}), len({row["group"] for row in rows})
+        lines.append(f"  {split:<6} {len(rows):>8} {patients:>9} {groups:>7}")
+    return "\n".join(lines)
+
+
+def write_contact_sheet(data, config: DataInfoConfig, out: Path) -> str:
+    """Rows: samples; columns: clean, then each noise level. Returns a line for the user."""
+    import numpy as np
+    import torch
+
+    indices = data.indices(config.split)
+    if len(indices) == 0:
+        raise DataError(f"split {config.split!r} of {data.folder} is empty; choose another with --split")
+    chosen = indices[np.linspace(0, len(indices) - 1, min(config.samples, len(indices))).astype(int)]
+    clean = torch.from_numpy(np.ascontiguousarray(data.images[chosen])).unsqueeze(1).float() / data.max_value
+    keys = torch.from_numpy(data.image_keys[chosen])
+    columns = [("clean", clean)]
+    try:
+        from meddenoise.noise import build_noise
+    except ImportError as exc:
+        message = f"noise operators unavailable ({exc}); contact sheet shows clean images only"
+    else:
+        message = ""
+        for level in config.noise_levels:
+            operator = build_noise("gaussian", mean=config.noise_mean, std=level)
+            columns.append((f"std {level:g}", operator(clean, keys, seed=config.seed, mode="fixed")))
+    _save_grid(columns, out)
+    written = f"contact sheet: {out} ({len(chosen)} {config.split} images x {len(columns)} columns)"
+    return written + (f"\n  warning: {message}" if message else "")
+
+
+def _save_grid(columns, out: Path) -> None:
+    import numpy as np
+    from PIL import Image, ImageDraw
+
+    from meddenoise.fileio import atomic_open
+
+    label_height, gap = 14, 2
+    count, _, height, width = columns[0][1].shape
+    sheet_width = len(columns) * (width + gap) - gap
+    sheet = Image.new("L", (sheet_width, label_height + count * (height + gap) - gap), color=0)
+    draw = ImageDraw.Draw(sheet)
+    for column, (label, batch) in enumerate(columns):
+        left = column * (width + gap)
+        draw.text((left + 2, 1), label, fill=255)
+        pixels = (batch.clamp(0, 1).squeeze(1).numpy() * 255 + 0.5).astype(np.uint8)  # (B, H, W)
+        for row in range(count):
+            sheet.paste(Image.fromarray(pixels[row], "L"), (left, label_height + row * (height + gap)))
+    with atomic_open(out, "wb") as handle:
+        sheet.save(handle, format="PNG")

@@ -1,0 +1,150 @@
+"""`meddenoise denoise`: run a trained denoiser over image files or folders (PNG 8/16-bit, JPEG, TIFF,
+DICOM)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+from meddenoise.config import add_config_arguments, config_from_args, config_to_dict, option
+from meddenoise.errors import ConfigError, DataError, MeddenoiseError
+
+DESCRIPTION = """Denoise obfuscated images with a trained model and write them with the same bit depth.
+
+Inputs are files or folders (walked recursively; the folder structure is kept under --out). PNG/JPEG/TIFF come
+out as PNG of the same bit depth (8 or 16); DICOM comes out as DICOM with all tags kept (rescale and window
+included) and a new SOP Instance UID. Images of any size are processed in overlapping tiles, so memory depends
+on --tile, not on the image. Unreadable files are skipped and listed at the end (and in
+denoise_summary.json)."""
+
+
+@dataclasses.dataclass
+class DenoiseConfig:
+    checkpoint: str = option(
+        "", "run folder (uses its best checkpoint) or a .safetensors file", required=True
+    )
+    out: str = option("", "output folder", required=True)
+    inputs: list[str] = option([], "image files and/or folders", cli=False)
+    device: str = option("auto", "device: auto (CUDA if present), cpu, cuda or cuda:N")
+    tile: int = option(512, "tile side in pixels for tiled inference")
+    overlap: int = option(64, "overlap between tiles in pixels (blended with a cosine window)")
+    batch_tiles: int = option(4, "tiles per forward pass")
+    progress: bool = option(True, "show a progress bar")
+
+    def check(self) -> None:
+        if not self.inputs:
+            raise ConfigError("give at least one input file or folder")
+        if self.tile < 8 or not 0 <= self.overlap < self.tile or self.batch_tiles < 1:
+            raise ConfigError("--tile must be >= 8, --overlap in [0, tile) and --batch-tiles >= 1")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "denoise",
+        help="denoise image files or folders with a trained model (same bit depth out)",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "inputs", nargs="+", metavar="INPUT", help="image files (PNG, JPEG, TIFF, DICOM) or folders"
+    )
+    add_config_arguments(parser, DenoiseConfig)
+    parser.set_defaults(func=run)
+
+
+def collect_inputs(inputs: list[str]) -> list[tuple[Path, Path]]:
+    """(file, path relative to the output folder's root) for every input file; folders are walked."""
+    from meddenoise.imageio import is_image_candidate
+
+    found: list[tuple[Path, Path]] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            for file in sorted(path.rglob("*")):
+                relative = file.relative_to(path)
+                hidden = any(part.startswith(".") for part in relative.parts)
+                if file.is_file() and not hidden and is_image_candidate(file):
+                    found.append((file, relative))
+        elif path.is_file():
+            found.append((path, Path(path.name)))
+        else:
+            raise DataError(f"input {path} does not exist; give image files or folders")
+    if not found:
+        raise DataError(f"no image files (PNG, JPEG, TIFF, DICOM) found in {', '.join(inputs)}")
+    return found
+
+
+def denoise_files(config: DenoiseConfig) -> dict[str, Any]:
+    """Denoise every input; returns the summary (also written to OUT/denoise_summary.json)."""
+    import torch
+    from tqdm import tqdm
+
+    from meddenoise.engine.checkpoint import load_trained_model
+    from meddenoise.engine.runtime import resolve_device
+    from meddenoise.fileio import atomic_write_json, ensure_writable_dir
+    from meddenoise.imageio import output_name, read_image, write_image
+    from meddenoise.models.tiling import denoise_tiled
+
+    inputs = collect_inputs(config.inputs)
+    out_dir = ensure_writable_dir(config.out, what="output folder (--out)")
+    device = resolve_device(config.device)
+    model, metadata = load_trained_model(config.checkpoint, device)
+    description = (
+        f"denoised by meddenoise ({metadata.get('model')}, trained with noise "
+        f"{metadata.get('noise', {}).get('kind', '')} std {metadata.get('noise', {}).get('std')}) "
+        f"from {Path(metadata['checkpoint']).name}"
+    )
+    written, skipped, notes, targets = [], [], [], set()
+    for path, relative in tqdm(inputs, desc="denoise", unit="image", disable=not config.progress):
+        try:
+            image = read_image(path)
+            target = out_dir / relative.parent / output_name(relative, image.kind)
+            if target.resolve() == path.resolve():
+                raise DataError(f"{path}: the output would overwrite the input; choose another --out")
+            if target in targets:
+                raise DataError(f"{path}: another input already wrote {target} (same name, other extension)")
+            pixels = torch.from_numpy(image.pixels)[None, None]  # (H, W) -> (1, 1, H, W), stays on the host
+            output = denoise_tiled(
+                model,
+                pixels,
+                tile=config.tile,
+                overlap=config.overlap,
+                batch_tiles=config.batch_tiles,
+                device=device,
+            )
+            result_path, note = write_image(image, output[0, 0].clamp(0, 1).numpy(), target, description)
+        except DataError as exc:  # UnreadableImage is a DataError: skip this file, go on
+            skipped.append({"file": str(path), "reason": str(exc)})
+            continue
+        targets.add(target)
+        written.append({"input": str(path), "output": str(result_path), "bit_depth": image.bit_depth})
+        if note:
+            notes.append({"file": str(path), "note": note})
+    summary = {
+        "config": config_to_dict(config),
+        "checkpoint": metadata["checkpoint"],
+        "written": written,
+        "skipped": skipped,
+        "notes": notes,
+    }
+    atomic_write_json(out_dir / "denoise_summary.json", summary)
+    return summary
+
+
+def run(args: argparse.Namespace) -> int:
+    config = config_from_args(DenoiseConfig, args)
+    summary = denoise_files(config)
+    for note in summary["notes"]:
+        print(f"note: {note['file']}: {note['note']}")
+    if summary["skipped"]:
+        print(f"skipped {len(summary['skipped'])} file(s):")
+        for item in summary["skipped"]:
+            print(f"  {item['reason']}")
+    print(f"wrote {len(summary['written'])} image(s) to {config.out}")
+    if not summary["written"]:
+        raise MeddenoiseError(
+            f"no image could be denoised ({len(summary['skipped'])} skipped; reasons above)"
+        )
+    return 0

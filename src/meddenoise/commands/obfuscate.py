@@ -1,0 +1,341 @@
+"""`meddenoise obfuscate`: export an obfuscated copy of a prepared dataset for sharing (paper: "Site One").
+
+What leaves (the export folder): noisy images named by random ids, an index of ids and splits, the noise
+parameters. What stays (the private files, outside the export): the id -> image/patient/source map, the noise
+seed and the effective config. The seed is secret because fixed noise is a pure function of (seed, image id,
+level): whoever knows the seed and can guess image ids can regenerate the noise and subtract it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import datetime
+import io
+import secrets
+import struct
+import zlib
+from pathlib import Path
+from typing import Any
+
+from meddenoise import __version__
+from meddenoise.config import add_config_arguments, config_from_args, config_to_dict, format_config, option
+from meddenoise.errors import ConfigError, DataError
+from meddenoise.fileio import atomic_write_bytes, atomic_write_json, atomic_write_text, ensure_writable_dir
+
+# Same as meddenoise.noise.KINDS, repeated so that `--help` does not import torch (a test keeps them equal).
+NOISE_KINDS = ("gaussian", "poisson", "poisson_gaussian")
+# The engine's convention for independently obfuscated copies: copy c uses seed + COPY_SEED_STRIDE * c.
+COPY_SEED_STRIDE = 7919
+PNG16_SCALE = 65535
+EXPORT_FORMAT = "meddenoise-obfuscated-export"
+EXPORT_VERSION = 1
+
+
+@dataclasses.dataclass
+class ObfuscateConfig:
+    data: str = option("", "prepared folder to export (written by `meddenoise prepare`)", required=True)
+    out: str = option(
+        "", "export folder to create (new or empty); everything in it is meant to be shared", required=True
+    )
+    private_map: str = option(
+        "",
+        "CSV file OUTSIDE the export folder that maps export ids to image ids, patients and source paths "
+        "(FILE.config.json, with the secret seed, is written next to it); keep both private",
+        required=True,
+    )
+    noise: str = option(
+        "gaussian", "noise model: gaussian (the paper), poisson or poisson_gaussian", choices=NOISE_KINDS
+    )
+    noise_mean: float = option(0.1, "mean of the Gaussian noise, in units of full intensity (paper: 0.1)")
+    noise_std: float = option(0.2, "standard deviation of the Gaussian noise (paper: 0.1, 0.2 or 0.3)")
+    noise_dose: float | None = option(
+        None, "photons per pixel at full intensity, for the poisson kinds (lower dose = more noise)"
+    )
+    clamp: bool = option(True, "clamp noisy values to [0, 1] (as the paper; png16 needs it)")
+    image_format: str = option(
+        "png16",
+        "png16: 16-bit grayscale PNG, value = pixel / 65535; npy16: float16 .npy (keeps unclamped values)",
+        choices=("png16", "npy16"),
+        flag="--format",
+    )
+    split: str = option(
+        "all", "which images to export: all, train, val or test", choices=("all", "train", "val", "test")
+    )
+    seed: int | None = option(
+        None,
+        "noise seed (default: a fresh random secret); anyone who knows it and the image ids can remove "
+        "the noise, so it is written only to the private files",
+    )
+    copies: int = option(
+        1, "independently obfuscated copies per image (2 lets the receiver train noise2noise)", choices=(1, 2)
+    )
+    batch_size: int = option(64, "images obfuscated per batch")
+    device: str = option("auto", "where the noise is made: auto, cpu, cuda or cuda:N (same result on each)")
+
+    def check(self) -> None:
+        if self.batch_size < 1:
+            raise ConfigError(f"--batch-size must be at least 1; got {self.batch_size}")
+        if self.image_format == "png16" and not self.clamp:
+            raise ConfigError(
+                "--format png16 stores values in [0, 1] only; use --format npy16 to keep unclamped values"
+            )
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "obfuscate",
+        help="export a noise-obfuscated copy of a prepared dataset for sharing",
+        description="Add noise (fixed: a pure function of the secret seed, the image and the noise level) to "
+        "the images of a prepared folder and export them to OUT as 16-bit PNG or float16 .npy files named "
+        "by random ids, with index.csv (id, split, files), export.json and README.txt. Nothing identifying "
+        "goes into OUT: the id -> image/patient/source map, the seed and the config go to --private-map "
+        "(which must be outside OUT) and FILE.config.json next to it.",
+    )
+    add_config_arguments(parser, ObfuscateConfig)
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from meddenoise.data.cache import load_prepared
+    from meddenoise.engine.runtime import resolve_device
+    from meddenoise.noise import build_noise
+
+    config = config_from_args(ObfuscateConfig, args)
+    operator = build_noise(
+        config.noise, mean=config.noise_mean, std=config.noise_std, clamp=config.clamp, dose=config.noise_dose
+    )
+    out, private_map = check_paths(config)
+    device = resolve_device(config.device)
+    data = load_prepared(config.data)
+    indices = data.indices(config.split)
+    if len(indices) == 0:
+        raise DataError(f"split {config.split!r} of {data.folder} has no images; choose another --split")
+    ensure_writable_dir(out, what="export folder (--out)")
+    ensure_writable_dir(private_map.parent, what="folder of --private-map")
+
+    chosen_seed = config.seed is None
+    if chosen_seed:
+        config = dataclasses.replace(config, seed=secrets.randbits(62))
+    print(format_config(dataclasses.replace(config, seed="<secret>")), flush=True)
+
+    export_ids = unique_random_ids(len(indices))
+    folders = [f"copy{copy + 1}" for copy in range(config.copies)]
+    extension = ".png" if config.image_format == "png16" else ".npy"
+    # The secret and the way back to patients are stored before anything is published.
+    write_private_files(config, private_map, data, indices, export_ids, folders, extension, operator)
+    write_images(config, operator, data, indices, export_ids, out, folders, extension, device)
+    write_public_files(config, operator, data, indices, export_ids, out, folders, extension)
+
+    print(
+        f"exported {len(indices)} images x {config.copies} cop{'y' if config.copies == 1 else 'ies'} "
+        f"({operator.noise_level}, {config.image_format}) to {out}\n"
+        f"private map (keep it, never share it): {private_map}\n"
+        f"secret seed and config: {private_config_path(private_map)}"
+    )
+    if not chosen_seed:
+        print("note: you chose the seed; keep it secret, or the noise can be regenerated and removed")
+    return 0
+
+
+def private_config_path(private_map: Path) -> Path:
+    return private_map.with_name(private_map.name + ".config.json")
+
+
+def check_paths(config: ObfuscateConfig) -> tuple[Path, Path]:
+    """The export folder (new or empty) and the private map (new, outside the export); creates nothing."""
+    out = Path(config.out).expanduser().resolve()
+    private_map = Path(config.private_map).expanduser().resolve()
+    if private_map == out or out in private_map.parents:
+        raise ConfigError(
+            f"--private-map {config.private_map} is inside the export folder {config.out}; it links the "
+            "export to patients, so put it elsewhere (e.g. next to the prepared folder)"
+        )
+    for path in (private_map, private_config_path(private_map)):
+        if path.exists():
+            raise ConfigError(
+                f"{path} already exists (it may link an earlier export to patients); choose a new "
+                "--private-map or move the old one away"
+            )
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ConfigError(f"export folder {out} exists and is not empty; choose a new --out or empty it")
+    return out, private_map
+
+
+def unique_random_ids(count: int) -> list[str]:
+    """`count` distinct ids of 64 random bits from the OS (unrelated to image ids, so nothing to reverse)."""
+    ids: set[str] = set()
+    ordered: list[str] = []
+    while len(ordered) < count:
+        candidate = secrets.token_hex(8)
+        if candidate not in ids:
+            ids.add(candidate)
+            ordered.append(candidate)
+    return ordered
+
+
+def write_images(config, operator, data, indices, export_ids, out, folders, extension, device) -> None:
+    import numpy as np
+    import torch
+    from tqdm import tqdm
+
+    for folder in folders:
+        ensure_writable_dir(out / folder, what="export folder")
+    # Work in a secret random order: file times then say nothing about the prepared order (often by patient).
+    order = list(range(len(indices)))
+    secrets.SystemRandom().shuffle(order)
+    batches = [order[start : start + config.batch_size] for start in range(0, len(order), config.batch_size)]
+    for batch in tqdm(batches, desc="obfuscate", unit="batch", disable=None):
+        rows = indices[batch]
+        pixels = torch.from_numpy(np.ascontiguousarray(data.images[rows])).to(device)  # (B, H, W) integer
+        clean = pixels.unsqueeze(1).float() / float(data.max_value)  # (B, H, W) -> (B, 1, H, W) in [0, 1]
+        keys = torch.from_numpy(data.image_keys[rows]).to(device)
+        for copy, folder in enumerate(folders):
+            noisy = operator(clean, keys, seed=config.seed + COPY_SEED_STRIDE * copy, mode="fixed")
+            encoded = encode_batch(noisy[:, 0], config.image_format)
+            for position, payload in zip(batch, encoded):
+                atomic_write_bytes(out / folder / f"{export_ids[position]}{extension}", payload)
+
+
+def encode_batch(noisy, image_format: str) -> list[bytes]:
+    """(B, H, W) float noisy images -> one file's bytes each."""
+    import numpy as np
+
+    if image_format == "png16":
+        # Quantised on the device, so the stored values are the same whichever device made them.
+        levels = torch_round_to_uint16(noisy)
+        return [encode_png16(image) for image in levels]
+    arrays = noisy.to("cpu").numpy().astype(np.float16)
+    payloads = []
+    for image in arrays:
+        buffer = io.BytesIO()
+        np.save(buffer, image, allow_pickle=False)
+        payloads.append(buffer.getvalue())
+    return payloads
+
+
+def torch_round_to_uint16(noisy):
+    """(B, H, W) float in [0, 1] -> (B, H, W) uint16 numpy array of round(value * 65535)."""
+    import numpy as np
+    import torch
+
+    levels = (noisy.float().clamp(0, 1) * PNG16_SCALE).round().to(torch.int32)
+    return levels.to("cpu").numpy().astype(np.uint16)
+
+
+def encode_png16(image) -> bytes:
+    """A 16-bit grayscale PNG holding exactly IHDR, IDAT and IEND: no text, time or other metadata chunks."""
+    import numpy as np
+
+    height, width = image.shape
+    rows = np.zeros((height, 1 + 2 * width), dtype=np.uint8)  # each row: filter byte 0 (none), then pixels
+    rows[:, 1:] = np.ascontiguousarray(image, dtype=">u2").view(np.uint8).reshape(height, 2 * width)
+    header = struct.pack(">IIBBBBB", width, height, 16, 0, 0, 0, 0)  # 16-bit, grayscale, no interlace
+
+    def chunk(tag: bytes, payload: bytes) -> bytes:
+        return struct.pack(">I", len(payload)) + tag + payload + struct.pack(">I", zlib.crc32(tag + payload))
+
+    return b"".join(
+        [
+            b"\x89PNG\r\n\x1a\n",
+            chunk(b"IHDR", header),
+            chunk(b"IDAT", zlib.compress(rows.tobytes(), 6)),
+            chunk(b"IEND", b""),
+        ]
+    )
+
+
+def write_private_files(config, private_map, data, indices, export_ids, folders, extension, operator) -> None:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["export_id", "files", "image_id", "image_key", "patient_id", "source_path", "split"])
+    for export_id, row_index in zip(export_ids, indices):
+        row = data.records[int(row_index)]
+        files = ";".join(f"{folder}/{export_id}{extension}" for folder in folders)
+        writer.writerow(
+            [
+                export_id,
+                files,
+                row["image_id"],
+                row["image_key"],
+                row["patient_id"],
+                row["source_path"],
+                row["split"],
+            ]
+        )
+    atomic_write_text(private_map, buffer.getvalue())
+    # Loadable with meddenoise.config.load_config(ObfuscateConfig, path); the extra keys are for people.
+    details = {
+        "kind": type(config).__name__,
+        "config": config_to_dict(config),
+        "noise": operator.describe(),
+        "copy_seeds": [config.seed + COPY_SEED_STRIDE * copy for copy in range(config.copies)],
+        "prepared_folder": str(Path(data.folder).resolve()),
+    }
+    atomic_write_json(private_config_path(private_map), details)
+
+
+def write_public_files(config, operator, data, indices, export_ids, out, folders, extension) -> None:
+    order = sorted(range(len(export_ids)), key=export_ids.__getitem__)  # by random id: reveals no order
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["export_id", "split", *folders])
+    for position in order:
+        export_id = export_ids[position]
+        split = data.records[int(indices[position])]["split"]
+        writer.writerow([export_id, split, *(f"{folder}/{export_id}{extension}" for folder in folders)])
+    atomic_write_text(out / "index.csv", buffer.getvalue())
+    splits = [data.records[int(i)]["split"] for i in indices]
+    _, height, width = data.images.shape
+    description = public_description(config, operator, len(indices), splits, height, width, folders)
+    atomic_write_text(out / "README.txt", readme_text(description))
+    atomic_write_json(out / "export.json", description)  # written last: its presence marks a complete export
+
+
+def public_description(config, operator, count, splits, height, width, folders) -> dict[str, Any]:
+    encoding = (
+        "16-bit grayscale PNG; intensity = pixel / 65535"
+        if config.image_format == "png16"
+        else "float16 .npy array (H, W); intensity as stored"
+    )
+    return {
+        "format": EXPORT_FORMAT,
+        "version": EXPORT_VERSION,
+        "meddenoise_version": __version__,
+        "created": datetime.date.today().isoformat(),
+        "images": count,
+        "splits": {name: splits.count(name) for name in ("train", "val", "test")},
+        "height": height,
+        "width": width,
+        "image_format": config.image_format,
+        "encoding": encoding,
+        "copies": config.copies,
+        "copy_folders": folders,
+        "noise": {**operator.describe(), "mode": "fixed", "seed": "secret, not part of the export"},
+    }
+
+
+def readme_text(description: dict[str, Any]) -> str:
+    noise = description["noise"]
+    parameters = ", ".join(
+        f"{key} = {value}" for key, value in noise.items() if key not in ("generator", "seed", "mode")
+    )
+    copies = (
+        "Each image appears once, in copy1/."
+        if description["copies"] == 1
+        else "Each image appears in copy1/ and copy2/ under the same id, with independent noise (usable as "
+        "noise2noise pairs)."
+    )
+    return (
+        "Obfuscated chest radiographs, exported by meddenoise obfuscate\n"
+        "==============================================================\n\n"
+        f"{description['images']} images of {description['width']} x {description['height']} pixels.\n"
+        f"Files: {description['encoding']}.\n{copies}\n"
+        "index.csv lists each image's random id, its split (train / val / test) and its file(s).\n"
+        "export.json holds the same facts in machine-readable form.\n\n"
+        f"Noise: {parameters}.\n"
+        "The images were normalised to [0, 1] and noise was added per pixel (see the meddenoise\n"
+        "documentation, docs/noise.md). File names are random and carry no information about the patients\n"
+        "or the source.\n"
+    )

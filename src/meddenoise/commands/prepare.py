@@ -1,0 +1,78 @@
+"""`meddenoise prepare`: decode a source once into the preprocessing cache (images.npy + manifest.csv)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from meddenoise.config import add_config_arguments, config_from_args, format_config, save_config
+from meddenoise.data.prepare_config import PrepareConfig
+
+SPLIT_NAMES = ("train", "val", "test")
+MAX_LISTED_SKIPS = 10
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "prepare",
+        help="decode, resize and split a dataset into the preprocessing cache",
+        description="Read images from a source (the rendered default, NIH ChestX-ray14 or any folder of "
+        "PNG/JPEG/TIFF/DICOM), convert them to one channel, resize them to SIZE x SIZE (antialiased), store "
+        "them as uint8 (uint16 for 16-bit sources) in OUT/images.npy with OUT/manifest.csv, and assign "
+        "train/val/test splits (patient-level by default). An up-to-date cache is reused. Unreadable images "
+        "are skipped and listed in OUT/skipped.csv unless --strict.",
+    )
+    add_config_arguments(parser, PrepareConfig)
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from meddenoise.data.cache import prepare
+    from meddenoise.data.sources import build_source
+
+    config = config_from_args(PrepareConfig, args)
+    if not config.quiet:
+        print(format_config(config), flush=True)
+    source = build_source(config)
+    result = prepare(source, config)
+    save_config(config, Path(result.folder) / "config.json")
+    print(format_summary(result, config))
+    return 0
+
+
+def format_summary(result, config: PrepareConfig) -> str:
+    info = result.info
+    count, height, width = info["shape"]
+    bits = 16 if info["dtype"] == "uint16" else 8
+    if result.reused:
+        lines = [f"prepared folder {result.folder} is up to date (same inputs and parameters): reused"]
+    else:
+        rate = count / result.seconds if result.seconds > 0 else 0.0
+        lines = [
+            f"prepared {result.folder} in {result.seconds:.1f} s "
+            f"({rate:.1f} images/s, {result.workers} worker(s))"
+        ]
+    lines.append(f"  source: {config.source}" + (f" ({config.root})" if config.root else ""))
+    lines.append(f"  images: {count} of {width}x{height} {info['dtype']} ({bits}-bit)")
+    lines.append(f"  split by: {config.split_by}, seed {config.seed}")
+    groups = info.get("groups", info["patients"])
+    lines.append(f"  {'split':<6} {'images':>8} {'patients':>9} {'groups':>7}")
+    for split in SPLIT_NAMES:
+        lines.append(
+            f"  {split:<6} {info['counts'][split]:>8} {info['patients'][split]:>9} {groups[split]:>7}"
+        )
+    empty = [split for split in SPLIT_NAMES if info["counts"][split] == 0]
+    if empty:
+        lines.append(
+            f"  warning: empty split(s) {', '.join(empty)}: too few images or patients for the fractions"
+        )
+    lines.append(f"  skipped: {len(result.skipped)}")
+    for path, reason in result.skipped[:MAX_LISTED_SKIPS]:
+        lines.append(f"    {reason}" if path in reason else f"    {path}: {reason}")
+    if len(result.skipped) > MAX_LISTED_SKIPS:
+        lines.append(f"    ... {len(result.skipped) - MAX_LISTED_SKIPS} more")
+    if result.skipped:
+        lines.append(f"    (all listed in {Path(result.folder) / 'skipped.csv'})")
+    for note in result.notes:
+        lines.append(f"  note: {note}")
+    return "\n".join(lines)

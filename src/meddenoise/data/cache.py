@@ -1,0 +1,288 @@
+"""The preprocessing cache: decode a source once, resize, store as one integer array with a manifest.
+
+`prepare(source, config)` lists the source's records, assigns splits (before decoding, so an image's split
+never depends on which other files failed), decodes in parallel worker processes and writes the folder through
+`PreparedWriter`. It reuses an existing folder when the parameters and the input fingerprint (paths, sizes and
+modification times of the files) are unchanged. The on-disk format lives in `meddenoise.data.manifest` and is
+re-exported here because callers think of it as "the cache".
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import hashlib
+import io
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from meddenoise.config import config_to_dict
+from meddenoise.data.decode import UnreadableImage, fit_square, resize_quantized, stretch_minmax
+from meddenoise.data.manifest import (
+    MANIFEST_COLUMNS,
+    PreparedData,
+    PreparedWriter,
+    load_prepared,
+    read_prepare_info,
+    write_prepared,
+)
+from meddenoise.data.prepare_config import RUN_ONLY_FIELDS, PrepareConfig
+from meddenoise.data.splits import assign_splits
+from meddenoise.errors import DataError, MeddenoiseError
+from meddenoise.fileio import atomic_write_text, ensure_writable_dir
+
+__all__ = [
+    "MANIFEST_COLUMNS",
+    "PrepareConfig",
+    "PrepareResult",
+    "PreparedData",
+    "PreparedWriter",
+    "load_prepared",
+    "prepare",
+    "read_prepare_info",
+    "write_prepared",
+]
+
+SKIPPED_FILE = "skipped.csv"
+
+
+@dataclasses.dataclass
+class PrepareResult:
+    folder: Path
+    reused: bool
+    info: dict[str, Any]  # prepare.json of the folder
+    skipped: list[tuple[str, str]]  # (path, reason)
+    notes: list[str]
+    seconds: float
+    workers: int
+
+
+def prepare(source, config: PrepareConfig) -> PrepareResult:
+    """Build (or reuse) the prepared folder `config.out` from `source`."""
+    started = time.perf_counter()
+    out = ensure_writable_dir(config.out, what="output folder (--out)")
+    records = source.records()
+    notes = list(getattr(source, "notes", []))
+    if not records:
+        raise DataError(f"source {source.name} has no images")
+    params = preprocessing_params(source, config, len(records))
+    fingerprint = input_fingerprint(source, records)
+    reusable = None if config.force else _reusable(out, params, fingerprint)
+    if reusable is not None:
+        return PrepareResult(out, True, reusable, _read_skipped(out), notes, time.perf_counter() - started, 0)
+
+    splits = assign_splits(records, config.fractions, config.seed, config.split_by)
+    if callable(getattr(source, "render", None)):
+        skipped, workers = [], 1
+        _render_into(out, source, records, splits, params, fingerprint, config)
+    else:
+        skipped, workers = _decode_into(out, source, records, splits, params, fingerprint, config)
+    info = read_prepare_info(out) or {}
+    return PrepareResult(out, False, info, skipped, notes, time.perf_counter() - started, workers)
+
+
+def preprocessing_params(source, config: PrepareConfig, record_count: int) -> dict[str, Any]:
+    """Everything that determines the prepared images (the reuse key, stored in prepare.json)."""
+    params = {k: v for k, v in config_to_dict(config).items() if k not in RUN_ONLY_FIELDS}
+    if getattr(source, "root", None) is not None:
+        params["root"] = str(source.root)
+    params["record_count"] = record_count
+    params["source_version"] = getattr(source, "version", None)
+    describe = getattr(source, "describe", None)
+    if callable(describe):  # the renderer's full settings, defaults included
+        params["source_description"] = describe()
+    return json.loads(json.dumps(params, default=str))
+
+
+def input_fingerprint(source, records) -> str:
+    """sha256 over image ids and, for files, their path, size and modification time."""
+    digest = hashlib.sha256()
+    for record in records:
+        line = f"{record.image_id}\t{record.patient_id}\t{record.group}\t{record.path}"
+        if record.path and os.path.isfile(record.path):
+            stat = os.stat(record.path)
+            line += f"\t{stat.st_size}\t{stat.st_mtime_ns}"
+        digest.update(line.encode("utf-8") + b"\n")
+    extra = getattr(source, "fingerprint", None)
+    if callable(extra):
+        digest.update(str(extra()).encode("utf-8"))
+    return digest.hexdigest()
+
+
+def _reusable(out: Path, params: dict, fingerprint: str) -> dict | None:
+    info = read_prepare_info(out)
+    if not info or info.get("params") != params or info.get("input_fingerprint") != fingerprint:
+        return None
+    try:
+        load_prepared(out)
+    except MeddenoiseError:
+        return None
+    return info
+
+
+def available_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def resolve_device(name: str) -> str:
+    if name != "auto":
+        return name
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _render_into(out, source, records, splits, params, fingerprint, config) -> None:
+    images = np.asarray(source.render(records, config.size, resolve_device(config.device)))
+    expected = (len(records), config.size, config.size)
+    if images.shape != expected or images.dtype != np.uint8:
+        raise DataError(
+            f"source {source.name} rendered {images.shape} {images.dtype}, expected {expected} uint8"
+        )
+    write_prepared(out, images, records, splits, params, fingerprint=fingerprint)
+
+
+# ---- parallel decoding -------------------------------------------------------------------------------------
+
+_WORKER_STATE: dict[str, Any] = {}
+
+
+def _init_worker(source, options: dict[str, Any]) -> None:
+    _WORKER_STATE["source"], _WORKER_STATE["options"] = source, options
+
+
+def _process_chunk(chunk: list[tuple[int, Any]]) -> list[tuple]:
+    source, options = _WORKER_STATE["source"], _WORKER_STATE["options"]
+    return [_process_one(source, index, record, options) for index, record in chunk]
+
+
+def _process_one(source, index: int, record, options: dict[str, Any]) -> tuple:
+    """-> (index, image (size, size) uint8|uint16 or None, bit_depth, original (h, w), source hash, error)."""
+    try:
+        decoded = source.decode(record)
+        pixels = decoded.pixels
+        original_shape = pixels.shape
+        if options["normalize"] == "minmax" and pixels.dtype in (np.uint8, np.uint16):
+            pixels = stretch_minmax(pixels)
+        pixels = fit_square(pixels, options["fit"])
+        out_dtype = "uint16" if decoded.bit_depth > 8 else "uint8"
+        image = resize_quantized(pixels, options["size"], options["resize_filter"], out_dtype)
+        return index, image, decoded.bit_depth, original_shape, decoded.source_hash, ""
+    except UnreadableImage as exc:
+        return index, None, 0, (0, 0), "", str(exc)
+    except Exception as exc:  # one odd file must not stop a 15,000-image prepare; it is listed instead
+        return index, None, 0, (0, 0), "", f"{record.path}: unexpected {type(exc).__name__}: {exc}"
+
+
+def _chunks(records, workers: int) -> list[list[tuple[int, Any]]]:
+    size = max(1, min(64, len(records) // (workers * 8) or 1))
+    indexed = list(enumerate(records))
+    return [indexed[i : i + size] for i in range(0, len(indexed), size)]
+
+
+def _decode_into(out, source, records, splits, params, fingerprint, config) -> tuple[list, int]:
+    from tqdm import tqdm
+
+    options = {k: getattr(config, k) for k in ("size", "fit", "resize_filter", "normalize")}
+    workers = min(config.workers or available_cpus(), len(records))
+    count = len(records)
+    writer = PreparedWriter(out, count, config.size, config.size, "uint8")
+    keep = np.zeros(count, dtype=bool)
+    bit_depths, shapes, hashes = [""] * count, [("", "")] * count, [""] * count
+    skipped: list[tuple[str, str]] = []
+    progress = tqdm(total=count, unit="img", desc="prepare", disable=config.quiet or not sys.stderr.isatty())
+    try:
+        for index, image, bit_depth, shape, source_hash, error in _results(source, records, options, workers):
+            if image is None:
+                skipped.append((records[index].path, error))
+            else:
+                writer.put(index, image)
+                keep[index] = True
+                bit_depths[index], shapes[index], hashes[index] = bit_depth, shape, source_hash
+            progress.update(1)
+    except BaseException:
+        writer.abort()
+        raise
+    finally:
+        progress.close()
+    skipped.sort()
+    _write_skipped(out, skipped)
+    if not keep.any() or (config.strict and skipped):
+        writer.abort()
+        raise DataError(_skip_failure_message(out, skipped, count, config.strict))
+    extra = {
+        "bit_depth": bit_depths,
+        "original_height": [s[0] for s in shapes],
+        "original_width": [s[1] for s in shapes],
+        "source_sha256": hashes,
+    }
+    writer.commit(records, splits, params, keep=keep, extra_columns=extra, fingerprint=fingerprint)
+    return skipped, workers
+
+
+def _results(source, records, options, workers):
+    """Yield per-image results; in this process when workers == 1, else from worker processes (any order).
+
+    ProcessPoolExecutor (not multiprocessing.Pool) because a worker that dies inside a C decoder, or is killed
+    for memory, then raises BrokenProcessPool instead of leaving the prepare waiting forever.
+    """
+    if workers <= 1:
+        for index, record in enumerate(records):
+            yield _process_one(source, index, record, options)
+        return
+    import concurrent.futures
+    import multiprocessing
+
+    executor = concurrent.futures.ProcessPoolExecutor(
+        workers,
+        mp_context=multiprocessing.get_context(),
+        initializer=_init_worker,
+        initargs=(source, options),
+    )
+    try:
+        futures = {executor.submit(_process_chunk, chunk): chunk for chunk in _chunks(records, workers)}
+        for future in concurrent.futures.as_completed(futures):
+            try:
+                chunk_result = future.result()
+            except concurrent.futures.process.BrokenProcessPool:
+                paths = ", ".join(record.path for _, record in futures[future][:3])
+                raise DataError(
+                    "a decoding worker process died (a crash in an image decoder, or killed for lack of memory) "
+                    f"while reading one of: {paths} ...; rerun with --workers 1 to find the file"
+                ) from None
+            yield from chunk_result
+    finally:
+        executor.shutdown(wait=False, cancel_futures=True)
+
+
+def _skip_failure_message(out: Path, skipped, count: int, strict: bool) -> str:
+    first = "; ".join(reason for _, reason in skipped[:3])
+    where = f"the full list is in {out / SKIPPED_FILE}"
+    if strict and len(skipped) < count:
+        return f"--strict: {len(skipped)} of {count} image(s) could not be read ({first}); {where}"
+    return f"none of the {count} image(s) could be read ({first}); {where}"
+
+
+def _write_skipped(out: Path, skipped: list[tuple[str, str]]) -> None:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["path", "reason"])
+    writer.writerows(skipped)
+    atomic_write_text(out / SKIPPED_FILE, buffer.getvalue())
+
+
+def _read_skipped(out: Path) -> list[tuple[str, str]]:
+    path = out / SKIPPED_FILE
+    if not path.is_file():
+        return []
+    with open(path, newline="", encoding="utf-8") as handle:
+        return [(row["path"], row["reason"]) for row in csv.DictReader(handle)]

@@ -1,0 +1,83 @@
+"""The options of `meddenoise prepare` (and of `cache.prepare`), kept free of heavy imports so that building
+the command-line parser stays fast."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from meddenoise.config import option
+from meddenoise.errors import ConfigError
+
+SOURCE_CHOICES = ("default", "nih", "folder")
+SPLIT_BY_CHOICES = ("patient", "image")
+DEFAULT_FRACTIONS = (0.50, 0.33, 0.17)
+FIT_CHOICES = ("crop", "pad", "stretch")
+RESIZE_FILTERS = ("lanczos", "box", "bilinear")
+NORMALIZE_CHOICES = ("type", "minmax")
+PATIENT_FROM_CHOICES = ("auto", "folder", "file")
+# Fields that do not change the prepared images, so changing them never forces a rebuild.
+RUN_ONLY_FIELDS = ("out", "strict", "workers", "quiet", "force", "device")
+
+
+@dataclasses.dataclass
+class PrepareConfig:
+    source: str = option("default", "where images come from", choices=SOURCE_CHOICES)
+    root: str = option("", "folder holding the images (required for nih and folder)")
+    out: str = option("", "output folder for the prepared cache", required=True)
+    count: int = option(0, "number of images to use, chosen with --seed (0: all; default source: 2000)")
+    size: int = option(256, "side of the square output images, in pixels")
+    split_by: str = option(
+        "patient",
+        "keep whole patients (or pose groups) in one split, or split images independently like the paper",
+        choices=SPLIT_BY_CHOICES,
+    )
+    fractions: list[float] = option(list(DEFAULT_FRACTIONS), "train, val, test fractions (sum to 1)")
+    seed: int = option(0, "seed for image selection, splits and the rendered default")
+    fit: str = option(
+        "crop",
+        "how non-square images become square: centre crop, pad with black, or stretch",
+        choices=FIT_CHOICES,
+    )
+    resize_filter: str = option("lanczos", "antialiasing filter for the resize", choices=RESIZE_FILTERS)
+    normalize: str = option(
+        "type",
+        "intensity scaling of PNG/JPEG/TIFF: by the type's maximum (255, 65535) or "
+        "stretched to each image's min..max (DICOM always uses its window)",
+        choices=NORMALIZE_CHOICES,
+    )
+    view_position: str = option("any", "NIH only: keep one view position", choices=("any", "PA", "AP"))
+    nih_folders: int = option(0, "NIH only: use the first K images_0NN folders (paper: 2; 0: all)")
+    csv: str = option("", "NIH only: metadata CSV (default: Data_Entry_2017[_v2020].csv in --root)")
+    patient_from: str = option(
+        "auto",
+        "folder only: patient id from DICOM tag / NIH-style name (auto), the "
+        "first sub-folder (folder) or none (file)",
+        choices=PATIENT_FROM_CHOICES,
+    )
+    render_option: list[str] = option([], "default source only: KEY=VALUE options of the renderer")
+    device: str = option("auto", "device for rendering the default source (auto: cuda if available)")
+    workers: int = option(0, "decoding processes (0: all available cores)")
+    strict: bool = option(False, "fail when any image cannot be read, instead of skipping it")
+    force: bool = option(False, "rebuild even if an up-to-date cache exists")
+    quiet: bool = option(False, "no progress bar")
+
+    def check(self) -> None:
+        if not 16 <= self.size <= 8192:
+            raise ConfigError(f"--size must be between 16 and 8192 pixels; got {self.size}")
+        if self.count < 0 or self.workers < 0 or self.nih_folders < 0:
+            raise ConfigError("--count, --workers and --nih-folders cannot be negative")
+        from meddenoise.data.splits import check_fractions
+
+        self.fractions = list(check_fractions(self.fractions))
+        if self.source != "nih":
+            for name, default in (("view_position", "any"), ("nih_folders", 0), ("csv", "")):
+                if getattr(self, name) != default:
+                    raise ConfigError(f"--{name.replace('_', '-')} applies to --source nih only")
+        if self.source != "folder" and self.patient_from != "auto":
+            raise ConfigError("--patient-from applies to --source folder only")
+        if self.source != "default" and self.render_option:
+            raise ConfigError("--render-option applies to --source default only")
+        if self.source in ("nih", "folder") and not self.root:
+            raise ConfigError(
+                f"--root is required for --source {self.source}: the folder that holds the images"
+            )

@@ -1,0 +1,163 @@
+"""Checkpoints that never unpickle code: weights in safetensors, training state via torch.save + weights_only.
+
+    checkpoints/last.safetensors   weights used for evaluation (the EMA when enabled) + metadata, for inference
+    checkpoints/last.state.pt      everything needed to resume: raw weights, optimizer, scaler, EMA, RNG states,
+                                   epoch and step within it, best metric, running sums of the unfinished epoch
+    checkpoints/best.safetensors   the weights with the lowest validation loss so far
+
+Each file is written atomically. The state file holds its own copy of the raw weights, so resuming reads one
+file: a kill between writing the two `last` files can never pair weights and optimizer state of different steps.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from meddenoise.engine.runtime import strip_wrapper_prefixes, unwrap
+from meddenoise.errors import MeddenoiseError
+from meddenoise.fileio import atomic_write_bytes
+
+FORMAT_VERSION = 1
+METADATA_KEY = "meddenoise"
+CHECKPOINT_DIR = "checkpoints"
+
+
+def checkpoint_paths(run_dir: str | Path) -> dict[str, Path]:
+    folder = Path(run_dir) / CHECKPOINT_DIR
+    return {
+        "last_weights": folder / "last.safetensors",
+        "last_state": folder / "last.state.pt",
+        "best_weights": folder / "best.safetensors",
+    }
+
+
+def plain_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """CPU, contiguous copies of the plain module's tensors (no DDP / compile prefixes)."""
+    state = strip_wrapper_prefixes(unwrap(model).state_dict())
+    return {key: value.detach().to("cpu").contiguous().clone() for key, value in state.items()}
+
+
+def save_weights(path: str | Path, model: nn.Module, metadata: dict[str, Any]) -> None:
+    from safetensors.torch import save
+
+    payload = save(plain_state_dict(model), metadata={METADATA_KEY: json.dumps(metadata, default=str)})
+    atomic_write_bytes(path, payload)
+
+
+def load_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load
+
+    path = Path(path)
+    if not path.is_file():
+        raise MeddenoiseError(f"checkpoint {path} not found")
+    try:
+        data = path.read_bytes()
+        tensors = load(data)
+        header_size = int.from_bytes(data[:8], "little")
+        header = json.loads(data[8 : 8 + header_size])
+        metadata = json.loads((header.get("__metadata__") or {}).get(METADATA_KEY, "{}"))
+    except (SafetensorError, ValueError, OSError) as exc:
+        raise MeddenoiseError(f"checkpoint {path} is not a readable safetensors file ({exc})") from None
+    return tensors, metadata
+
+
+def rng_states() -> dict[str, Any]:
+    """Every global random state a step could touch, as tensors and plain values (loadable with weights_only)."""
+    kind, keys, position, has_gauss, cached = np.random.get_state()
+    states: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "position": int(position)},
+        "numpy_gauss": [int(has_gauss), float(cached)],
+        "python": _python_state_to_plain(random.getstate()),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def restore_rng_states(states: dict[str, Any]) -> None:
+    torch.set_rng_state(states["torch"].cpu())
+    numpy_state = states["numpy"]
+    has_gauss, cached = states["numpy_gauss"]
+    keys = numpy_state["keys"].numpy().astype(np.uint32)
+    np.random.set_state(("MT19937", keys, numpy_state["position"], has_gauss, cached))
+    version, internal, gauss = states["python"]
+    random.setstate((version, tuple(internal), gauss))
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in states["cuda"]])
+
+
+def _python_state_to_plain(state: tuple) -> list:
+    version, internal, gauss = state
+    return [version, list(internal), gauss]
+
+
+def save_training_state(path: str | Path, state: dict[str, Any]) -> None:
+    buffer = io.BytesIO()
+    torch.save({"format_version": FORMAT_VERSION, **state}, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def load_training_state(path: str | Path, device: torch.device | str = "cpu") -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise MeddenoiseError(f"no training state to resume at {path}; start without --resume")
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except Exception as exc:  # torch raises several types for corrupt or foreign files
+        raise MeddenoiseError(f"cannot read training state {path} ({type(exc).__name__}: {exc})") from None
+    if not isinstance(state, dict) or state.get("format_version") != FORMAT_VERSION:
+        raise MeddenoiseError(f"{path} is not a meddenoise training state (format {FORMAT_VERSION})")
+    return state
+
+
+def load_state_into(model: nn.Module, state: dict[str, torch.Tensor], source: str | Path) -> None:
+    """Load weights into the plain module, with a message naming the checkpoint when they do not fit."""
+    try:
+        unwrap(model).load_state_dict(strip_wrapper_prefixes(state))
+    except RuntimeError as exc:
+        first_lines = "; ".join(str(exc).splitlines()[:3])
+        raise MeddenoiseError(
+            f"checkpoint {source} does not fit this model (another model or other options?): {first_lines}"
+        ) from None
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A run folder means its best checkpoint (its last one if no best was written yet)."""
+    path = Path(path)
+    if path.is_dir():
+        paths = checkpoint_paths(path)
+        for candidate in (paths["best_weights"], paths["last_weights"]):
+            if candidate.is_file():
+                return candidate
+        raise MeddenoiseError(f"run folder {path} has no checkpoint ({CHECKPOINT_DIR}/best.safetensors)")
+    if not path.is_file():
+        raise MeddenoiseError(f"checkpoint {path} not found (give a run folder or a .safetensors file)")
+    return path
+
+
+def load_trained_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+    """(model in eval mode on `device`, metadata) from a run folder (best checkpoint) or a checkpoint file.
+
+    Metadata: `model`, `model_options`, `noise` (kind, mean, std, clamp, seed), `target`, `config` (the
+    training config), `epoch`, `global_step`, `weights` (raw or ema), `val_loss`.
+    """
+    from meddenoise.models import build_model
+
+    checkpoint = resolve_checkpoint(path)
+    tensors, metadata = load_weights(checkpoint)
+    if "model" not in metadata:
+        raise MeddenoiseError(f"{checkpoint} has no meddenoise metadata; was it written by `meddenoise train`?")
+    model = build_model(metadata["model"], **metadata.get("model_options", {}))
+    load_state_into(model, tensors, checkpoint)
+    metadata = {**metadata, "checkpoint": str(checkpoint)}
+    return model.to(device).eval(), metadata

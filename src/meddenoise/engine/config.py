@@ -1,0 +1,129 @@
+"""`TrainConfig`: every option of `meddenoise train`. Defaults are the paper's protocol (Adam, lr 1e-3, L1,
+batch 16 per device, 50 epochs, best checkpoint by validation loss, Gaussian obfuscation with mean 0.1)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from meddenoise.config import option
+from meddenoise.errors import ConfigError
+
+NOISE_MODES = ("fixed", "fresh")
+
+
+@dataclass
+class TrainConfig:
+    # -- data and outputs ----------------------------------------------------------------------------------
+    data: str = option("", "prepared folder (from `meddenoise prepare`)", required=True)
+    out: str = option("", "run folder to create (or to continue with --resume)", required=True)
+    train_split: str = option("train", "split of the prepared folder used for training", choices=("train", "val", "test", "all"))
+    val_split: str = option("val", "split used for validation (loss, PSNR, SSIM each epoch)", choices=("train", "val", "test"))
+    test_split: str = option("test", "split evaluated with the best checkpoint at the end", choices=("train", "val", "test"))
+    evaluate_test: bool = option(True, "evaluate the best checkpoint on the test split and write test_metrics.csv")
+    limit_train: int = option(0, "use only the first N training images (0: all), for quick runs")
+    limit_val: int = option(0, "use only the first N validation images (0: all)")
+    # -- model ---------------------------------------------------------------------------------------------
+    model: str = option("unet", "model name (see `meddenoise models`): unet, unetpp, dncnn")
+    base_channels: int = option(64, "channels of the first level (64 in the paper)")
+    depth: int = option(0, "levels of the U-Net / U-Net++ (0: the model's default)")
+    norm: str = option("batch", "normalisation layers: batch (the paper) or group", choices=("batch", "group"))
+    deep_supervision: bool = option(True, "U-Net++: train every output head (the paper); ignored by other models")
+    model_options: list[str] = option([], "extra model options KEY=VALUE (e.g. residual=true)")
+    # -- obfuscation and target ----------------------------------------------------------------------------
+    noise_kind: str = option("gaussian", "noise operator (see meddenoise.noise)")
+    noise_mean: float = option(0.1, "mean of the additive Gaussian noise (0.1 in the paper)")
+    noise_std: float = option(0.2, "standard deviation of the noise: 0.1, 0.2, 0.3 in the paper")
+    noise_clamp: bool = option(True, "clamp noisy images to [0, 1]")
+    noise_mode: str = option(
+        "fixed",
+        "fixed: one obfuscated copy per image, as released (the paper); fresh: new noise every epoch",
+        choices=NOISE_MODES,
+    )
+    noise_seed: int = option(0, "seed of the obfuscation noise (training copies, validation and test inputs)")
+    target: str = option("clean", "training target: clean (the paper) or a clean-free one (noise2noise, r2r, ...)")
+    target_options: list[str] = option([], "target options KEY=VALUE (e.g. correction=mean, gamma=2)")
+    noise_dose: float | None = option(None, "photons per pixel at full intensity (poisson noise kinds only)")
+    # -- optimisation --------------------------------------------------------------------------------------
+    epochs: int = option(50, "training epochs")
+    batch_size: int = option(16, "images per device per step (global batch = this x devices)")
+    val_batch_size: int = option(64, "images per device per validation step")
+    lr: float = option(1e-3, "learning rate (Adam)")
+    optimizer: str = option("adam", "optimizer", choices=("adam", "adamw"))
+    weight_decay: float = option(0.0, "weight decay (decoupled with adamw)")
+    loss: str = option("l1", "pixel loss: l1 (the paper) or l2", choices=("l1", "l2"))
+    lr_schedule: str = option("none", "learning-rate schedule", choices=("none", "cosine", "onecycle"))
+    warmup_steps: int = option(0, "linear warm-up steps (onecycle: 0 means 30% of the steps)")
+    grad_clip: float = option(0.0, "clip the gradient norm to this value (0: off)")
+    ema_decay: float = option(0.0, "keep an exponential moving average of the weights (e.g. 0.999; 0: off)")
+    patience: int = option(10, "stop after this many epochs without a lower validation loss (0: never)")
+    seed: int = option(0, "seed of initialisation, epoch order and target randomness")
+    max_steps: int = option(0, "stop after this many optimizer steps (0: no limit)")
+    time_limit: float = option(0.0, "stop training after this many seconds (0: no limit)")
+    # -- runtime -------------------------------------------------------------------------------------------
+    strategy: str = option("single", "single device, DataParallel or DDP", choices=("single", "dp", "ddp"))
+    device: str = option("auto", "auto (CUDA if present), cpu, cuda or cuda:N")
+    nproc: int = option(0, "ddp: processes to launch on this node via torchrun (0: one per GPU, or 2 on CPU)")
+    amp: str = option("auto", "mixed precision: auto (bf16 on CUDA, off on CPU), off, fp16, bf16", choices=("auto", "off", "fp16", "bf16"))
+    channels_last: bool = option(True, "channels_last memory format on CUDA")
+    compile: bool = option(False, "torch.compile the model (pays off for long runs on GPUs)")
+    sync_bn: bool = option(False, "ddp: synchronise BatchNorm statistics across GPUs")
+    pipeline: str = option("fast", "input pipeline: fast (device-resident data, no per-step host sync)")
+    # -- checkpoints and logs ------------------------------------------------------------------------------
+    checkpoint_every: int = option(0, "also checkpoint every N steps inside an epoch (0: at epoch ends only)")
+    resume: bool = option(False, "continue the run in --out from its last checkpoint")
+    quiet: bool = option(False, "no progress bar (for logs)")
+
+    def check(self) -> None:
+        positive = {"epochs": self.epochs, "batch_size": self.batch_size, "val_batch_size": self.val_batch_size}
+        for name, value in positive.items():
+            if value < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be >= 1; got {value}")
+        non_negative = {
+            "limit_train": self.limit_train,
+            "limit_val": self.limit_val,
+            "max_steps": self.max_steps,
+            "time_limit": self.time_limit,
+            "checkpoint_every": self.checkpoint_every,
+            "patience": self.patience,
+            "warmup_steps": self.warmup_steps,
+            "grad_clip": self.grad_clip,
+            "weight_decay": self.weight_decay,
+            "nproc": self.nproc,
+            "depth": self.depth,
+            "noise_std": self.noise_std,
+        }
+        for name, value in non_negative.items():
+            if value < 0:
+                raise ConfigError(f"--{name.replace('_', '-')} must be >= 0; got {value}")
+        if not self.lr > 0 or self.lr != self.lr or self.lr == float("inf"):
+            raise ConfigError(f"--lr must be a positive finite number; got {self.lr}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ConfigError(f"--ema-decay must be in [0, 1); got {self.ema_decay}")
+        if self.base_channels < 1:
+            raise ConfigError(f"--base-channels must be >= 1; got {self.base_channels}")
+        for item in [*self.model_options, *self.target_options]:
+            if "=" not in item:
+                raise ConfigError(f"--model-options and --target-options expect KEY=VALUE items; got {item!r}")
+
+
+def parse_options(items: list[str]) -> dict[str, object]:
+    """KEY=VALUE strings -> typed values (true/false, ints, floats, else strings)."""
+    parsed: dict[str, object] = {}
+    for item in items:
+        key, _, text = item.partition("=")
+        lowered = text.strip().lower()
+        value: object
+        if lowered in ("true", "false"):
+            value = lowered == "true"
+        elif lowered in ("none", "null"):
+            value = None
+        else:
+            try:
+                value = int(text)
+            except ValueError:
+                try:
+                    value = float(text)
+                except ValueError:
+                    value = text
+        parsed[key.strip().replace("-", "_")] = value
+    return parsed

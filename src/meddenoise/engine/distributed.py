@@ -1,0 +1,146 @@
+"""Everything that touches `torch.distributed` lives here (the rest of the package imports these helpers).
+
+A process is part of a distributed run when torchrun (or SLURM via torchrun, or a test) set the usual
+environment variables: RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT. We initialise with
+`init_method="env://"`, which works for single-node `--standalone` runs and for multi-node c10d rendezvous alike
+(torchrun fills in MASTER_ADDR/PORT from the rendezvous endpoint).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import os
+import subprocess
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from meddenoise.errors import MeddenoiseError
+
+TORCHRUN_VARIABLES = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+DEFAULT_TIMEOUT = datetime.timedelta(minutes=10)
+
+
+@dataclass(frozen=True)
+class ProcessPlace:
+    rank: int
+    local_rank: int
+    world_size: int
+
+
+def launched_by_torchrun() -> bool:
+    """True when any torchrun variable is set (a half-set environment is reported by `place_from_env`)."""
+    return any(name in os.environ for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE"))
+
+
+def place_from_env() -> ProcessPlace:
+    """Read rank / local rank / world size from the environment, or explain what is missing."""
+    missing = [name for name in TORCHRUN_VARIABLES if not os.environ.get(name)]
+    if missing:
+        raise MeddenoiseError(
+            f"--strategy ddp needs the torchrun environment but {', '.join(missing)} "
+            "is not set; launch with `torchrun --nproc_per_node=K -m meddenoise train ...` "
+            "or let meddenoise launch it: `meddenoise train --strategy ddp --nproc K ...`"
+        )
+    try:
+        rank, local_rank, world_size = (int(os.environ[n]) for n in ("RANK", "LOCAL_RANK", "WORLD_SIZE"))
+    except ValueError:
+        values = {n: os.environ[n] for n in ("RANK", "LOCAL_RANK", "WORLD_SIZE")}
+        raise MeddenoiseError(f"torchrun variables must be integers; got {values}") from None
+    if world_size < 1 or not 0 <= rank < world_size or local_rank < 0:
+        raise MeddenoiseError(
+            f"inconsistent torchrun environment: RANK={rank} LOCAL_RANK={local_rank} WORLD_SIZE={world_size}"
+        )
+    return ProcessPlace(rank, local_rank, world_size)
+
+
+def init_process_group(device: torch.device, place: ProcessPlace) -> None:
+    """NCCL between GPUs, gloo on CPU; a failing rendezvous becomes a message naming the address to check."""
+    if dist.is_initialized():
+        return
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    if backend == "nccl" and not dist.is_nccl_available():
+        raise MeddenoiseError("this torch build has no NCCL; DDP on GPUs needs it (or use --device cpu for gloo)")
+    kwargs = {"device_id": device} if device.type == "cuda" else {}
+    try:
+        dist.init_process_group(
+            backend=backend,
+            init_method="env://",
+            rank=place.rank,
+            world_size=place.world_size,
+            timeout=DEFAULT_TIMEOUT,
+            **kwargs,
+        )
+    except (RuntimeError, ValueError, TimeoutError) as exc:
+        address = f"{os.environ.get('MASTER_ADDR')}:{os.environ.get('MASTER_PORT')}"
+        raise MeddenoiseError(
+            f"could not join the process group at {address} as rank {place.rank}/{place.world_size} ({exc}); "
+            "check that every node uses the same --rdzv-endpoint and --nnodes, and that the port is reachable"
+        ) from None
+
+
+def is_initialized() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def barrier() -> None:
+    if is_initialized():
+        dist.barrier()
+
+
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """Sum over ranks, in place (returns the tensor); a no-op in a single process."""
+    if is_initialized():
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+def all_reduce_max(tensor: torch.Tensor) -> torch.Tensor:
+    if is_initialized():
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return tensor
+
+
+def broadcast_object(value: object, source: int = 0) -> object:
+    if not is_initialized():
+        return value
+    holder = [value]
+    dist.broadcast_object_list(holder, src=source)
+    return holder[0]
+
+
+def teardown() -> None:
+    """Leave the process group cleanly (a destroyed group lets the interpreter exit without NCCL warnings)."""
+    if is_initialized():
+        with contextlib.suppress(RuntimeError):
+            dist.barrier()
+        dist.destroy_process_group()
+
+
+def torchrun_command(nproc: int, argv: Sequence[str], nnodes: int = 1) -> list[str]:
+    """The command that re-runs `meddenoise <argv>` under torchrun with `nproc` processes on this node."""
+    command = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}"]
+    if nnodes == 1:
+        command.append("--standalone")  # a free local port, no rendezvous server to configure
+    return [*command, "-m", "meddenoise", *argv]
+
+
+def launch_torchrun(nproc: int, argv: Sequence[str]) -> int:
+    """Run `python -m torch.distributed.run --nproc_per_node nproc -m meddenoise ARGV` and wait for it."""
+    command = torchrun_command(nproc, argv)
+    environment = dict(os.environ)
+    # One thread per worker unless the user chose otherwise: K workers on K cores, not K x cores threads.
+    environment.setdefault("OMP_NUM_THREADS", "1")
+    try:
+        completed = subprocess.run(command, env=environment, check=False)
+    except KeyboardInterrupt:
+        return 130
+    if completed.returncode != 0:
+        raise MeddenoiseError(
+            f"the {nproc} torchrun worker(s) failed (exit status {completed.returncode}); their messages are above"
+        )
+    return 0

@@ -1,0 +1,142 @@
+"""What the model is trained to reproduce: the clean image (the paper) or, in clean-free modes, another noisy view.
+
+The engine makes `copies` independently obfuscated copies of each clean batch with the noise operator (copy c
+uses seed `seed + 7919 * c`) and hands the target a `TargetBatch`. When the target says `needs_clean = False`
+the engine builds that batch with `clean=None`, so a clean-free method cannot peek at clean pixels even by
+mistake. Clean-free targets live in `meddenoise.privacy.targets` and register themselves with the decorator here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from meddenoise.errors import ConfigError
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+# A prime stride between the seeds of the copies, so copy c of one image never reuses another copy's noise.
+COPY_SEED_STRIDE = 7919
+PLUGIN_MODULES = ("meddenoise.privacy.targets",)
+
+
+@dataclasses.dataclass
+class TargetBatch:
+    """One training batch as a target sees it: `noisy[c]` is copy c (B, 1, H, W); `clean` is None when the
+    target trains without clean images; `image_keys` (B,) int64 identify the images."""
+
+    noisy: list[torch.Tensor]
+    clean: torch.Tensor | None
+    image_keys: torch.Tensor
+
+
+class TrainingTarget:
+    """Base class: `loss(model, batch, loss_fn)` returns a scalar to minimise.
+
+    `copies` is how many independently obfuscated copies of each image the releasing site publishes;
+    `needs_clean` says whether the receiving site needs clean pixels (only supervised training does).
+    """
+
+    name: str = ""
+    needs_clean: bool = True
+    copies: int = 1
+
+    def __init__(self, noise_op: Any, **options: Any) -> None:
+        if options:
+            raise ConfigError(f"unknown option(s) for target {self.name!r}: {', '.join(sorted(options))}")
+        self.noise_op = noise_op
+
+    def loss(self, model: nn.Module, batch: TargetBatch, loss_fn: LossFn) -> torch.Tensor:
+        raise NotImplementedError
+
+    def state_dict(self) -> dict[str, Any]:
+        """Random state to checkpoint (targets that draw random numbers override this for exact resume)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state:
+            raise ValueError(f"target {self.name!r} keeps no state but the checkpoint has {sorted(state)}")
+
+
+_TARGETS: dict[str, type[TrainingTarget]] = {}
+
+
+def register_target(name: str) -> Callable[[type[TrainingTarget]], type[TrainingTarget]]:
+    """Class decorator: make a `TrainingTarget` subclass available as `--target NAME`."""
+
+    def decorator(cls: type[TrainingTarget]) -> type[TrainingTarget]:
+        if name in _TARGETS and _TARGETS[name] is not cls:
+            raise ValueError(f"training target {name!r} is registered twice")
+        if not (isinstance(cls, type) and issubclass(cls, TrainingTarget)):
+            raise TypeError(f"target {name!r} must subclass TrainingTarget")
+        cls.name = name
+        _TARGETS[name] = cls
+        return cls
+
+    return decorator
+
+
+def _load_plugins() -> None:
+    for module_name in PLUGIN_MODULES:
+        try:
+            importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            # Only a missing plugin module is optional; an import error inside it is a bug to surface.
+            if exc.name != module_name:
+                raise
+
+
+def list_targets() -> list[str]:
+    _load_plugins()
+    return list(_TARGETS)
+
+
+def build_target(name: str, noise_op: Any, **options: Any) -> TrainingTarget:
+    """Build a registered target, e.g. `build_target("noise2noise", noise_op, seed=0)`."""
+    _load_plugins()
+    if name not in _TARGETS:
+        raise ConfigError(f"unknown training target {name!r} (--target); available: {', '.join(_TARGETS)}")
+    return _TARGETS[name](noise_op, **options)
+
+
+@register_target("clean")
+class CleanTarget(TrainingTarget):
+    """Supervised (the paper): the model maps the obfuscated copy to the clean image."""
+
+    needs_clean = True
+    copies = 1
+
+    def __init__(self, noise_op: Any, *, seed: int = 0, **options: Any) -> None:
+        super().__init__(noise_op, **options)  # `seed` is accepted for a uniform call; nothing here is random
+
+    def loss(self, model: nn.Module, batch: TargetBatch, loss_fn: LossFn) -> torch.Tensor:
+        if batch.clean is None:
+            raise ValueError("the 'clean' target needs clean images but the batch has none")
+        output = model(batch.noisy[0])
+        heads = [output] if isinstance(output, torch.Tensor) else list(output)
+        # U-Net++ with deep supervision returns one output per head: every head is trained, equally weighted.
+        return torch.stack([loss_fn(head, batch.clean) for head in heads]).mean()
+
+
+def make_target_batch(
+    target: TrainingTarget,
+    clean: torch.Tensor,
+    image_keys: torch.Tensor,
+    noise_op: Any,
+    *,
+    seed: int,
+    epoch: int,
+    mode: str,
+) -> TargetBatch:
+    """Obfuscate a clean batch into the target's copies; the clean pixels are dropped unless the target needs them."""
+    noisy = [
+        noise_op(clean, image_keys, seed=seed + COPY_SEED_STRIDE * copy, epoch=epoch, mode=mode)
+        for copy in range(target.copies)
+    ]
+    if not target.needs_clean:
+        return TargetBatch(noisy=noisy, clean=None, image_keys=image_keys)
+    return TargetBatch(noisy=noisy, clean=clean, image_keys=image_keys)

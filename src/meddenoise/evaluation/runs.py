@@ -1,0 +1,260 @@
+"""Evaluate a trained run (any run, on its own data or another prepared folder) and a classical baseline on
+the same images, writing evaluation folders (see `meddenoise.evaluation.files`)."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from meddenoise.errors import MeddenoiseError
+from meddenoise.evaluation import files
+from meddenoise.evaluation.core import EvaluationTarget, score_denoiser, write_evaluation
+from meddenoise.evaluation.environment import describe_environment
+
+EVALUATION_DIR = "evaluation"
+
+
+def describe_data(data: Any) -> dict[str, Any]:
+    """What the report says about the data: source, size, split policy, counts (from prepare.json)."""
+    info, params = data.info, data.params
+    return {
+        "folder": str(data.folder),
+        "source": params.get("source", ""),
+        "split_by": params.get("split_by", ""),
+        "dtype": info.get("dtype"),
+        "height": int(data.images.shape[1]),
+        "width": int(data.images.shape[2]),
+        "counts": info.get("counts", {}),
+        "patients": info.get("patients", {}),
+        "sources": sorted({row["source"] for row in data.records}),
+    }
+
+
+def make_target(
+    data_dir: str | Path,
+    split: str,
+    noise: dict[str, Any],
+    device: torch.device,
+    *,
+    limit: int = 0,
+) -> EvaluationTarget:
+    from meddenoise.data.cache import load_prepared
+    from meddenoise.noise import build_noise
+
+    data = load_prepared(data_dir)
+    indices = data.indices(split)
+    if indices.size == 0:
+        raise MeddenoiseError(f"{data_dir} has no images in split {split!r}; choose another --split")
+    if limit > 0:
+        indices = indices[:limit]
+    noise_op = build_noise(
+        noise.get("kind", "gaussian"),
+        mean=noise.get("mean", 0.1),
+        std=noise["std"],
+        clamp=bool(noise.get("clamp", True)),
+        dose=noise.get("dose"),
+    )
+    recorded = {key: noise.get(key) for key in ("kind", "mean", "std", "clamp", "dose", "seed")}
+    recorded["kind"] = recorded["kind"] or "gaussian"
+    return EvaluationTarget(data, split, indices, noise_op, int(noise.get("seed", 0) or 0), recorded, device)
+
+
+def lpips_scorer(device: torch.device, weights: str | None = None) -> tuple[Any, dict[str, Any]]:
+    """(callable (pred, target) -> (B,) or None, status {available, reason/weights}) from the metrics
+    module."""
+    from meddenoise.metrics import load_lpips
+
+    return load_lpips(device=device, weights=weights)
+
+
+def strategy_name(strategy: str, amp: str) -> str:
+    return strategy if amp in ("", "off", None) else f"{strategy}+amp"
+
+
+def _read_run_summary(run_dir: Path) -> dict[str, str]:
+    path = run_dir / "summary.csv"
+    rows = files.read_rows(path) if path.is_file() else []
+    return rows[0] if rows else {}
+
+
+def _network_denoiser(model: torch.nn.Module, device: torch.device):
+    def denoise(noisy: torch.Tensor) -> torch.Tensor:
+        output = model(noisy.to(device))
+        return output[-1] if isinstance(output, (list, tuple)) else output
+
+    return denoise
+
+
+def _head_results(
+    model_name: str,
+    metadata: dict[str, Any],
+    target: EvaluationTarget,
+    labels: dict[str, Any],
+    batch_size: int,
+    device: torch.device,
+) -> tuple[list[dict], list[dict]]:
+    """U-Net++: each head k as its own pruned network (only nodes with i + j <= k run): quality and speed."""
+    from meddenoise.engine.checkpoint import load_weights
+    from meddenoise.evaluation.core import per_image_rows
+    from meddenoise.models import build_model
+    from meddenoise.models.summary import count_active_parameters
+
+    tensors, _ = load_weights(metadata["checkpoint"])
+    options = dict(metadata.get("model_options", {}))
+    options.pop("head", None)
+    full = build_model(model_name, **options)
+    heads, rows = [], []
+    for head in range(1, int(getattr(full, "depth", 5))):
+        pruned = build_model(model_name, **options, head=head)
+        pruned.load_state_dict(tensors)
+        pruned = pruned.to(device).eval()
+        sample = target.data.images[target.indices[:1]]
+        probe = torch.zeros(1, 1, *sample.shape[1:], device=device)
+        scores = score_denoiser(_network_denoiser(pruned, device), target, batch_size=batch_size)
+        rows += per_image_rows(target, scores, labels, head=str(head))
+        heads.append(
+            {
+                "head": head,
+                "parameters": count_active_parameters(pruned, probe),
+                "psnr_mean": float(np.mean(scores.values["psnr"])),
+                "ssim_mean": float(np.mean(scores.values["ssim"])),
+                "images_per_second": scores.images_per_second,
+            }
+        )
+    return heads, rows
+
+
+def evaluate_run(
+    run_dir: str | Path,
+    *,
+    data_dir: str | Path | None = None,
+    split: str = "test",
+    device: str = "auto",
+    out_dir: str | Path | None = None,
+    batch_size: int = 16,
+    keep_samples: int = 3,
+    heads: bool = True,
+    lpips_weights: str | None = None,
+    limit: int = 0,
+) -> Path:
+    """Evaluate the run's best checkpoint on `split` of its own data (or `data_dir`) with the run's
+    fixed noise.
+
+    Writes `RUN/evaluation/<split>[-<data folder name>]/` unless `out_dir` is given; returns that folder.
+    """
+    from meddenoise.engine.checkpoint import load_trained_model
+    from meddenoise.engine.runtime import resolve_device
+
+    run_dir = Path(run_dir)
+    torch_device = resolve_device(device)
+    model, metadata = load_trained_model(run_dir, torch_device)
+    train_config = metadata.get("config", {})
+    own_data = train_config.get("data")
+    data_dir = Path(data_dir) if data_dir else Path(own_data) if own_data else None
+    if data_dir is None:
+        raise MeddenoiseError(f"{run_dir} does not record its prepared folder; give one with --data")
+    if not data_dir.is_dir():
+        raise MeddenoiseError(
+            f"prepared folder {data_dir} (recorded by the run) is gone; give one with --data"
+        )
+    target = make_target(data_dir, split, metadata["noise"], torch_device, limit=limit)
+    if out_dir is None:
+        same_data = own_data and Path(own_data).resolve() == data_dir.resolve()
+        name = split if same_data else f"{split}-{data_dir.resolve().name}"
+        out_dir = (run_dir if run_dir.is_dir() else run_dir.parent) / EVALUATION_DIR / name
+    out_dir = Path(out_dir)
+
+    run_summary = _read_run_summary(run_dir) if run_dir.is_dir() else {}
+    target_name = metadata.get("target", "clean")
+    model_name = metadata["model"]
+    labels = {
+        "kind": "network",
+        "method": model_name if target_name == "clean" else f"{model_name}+{target_name}",
+        "model": model_name,
+        "strategy": strategy_name(metadata.get("strategy", "single"), run_summary.get("amp", "off")),
+        "seed": train_config.get("seed"),
+    }
+    lpips_model, lpips_status = lpips_scorer(torch_device, lpips_weights)
+    scores = score_denoiser(
+        _network_denoiser(model, torch_device),
+        target,
+        batch_size=batch_size,
+        lpips_model=lpips_model,
+        keep_samples=keep_samples,
+    )
+    head_table, head_rows = [], []
+    if heads and model_name == "unetpp":
+        head_table, head_rows = _head_results(model_name, metadata, target, labels, batch_size, torch_device)
+    info = {
+        **labels,
+        "target": target_name,
+        "amp": run_summary.get("amp", ""),
+        "world_size": int(run_summary["world_size"]) if run_summary.get("world_size") else None,
+        "run_dir_relative": os.path.relpath(run_dir if run_dir.is_dir() else run_dir.parent, out_dir),
+        "checkpoint": metadata["checkpoint"],
+        "best_epoch": metadata.get("epoch"),
+        "model_options": metadata.get("model_options", {}),
+        "data": describe_data(target.data),
+        "lpips": lpips_status,
+        "environment": describe_environment(),
+        "heads": head_table,
+        "evaluated_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    return write_evaluation(out_dir, target, scores, info, head_rows=head_rows)
+
+
+def evaluate_baseline(
+    name: str,
+    data_dir: str | Path,
+    out_dir: str | Path,
+    *,
+    noise: dict[str, Any],
+    split: str = "test",
+    tune_split: str = "val",
+    device: str = "cpu",
+    batch_size: int = 16,
+    keep_samples: int = 3,
+    lpips_weights: str | None = None,
+    limit: int = 0,
+    tune_limit: int = 16,
+    params: dict[str, Any] | None = None,
+) -> Path:
+    """Evaluate a classical baseline (noisy, gaussian, nlm, bm3d) on the same images and noise as the
+    networks.
+
+    Parameters are tuned on `tune_split` (at most `tune_limit` images) unless given in `params`.
+    """
+    from meddenoise.baselines.classical import build_baseline, tune_baseline
+    from meddenoise.engine.runtime import resolve_device
+
+    torch_device = resolve_device(device)
+    target = make_target(data_dir, split, noise, torch_device, limit=limit)
+    tuned: dict[str, Any] = dict(params or {})
+    tuning: Any = None
+    if params is None:
+        tune_target = make_target(data_dir, tune_split, noise, torch_device, limit=tune_limit)
+        tuned, tuning = tune_baseline(name, tune_target, noise_mean=noise["mean"], noise_std=noise["std"])
+    baseline = build_baseline(name, noise["mean"], noise["std"], **tuned)
+    lpips_model, lpips_status = lpips_scorer(torch_device, lpips_weights)
+    scores = score_denoiser(
+        baseline.denoise, target, batch_size=batch_size, lpips_model=lpips_model, keep_samples=keep_samples
+    )
+    info = {
+        "kind": "baseline",
+        "method": name,
+        "model": name,
+        "strategy": "",
+        "seed": None,
+        "params": tuned,
+        "tuning": tuning,
+        "data": describe_data(target.data),
+        "lpips": lpips_status,
+        "environment": describe_environment(),
+        "evaluated_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    return write_evaluation(Path(out_dir), target, scores, info)

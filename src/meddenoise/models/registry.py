@@ -1,0 +1,89 @@
+"""One registry, one factory: a model is one decorated builder function, and the same list drives
+`build_model`, the `meddenoise models` table and the parametrised tests.
+
+    @register_model("unet")
+    def unet(base_channels: int = 64, depth: int = 5, ...) -> nn.Module:
+        "U-Net: ... (first docstring line is the table's description)"
+        return UNet(base_channels, depth, ...)
+
+The builder's keyword arguments are the model's options; their defaults are the documented defaults.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import nn
+
+from meddenoise.errors import ConfigError
+
+Builder = Callable[..., nn.Module]
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    name: str
+    builder: Builder
+    description: str
+    defaults: dict[str, Any]
+    # Extra rows for the summary table: (label, options), e.g. the pruned U-Net++ heads.
+    variants: tuple[tuple[str, dict[str, Any]], ...] = field(default=())
+
+
+_REGISTRY: dict[str, ModelEntry] = {}
+
+
+def register_model(
+    name: str, *, variants: tuple[tuple[str, dict[str, Any]], ...] = ()
+) -> Callable[[Builder], Builder]:
+    """Register `builder` under `name`; its keyword defaults become the model's documented options."""
+
+    def decorator(builder: Builder) -> Builder:
+        if name in _REGISTRY:
+            raise ValueError(f"model name {name!r} is registered twice")
+        signature = inspect.signature(builder)
+        defaults = {
+            key: parameter.default
+            for key, parameter in signature.parameters.items()
+            if parameter.default is not inspect.Parameter.empty
+        }
+        description = (inspect.getdoc(builder) or name).splitlines()[0]
+        _REGISTRY[name] = ModelEntry(name, builder, description, defaults, tuple(variants))
+        return builder
+
+    return decorator
+
+
+def list_models() -> list[str]:
+    """Registered model names, in registration order."""
+    return list(_REGISTRY)
+
+
+def get_model_entry(name: str) -> ModelEntry:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        known = ", ".join(_REGISTRY) or "(none)"
+        raise ConfigError(f"unknown model {name!r}; registered models: {known}") from None
+
+
+def build_model(name: str, base_channels: int = 64, **options: Any) -> nn.Module:
+    """Build a registered model by name, e.g. `build_model("unetpp", base_channels=32,
+    deep_supervision=True)`.
+
+    Unknown options and invalid values raise `ConfigError` naming the model and the option.
+    """
+    entry = get_model_entry(name)
+    unknown = sorted(set(options) - set(entry.defaults))
+    if unknown:
+        known = ", ".join(sorted(entry.defaults))
+        raise ConfigError(f"model {name!r} has no option(s) {', '.join(unknown)}; its options are: {known}")
+    if not isinstance(base_channels, int) or base_channels < 1:
+        raise ConfigError(f"model {name!r}: base_channels must be a positive integer; got {base_channels!r}")
+    try:
+        return entry.builder(base_channels=base_channels, **options)
+    except ValueError as exc:
+        raise ConfigError(f"model {name!r}: {exc}") from None

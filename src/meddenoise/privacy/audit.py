@@ -1,0 +1,399 @@
+"""The privacy audit of noise obfuscation: what an obfuscated image still gives away, per noise level.
+
+For each noise std, on the query split (obfuscated exactly as the noise operator's `fixed` mode makes them):
+1. distortion: PSNR/SSIM of the obfuscated image against the clean one (and of the two cheapest attacks:
+   subtracting the known mean, and averaging the two copies the noise2noise set-up publishes);
+2. linkage: rank a gallery of clean images (the whole prepared set by default) with `matcher.Matcher`; how
+   often is the query's own original first / in the top 5;
+3. re-identification: rank the gallery without the query's own image; is the nearest one the same patient;
+4. reversal: PSNR/SSIM of a trained denoiser's output against the clean image, for the receiver's denoiser
+   (trained on the pairs) and an outsider's (trained on other data).
+Clean images are read only here, to measure; nothing in this module trains.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from meddenoise.errors import ConfigError, DataError
+from meddenoise.privacy.matcher import (
+    Matcher,
+    features_of_rows,
+    linkage_rate,
+    reidentification_rate,
+)
+
+SECOND_COPY_SEED_OFFSET = 7919  # the engine's seed offset of obfuscated copy c: seed + 7919 * c
+
+
+@dataclasses.dataclass(frozen=True)
+class AuditPlan:
+    """Which rows are queries and which are the gallery, decided once for all noise levels."""
+
+    query_rows: np.ndarray  # (Q,) int64 rows of the prepared set
+    gallery_rows: np.ndarray  # (G,) int64 rows, ascending
+    query_in_gallery: np.ndarray  # (Q,) position of each query's own image in gallery_rows
+    patients: list[str]  # patient id of every prepared row
+    reid_queries: np.ndarray  # (E,) positions in query_rows whose patient has another image in the gallery
+    reid_skip_reason: str | None
+
+
+def plan_audit(
+    patients: list[str],
+    splits: np.ndarray,
+    split: str,
+    *,
+    gallery_size: int = 0,
+    max_queries: int = 0,
+    seed: int = 0,
+) -> AuditPlan:
+    """Choose queries (the `split`, at most `max_queries`, seeded) and the gallery (all rows, or
+    `gallery_size` rows that always include the queries' own images; 0 = all)."""
+    total = len(patients)
+    query_rows = np.flatnonzero(splits == split) if split != "all" else np.arange(total)
+    if query_rows.size == 0:
+        raise DataError(f"the prepared set has no images in split {split!r}; choose another --split")
+    rng = np.random.default_rng(seed)
+    if 0 < max_queries < query_rows.size:
+        query_rows = np.sort(rng.choice(query_rows, size=max_queries, replace=False))
+    if gallery_size <= 0 or gallery_size >= total:
+        gallery_rows = np.arange(total, dtype=np.int64)
+    else:
+        if gallery_size < query_rows.size:
+            raise ConfigError(
+                f"--gallery-size {gallery_size} is smaller than the {query_rows.size} queries; the gallery"
+                " must hold every query's original: raise it, lower --max-queries, or use 0 for the whole set"
+            )
+        others = np.setdiff1d(np.arange(total), query_rows)
+        fill = rng.choice(others, size=gallery_size - query_rows.size, replace=False)
+        gallery_rows = np.sort(np.concatenate([query_rows, fill]))
+    if gallery_rows.size < 2:
+        raise DataError("the gallery needs at least 2 images; prepare a larger set")
+    query_rows = query_rows.astype(np.int64)
+    query_in_gallery = np.searchsorted(gallery_rows, query_rows)
+
+    gallery_patients = [patients[row] for row in gallery_rows]
+    counts: dict[str, int] = {}
+    for patient in gallery_patients:
+        counts[patient] = counts.get(patient, 0) + 1
+    eligible = np.array([i for i, row in enumerate(query_rows) if counts[patients[row]] >= 2], dtype=np.int64)
+    reason = None
+    if len(counts) < 2:
+        reason = (
+            f"every gallery image belongs to one patient ({gallery_patients[0]!r}; the embedded default is"
+            " rendered from one CT), so 'same patient' is always true: re-identification is not measurable"
+        )
+    elif eligible.size == 0:
+        reason = (
+            "no query's patient has another image in the gallery (patients do not repeat in this source),"
+            " so there is nothing to re-identify across images"
+        )
+    return AuditPlan(
+        query_rows=query_rows,
+        gallery_rows=gallery_rows.astype(np.int64),
+        query_in_gallery=query_in_gallery.astype(np.int64),
+        patients=list(patients),
+        reid_queries=eligible if reason is None else np.zeros(0, dtype=np.int64),
+        reid_skip_reason=reason,
+    )
+
+
+def summarise(values: torch.Tensor | np.ndarray | list[float]) -> dict[str, float]:
+    """Mean with a 95% normal-approximation interval (per-image values are many and independent)."""
+    array = np.asarray(torch.as_tensor(values).detach().cpu().double())
+    count = int(array.size)
+    mean = float(array.mean()) if count else math.nan
+    half = 1.959964 * float(array.std(ddof=1)) / math.sqrt(count) if count > 1 else math.nan
+    return {"mean": mean, "ci_low": mean - half, "ci_high": mean + half, "count": count}
+
+
+@dataclasses.dataclass
+class _LevelAccumulator:
+    """Per-image values of one noise level, gathered batch by batch."""
+
+    features: list[torch.Tensor] = dataclasses.field(default_factory=list)
+    values: dict[str, list[torch.Tensor]] = dataclasses.field(default_factory=dict)
+
+    def add(self, name: str, per_image: torch.Tensor) -> None:
+        self.values.setdefault(name, []).append(per_image.detach().float().cpu())
+
+    def summary(self, name: str) -> dict[str, float]:
+        return summarise(torch.cat(self.values[name]))
+
+
+@dataclasses.dataclass
+class Denoiser:
+    """A trained model loaded for the audit, with what the run folder says about it."""
+
+    role: str  # "receiver" | "outsider"
+    path: str
+    model: torch.nn.Module
+    metadata: dict[str, Any]
+
+
+def load_denoiser(role: str, path: str | None, device: torch.device) -> Denoiser | None:
+    if not path:
+        return None
+    from meddenoise.engine.checkpoint import load_trained_model
+
+    model, metadata = load_trained_model(path, device=device)
+    model.eval()
+    return Denoiser(role=role, path=str(path), model=model, metadata=dict(metadata or {}))
+
+
+def _quality(pred: torch.Tensor, clean: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    from meddenoise.metrics import psnr, ssim
+
+    pred = pred.clamp(0.0, 1.0)
+    return psnr(pred, clean), ssim(pred, clean)
+
+
+def _measure_batch(
+    acc: _LevelAccumulator,
+    clean: torch.Tensor,
+    keys: torch.Tensor,
+    noise_op: Any,
+    noise_mean: float,
+    seed: int,
+    matcher: Matcher,
+    denoisers: list[Denoiser],
+) -> None:
+    """Obfuscate one clean batch (B, 1, H, W) and record every per-image measurement of it."""
+    noisy = noise_op(clean, keys, seed=seed, mode="fixed")
+    second = noise_op(clean, keys, seed=seed + SECOND_COPY_SEED_OFFSET, mode="fixed")
+    acc.features.append(matcher.features(noisy).cpu())
+    for name, estimate in (
+        ("obfuscated", noisy),
+        ("mean_removed", noisy - noise_mean),
+        ("two_copy_average", 0.5 * (noisy + second) - noise_mean),
+    ):
+        psnr_values, ssim_values = _quality(estimate, clean)
+        acc.add(f"{name}_psnr", psnr_values)
+        acc.add(f"{name}_ssim", ssim_values)
+    with torch.inference_mode():
+        for denoiser in denoisers:
+            output = denoiser.model(noisy)
+            output = output if isinstance(output, torch.Tensor) else output[-1]
+            psnr_values, ssim_values = _quality(output.float(), clean)
+            acc.add(f"{denoiser.role}_psnr", psnr_values)
+            acc.add(f"{denoiser.role}_ssim", ssim_values)
+
+
+def _denoiser_info(denoiser: Denoiser) -> dict[str, Any]:
+    info: dict[str, Any] = {"run": denoiser.path}
+    for key in ("model", "model_name", "target", "noise"):
+        if key in denoiser.metadata:
+            info[key] = denoiser.metadata[key]
+    return info
+
+
+def audit_level(
+    data: Any,
+    plan: AuditPlan,
+    gallery_features: torch.Tensor,
+    *,
+    noise_std: float,
+    noise_mean: float,
+    seed: int,
+    matcher: Matcher,
+    denoisers: list[Denoiser],
+    reversal_skips: dict[str, str],
+    device: torch.device,
+    batch_size: int,
+) -> dict[str, Any]:
+    from meddenoise.noise import build_noise
+
+    noise_op = build_noise("gaussian", mean=noise_mean, std=noise_std)
+    acc = _LevelAccumulator()
+    for start in range(0, plan.query_rows.size, batch_size):
+        rows = plan.query_rows[start : start + batch_size]
+        clean = torch.from_numpy(np.ascontiguousarray(data.images[rows])).to(device).unsqueeze(1)
+        clean = clean.float() / float(data.max_value)  # (B, H, W) integer -> (B, 1, H, W) in [0, 1]
+        keys = torch.from_numpy(data.image_keys[rows]).to(device)
+        _measure_batch(acc, clean, keys, noise_op, noise_mean, seed, matcher, denoisers)
+
+    query_features = torch.cat(acc.features).to(gallery_features.device)
+    result: dict[str, Any] = {"noise_std": noise_std, "noise_mean": noise_mean}
+    result["distortion"] = {
+        name: {"psnr": acc.summary(f"{name}_psnr"), "ssim": acc.summary(f"{name}_ssim")}
+        for name in ("obfuscated", "mean_removed", "two_copy_average")
+    }
+    true_index = torch.from_numpy(plan.query_in_gallery)
+    result["linkage"] = linkage_rate(query_features, gallery_features, true_index).to_dict()
+    result["reidentification"] = reidentification(plan, query_features, gallery_features)
+    reversal: dict[str, Any] = {}
+    for role, reason in reversal_skips.items():
+        reversal[role] = {"skipped": reason}
+    for denoiser in denoisers:
+        reversal[denoiser.role] = {
+            **_denoiser_info(denoiser),
+            "psnr": acc.summary(f"{denoiser.role}_psnr"),
+            "ssim": acc.summary(f"{denoiser.role}_ssim"),
+        }
+    result["reversal"] = reversal
+    return result
+
+
+def reidentification(plan: AuditPlan, query_features: torch.Tensor, gallery_features: torch.Tensor) -> dict:
+    if plan.reid_skip_reason is not None:
+        return {"skipped": plan.reid_skip_reason}
+    eligible = torch.from_numpy(plan.reid_queries)
+    query_patients = [plan.patients[plan.query_rows[i]] for i in plan.reid_queries]
+    gallery_patients = [plan.patients[row] for row in plan.gallery_rows]
+    own = torch.from_numpy(plan.query_in_gallery[plan.reid_queries])
+    rate = reidentification_rate(
+        query_features[eligible.to(query_features.device)],
+        gallery_features,
+        query_patients,
+        gallery_patients,
+        own,
+    )
+    out = rate.to_dict()
+    out["excluded_queries"] = int(plan.query_rows.size - plan.reid_queries.size)
+    return out
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
+    return torch.device(name)
+
+
+def run_audit(
+    data_dir: str | Path,
+    *,
+    noise_stds: list[float],
+    noise_mean: float = 0.1,
+    split: str = "test",
+    gallery_size: int = 0,
+    max_queries: int = 0,
+    seed: int = 0,
+    run_dir: str | None = None,
+    outsider_run_dir: str | None = None,
+    device: str = "auto",
+    batch_size: int = 32,
+    matcher: Matcher | None = None,
+) -> dict[str, Any]:
+    """The whole audit as a JSON-ready dict (see the module docstring); `verdict.py` turns it into text."""
+    from meddenoise.data.cache import load_prepared
+
+    matcher = matcher or Matcher()
+    torch_device = resolve_device(device)
+    data = load_prepared(data_dir)
+    patients = [row["patient_id"] for row in data.records]
+    plan = plan_audit(
+        patients, data.splits, split, gallery_size=gallery_size, max_queries=max_queries, seed=seed
+    )
+    gallery_features = features_of_rows(
+        matcher, data.images, plan.gallery_rows, data.max_value, device=torch_device
+    )
+    denoisers = [
+        d
+        for d in (
+            load_denoiser("receiver", run_dir, torch_device),
+            load_denoiser("outsider", outsider_run_dir, torch_device),
+        )
+        if d is not None
+    ]
+    reversal_skips = {}
+    if not run_dir:
+        reversal_skips["receiver"] = "no --run given (the receiver's denoiser, trained on the released pairs)"
+    if not outsider_run_dir:
+        reversal_skips["outsider"] = "no --outsider-run given (a denoiser trained only on other data)"
+    outsider_overlap = _outsider_overlap(data, plan, outsider_run_dir)
+
+    levels = [
+        audit_level(
+            data,
+            plan,
+            gallery_features,
+            noise_std=float(std),
+            noise_mean=noise_mean,
+            seed=seed,
+            matcher=matcher,
+            denoisers=denoisers,
+            reversal_skips=reversal_skips,
+            device=torch_device,
+            batch_size=batch_size,
+        )
+        for std in noise_stds
+    ]
+    clean_query_features = features_of_rows(
+        matcher, data.images, plan.query_rows, data.max_value, device=torch_device
+    )
+    source_names = sorted({row.get("source", "") for row in data.records})
+    return {
+        "data": {
+            "folder": str(data.folder),
+            "sources": source_names,
+            "images": len(data),
+            "patients": len(set(patients)),
+            "split": split,
+            "queries": int(plan.query_rows.size),
+            "gallery": int(plan.gallery_rows.size),
+            "image_size": list(data.images.shape[1:]),
+        },
+        "settings": {
+            "noise_mean": noise_mean,
+            "noise_stds": [float(s) for s in noise_stds],
+            "seed": seed,
+            "noise_mode": "fixed",
+            "gallery_size": gallery_size,
+            "max_queries": max_queries,
+            "matcher": {"kind": "area-downsample + gaussian blur + NCC", **dataclasses.asdict(matcher)},
+            "device": str(torch_device),
+        },
+        "reference": {
+            "reidentification_clean_queries": reidentification(plan, clean_query_features, gallery_features)
+        },
+        "outsider_overlap": outsider_overlap,
+        "levels": levels,
+    }
+
+
+def _outsider_overlap(data: Any, plan: AuditPlan, outsider_run_dir: str | None) -> dict[str, Any] | None:
+    """How many audited queries the outsider's run trained on (0 for an honest outsider's attack).
+
+    Images are compared by pixel hash (manifest `content_hash`), so the same picture under another id or in
+    another prepared folder still counts.
+    """
+    if not outsider_run_dir:
+        return None
+    import csv
+
+    from meddenoise.fileio import read_json
+
+    run = Path(outsider_run_dir)
+    split_file = run / "split.csv"
+    if not split_file.is_file():
+        return {
+            "checked": False,
+            "reason": f"{split_file} not found; cannot check the outsider's training set",
+        }
+    train_split = "train"
+    if (run / "config.json").is_file():
+        saved = read_json(run / "config.json", what="run config")
+        train_split = (
+            (saved.get("config") or {}).get("train_split", "train") if isinstance(saved, dict) else "train"
+        )
+    with open(split_file, newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    column = "content_hash" if rows and "content_hash" in rows[0] else "image_id"
+    if not rows or column not in rows[0] or "split" not in rows[0]:
+        return {"checked": False, "reason": f"{split_file} has no content_hash/image_id and split columns"}
+    trained = {row[column] for row in rows if train_split == "all" or row["split"] == train_split}
+    queries = {data.records[row][column] for row in plan.query_rows}
+    return {
+        "checked": True,
+        "compared_by": column,
+        "trained_images": len(trained),
+        "queries_seen_in_training": len(trained & queries),
+    }

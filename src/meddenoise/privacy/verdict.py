@@ -1,0 +1,231 @@
+"""Words from the audit's numbers: the console table, the verdict sentences and the Markdown report section.
+
+Every sentence is a template filled with measured figures; a claim without a figure is not written.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def _pct(value: float) -> str:
+    return f"{100.0 * value:.1f}%"
+
+
+def _chance_pct(value: float) -> str:
+    return f"{100.0 * value:.2g}%" if value < 0.01 else _pct(value)
+
+
+def _interval(bounds: Any) -> str:
+    low, high = bounds
+    return f"95% CI {_pct(low)}-{_pct(high)}"
+
+
+def _mean(entry: dict[str, Any], metric: str) -> float:
+    return float(entry[metric]["mean"])
+
+
+def level_sentences(level: dict[str, Any], reference: dict[str, Any]) -> list[str]:
+    """The verdict for one noise level, one sentence per measurement."""
+    std = level["noise_std"]
+    distortion = level["distortion"]
+    released = distortion["obfuscated"]
+    one_copy, two_copies = (
+        _mean(distortion["mean_removed"], "psnr"),
+        _mean(distortion["two_copy_average"], "psnr"),
+    )
+    lines = [
+        f"Released image (std {std:g}, mean {level['noise_mean']:g}): PSNR {_mean(released, 'psnr'):.2f} dB,"
+        f" SSIM {_mean(released, 'ssim'):.3f} against the original; subtracting the known mean gives"
+        f" {one_copy:.2f} dB; averaging the two copies that noise2noise training needs gives"
+        f" {two_copies:.2f} dB ({two_copies - one_copy:+.2f} dB over one copy)."
+    ]
+    link = level["linkage"]
+    lines.append(
+        f"Linkage: the matcher ranks the original first for {_pct(link['top1'])} of {link['queries']}"
+        f" obfuscated queries ({_interval(link['top1_interval'])}) among {link['gallery']} clean images,"
+        f" chance {_chance_pct(link['chance_top1'])}; top-5 {_pct(link['top5'])}"
+        f" (chance {_chance_pct(link['chance_top5'])})."
+    )
+    reid = level["reidentification"]
+    if "skipped" in reid:
+        lines.append(f"Re-identification: not measured: {reid['skipped']}.")
+    else:
+        clean = reference.get("reidentification_clean_queries", {})
+        clean_text = f"; {_pct(clean['top1'])} with un-obfuscated queries" if "top1" in clean else ""
+        lines.append(
+            f"Re-identification: the nearest other image shows the same patient for {_pct(reid['top1'])} of"
+            f" {reid['queries']} queries ({_interval(reid['top1_interval'])}), chance"
+            f" {_chance_pct(reid['chance_top1'])}{clean_text}; top-5 {_pct(reid['top5'])}"
+            f" (chance {_chance_pct(reid['chance_top5'])})."
+        )
+    for role, label in (
+        ("receiver", "receiver's denoiser (trained on the pairs)"),
+        ("outsider", "outsider's"),
+    ):
+        entry = level["reversal"].get(role, {})
+        if "skipped" in entry or "psnr" not in entry:
+            lines.append(f"Reversal by the {label}: not measured: {entry.get('skipped', 'no run given')}.")
+            continue
+        gain = _mean(entry, "psnr") - _mean(released, "psnr")
+        lines.append(
+            f"Reversal by the {label}{_training_note(entry)}: PSNR {_mean(entry, 'psnr'):.2f} dB"
+            f" ({gain:+.2f} dB over the released image), SSIM {_mean(entry, 'ssim'):.3f}."
+        )
+    return lines
+
+
+def _training_note(entry: dict[str, Any]) -> str:
+    """' (target noise2noise, trained at std 0.2)' from the run's metadata, when it is known."""
+    parts = []
+    if entry.get("target"):
+        parts.append(f"target {entry['target']}")
+    noise = entry.get("noise")
+    if isinstance(noise, dict) and noise.get("std") is not None:
+        parts.append(f"trained at std {float(noise['std']):g}")
+    return f" ({', '.join(parts)})" if parts else ""
+
+
+def summary_sentences(result: dict[str, Any]) -> list[str]:
+    """What the obfuscation hides and what it does not, across all levels, from the extreme figures.
+
+    A level counts as linkable when the lower end of its top-1 interval lies above chance.
+    """
+    levels = result["levels"]
+    if not levels:
+        return []
+    highest = max(levels, key=lambda level: level["noise_std"])
+    lines = [
+        f"Hidden: pixel fidelity; at std {highest['noise_std']:g} the released image is at"
+        f" {_mean(highest['distortion']['obfuscated'], 'psnr'):.2f} dB PSNR from the original."
+    ]
+    linkable = [lv for lv in levels if lv["linkage"]["top1_interval"][0] > lv["linkage"]["chance_top1"]]
+    if linkable:
+        worst = min(linkable, key=lambda level: level["linkage"]["top1"])
+        link = worst["linkage"]
+        stds = ", ".join(f"{lv['noise_std']:g}" for lv in linkable)
+        lines.append(
+            f"Not hidden: which image it is, at std {stds}: linkage top-1 is at least {_pct(link['top1'])}"
+            f" (std {worst['noise_std']:g}), {link['top1'] / link['chance_top1']:.0f}x the chance rate of"
+            f" {_chance_pct(link['chance_top1'])}."
+        )
+    for level in levels:
+        if level not in linkable:
+            link = level["linkage"]
+            lines.append(
+                f"At std {level['noise_std']:g} linkage top-1 ({_pct(link['top1'])},"
+                f" {_interval(link['top1_interval'])}) is not above chance ({_chance_pct(link['chance_top1'])})."
+            )
+    receiver = highest["reversal"].get("receiver", {})
+    if "psnr" in receiver:
+        lines.append(
+            f"Reversible: at std {highest['noise_std']:g} the receiver's denoiser restores"
+            f" {_mean(receiver, 'psnr'):.2f} dB PSNR (SSIM {_mean(receiver, 'ssim'):.3f})."
+        )
+    return lines
+
+
+def _cell(entry: dict[str, Any], key: str, fmt: str) -> str:
+    if "skipped" in entry or key not in entry:
+        return "skip"
+    value = entry[key]
+    if isinstance(value, dict):
+        value = value["mean"]
+    return format(value, fmt)
+
+
+TABLE_HEADER = (
+    "std",
+    "PSNR",
+    "SSIM",
+    "link@1",
+    "link@5",
+    "chance@1",
+    "reid@1",
+    "reid@5",
+    "chance@1",
+    "recv PSNR",
+    "outs PSNR",
+)
+
+
+def table_rows(result: dict[str, Any]) -> list[tuple[str, ...]]:
+    rows = []
+    for level in result["levels"]:
+        released = level["distortion"]["obfuscated"]
+        link, reid, reversal = level["linkage"], level["reidentification"], level["reversal"]
+        rows.append(
+            (
+                f"{level['noise_std']:g}",
+                _cell(released, "psnr", ".2f"),
+                _cell(released, "ssim", ".3f"),
+                _cell(link, "top1", ".3f"),
+                _cell(link, "top5", ".3f"),
+                _cell(link, "chance_top1", ".4f"),
+                _cell(reid, "top1", ".3f"),
+                _cell(reid, "top5", ".3f"),
+                _cell(reid, "chance_top1", ".4f"),
+                _cell(reversal.get("receiver", {}), "psnr", ".2f"),
+                _cell(reversal.get("outsider", {}), "psnr", ".2f"),
+            )
+        )
+    return rows
+
+
+def format_table(result: dict[str, Any]) -> str:
+    """A fixed-width console table, one row per noise level."""
+    rows = [TABLE_HEADER, *table_rows(result)]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(TABLE_HEADER))]
+    return "\n".join("  ".join(cell.rjust(width) for cell, width in zip(row, widths)) for row in rows)
+
+
+def markdown_section(result: dict[str, Any], heading: str = "## Privacy audit of noise obfuscation") -> str:
+    """A self-contained Markdown section (figures, verdict, method) that a report can include as is."""
+    data, settings = result["data"], result["settings"]
+    lines = [
+        heading,
+        "",
+        f"Data: `{data['folder']}` ({', '.join(data['sources'])}; {data['images']} images,"
+        f" {data['patients']} patients). Queries: {data['queries']} images of split `{data['split']}`,"
+        f" obfuscated with Gaussian noise (mean {settings['noise_mean']:g}, clamped to [0, 1], fixed seed"
+        f" {settings['seed']}). Gallery: {data['gallery']} clean images.",
+        "",
+        "| " + " | ".join(TABLE_HEADER) + " |",
+        "|" + "|".join("---:" for _ in TABLE_HEADER) + "|",
+    ]
+    lines += ["| " + " | ".join(row) + " |" for row in table_rows(result)]
+    lines += [
+        "",
+        "PSNR/SSIM: released (obfuscated) image against the original. link@k: the query's original among the"
+        " k best-matching gallery images. reid@k: an image of the same patient (own image excluded) among the"
+        " k nearest. chance@1: the rate of a random ranking of the same gallery. recv/outs PSNR: the"
+        " receiver's / an outsider's denoiser output against the original.",
+        "",
+        "### Verdict",
+        "",
+    ]
+    lines += [f"- {sentence}" for sentence in summary_sentences(result)]
+    for level in result["levels"]:
+        lines += ["", f"Noise std {level['noise_std']:g}:", ""]
+        lines += [f"- {sentence}" for sentence in level_sentences(level, result["reference"])]
+    overlap = result.get("outsider_overlap")
+    if overlap:
+        lines.append("")
+        if overlap.get("checked"):
+            lines.append(
+                f"Outsider check: its training split holds {overlap['queries_seen_in_training']} of the"
+                f" audited queries (of {overlap['trained_images']} training images, compared by"
+                f" {overlap['compared_by']})."
+            )
+        else:
+            lines.append(f"Outsider check: not done: {overlap['reason']}.")
+    matcher = settings["matcher"]
+    lines += [
+        "",
+        f"Method: the matcher averages each image down to {matcher['feature_size']} x"
+        f" {matcher['feature_size']} pixels, blurs it (Gaussian, sigma {matcher['blur_sigma']:g} px),"
+        " removes the mean and compares by normalised cross-correlation. Clean images are used only to"
+        " measure; the 95% intervals are Wilson intervals (hit rates) and normal intervals (means).",
+        "",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,280 @@
+"""Assemble the report of a folder of runs: `report.md`, its HTML twin, `figures/*.png` and `tables/*.csv`.
+
+    build_report("runs/quick")   # reads runs/quick/**/evaluation.json, the runs' files and reproduce.json
+
+Sections: set-up (hardware, versions, data, split policy, noise, LPIPS status, what was not run and why),
+Tables III-VI with their paired tests, the U-Net++ head table, the figures, the privacy audit when
+present, and
+the list of files every number was read from.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+from pathlib import Path
+from typing import Any
+
+from meddenoise.evaluation import files
+from meddenoise.evaluation.environment import describe_hardware
+from meddenoise.fileio import atomic_write_text, ensure_writable_dir, read_json
+from meddenoise.report import figures, tables
+from meddenoise.report.collect import Collection, collect, method_label
+from meddenoise.report.document import Block, BulletList, Figure, Heading, Paragraph, Table, render_markdown
+from meddenoise.report.html import render_html
+
+REPORT_MARKDOWN = "report.md"
+REPORT_HTML = "report.html"
+FIGURES_DIR = "figures"
+TABLES_DIR = "tables"
+PRIVACY_FILE = "privacy_audit.json"
+
+
+@dataclasses.dataclass
+class Report:
+    markdown: Path
+    html: Path
+    blocks: list[Block]
+    figures: list[Path]
+
+
+def _first(collection: Collection, key: str) -> Any:
+    for evaluation in collection.evaluations:
+        if evaluation.info.get(key):
+            return evaluation.info[key]
+    return None
+
+
+def setup_section(collection: Collection) -> list[Block]:
+    plan = collection.plan
+    environment = plan.get("environment") or _first(collection, "environment") or {}
+    versions = environment.get("versions", {})
+    data = plan.get("data") or _first(collection, "data") or {}
+    noise = _first(collection, "noise") or {}
+    items = [
+        f"Hardware: {describe_hardware(environment)}." if environment else "Hardware: not recorded.",
+        "Versions: " + ", ".join(f"{name} {version}" for name, version in versions.items()) + "."
+        if versions
+        else "Versions: not recorded.",
+    ]
+    if data:
+        counts = data.get("counts", {})
+        patients = data.get("patients", {})
+        items.append(
+            f"Data: source `{data.get('source', '?')}`, "
+            f"{data.get('height', '?')}x{data.get('width', '?')} pixels "
+            f"({data.get('dtype', '?')}), prepared folder `{data.get('folder', '?')}`; split by "
+            f"**{data.get('split_by', '?')}**: "
+            + ", ".join(
+                f"{name} {counts.get(name, '?')} images / {patients.get(name, '?')} groups"
+                for name in ("train", "val", "test")
+            )
+            + "."
+        )
+        items.append(_split_policy_sentence(data))
+    if noise:
+        items.append(
+            f"Noise: {noise.get('kind', 'gaussian')} with mean {noise.get('mean')}, std per row of the "
+            f"tables, "
+            f"clamped to [0, 1]: {noise.get('clamp')}; test inputs use the `fixed` mode with seed "
+            f"{noise.get('seed')}, so every method sees the same noisy images."
+        )
+    items.append(_lpips_sentence(collection))
+    blocks: list[Block] = [Heading(2, "Set-up"), BulletList(items)]
+    if plan:
+        blocks.append(
+            Paragraph(
+                f"Preset `{plan.get('preset', '?')}`: {plan.get('description', '')} Seeds per configuration: "
+                f"{plan.get('seeds', 1)}. Wall time of the whole grid: "
+                f"{_seconds_text(plan.get('wall_seconds'))}."
+            )
+        )
+        skipped = plan.get("skipped") or []
+        if skipped:
+            blocks.append(Paragraph("Not run, with the reason:"))
+            blocks.append(BulletList([f"{item['what']}: {item['reason']}" for item in skipped]))
+    return blocks
+
+
+def _seconds_text(seconds: Any) -> str:
+    if not isinstance(seconds, (int, float)):
+        return "not recorded"
+    return (
+        f"{seconds:.0f} s ({seconds / 60:.1f} min; data preparation included, building this report excluded)"
+    )
+
+
+def _split_policy_sentence(data: dict[str, Any]) -> str:
+    split_by = data.get("split_by")
+    if split_by == "image":
+        return (
+            "Split policy: by image, as in the paper; images of one patient can fall into both training and "
+            "test, which flatters test scores."
+        )
+    if data.get("source") == "default":
+        return (
+            "Split policy: by pose group; all rendered default images come from one CT volume, so whole pose "
+            "groups are held out and no test image shares its pose group with a training image."
+        )
+    return "Split policy: by patient; no patient has images in two splits."
+
+
+def _lpips_sentence(collection: Collection) -> str:
+    statuses = {}
+    for evaluation in collection.evaluations:
+        lpips = evaluation.info.get("lpips") or {}
+        statuses[bool(lpips.get("available"))] = lpips.get("reason") or lpips.get("weights") or ""
+    if statuses.get(True) is not None and False not in statuses:
+        return f"LPIPS (AlexNet, v0.1): computed ({statuses[True]})."
+    if True not in statuses:
+        return f"LPIPS (AlexNet, v0.1): not available, shown as n/a: {statuses.get(False, 'not recorded')}."
+    return f"LPIPS: computed for some evaluations only; elsewhere n/a: {statuses[False]}."
+
+
+def _table_blocks(result: tables.TableResult, name: str, tables_dir: Path) -> list[Block]:
+    if result.rows:
+        columns = list(dict.fromkeys(key for row in result.rows for key in row))  # first-seen order
+        files.write_rows(tables_dir / f"{name}.csv", columns, result.rows)
+    if not result.table.rows:
+        return [Paragraph(f"{result.table.caption}: nothing to show (no matching runs).")]
+    return [result.table]
+
+
+def tables_section(collection: Collection, tables_dir: Path) -> list[Block]:
+    skipped = collection.plan.get("skipped") or []
+    blocks: list[Block] = [Heading(2, "Quality (Table III)")]
+    blocks += _table_blocks(tables.table_quality(collection), "table3_quality", tables_dir)
+    blocks += [Heading(2, "Configurations (Table IV)")]
+    blocks += _table_blocks(tables.table_configurations(collection), "table4_configurations", tables_dir)
+    blocks += [Heading(2, "Speed-up of DP and DDP+AMP (Table V)")]
+    blocks += _table_blocks(tables.table_speedup(collection, skipped), "table5_speedup", tables_dir)
+    blocks += [Heading(2, "Baselines on the same test images (Table VI)")]
+    baselines, tests = tables.table_baselines(collection)
+    blocks += _table_blocks(baselines, "table6_baselines", tables_dir)
+    blocks += _table_blocks(tests, "table6_paired_tests", tables_dir)
+    heads = tables.table_heads(collection)
+    if heads is not None:
+        blocks += [Heading(2, "U-Net++ heads (pruned networks)")]
+        blocks += _table_blocks(heads, "unetpp_heads", tables_dir)
+    return blocks
+
+
+def figures_section(collection: Collection, report_dir: Path) -> tuple[list[Block], list[Path]]:
+    figures_dir = ensure_writable_dir(report_dir / FIGURES_DIR, what="figures folder")
+    blocks: list[Block] = [Heading(2, "Figures")]
+    written: list[Path] = []
+
+    def add(name: str, caption: str | None) -> None:
+        if caption is not None:
+            blocks.append(Figure(f"{FIGURES_DIR}/{name}", caption))
+            written.append(figures_dir / name)
+
+    for level in collection.noise_levels():
+        tag = f"{level:g}".replace(".", "p")
+        add(
+            f"qualitative_std{tag}.png",
+            figures.qualitative_grid(collection, level, figures_dir / f"qualitative_std{tag}.png"),
+        )
+        add(
+            f"error_maps_std{tag}.png",
+            figures.error_maps(collection, level, figures_dir / f"error_maps_std{tag}.png"),
+        )
+    add("training_curves.png", figures.training_curves(collection, figures_dir / "training_curves.png"))
+    add("training_time.png", figures.training_times(collection, figures_dir / "training_time.png"))
+    add(
+        "metric_distributions.png",
+        figures.metric_distributions(collection, figures_dir / "metric_distributions.png"),
+    )
+    return blocks, written
+
+
+def privacy_section(collection: Collection) -> list[Block]:
+    found = sorted(
+        p
+        for p in collection.root.rglob(PRIVACY_FILE)
+        if not any(part.startswith(".") for part in p.relative_to(collection.root).parts)
+    )
+    if not found:
+        reason = collection.plan.get("privacy_skipped")
+        return [Heading(2, "Privacy audit"), Paragraph(f"Not run: {reason}.")] if reason else []
+    from meddenoise.privacy.verdict import TABLE_HEADER, level_sentences, summary_sentences, table_rows
+
+    path = found[0]
+    result = read_json(path, what="privacy audit")
+    relative = path.relative_to(collection.root).with_suffix(".md").as_posix()
+    blocks: list[Block] = [
+        Heading(2, "Privacy audit of noise obfuscation"),
+        Paragraph(
+            f"From `{path.relative_to(collection.root).as_posix()}` (full text: [{relative}]({relative}))."
+        ),
+        Table(
+            list(TABLE_HEADER),
+            [list(row) for row in table_rows(result)],
+            "Privacy audit per noise level",
+            [
+                "PSNR/SSIM: released image against the original; link@k: the original among the k best "
+                "matches; "
+                "reid@k: same patient among the k nearest other images; recv/outs PSNR: a denoiser's output."
+            ],
+        ),
+        BulletList(summary_sentences(result)),
+    ]
+    for level in result.get("levels", []):
+        blocks.append(Paragraph(f"Noise std {level['noise_std']:g}:"))
+        blocks.append(BulletList(level_sentences(level, result.get("reference", {}))))
+    return blocks
+
+
+def sources_section(collection: Collection) -> list[Block]:
+    items = []
+    for evaluation in collection.evaluations:
+        where = (
+            evaluation.folder.relative_to(collection.root).as_posix()
+            if evaluation.folder.is_relative_to(collection.root)
+            else str(evaluation.folder)
+        )
+        label = method_label(evaluation.method)
+        extra = f", {evaluation.strategy}, seed {evaluation.seed}" if evaluation.kind == "network" else ""
+        items.append(f"`{where}/{files.PER_IMAGE_FILE}`: {label}, std {evaluation.noise_std:g}{extra}")
+    return [
+        Heading(2, "Where the numbers come from"),
+        Paragraph(
+            "Every number above is aggregated from these per-image tables (written by `meddenoise "
+            "evaluate`) and from the training engine's `summary.csv` / `metrics.jsonl` in each run folder; "
+            f"full-precision copies of the tables are in `{TABLES_DIR}/`."
+        ),
+        BulletList(items),
+    ]
+
+
+def build_report(root: str | Path, out_dir: str | Path | None = None, *, split: str = "test") -> Report:
+    """Read every evaluation below `root` and write report.md, report.html, figures/ and tables/ to `out_dir`
+    (default: `root`)."""
+    collection = collect(root, split=split)
+    report_dir = ensure_writable_dir(out_dir or root, what="report folder")
+    tables_dir = ensure_writable_dir(report_dir / TABLES_DIR, what="tables folder")
+    created = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    title = "Deep denoising of obfuscated chest X-rays: reproduction report"
+    blocks: list[Block] = [
+        Heading(1, title),
+        Paragraph(
+            f"Built {created} from `{Path(root).resolve()}` ({len(collection.evaluations)} evaluations "
+            f"of split "
+            f"`{split}`, {len(collection.noise_levels())} noise levels). Rebuild with `meddenoise "
+            f"report {root}`."
+        ),
+    ]
+    blocks += setup_section(collection)
+    blocks += tables_section(collection, tables_dir)
+    figure_blocks, figure_paths = figures_section(collection, report_dir)
+    blocks += figure_blocks
+    blocks += privacy_section(collection)
+    blocks += sources_section(collection)
+    markdown_path = report_dir / REPORT_MARKDOWN
+    html_path = report_dir / REPORT_HTML
+    atomic_write_text(markdown_path, render_markdown(blocks))
+    atomic_write_text(html_path, render_html(blocks, title, report_dir))
+    return Report(markdown_path, html_path, blocks, figure_paths)
+
+
+__all__ = ["Report", "build_report", "Table"]

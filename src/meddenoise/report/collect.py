@@ -1,0 +1,238 @@
+"""Read what a reproduction (or any folder of runs) left on disk: evaluations, training histories, the plan.
+
+Nothing here computes a metric; it only loads files written by `evaluate`, the training engine and
+`reproduce`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from meddenoise.errors import MeddenoiseError
+from meddenoise.evaluation import files
+from meddenoise.fileio import read_json
+
+PLAN_FILE = "reproduce.json"
+
+METHOD_LABELS = {
+    "noisy": "Noisy input",
+    "gaussian": "Gaussian filter",
+    "nlm": "Non-local means",
+    "bm3d": "BM3D",
+    "dncnn": "DnCNN",
+    "unet": "U-Net",
+    "unetpp": "U-Net++",
+}
+# Table order: classical first, then learned, as in the paper's Table VI.
+METHOD_ORDER = ("noisy", "gaussian", "nlm", "bm3d", "dncnn", "unet", "unetpp")
+STRATEGY_LABELS = {"single": "1 device", "dp": "DP", "ddp": "DDP", "ddp+amp": "DDP+AMP", "dp+amp": "DP+AMP"}
+STRATEGY_ORDER = ("single", "single+amp", "dp", "dp+amp", "ddp", "ddp+amp")
+
+
+def method_label(method: str) -> str:
+    model, _, target = method.partition("+")
+    label = METHOD_LABELS.get(model, model)
+    return f"{label} ({target})" if target else label
+
+
+def method_sort_key(method: str) -> tuple[int, str]:
+    model, _, target = method.partition("+")
+    rank = METHOD_ORDER.index(model) if model in METHOD_ORDER else len(METHOD_ORDER)
+    return (rank, target)
+
+
+def strategy_label(strategy: str) -> str:
+    return STRATEGY_LABELS.get(strategy, strategy)
+
+
+def strategy_sort_key(strategy: str) -> tuple[int, str]:
+    return (STRATEGY_ORDER.index(strategy) if strategy in STRATEGY_ORDER else len(STRATEGY_ORDER), strategy)
+
+
+@dataclasses.dataclass
+class Evaluation:
+    """One evaluation folder: its record (evaluation.json) and its per-image rows."""
+
+    folder: Path
+    info: dict[str, Any]
+    rows: list[dict[str, str]]
+
+    @property
+    def kind(self) -> str:
+        return str(self.info.get("kind", "network"))
+
+    @property
+    def method(self) -> str:
+        return str(self.info["method"])
+
+    @property
+    def noise_std(self) -> float:
+        return float(self.info["noise"]["std"])
+
+    @property
+    def noise_mean(self) -> float:
+        return float(self.info["noise"]["mean"])
+
+    @property
+    def strategy(self) -> str:
+        return str(self.info.get("strategy") or "")
+
+    @property
+    def seed(self) -> int | None:
+        seed = self.info.get("seed")
+        return None if seed is None else int(seed)
+
+    @property
+    def run_dir(self) -> Path | None:
+        relative = self.info.get("run_dir_relative")
+        return (self.folder / relative).resolve() if relative else None
+
+    def values(self, metric: str) -> np.ndarray:
+        return files.metric_values(self.rows, metric)
+
+    def image_ids(self) -> list[str]:
+        return [row["image_id"] for row in self.rows]
+
+    def patient_ids(self) -> list[str]:
+        return [row["patient_id"] for row in self.rows]
+
+    def head_rows(self) -> list[dict[str, str]]:
+        path = self.folder / files.PER_HEAD_FILE
+        return files.read_rows(path) if path.is_file() else []
+
+    def samples(self) -> dict[str, np.ndarray] | None:
+        return files.read_samples(self.folder / files.SAMPLES_FILE)
+
+
+@dataclasses.dataclass
+class RunHistory:
+    """What the training engine recorded: per-epoch rows of metrics.jsonl and the total training time."""
+
+    run_dir: Path
+    epochs: list[dict[str, Any]]
+    train_seconds: float | None
+    world_size: int | None
+    device: str
+
+
+def load_evaluation(folder: Path) -> Evaluation:
+    info = files.read_info(folder)
+    rows = files.read_rows(folder / files.PER_IMAGE_FILE)
+    if not rows:
+        raise MeddenoiseError(f"{folder / files.PER_IMAGE_FILE} has no rows; evaluate again")
+    return Evaluation(folder=folder, info=info, rows=rows)
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    records = []
+    if not path.is_file():
+        return records
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:  # a line cut by a killed writer; the ones before it are still good
+            break
+    return records
+
+
+def _number(value: Any) -> float | None:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(number) else number
+
+
+def load_history(run_dir: Path) -> RunHistory:
+    """Per-epoch rows (metrics.jsonl) and the training time of an engine run folder (summary.csv).
+
+    The training time is the engine's `train_seconds`: the training loop summed over epochs, validation
+    excluded; when summary.csv is missing (a run still going), the per-epoch `train_seconds` are summed.
+    """
+    epochs = [row for row in read_jsonl(run_dir / "metrics.jsonl") if row.get("epoch") is not None]
+    summary_path = run_dir / "summary.csv"
+    summary = files.read_rows(summary_path)[0] if summary_path.is_file() else {}
+    total = _number(summary.get("train_seconds"))
+    if total is None and epochs:
+        times = [_number(row.get("train_seconds")) for row in epochs]
+        if all(t is not None for t in times):
+            total = float(sum(times))
+    world_size = _number(summary.get("world_size"))
+    return RunHistory(
+        run_dir=run_dir,
+        epochs=epochs,
+        train_seconds=total,
+        world_size=None if world_size is None else int(world_size),
+        device=str(summary.get("device", "")),
+    )
+
+
+@dataclasses.dataclass
+class Collection:
+    """Everything the report is built from."""
+
+    root: Path
+    evaluations: list[Evaluation]
+    histories: dict[Path, RunHistory]
+    plan: dict[str, Any]
+
+    def networks(self) -> list[Evaluation]:
+        return [e for e in self.evaluations if e.kind == "network"]
+
+    def baselines(self) -> list[Evaluation]:
+        return [e for e in self.evaluations if e.kind == "baseline"]
+
+    def noise_levels(self) -> list[float]:
+        return sorted({e.noise_std for e in self.evaluations})
+
+    def history(self, evaluation: Evaluation) -> RunHistory | None:
+        return self.histories.get(evaluation.run_dir) if evaluation.run_dir else None
+
+    def train_seconds(self, evaluation: Evaluation) -> float | None:
+        recorded = _number(evaluation.info.get("train_seconds"))
+        if recorded is not None:
+            return recorded
+        history = self.history(evaluation)
+        return history.train_seconds if history else None
+
+
+def collect(root: str | Path, *, split: str = "test") -> Collection:
+    """Load every evaluation of `split` below `root`, the histories of their runs and the reproduction
+    plan."""
+    root = Path(root)
+    if not root.is_dir():
+        raise MeddenoiseError(f"{root} is not a folder; give the folder that `meddenoise reproduce` wrote")
+    evaluations = []
+    for folder in files.find_evaluations(root):
+        evaluation = load_evaluation(folder)
+        if evaluation.info.get("split", "test") == split:
+            evaluations.append(evaluation)
+    if not evaluations:
+        raise MeddenoiseError(
+            f"no evaluations of split {split!r} under {root}; run `meddenoise evaluate RUN_DIR` or "
+            "`meddenoise reproduce --out DIR` first"
+        )
+    histories = {}
+    for evaluation in evaluations:
+        run_dir = evaluation.run_dir
+        if run_dir is not None and run_dir not in histories and run_dir.is_dir():
+            histories[run_dir] = load_history(run_dir)
+    plan_path = root / PLAN_FILE
+    plan = read_json(plan_path, what="reproduction plan") if plan_path.is_file() else {}
+    return Collection(root=root, evaluations=evaluations, histories=histories, plan=plan)
+
+
+def group_by(evaluations: Sequence[Evaluation], *keys: str) -> dict[tuple, list[Evaluation]]:
+    groups: dict[tuple, list[Evaluation]] = {}
+    for evaluation in evaluations:
+        groups.setdefault(tuple(getattr(evaluation, key) for key in keys), []).append(evaluation)
+    return groups

@@ -1,0 +1,490 @@
+"""`meddenoise reproduce`: the paper's grid (models x noise levels x strategies, plus baselines), resumable,
+ending in the report.
+
+    OUT/reproduce.json             plan, environment, data, what ran / was skipped and why, wall time
+    OUT/data/                      the prepared folder (unless --data gives one)
+    OUT/runs/<configuration>/      an engine run folder + evaluation/test/ + DONE when finished
+    OUT/baselines/<method>_std<s>/ an evaluation folder + DONE
+    OUT/privacy/                   privacy_audit.json / .md
+    OUT/report.md, report.html, figures/, tables/
+
+A configuration whose folder holds DONE is never redone; a run killed mid-training continues from its last
+checkpoint with --resume.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from meddenoise.errors import ConfigError, MeddenoiseError
+from meddenoise.evaluation import files
+from meddenoise.fileio import atomic_write_json, ensure_writable_dir, read_json
+
+PLAN_FILE = "reproduce.json"
+STRATEGIES = ("single", "dp", "ddp+amp")
+CLASSICAL_BASELINES = ("noisy", "gaussian", "nlm", "bm3d")
+
+
+@dataclasses.dataclass(frozen=True)
+class Preset:
+    name: str
+    description: str
+    prepare: dict[str, Any]  # options of `meddenoise prepare`
+    train: dict[str, Any]  # TrainConfig fields shared by every network run
+    model_train: dict[str, dict[str, Any]]  # per-model TrainConfig overrides
+    models: tuple[str, ...] = ("unet", "unetpp")
+    noise_stds: tuple[float, ...] = (0.1, 0.2, 0.3)
+    noise_mean: float = 0.1
+    strategies: tuple[str, ...] = STRATEGIES
+    multi_device_noise_stds: tuple[float, ...] | None = None  # None: every level
+    cpu_ddp: bool = False  # without GPUs, run DDP as 2 gloo processes on the CPU (fp32)
+    classical: tuple[str, ...] = CLASSICAL_BASELINES
+    baseline_limits: dict[str, int] = dataclasses.field(default_factory=dict)  # method -> max test images
+    learned: tuple[str, ...] = ("dncnn",)
+    clean_free: tuple[str, ...] = ("noise2noise", "neighbor2neighbor")
+    clean_free_noise_stds: tuple[float, ...] | None = None
+    privacy: bool = True
+    privacy_queries: int = 200
+    samples: int = 3
+    tune_limit: int = 16
+
+
+_TINY_UNET = {"base_channels": 4, "depth": 3}
+PRESETS: dict[str, Preset] = {
+    "smoke": Preset(
+        name="smoke",
+        description="seconds-long end-to-end check on tiny images (numbers mean nothing).",
+        prepare={"source": "default", "count": 48, "size": 32},
+        train={"epochs": 1, "batch_size": 4, "val_batch_size": 16, "patience": 0, **_TINY_UNET},
+        model_train={"dncnn": {"base_channels": 4, "model_options": ["num_layers=3"], "depth": 0}},
+        noise_stds=(0.1, 0.2),
+        multi_device_noise_stds=(),
+        classical=("noisy", "gaussian", "bm3d"),
+        baseline_limits={"bm3d": 4},
+        clean_free=(),
+        privacy=False,
+        samples=2,
+        tune_limit=4,
+    ),
+    "quick": Preset(
+        name="quick",
+        description="CPU-sized version of the paper's grid on the rendered default (64x64 images, narrow "
+        "networks, few epochs); about 10 minutes on 2 cores.",
+        prepare={"source": "default", "count": 600, "size": 64},
+        train={
+            "epochs": 6,
+            "batch_size": 16,
+            "val_batch_size": 64,
+            "patience": 0,
+            "base_channels": 8,
+            "depth": 3,
+        },
+        model_train={"dncnn": {"base_channels": 16, "model_options": ["num_layers=8"], "depth": 0}},
+        multi_device_noise_stds=(0.1,),
+        cpu_ddp=True,
+        baseline_limits={"bm3d": 40, "nlm": 0},
+        clean_free=("noise2noise",),
+        clean_free_noise_stds=(0.2,),
+        privacy_queries=100,
+    ),
+    "paper": Preset(
+        name="paper",
+        description="the paper's settings: NIH ChestX-ray14 (15,000 images from the first two folders), "
+        "256x256, base width 64, 50 epochs, batch 16 per device, Adam lr 1e-3, L1.",
+        prepare={"source": "nih", "count": 15000, "size": 256, "nih_folders": 2},
+        train={"epochs": 50, "batch_size": 16, "val_batch_size": 64, "base_channels": 64, "patience": 0},
+        model_train={"dncnn": {"base_channels": 64, "depth": 0}},
+        baseline_limits={"bm3d": 500},
+        privacy_queries=1000,
+    ),
+}
+
+
+@dataclasses.dataclass
+class Job:
+    """One unit of the grid: train+evaluate a configuration, or evaluate a classical baseline."""
+
+    name: str
+    kind: str  # "network" or "baseline"
+    folder: Path
+    noise_std: float
+    method: str
+    strategy: str = ""
+    seed: int = 0
+    train_overrides: dict[str, Any] = dataclasses.field(default_factory=dict)
+    nproc: int = 0
+
+
+def std_tag(noise_std: float) -> str:
+    return f"std{noise_std:g}"
+
+
+def gpu_count() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def strategy_overrides(strategy: str, gpus: int, preset: Preset) -> tuple[dict[str, Any] | None, str, int]:
+    """(TrainConfig overrides or None if it cannot run here, label or skip reason, torchrun processes)."""
+    if strategy == "single":
+        return {"strategy": "single", "amp": "off"}, "single", 0
+    if strategy == "dp":
+        if gpus >= 2:
+            return {"strategy": "dp", "amp": "off"}, "dp", 0
+        return (
+            None,
+            (
+                f"DataParallel needs at least 2 GPUs ({gpus} here); on one device it degenerates to a single "
+                "replica, so its time would say nothing about DP"
+            ),
+            0,
+        )
+    if gpus >= 2:
+        # fp16 with loss scaling, as the paper's torch.cuda.amp
+        return {"strategy": "ddp", "amp": "fp16", "nproc": gpus}, "ddp+amp", gpus
+    if gpus == 0 and preset.cpu_ddp:
+        # On CPU, DDP runs as 2 gloo processes of one thread each, in fp32: bf16 autocast is slower
+        # than fp32 on
+        # most CPUs and fp16 is not supported there, so AMP is left out and the label says "ddp".
+        return {"strategy": "ddp", "amp": "off", "device": "cpu", "nproc": 2}, "ddp", 2
+    return (
+        None,
+        (
+            f"DDP+AMP needs at least 2 GPUs to compare with one device ({gpus} here)"
+            + ("" if gpus else f"; the {preset.name} preset does not run CPU DDP")
+        ),
+        0,
+    )
+
+
+def plan_jobs(preset: Preset, out: Path, seeds: int, gpus: int) -> tuple[list[Job], list[dict[str, str]]]:
+    """Every job of the grid, in run order, and what is skipped with the reason."""
+    from meddenoise.engine.targets import list_targets
+
+    jobs: list[Job] = []
+    skipped: list[dict[str, str]] = []
+    multi_levels = (
+        preset.noise_stds if preset.multi_device_noise_stds is None else preset.multi_device_noise_stds
+    )
+    free_levels = preset.noise_stds if preset.clean_free_noise_stds is None else preset.clean_free_noise_stds
+    available_targets = set(list_targets())
+    for noise_std in preset.noise_stds:
+        for method in preset.classical:
+            jobs.append(
+                Job(
+                    f"{method}_{std_tag(noise_std)}",
+                    "baseline",
+                    out / "baselines" / f"{method}_{std_tag(noise_std)}",
+                    noise_std,
+                    method,
+                )
+            )
+        for seed in range(seeds):
+            for model in (*preset.models, *preset.learned):
+                name = f"{model}_{std_tag(noise_std)}_single_seed{seed}"
+                overrides = {
+                    **preset.train,
+                    **preset.model_train.get(model, {}),
+                    "model": model,
+                    "seed": seed,
+                    "strategy": "single",
+                    "amp": "off",
+                }
+                jobs.append(
+                    Job(name, "network", out / "runs" / name, noise_std, model, "single", seed, overrides)
+                )
+    for strategy in preset.strategies:
+        if strategy == "single":
+            continue
+        runtime, label, nproc = strategy_overrides(strategy, gpus, preset)
+        if runtime is None:
+            skipped.append({"what": f"strategy {strategy}", "reason": label})
+            continue
+        for noise_std in multi_levels:
+            for seed in range(seeds):
+                for model in preset.models:
+                    name = f"{model}_{std_tag(noise_std)}_{label}_seed{seed}"
+                    overrides = {
+                        **preset.train,
+                        **preset.model_train.get(model, {}),
+                        "model": model,
+                        "seed": seed,
+                        **runtime,
+                    }
+                    jobs.append(
+                        Job(
+                            name,
+                            "network",
+                            out / "runs" / name,
+                            noise_std,
+                            model,
+                            label,
+                            seed,
+                            overrides,
+                            nproc,
+                        )
+                    )
+        left_out = [s for s in preset.noise_stds if s not in multi_levels]
+        if left_out:
+            skipped.append(
+                {
+                    "what": f"strategy {label} at noise std {', '.join(f'{s:g}' for s in left_out)}",
+                    "reason": f"the {preset.name} preset times multi-device strategies at "
+                    f"{', '.join(f'{s:g}' for s in multi_levels) or 'no level'} only",
+                }
+            )
+    for target in preset.clean_free:
+        if target not in available_targets:
+            skipped.append(
+                {"what": f"clean-free target {target}", "reason": "not registered in this installation"}
+            )
+            continue
+        for noise_std in free_levels:
+            name = f"unet-{target}_{std_tag(noise_std)}_single_seed0"
+            overrides = {
+                **preset.train,
+                **preset.model_train.get("unet", {}),
+                "model": "unet",
+                "seed": 0,
+                "strategy": "single",
+                "amp": "off",
+                "target": target,
+            }
+            jobs.append(
+                Job(name, "network", out / "runs" / name, noise_std, f"unet+{target}", "single", 0, overrides)
+            )
+    return jobs, skipped
+
+
+@dataclasses.dataclass
+class ReproduceSettings:
+    preset: Preset
+    out: Path
+    seeds: int = 1
+    resume: bool = False
+    data: str = ""
+    data_root: str = ""
+    device: str = "auto"
+    epochs: int = 0
+    lpips_weights: str = ""
+    quiet: bool = False
+
+
+def _prepare(settings: ReproduceSettings) -> Path:
+    """The prepared folder: --data as given, else OUT/data prepared with the preset's options (reused
+    if valid)."""
+    if settings.data:
+        return Path(settings.data)
+    from meddenoise.cli import main as cli_main
+
+    options = dict(settings.preset.prepare)
+    if options.get("source") in ("nih", "folder") and not settings.data_root:
+        raise ConfigError(
+            f"the {settings.preset.name} preset reads {options['source']} images: give their folder with "
+            "--data-root (or a prepared folder with --data)"
+        )
+    argv = ["prepare", "--out", str(settings.out / "data"), "--quiet"]
+    if settings.data_root:
+        argv += ["--root", settings.data_root]
+    for key, value in options.items():
+        argv += [f"--{key.replace('_', '-')}", str(value)]
+    if cli_main(argv) != 0:
+        raise MeddenoiseError(f"preparing {settings.out / 'data'} failed (messages above)")
+    return settings.out / "data"
+
+
+def _train_config(job: Job, data_dir: Path, settings: ReproduceSettings, resume: bool):
+    from meddenoise.config import config_from_mapping
+    from meddenoise.engine.config import TrainConfig
+
+    values = {
+        **job.train_overrides,
+        "data": str(data_dir),
+        "out": str(job.folder),
+        "noise_std": job.noise_std,
+        "noise_mean": settings.preset.noise_mean,
+        "noise_seed": 0,
+        "resume": resume,
+        "quiet": settings.quiet,
+    }
+    if settings.epochs:
+        values["epochs"] = settings.epochs
+    if settings.device != "auto" and values.get("device", "auto") == "auto":
+        values["device"] = settings.device
+    return config_from_mapping(TrainConfig, values, source=f"preset {settings.preset.name}")
+
+
+def run_network_job(job: Job, data_dir: Path, settings: ReproduceSettings) -> None:
+    from meddenoise.evaluation.runs import evaluate_run
+
+    state = job.folder / "checkpoints" / "last.state.pt"
+    resume = state.is_file()
+    if job.folder.exists() and not resume:
+        shutil.rmtree(job.folder)  # killed before its first checkpoint: nothing to keep
+    config = _train_config(job, data_dir, settings, resume)
+    if config.strategy == "ddp":
+        from meddenoise.commands.train import config_to_argv
+        from meddenoise.engine import distributed
+
+        distributed.launch_torchrun(job.nproc, ["train", *config_to_argv(config)])
+    else:
+        from meddenoise.engine.train import fit
+
+        fit(config)
+    evaluate_run(
+        job.folder,
+        device=settings.device,
+        keep_samples=settings.preset.samples,
+        lpips_weights=settings.lpips_weights or None,
+    )
+
+
+def run_baseline_job(job: Job, data_dir: Path, settings: ReproduceSettings) -> None:
+    from meddenoise.evaluation.runs import evaluate_baseline
+
+    noise = {
+        "kind": "gaussian",
+        "mean": settings.preset.noise_mean,
+        "std": job.noise_std,
+        "clamp": True,
+        "seed": 0,
+    }
+    evaluate_baseline(
+        job.method,
+        data_dir,
+        job.folder,
+        noise=noise,
+        device="cpu",
+        keep_samples=settings.preset.samples,
+        lpips_weights=settings.lpips_weights or None,
+        limit=settings.preset.baseline_limits.get(job.method, 0),
+        tune_limit=settings.preset.tune_limit,
+    )
+
+
+def run_privacy_audit(data_dir: Path, jobs: list[Job], settings: ReproduceSettings) -> str | None:
+    """Run `meddenoise privacy-audit` into OUT/privacy; returns why it was skipped, or None."""
+    from meddenoise.cli import main as cli_main
+
+    folder = settings.out / "privacy"
+    if files.is_done(folder):
+        return None
+    levels = settings.preset.noise_stds
+    receiver = next(
+        (
+            j
+            for j in jobs
+            if j.method == "unet"
+            and j.strategy == "single"
+            and j.seed == 0
+            and math.isclose(j.noise_std, levels[len(levels) // 2])
+            and files.is_done(j.folder)
+        ),
+        None,
+    )
+    argv = [
+        "privacy-audit",
+        "--data",
+        str(data_dir),
+        "--out",
+        str(folder),
+        "--noise-std",
+        *[f"{s:g}" for s in levels],
+        "--noise-mean",
+        f"{settings.preset.noise_mean:g}",
+        "--max-queries",
+        str(settings.preset.privacy_queries),
+        "--device",
+        settings.device,
+    ]
+    if receiver is not None:
+        argv += ["--run", str(receiver.folder)]
+    if cli_main(argv) != 0:
+        return "the privacy audit failed (messages above)"
+    files.mark_done(folder)
+    return None
+
+
+def _load_plan(settings: ReproduceSettings) -> dict[str, Any]:
+    path = settings.out / PLAN_FILE
+    if not path.is_file():
+        return {}
+    if not settings.resume:
+        raise ConfigError(
+            f"{settings.out} already holds a reproduction; add --resume to continue it (finished "
+            f"configurations "
+            "are kept) or choose another --out"
+        )
+    plan = read_json(path, what="reproduction plan")
+    if plan.get("preset") != settings.preset.name:
+        raise ConfigError(
+            f"{settings.out} holds a '{plan.get('preset')}' reproduction, not '{settings.preset.name}'; "
+            "use the same --preset or another --out"
+        )
+    return plan
+
+
+def reproduce(settings: ReproduceSettings) -> Path:
+    """Run (or continue) the grid and build the report; returns the report's Markdown path."""
+    from meddenoise.evaluation.environment import describe_environment
+    from meddenoise.evaluation.runs import describe_data
+
+    started = time.perf_counter()
+    ensure_writable_dir(settings.out, what="output folder (--out)")
+    previous = _load_plan(settings)
+    data_dir = _prepare(settings)
+    from meddenoise.data.cache import load_prepared
+
+    data = load_prepared(data_dir)
+    gpus = gpu_count()
+    jobs, skipped = plan_jobs(settings.preset, settings.out, settings.seeds, gpus)
+    plan: dict[str, Any] = {
+        "preset": settings.preset.name,
+        "description": settings.preset.description,
+        "preset_settings": dataclasses.asdict(settings.preset),
+        "seeds": settings.seeds,
+        "environment": describe_environment(),
+        "data": describe_data(data),
+        "skipped": skipped,
+        "failed": [],
+        "jobs": [
+            {"name": j.name, "kind": j.kind, "folder": str(j.folder.relative_to(settings.out))} for j in jobs
+        ],
+        "wall_seconds_before": previous.get("wall_seconds", 0.0),
+    }
+    atomic_write_json(settings.out / PLAN_FILE, plan)
+    for index, job in enumerate(jobs, start=1):
+        if files.is_done(job.folder):
+            print(f"[{index}/{len(jobs)}] {job.name}: done earlier, skipped", flush=True)
+            continue
+        print(f"[{index}/{len(jobs)}] {job.name}", flush=True)
+        job_started = time.perf_counter()
+        try:
+            if job.kind == "network":
+                run_network_job(job, data_dir, settings)
+            else:
+                run_baseline_job(job, data_dir, settings)
+        except MeddenoiseError as exc:
+            print(f"  failed: {exc}", flush=True)
+            plan["failed"].append({"what": job.name, "reason": str(exc)})
+            continue
+        files.mark_done(job.folder, f"{time.perf_counter() - job_started:.1f} s")
+    if settings.preset.privacy:
+        reason = run_privacy_audit(data_dir, jobs, settings)
+        if reason:
+            plan["privacy_skipped"] = reason
+    else:
+        plan["privacy_skipped"] = f"the {settings.preset.name} preset does not run it"
+    plan["skipped"] = skipped + plan["failed"]
+    plan["wall_seconds"] = round(previous.get("wall_seconds", 0.0) + time.perf_counter() - started, 1)
+    atomic_write_json(settings.out / PLAN_FILE, plan)
+    from meddenoise.report.build import build_report
+
+    report = build_report(settings.out)
+    return report.markdown

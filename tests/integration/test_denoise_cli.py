@@ -1,0 +1,150 @@
+"""`meddenoise denoise` on PNG 8-bit, PNG 16-bit and DICOM inputs: bit depth kept, tiles for any size,
+bad files
+skipped with a summary."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from meddenoise.cli import main
+from meddenoise.engine.checkpoint import save_weights
+from meddenoise.models import build_model
+
+pydicom = pytest.importorskip("pydicom")
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """A random (untrained) tiny U-Net saved the way the engine saves weights."""
+    torch.manual_seed(0)
+    options = {"base_channels": 4, "depth": 3}
+    model = build_model("unet", **options).eval()
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.safetensors"
+    save_weights(
+        path, model, {"model": "unet", "model_options": options, "noise": {"kind": "gaussian", "std": 0.2}}
+    )
+    return path
+
+
+def _write_png(path, array):
+    Image.fromarray(array).save(path)
+
+
+def _write_dicom(path, stored: np.ndarray, photometric: str = "MONOCHROME2"):
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    dataset = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
+    dataset.SOPClassUID = meta.MediaStorageSOPClassUID
+    dataset.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    dataset.PatientID = "P-123"
+    dataset.Modality = "CR"
+    dataset.Rows, dataset.Columns = stored.shape
+    dataset.SamplesPerPixel = 1
+    dataset.PhotometricInterpretation = photometric
+    dataset.BitsAllocated, dataset.BitsStored, dataset.HighBit = 16, 12, 11
+    dataset.PixelRepresentation = 0
+    dataset.RescaleSlope, dataset.RescaleIntercept = 1, -1024
+    dataset.WindowCenter, dataset.WindowWidth = 1000, 3000
+    dataset.PixelData = stored.astype(np.uint16).tobytes()
+    dataset.save_as(str(path), enforce_file_format=True)
+
+
+@pytest.fixture
+def inputs(tmp_path):
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "in"
+    (folder / "sub").mkdir(parents=True)
+    _write_png(folder / "eight.png", rng.integers(0, 256, (40, 52), dtype=np.uint8))
+    _write_png(folder / "sub" / "sixteen.png", rng.integers(0, 65536, (36, 36), dtype=np.uint16))
+    _write_dicom(folder / "xray.dcm", rng.integers(0, 4096, (48, 40)))
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    (folder / "notes.txt").write_text("not an image")
+    return folder
+
+
+def test_folder_in_folder_out_keeps_bit_depth_and_skips_bad_files(checkpoint, inputs, tmp_path, capsys):
+    out = tmp_path / "out"
+    status = main(
+        [
+            "denoise",
+            str(inputs),
+            "--checkpoint",
+            str(checkpoint),
+            "--out",
+            str(out),
+            "--tile",
+            "32",
+            "--overlap",
+            "8",
+            "--device",
+            "cpu",
+            "--no-progress",
+        ]
+    )
+    assert status == 0
+    eight = Image.open(out / "eight.png")
+    assert eight.mode == "L" and eight.size == (52, 40)
+    sixteen = Image.open(out / "sub" / "sixteen.png")
+    assert sixteen.mode.startswith("I;16") and sixteen.size == (36, 36)
+    original = pydicom.dcmread(inputs / "xray.dcm")
+    written = pydicom.dcmread(out / "xray.dcm")
+    assert written.pixel_array.shape == (48, 40) and written.pixel_array.dtype == original.pixel_array.dtype
+    assert written.BitsStored == 12 and float(written.RescaleIntercept) == -1024
+    assert written.PatientID == "P-123" and written.SOPInstanceUID != original.SOPInstanceUID
+    assert written.pixel_array.max() <= 4095
+    assert not np.array_equal(written.pixel_array, original.pixel_array)
+    summary = json.loads((out / "denoise_summary.json").read_text())
+    assert len(summary["written"]) == 3
+    assert [s["file"] for s in summary["skipped"]] == [str(inputs / "broken.png")]
+    assert "broken.png" in capsys.readouterr().out
+
+
+def test_dicom_round_trip_of_an_unchanged_image_restores_stored_values(tmp_path):
+    from meddenoise.imageio import dicom_bytes, read_image
+
+    stored = np.random.default_rng(1).integers(0, 4096, (32, 32))
+    for photometric in ("MONOCHROME2", "MONOCHROME1"):
+        path = tmp_path / f"{photometric}.dcm"
+        _write_dicom(path, stored, photometric)
+        image = read_image(path)
+        written = pydicom.dcmread(__import__("io").BytesIO(dicom_bytes(image, image.pixels, "identity")))
+        # float32 display values carry ~1e-7 relative error: the inverse may be off by one stored unit
+        assert np.abs(written.pixel_array.astype(int) - stored).max() <= 1
+
+
+def test_only_unreadable_inputs_is_a_clean_error(checkpoint, tmp_path, capsys):
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"")
+    status = main(
+        [
+            "denoise",
+            str(bad),
+            "--checkpoint",
+            str(checkpoint),
+            "--out",
+            str(tmp_path / "o"),
+            "--device",
+            "cpu",
+            "--no-progress",
+        ]
+    )
+    assert status == 2
+    assert "no image could be denoised" in capsys.readouterr().err
+
+
+def test_missing_input_is_a_clean_error(checkpoint, tmp_path, capsys):
+    status = main(
+        ["denoise", str(tmp_path / "nothing"), "--checkpoint", str(checkpoint), "--out", str(tmp_path / "o")]
+    )
+    assert status == 2
+    assert "does not exist" in capsys.readouterr().err

@@ -1,0 +1,108 @@
+"""`python -m meddenoise prepare` and `data info` end to end, as a user runs them."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+
+def meddenoise(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "meddenoise", *args]
+    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture
+def tiny_folder(tmp_path, image_files) -> Path:
+    root = tmp_path / "xrays"
+    for index, image in enumerate(image_files.smooth(6, 48, seed=2)):
+        image_files.png(root / f"patient{index % 3}" / f"view{index}.png", (image * 255).astype(np.uint8))
+    (root / "broken.png").write_bytes(b"\x89PNG broken")
+    return root
+
+
+def test_prepare_then_info(tmp_path, tiny_folder):
+    out = tmp_path / "cache"
+    done = meddenoise(
+        "prepare", "--source", "folder", "--root", str(tiny_folder), "--out", str(out),
+        "--size", "32", "--patient-from", "folder", "--workers", "2", "--quiet",
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert (
+        "images: 6 of 32x32 uint8" in done.stdout
+        and "skipped: 1" in done.stdout
+        and "broken.png" in done.stdout
+    )
+    assert (out / "skipped.csv").is_file() and (out / "config.json").is_file()
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["kind"] == "PrepareConfig" and saved["config"]["size"] == 32
+    again = meddenoise("prepare", "--source", "folder", "--root", str(tiny_folder), "--out", str(out),
+                       "--size", "32", "--patient-from", "folder", "--quiet", cwd=tmp_path)  # fmt: skip
+    assert again.returncode == 0 and "reused" in again.stdout
+
+    info = meddenoise("data", "info", str(out), "--split", "all", cwd=tmp_path)
+    assert info.returncode == 0, info.stderr
+    assert "6 images of 32x32 uint8" in info.stdout and "patients: 3" in info.stdout
+    sheet = Image.open(out / "contact_sheet.png")
+    assert sheet.mode == "L" and sheet.width > 4 * 32  # clean + three noise levels
+
+
+def test_config_file_and_cli_override(tmp_path, tiny_folder):
+    (tmp_path / "prep.toml").write_text(
+        f'source = "folder"\nroot = "{tiny_folder}"\nsize = 64\nquiet = true\n'
+    )
+    done = meddenoise("prepare", "--config", "prep.toml", "--size", "16", "--out", "c", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "images: 6 of 16x16" in done.stdout
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--source", "folder", "--root", "does/not/exist"], "--root does/not/exist does not exist"),
+        (["--source", "nih"], "--root is required for --source nih"),
+        (["--source", "folder", "--root", "EMPTY"], "no image files"),
+        (["--source", "folder", "--root", "ROOT", "--view-position", "PA"], "applies to --source nih only"),
+    ],
+)
+def test_bad_input_gives_a_message_not_a_traceback(tmp_path, tiny_folder, args, message):
+    (tmp_path / "empty").mkdir()
+    args = [a.replace("EMPTY", str(tmp_path / "empty")).replace("ROOT", str(tiny_folder)) for a in args]
+    done = meddenoise("prepare", *args, "--out", str(tmp_path / "out"), "--quiet", cwd=tmp_path)
+    assert done.returncode == 2
+    assert done.stderr.startswith("meddenoise prepare: error:") and message in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_unwritable_out_and_not_prepared_folder(tmp_path, tiny_folder):
+    (tmp_path / "file").write_text("x")
+    done = meddenoise("prepare", "--source", "folder", "--root", str(tiny_folder), "--out", "file/sub",
+                      "--quiet", cwd=tmp_path)  # fmt: skip
+    assert done.returncode == 2 and "cannot create output folder" in done.stderr
+    info = meddenoise("data", "info", str(tiny_folder), cwd=tmp_path)
+    assert info.returncode == 2 and "not a complete prepared folder" in info.stderr
+
+
+def test_help_explains_every_option(tmp_path):
+    done = meddenoise("prepare", "--help", cwd=tmp_path)
+    assert done.returncode == 0
+    for flag in (
+        "--source",
+        "--root",
+        "--count",
+        "--size",
+        "--split-by",
+        "--seed",
+        "--strict",
+        "--workers",
+        "--out",
+    ):
+        assert flag in done.stdout

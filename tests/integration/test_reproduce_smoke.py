@@ -1,0 +1,87 @@
+"""`meddenoise reproduce --preset smoke` end to end through the CLI on a tiny prepared folder: the report's
+Table III rows and values match the per-image CSVs, skipped strategies are explained, reruns resume."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+
+from meddenoise.cli import main
+from meddenoise.evaluation import files
+
+pytestmark = pytest.mark.slow
+
+
+def _markdown_table(markdown: str, caption_prefix: str) -> tuple[list[str], list[list[str]]]:
+    lines = markdown.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(f"**{caption_prefix}"))
+    header = [cell.strip() for cell in lines[start + 2].strip("|").split("|")]
+    rows = []
+    for line in lines[start + 4 :]:
+        if not line.startswith("|"):
+            break
+        rows.append([cell.strip() for cell in line.strip("|").split("|")])
+    return header, rows
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    from conftest import write_tiny_prepared
+
+    root = tmp_path_factory.mktemp("smoke")
+    data = root / "data"
+    write_tiny_prepared(data, n=36, size=32, patients=18)
+    out = root / "out"
+    argv = ["reproduce", "--preset", "smoke", "--out", str(out), "--data", str(data), "--device", "cpu"]
+    assert main(argv) == 0
+    return out, argv
+
+
+def test_report_table_three_matches_per_image_csvs(smoke):
+    out, _ = smoke
+    markdown = (out / "report.md").read_text()
+    assert (out / "report.html").is_file()
+    header, rows = _markdown_table(markdown, "Table III")
+    assert [(row[0], row[1]) for row in rows] == [
+        ("0.1", "U-Net"),
+        ("0.1", "U-Net++"),
+        ("0.2", "U-Net"),
+        ("0.2", "U-Net++"),
+    ]
+    for row in rows:
+        model = {"U-Net": "unet", "U-Net++": "unetpp"}[row[1]]
+        folder = out / "runs" / f"{model}_std{row[0]}_single_seed0" / "evaluation" / "test"
+        per_image = files.read_rows(folder / files.PER_IMAGE_FILE)
+        assert row[header.index("Images")] == str(len(per_image))
+        for metric, column, digits in (("psnr", "PSNR (dB)", 2), ("ssim", "SSIM", 4)):
+            mean = files.metric_values(per_image, metric).mean()
+            assert re.match(rf"{mean:.{digits}f} \(±", row[header.index(column)]), (row, metric)
+
+
+def test_baselines_skips_and_figures(smoke):
+    out, _ = smoke
+    markdown = (out / "report.md").read_text()
+    _, rows = _markdown_table(markdown, "Table VI")
+    assert [row[0] for row in rows] == ["Noisy input", "Gaussian filter", "BM3D", "DnCNN", "U-Net", "U-Net++"]
+    noisy = files.read_rows(out / "baselines" / "noisy_std0.2" / files.PER_IMAGE_FILE)
+    assert rows[0][2].startswith(f"{files.metric_values(noisy, 'psnr').mean():.2f}")
+    bm3d = files.read_rows(out / "baselines" / "bm3d_std0.1" / files.PER_IMAGE_FILE)
+    assert len(bm3d) == 4  # the smoke preset limits BM3D to 4 images
+    assert "DataParallel needs at least 2 GPUs" in markdown
+    assert "DDP+AMP needs at least 2 GPUs" in markdown
+    for name in ("qualitative_std0p1.png", "training_curves.png", "metric_distributions.png"):
+        assert (out / "figures" / name).is_file()
+    assert np.isfinite(files.metric_values(noisy, "psnr")).all()
+
+
+def test_rerun_needs_resume_and_skips_finished_work(smoke, capsys):
+    out, argv = smoke
+    checkpoint = out / "runs" / "unet_std0.1_single_seed0" / "checkpoints" / "best.safetensors"
+    before = checkpoint.stat().st_mtime_ns
+    assert main(argv) == 2
+    assert "--resume" in capsys.readouterr().err
+    assert main([*argv, "--resume"]) == 0
+    assert "done earlier, skipped" in capsys.readouterr().out
+    assert checkpoint.stat().st_mtime_ns == before

@@ -1,0 +1,239 @@
+"""The report builder on synthetic run folders: the tables hold the right rows and their numbers are
+exactly the
+aggregates of the per-image CSVs and the engine's summary files."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from meddenoise.evaluation import files
+from meddenoise.report.build import build_report
+from meddenoise.report.collect import collect
+from meddenoise.report.document import find_table, render_markdown
+from meddenoise.report.tables import pool_runs
+
+IMAGES = [f"img{i:03d}" for i in range(12)]
+PATIENTS = [f"p{i // 2}" for i in range(12)]  # patients repeat: the bootstrap interval is computed too
+TRAIN_SECONDS = {"single": 100.0, "dp": 64.0, "ddp+amp": 40.0}
+
+
+def _write_run(folder, model, strategy, noise_std, seed):
+    folder.mkdir(parents=True)
+    epochs = [
+        {
+            "epoch": e,
+            "train_loss": 0.1 / (e + 1),
+            "val_loss": 0.12 / (e + 1),
+            "val_psnr": 25.0 + e,
+            "train_seconds": TRAIN_SECONDS[strategy] / 2,
+        }
+        for e in range(2)
+    ]
+    (folder / "metrics.jsonl").write_text("".join(json.dumps(e) + "\n" for e in epochs))
+    files.write_rows(
+        folder / "summary.csv",
+        ["model", "strategy", "world_size", "train_seconds", "noise_std"],
+        [
+            {
+                "model": model,
+                "strategy": strategy.split("+")[0],
+                "world_size": 1 if strategy == "single" else 2,
+                "train_seconds": TRAIN_SECONDS[strategy],
+                "noise_std": noise_std,
+            }
+        ],
+    )
+
+
+def _write_evaluation(
+    folder, method, noise_std, psnr_offset, *, kind="network", strategy="single", seed=0, run_dir=None, rng
+):
+    folder.mkdir(parents=True, exist_ok=True)
+    psnr = 20.0 + psnr_offset - 10 * noise_std + rng.normal(0, 0.5, len(IMAGES))
+    ssim = np.clip(0.5 + psnr_offset / 40 + rng.normal(0, 0.01, len(IMAGES)), 0, 1)
+    rows = [
+        {
+            "image_id": i,
+            "patient_id": p,
+            "split": "test",
+            "noise_kind": "gaussian",
+            "noise_mean": 0.1,
+            "noise_std": noise_std,
+            "method": method,
+            "model": method,
+            "strategy": strategy,
+            "seed": seed,
+            "head": "",
+            "psnr": psnr[k],
+            "ssim": ssim[k],
+            "ssim_win3": ssim[k] * 0.9,
+            "lpips": None,
+        }
+        for k, (i, p) in enumerate(zip(IMAGES, PATIENTS))
+    ]
+    files.write_rows(folder / files.PER_IMAGE_FILE, files.PER_IMAGE_COLUMNS, rows)
+    size = 16
+    clean = rng.uniform(0, 1, (2, size, size))
+    files.write_samples(folder / files.SAMPLES_FILE, IMAGES[:2], clean, clean + 0.1, clean + 0.01)
+    info = {
+        "kind": kind,
+        "method": method,
+        "model": method,
+        "strategy": strategy,
+        "seed": seed,
+        "split": "test",
+        "noise": {"kind": "gaussian", "mean": 0.1, "std": noise_std, "clamp": True, "seed": 0},
+        "lpips": {"available": False, "reason": "no AlexNet weights in the torch hub cache"},
+        "data": {"source": "synthetic", "split_by": "patient", "counts": {"test": 12}},
+    }
+    if run_dir is not None:
+        import os
+
+        info["run_dir_relative"] = os.path.relpath(run_dir, folder)
+    files.write_info(folder, info)
+
+
+@pytest.fixture(scope="module")
+def grid(tmp_path_factory):
+    """Two noise levels; U-Net/U-Net++ on one device (two seeds for U-Net at 0.1), DP and DDP+AMP at 0.1;
+    DnCNN; classical baselines."""
+    tmp_path = tmp_path_factory.mktemp("grid")
+    rng = np.random.default_rng(0)
+    offsets = {"unet": 8.0, "unetpp": 8.5, "dncnn": 7.0}
+    for noise_std in (0.1, 0.2):
+        for model, offset in offsets.items():
+            seeds = (0, 1) if (model == "unet" and noise_std == 0.1) else (0,)
+            strategies = (
+                ("single", "dp", "ddp+amp") if (noise_std == 0.1 and model != "dncnn") else ("single",)
+            )
+            for strategy in strategies:
+                for seed in seeds if strategy == "single" else (0,):
+                    run = tmp_path / "runs" / f"{model}_{noise_std}_{strategy}_{seed}"
+                    _write_run(run, model, strategy, noise_std, seed)
+                    _write_evaluation(
+                        run / "evaluation" / "test",
+                        model,
+                        noise_std,
+                        offset,
+                        strategy=strategy,
+                        seed=seed,
+                        run_dir=run,
+                        rng=rng,
+                    )
+        for method, offset in (("noisy", 0.0), ("gaussian", 4.0), ("bm3d", 6.0)):
+            _write_evaluation(
+                tmp_path / "baselines" / f"{method}_{noise_std}",
+                method,
+                noise_std,
+                offset,
+                kind="baseline",
+                strategy="",
+                seed=None,
+                rng=rng,
+            )
+    (tmp_path / "reproduce.json").write_text(
+        json.dumps(
+            {
+                "preset": "test",
+                "description": "synthetic.",
+                "seeds": 1,
+                "skipped": [{"what": "strategy dp at 0.2", "reason": "not planned"}],
+            }
+        )
+    )
+    return tmp_path
+
+
+@pytest.fixture(scope="module")
+def report(grid):
+    return build_report(grid)
+
+
+def _per_image(folder, metric):
+    return files.metric_values(files.read_rows(folder / files.PER_IMAGE_FILE), metric)
+
+
+def test_table_three_matches_the_per_image_csvs(grid, report):
+    table = find_table(report.blocks, "Table III")
+    assert [(row[0], row[1]) for row in table.rows] == [
+        ("0.1", "U-Net"),
+        ("0.1", "U-Net++"),
+        ("0.2", "U-Net"),
+        ("0.2", "U-Net++"),
+    ]
+    # one seed: the table's mean is the mean of the CSV column
+    values = _per_image(grid / "runs" / "unetpp_0.2_single_0" / "evaluation" / "test", "psnr")
+    cell = table.rows[3][table.columns.index("PSNR (dB)")]
+    assert cell.startswith(f"{values.mean():.2f} (±")
+    # two seeds: the mean over images of the per-image seed average
+    seed_values = [
+        _per_image(grid / "runs" / f"unet_0.1_single_{s}" / "evaluation" / "test", "ssim") for s in (0, 1)
+    ]
+    expected = np.mean((seed_values[0] + seed_values[1]) / 2)
+    assert table.rows[0][table.columns.index("SSIM")].startswith(f"{expected:.4f} (±")
+    assert table.rows[0][table.columns.index("Runs")] == "2"
+    assert table.rows[0][table.columns.index("LPIPS")] == "n/a"
+    csv_rows = files.read_rows(grid / "tables" / "table3_quality.csv")
+    assert math.isclose(float(csv_rows[3]["psnr_mean"]), values.mean(), rel_tol=1e-12)
+
+
+def test_tables_four_five_six_rows_and_values(grid, report):
+    table4 = find_table(report.blocks, "Table IV")
+    assert len(table4.rows) == 3 + 2 * 2 + 3  # 0.1: 3 models on one device + 2 models x 2 multi; 0.2: 3
+    assert tuple(table4.rows[3][:4]) == ("0.1", "U-Net", "DDP+AMP", "2")
+    assert table4.rows[3][-1] == "40.0"
+    table5 = find_table(report.blocks, "Table V")
+    unet_rows = [row for row in table5.rows if row[0] == "U-Net" and row[1] == "0.1"]
+    assert [row[2] for row in unet_rows] == ["1 device", "DP", "DDP+AMP"]
+    assert [row[table5.columns.index("TS (%)")] for row in unet_rows] == ["0.00%", "36.00%", "60.00%"]
+    assert any("not planned" in note for note in table5.notes)
+    table6 = find_table(report.blocks, "Table VI")
+    assert table6.column("Method") == ["Noisy input", "Gaussian filter", "BM3D", "DnCNN", "U-Net", "U-Net++"]
+    noisy = _per_image(grid / "baselines" / "noisy_0.2", "psnr").mean()
+    assert table6.rows[0][2].startswith(f"{noisy:.2f}")
+    assert "†" in table6.rows[0][2]  # 2.5+ dB worse on every image: significant after Holm
+    assert table6.rows[5][1].startswith("**")  # U-Net++ is the best at 0.1
+
+
+def test_report_files_are_written_with_the_same_content(grid, report):
+    markdown = report.markdown.read_text()
+    html = report.html.read_text()
+    assert markdown == render_markdown(report.blocks)
+    for caption in ("Table III", "Table IV", "Table V", "Table VI"):
+        assert caption in markdown and caption in html
+    assert "LPIPS (AlexNet, v0.1): not available" in markdown
+    assert "split by **patient**" in markdown
+    names = {path.name for path in report.figures}
+    assert {
+        "qualitative_std0p1.png",
+        "error_maps_std0p2.png",
+        "training_curves.png",
+        "training_time.png",
+        "metric_distributions.png",
+    } <= names
+    for path in report.figures:
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert html.count("data:image/png;base64,") == len(report.figures)
+
+
+def test_pooling_refuses_runs_on_different_images(grid):
+    collection = collect(grid)
+    runs = [
+        e
+        for e in collection.evaluations
+        if e.method == "unet" and e.noise_std == 0.1 and e.strategy == "single"
+    ]
+    runs[1].rows = runs[1].rows[:-1]
+    with pytest.raises(ValueError, match="other images"):
+        pool_runs(runs)
+
+
+def test_an_empty_folder_is_a_clean_error(tmp_path):
+    from meddenoise.errors import MeddenoiseError
+
+    with pytest.raises(MeddenoiseError, match="no evaluations"):
+        build_report(tmp_path)
