@@ -134,6 +134,7 @@ def main() -> None:
         "prepare_images_per_s": round(parallel_rate, 2),
         "prepare_1_worker_images_per_s": round(single_rate, 2),
         "ratio_vs_cores_x_plain": round(ratio, 3),
+        "prepare_1_worker_vs_plain": round(single_rate / plain_rate, 3),
         "target_ratio": 0.8,
         "meets_target": ratio >= 0.8,
         "load_average_before_after": [round(load_before[0], 2), round(load_after[0], 2)],

@@ -259,3 +259,23 @@ def test_sigkill_at_any_stage_never_leaves_a_cache_that_loads(tmp_path, image_fi
     result = run_prepare(root, out, size=24)
     assert not result.reused and load_prepared(out).images.shape == (8, 24, 24)
     assert not list(out.glob(".images.npy.partial-*"))
+
+
+class CrashingSource(FolderSource):
+    """Its worker dies outright on one file, like a segfault in a C decoder."""
+
+    def decode(self, record):
+        if record.image_id.endswith("_003.png"):
+            os._exit(1)
+        return super().decode(record)
+
+
+def test_a_dead_worker_is_an_error_not_a_hang(tmp_path, image_files):
+    root = make_folder(tmp_path / "in", image_files)
+    config = PrepareConfig(source="folder", root=str(root), out=str(tmp_path / "out"), size=16, workers=2)
+    config.quiet = True
+    config.check()
+    with pytest.raises(DataError, match="worker process died"):
+        prepare(CrashingSource(str(root)), config)
+    with pytest.raises(DataError):
+        load_prepared(tmp_path / "out")

@@ -1,4 +1,4 @@
-"""Models: registry, shapes at any size, parameter counts, heads, padding, fast paths and the `models` command."""
+"""Models: registry, shapes at any size, parameter counts, heads, padding, fast paths, `meddenoise models`."""
 
 from __future__ import annotations
 

@@ -29,7 +29,7 @@ class EvaluateConfig:
     samples: int = option(3, "images kept as samples.npz for the report's figures")
     heads: bool = option(True, "U-Net++: also evaluate each pruned head")
     lpips_weights: str = option("", "AlexNet LPIPS weights file (default: look in the torch hub cache)")
-    limit: int = option(0, "evaluate only the first N images of the split (0: all)")
+    limit: int = option(0, "evaluate only N images of the split, the same N for every run (0: all)")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -41,9 +41,15 @@ def default_nproc(device: str) -> int:
 
 
 def config_to_argv(config: TrainConfig) -> list[str]:
-    """Command-line options that rebuild `config` (fields left at their default are omitted)."""
+    """Command-line options that rebuild `config` for the workers (fields left at their default are omitted).
+
+    `--nproc` is left out: the workers do not need it, and torchrun's own parser would take it for an
+    abbreviation of its --nproc-per-node.
+    """
     argv: list[str] = []
     for field in dataclasses.fields(config):
+        if field.name == "nproc":
+            continue
         value = getattr(config, field.name)
         default = field.default if field.default is not dataclasses.MISSING else field.default_factory()
         if value == default or value is None:

@@ -256,8 +256,8 @@ def _results(source, records, options, workers):
             except concurrent.futures.process.BrokenProcessPool:
                 paths = ", ".join(record.path for _, record in futures[future][:3])
                 raise DataError(
-                    "a decoding worker process died (a crash in an image decoder, or killed for lack of memory) "
-                    f"while reading one of: {paths} ...; rerun with --workers 1 to find the file"
+                    "a decoding worker process died (a crash in an image decoder, or killed for lack of "
+                    f"memory) while reading one of: {paths} ...; rerun with --workers 1 to find the file"
                 ) from None
             yield from chunk_result
     finally:

@@ -37,7 +37,8 @@ SKELETON_LABELS = (*range(69, 79), 91)
 RIB_LABELS = range(92, 117)  # ribs 1-12 on both sides and the sternum
 COSTAL_CARTILAGE_LABEL = 118
 BONE_LABELS = (*VERTEBRA_LABELS, *SKELETON_LABELS, *RIB_LABELS, COSTAL_CARTILAGE_LABEL)
-HEART_AND_AORTA_LABELS = (51, 52)
+HEART_LABEL = 51
+AORTA_LABEL = 52
 
 AIR_HU = -1000.0
 # The CT was taken with iodine contrast (aorta ~400 HU, heart ~330 HU, kidneys enhanced). A chest radiograph sees
@@ -52,7 +53,7 @@ BONE_SPLIT_HU = 100.0
 BODY_THRESHOLD_HU = -500.0
 
 ATTENUATION_CHANNELS = ("soft", "bone")
-ANATOMY_CHANNELS = ("lung", "mediastinum")
+ANATOMY_CHANNELS = ("lung", "mediastinum", "heart")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,7 +63,8 @@ class ChestVolume:
     `attenuation`: float32 (K, 2, S, L): K coronal slabs, posterior to anterior, each `slab_mm` thick; channels
     soft tissue and bone excess, relative to water (water = 1); rows from superior (row 0) to inferior, columns
     from the patient's right to left (a PA radiograph as displayed). Slabs outside the body are dropped.
-    `anatomy`: float32 (K, 2, S, L), occupancy of the lungs and of the mediastinum (heart, aorta, thoracic spine).
+    `anatomy`: float32 (K, 3, S, L), occupancy of the lungs, the mediastinum (heart, aorta, thoracic spine) and
+    the heart alone.
     `slab_depth_mm`: (K,) antero-posterior centre of each slab, mm from the volume's posterior face.
     `extent_mm`: (left, anterior, superior) size of the volume; positions are mm from its right-posterior-inferior
     corner. `lung_low_mm` / `lung_high_mm`: the lungs' bounding box in those coordinates.
@@ -152,7 +154,7 @@ def _label_table(ids, inside: float, outside: float) -> np.ndarray:
 
 def _tissue_maps(hu_sal, labels_sal: np.ndarray) -> dict:
     """HU (torch) and uint8 labels (numpy), (S, A, L) at CT resolution -> float32 torch maps (S, A, L):
-    soft, bone, lung, mediastinum."""
+    soft, bone, lung, mediastinum, heart."""
     import torch
 
     def lookup(table: np.ndarray):
@@ -166,7 +168,8 @@ def _tissue_maps(hu_sal, labels_sal: np.ndarray) -> dict:
         "soft": 1.0 + hu.clamp(AIR_HU, BONE_SPLIT_HU) / 1000.0,
         "bone": (hu - BONE_SPLIT_HU).clamp_min(0.0) / 1000.0,
         "lung": lookup(_label_table(LUNG_LABELS, 1.0, 0.0)),
-        "mediastinum": lookup(_label_table((*HEART_AND_AORTA_LABELS, *THORACIC_VERTEBRA_LABELS), 1.0, 0.0)),
+        "mediastinum": lookup(_label_table((HEART_LABEL, AORTA_LABEL, *THORACIC_VERTEBRA_LABELS), 1.0, 0.0)),
+        "heart": lookup(_label_table((HEART_LABEL,), 1.0, 0.0)),
     }
 
 
@@ -330,6 +333,8 @@ def lung_box_on_detector(volume: ChestVolume, rotation: np.ndarray, center_mm) -
 DETAIL_SIGMA_MM = 4.0
 # Space kept between the lungs' (rotated) bounding box and the edge of the field of view, when there is room.
 LUNG_MARGIN_MM = 6.0
+# Centre of the characteristic curve, as a fraction of the white point: between lungs (~0.35) and heart (~0.7).
+FILM_MIDPOINT = 0.6
 # The window's white point: this quantile of the weighted path length inside the field of view.
 WHITE_QUANTILE = 0.99
 
@@ -415,8 +420,8 @@ def tone_map(attenuation, parameters, pixel_mm: float):
     detail = level - _gaussian_blur(level[:, None], DETAIL_SIGMA_MM / pixel_mm)[:, 0]
     enhanced = level + per_image("detail_gain") * detail
     slope = per_image("film_contrast")
-    low, high = torch.sigmoid(-slope / 2), torch.sigmoid(slope / 2)
-    film = (torch.sigmoid(slope * (enhanced - 0.5)) - low) / (high - low)
+    low, high = torch.sigmoid(-slope * FILM_MIDPOINT), torch.sigmoid(slope * (1 - FILM_MIDPOINT))
+    film = (torch.sigmoid(slope * (enhanced - FILM_MIDPOINT)) - low) / (high - low)
     return film.clamp(0.0, 1.0) ** per_image("gamma")
 
 

@@ -27,7 +27,7 @@ class PerImage:
     """Per-image results of one shard, on the device: `positions` index the DeviceBatches' images."""
 
     positions: torch.Tensor  # (n,) int64
-    values: dict[str, torch.Tensor]  # name -> (n,) float32
+    values: dict[str, torch.Tensor]  # name -> (n,) float
 
 
 def _final_output(output: torch.Tensor | list[torch.Tensor]) -> torch.Tensor:
@@ -60,8 +60,8 @@ def evaluate_batches(
         prediction = prediction.float()
         values["loss"].append(per_image_loss(loss_name, prediction, batch.clean))
         shown = prediction.clamp(0.0, 1.0)  # what a viewer sees; PSNR/SSIM are defined on the [0, 1] range
-        values["psnr"].append(psnr(shown, batch.clean).float())
-        values["ssim"].append(ssim(shown, batch.clean).float())
+        values["psnr"].append(psnr(shown, batch.clean).double())
+        values["ssim"].append(ssim(shown, batch.clean).double())
         positions.append(batch.positions)
     device = batches.device
     empty = torch.zeros(0, device=device)

@@ -3,14 +3,11 @@
 An evaluation folder (`RUN/evaluation/<split>/` for a trained run, `OUT/baselines/<method>_std<level>/` for a
 classical baseline) holds:
 
-    per_image.csv      one row per test image (PER_IMAGE_COLUMNS); lpips is empty when it could not be
-    computed
+    per_image.csv      one row per test image (PER_IMAGE_COLUMNS); lpips empty when not computable
     per_head.csv       U-Net++ only: the same rows for each intermediate head (the pruned networks)
     summary.csv        one row per metric: mean, 95% t-interval, patient-bootstrap interval, n
-    evaluation.json    what was evaluated (method, model, strategy, seed, noise, data, split), LPIPS
-    status and
-                       reason, timing, tuned baseline parameters, the head table; written last (the
-                       commit point)
+    evaluation.json    what was evaluated (method, model, strategy, seed, noise, data, split), LPIPS status
+                       and reason, timing, tuned baseline parameters, the head table; written last
     samples.npz        a few images for the report's figures: clean, noisy, denoised, float16 (k, H, W)
 
 The report reads these files only; it never re-runs a model.

@@ -50,8 +50,11 @@ def make_target(
     indices = data.indices(split)
     if indices.size == 0:
         raise MeddenoiseError(f"{data_dir} has no images in split {split!r}; choose another --split")
-    if limit > 0:
-        indices = indices[:limit]
+    if 0 < limit < indices.size:
+        # The `limit` smallest image keys: a subset that always holds the images kept as samples (also the
+        # smallest keys), so a baseline run on a subset still appears in the report's figures.
+        smallest = np.argsort(data.image_keys[indices], kind="stable")[:limit]
+        indices = np.sort(indices[smallest])
     noise_op = build_noise(
         noise.get("kind", "gaussian"),
         mean=noise.get("mean", 0.1),
@@ -65,11 +68,15 @@ def make_target(
 
 
 def lpips_scorer(device: torch.device, weights: str | None = None) -> tuple[Any, dict[str, Any]]:
-    """(callable (pred, target) -> (B,) or None, status {available, reason/weights}) from the metrics
-    module."""
-    from meddenoise.metrics import load_lpips
+    """(module (pred, target) -> (B,), or None; status {available, and where the weights are or why not}).
 
-    return load_lpips(device=device, weights=weights)
+    `weights` is the AlexNet backbone file; without it the metrics module looks in the torch hub cache."""
+    from meddenoise.metrics.perceptual import load_lpips_or_reason
+
+    module, text = load_lpips_or_reason(backbone_path=weights, device=device)
+    if module is None:
+        return None, {"available": False, "reason": text}
+    return module.eval(), {"available": True, "weights": text}
 
 
 def strategy_name(strategy: str, amp: str) -> str:
@@ -237,8 +244,11 @@ def evaluate_baseline(
     tuned: dict[str, Any] = dict(params or {})
     tuning: Any = None
     if params is None:
+        from meddenoise.evaluation.core import iterate_batches
+
         tune_target = make_target(data_dir, tune_split, noise, torch_device, limit=tune_limit)
-        tuned, tuning = tune_baseline(name, tune_target, noise_mean=noise["mean"], noise_std=noise["std"])
+        _, clean, noisy = next(iterate_batches(tune_target, tune_target.count))  # (n, 1, H, W) each
+        tuned, tuning = tune_baseline(name, noisy, clean, noise["mean"], noise["std"], max_images=None)
     baseline = build_baseline(name, noise["mean"], noise["std"], **tuned)
     lpips_model, lpips_status = lpips_scorer(torch_device, lpips_weights)
     scores = score_denoiser(

@@ -81,7 +81,9 @@ class UNetPlusPlus(Denoiser):
                     continue
                 # align_corners=False keeps the network translation-equivariant (tiles agree with whole
                 # images); the paper's code used True, which ties the sampling grid to the input size.
-                below = F.interpolate(grid[(level + 1, column - 1)], scale_factor=2.0, mode="bilinear")
+                below = F.interpolate(
+                    grid[(level + 1, column - 1)], scale_factor=2.0, mode="bilinear", align_corners=False
+                )
                 same_level = [grid[(level, k)] for k in range(column)]
                 grid[(level, column)] = block(torch.cat([*same_level, below], dim=1))
         return [grid[(0, column)] for column in range(1, upto + 1)]

@@ -86,8 +86,9 @@ def plan_audit(
     reason = None
     if len(counts) < 2:
         reason = (
-            f"every gallery image belongs to one patient ({gallery_patients[0]!r}; the embedded default is"
-            " rendered from one CT), so 'same patient' is always true: re-identification is not measurable"
+            f"every gallery image belongs to one patient ({gallery_patients[0]!r}, as in the embedded"
+            " default, rendered from one CT), so 'same patient' is always true: re-identification is not"
+            " measurable"
         )
     elif eligible.size == 0:
         reason = (

@@ -114,7 +114,8 @@ def summary_sentences(result: dict[str, Any]) -> list[str]:
             link = level["linkage"]
             lines.append(
                 f"At std {level['noise_std']:g} linkage top-1 ({_pct(link['top1'])},"
-                f" {_interval(link['top1_interval'])}) is not above chance ({_chance_pct(link['chance_top1'])})."
+                f" {_interval(link['top1_interval'])}) is not above chance"
+                f" ({_chance_pct(link['chance_top1'])})."
             )
     receiver = highest["reversal"].get("receiver", {})
     if "psnr" in receiver:

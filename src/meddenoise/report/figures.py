@@ -120,8 +120,12 @@ def qualitative_grid(collection: Collection, noise_std: float, path: Path, max_i
                     parts.append(f"noisy {_metric_text(noisy_eval, image_id)}")
             else:
                 evaluation = dict(panels)[column]
-                index = list(samples[column]["image_ids"]).index(image_id)
-                image = samples[column]["denoised"][index]
+                ids = list(samples[column]["image_ids"])
+                if image_id not in ids:  # this method was evaluated on a subset without this image
+                    axis.set_axis_off()
+                    axis.set_title(f"{method_label(column)}\nnot evaluated", fontsize=8)
+                    continue
+                image = samples[column]["denoised"][ids.index(image_id)]
                 metrics = _metric_text(evaluation, image_id)
                 title = f"{method_label(column)}\n{metrics}"
                 parts.append(f"{method_label(column)} {metrics}")

@@ -80,33 +80,43 @@ def _stats():
 
 
 def interval(values: np.ndarray, patient_ids: Sequence[str]) -> dict[str, float]:
-    """Mean and 95% t-interval; with repeated patients also the patient-bootstrap interval."""
+    """Mean and 95% t-interval over the finite values; with repeated patients also the patient-bootstrap
+    interval (`meddenoise.metrics.stats`)."""
     stats = _stats()
-    finite = values[np.isfinite(values)]
-    if finite.size == 0:
+    finite = np.isfinite(values)
+    if not finite.any():
         return {"mean": math.nan, "low": math.nan, "high": math.nan, "n": 0}
-    mean, low, high = stats.mean_ci(finite)
-    result = {"mean": float(mean), "low": float(low), "high": float(high), "n": int(finite.size)}
-    patients = np.asarray(patient_ids)[np.isfinite(values)]
-    if len(set(patients.tolist())) < patients.size:
-        boot_low, boot_high = stats.patient_bootstrap_ci(finite, patients)
-        result.update(bootstrap_low=float(boot_low), bootstrap_high=float(boot_high))
+    t_interval = stats.mean_ci(values[finite])
+    result = {"mean": t_interval.mean, "low": t_interval.low, "high": t_interval.high, "n": t_interval.n}
+    patients = [str(p) for p, keep in zip(patient_ids, finite) if keep]
+    if len(set(patients)) < len(patients):
+        bootstrap = stats.cluster_bootstrap_ci(values[finite], patients)
+        result.update(bootstrap_low=bootstrap.low, bootstrap_high=bootstrap.high)
     return result
 
 
 def paired_comparison(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
-    """Paired t-test and Wilcoxon signed-rank of a - b over the same images, with the effect size."""
-    return dict(_stats().paired_tests(a, b))
+    """Paired t-test and Wilcoxon signed-rank of a - b over the same images, with the effect sizes."""
+    result = _stats().paired_comparison(a, b)
+    return {
+        "mean_difference": result.mean_difference,
+        "effect_size": result.cohens_dz,
+        "rank_biserial": result.rank_biserial,
+        "t_p": result.t_pvalue,
+        "wilcoxon_p": result.wilcoxon_pvalue,
+    }
 
 
 def holm_adjust(p_values: Sequence[float]) -> list[float]:
-    return [float(p) for p in _stats().holm(list(p_values))]
+    return [float(p) for p in _stats().holm_adjust(list(p_values))]
 
 
 def format_interval(summary: dict[str, float], metric: str) -> str:
     if summary["n"] == 0 or math.isnan(summary["mean"]):
         return "n/a"
     digits = METRIC_DIGITS[metric]
+    if math.isnan(summary["low"]):  # one image: no interval
+        return f"{summary['mean']:.{digits}f}"
     half = (summary["high"] - summary["low"]) / 2.0
     return f"{summary['mean']:.{digits}f} (±{half:.{digits}f})"
 

@@ -61,10 +61,10 @@ class RenderedChestSource:
         max_rotation_in_plane_deg: float = 3.0,
         field_of_view_mm: tuple[float, float] = (285.0, 315.0),
         max_shift_mm: float = 15.0,
-        bone_weight: tuple[float, float] = (1.0, 2.0),
+        bone_weight: tuple[float, float] = (1.3, 2.3),
         exposure: tuple[float, float] = (0.95, 1.12),
         detail_gain: tuple[float, float] = (0.4, 1.2),
-        film_contrast: tuple[float, float] = (4.0, 7.0),
+        film_contrast: tuple[float, float] = (3.5, 6.0),
         gamma: tuple[float, float] = (0.9, 1.2),
         voxel_mm: float = 1.5,
     ) -> None:
@@ -188,8 +188,8 @@ class RenderedChestSource:
         return images
 
     def anatomy(self, records: Sequence[ImageRecord], size: int, device) -> dict[str, np.ndarray]:
-        """Projected path length (mm) through the lungs and the mediastinum (heart, aorta, thoracic spine),
-        (N, size, size) float32 each, aligned pixel for pixel with `render` (for checks and figures)."""
+        """Projected path length (mm) through the lungs, the mediastinum (heart, aorta, thoracic spine) and the
+        heart: keys of `drr.ANATOMY_CHANNELS`, (N, size, size) float32 each, aligned pixel for pixel with `render` (for checks and figures)."""
         _, anatomy = self._render(records, size, device, with_anatomy=True)
         return anatomy
 
@@ -203,9 +203,11 @@ class RenderedChestSource:
         device = torch.device(device)
         slabs = volume.attenuation.to(device)  # (K, 2, S, L)
         if with_anatomy:
-            slabs = torch.cat([slabs, volume.anatomy.to(device)], dim=1)  # (K, 4, S, L)
+            slabs = torch.cat([slabs, volume.anatomy.to(device)], dim=1)  # (K, 5, S, L)
         # working resolution: at least the projection's own pixel pitch, so small outputs are area-averaged
         work_size = max(size, math.ceil(self.field_of_view_mm[1] / self.voxel_mm))
+        # one blur scale for all images (not per batch), so an image never depends on its batch-mates
+        pixel_mm = sum(self.field_of_view_mm) / 2 / work_size
 
         images = np.empty((len(records), size, size), dtype=np.uint8)
         anatomy = {name: np.empty((len(records), size, size), np.float32) for name in drr.ANATOMY_CHANNELS}
@@ -219,7 +221,6 @@ class RenderedChestSource:
                 projection = drr.project(volume, slabs, rotation, volume.lung_center_mm)  # (C, S, L)
                 parameters = [self.image_parameters(parsed[p][1]) for p in positions]
                 framed = drr.frame(projection, parameters, volume, rotation, about_lateral, work_size)
-                pixel_mm = float(np.mean([p.field_of_view_mm for p in parameters])) / work_size
                 tone = drr.tone_map(framed[:, :2], parameters, pixel_mm)  # (B, work, work) in [0, 1]
                 tone = drr.resize(tone[:, None], size)[:, 0]
                 images[positions] = (tone * 255.0 + 0.5).to(torch.uint8).cpu().numpy()

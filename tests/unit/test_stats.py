@@ -1,0 +1,146 @@
+"""Statistics against scipy and against the textbook definitions."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+from scipy import stats as scipy_stats
+
+from meddenoise.metrics import stats
+
+
+def _sample(n: int = 40, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).normal(30.0, 2.0, size=n)
+
+
+@pytest.mark.parametrize("confidence", [0.9, 0.95, 0.99])
+def test_mean_ci_matches_scipy_t_interval(confidence):
+    values = _sample()
+    result = stats.mean_ci(values, confidence)
+    low, high = scipy_stats.t.interval(
+        confidence, df=values.size - 1, loc=values.mean(), scale=scipy_stats.sem(values)
+    )
+    assert result.method == "t" and result.n == values.size
+    assert result.mean == pytest.approx(values.mean(), abs=1e-12)
+    assert result.low == pytest.approx(low, abs=1e-10) and result.high == pytest.approx(high, abs=1e-10)
+    assert result.half_width == pytest.approx((high - low) / 2, abs=1e-10)
+
+
+def test_mean_ci_single_value_and_bad_input():
+    single = stats.mean_ci([3.0])
+    assert single.mean == 3.0 and math.isnan(single.low) and math.isnan(single.high)
+    with pytest.raises(ValueError, match="not finite"):
+        stats.mean_ci([1.0, math.inf])
+    with pytest.raises(ValueError, match="at least one"):
+        stats.mean_ci([])
+    with pytest.raises(ValueError, match="confidence"):
+        stats.mean_ci([1.0, 2.0], confidence=95)
+
+
+def test_cluster_bootstrap_is_seeded_and_resamples_whole_patients():
+    rng = np.random.default_rng(3)
+    patient_effects = rng.normal(0, 3.0, size=12)
+    patients = np.repeat(np.arange(12), 5)
+    values = 30 + patient_effects[patients] + rng.normal(0, 0.2, size=patients.size)
+    first = stats.cluster_bootstrap_ci(values, patients, n_resamples=4000, seed=7)
+    again = stats.cluster_bootstrap_ci(values, patients, n_resamples=4000, seed=7)
+    other_seed = stats.cluster_bootstrap_ci(values, patients, n_resamples=4000, seed=8)
+    assert first == again and first != other_seed
+    assert first.method == "cluster-bootstrap" and first.n_clusters == 12 and first.n == 60
+    assert first.low < values.mean() < first.high
+    # Images of one patient are nearly copies: the honest interval is about as wide as one made from the 12
+    # patient means, and wider than the naive t-interval over 60 "independent" images by about the design
+    # effect sqrt(1 + (5 - 1) * intra-class correlation) ~ 2.2.
+    naive = stats.mean_ci(values)
+    per_patient = stats.mean_ci([values[patients == p].mean() for p in range(12)])
+    assert first.high - first.low > 1.7 * (naive.high - naive.low)
+    assert 0.6 < (first.high - first.low) / (per_patient.high - per_patient.low) < 1.3
+
+
+def test_cluster_bootstrap_with_singleton_clusters_agrees_with_a_plain_bootstrap():
+    values = _sample(n=30, seed=5)
+    ours = stats.cluster_bootstrap_ci(values, [f"p{i}" for i in range(30)], n_resamples=20_000, seed=1)
+    plain = scipy_stats.bootstrap(
+        (values,), np.mean, n_resamples=20_000, method="percentile", random_state=np.random.default_rng(2)
+    ).confidence_interval
+    assert ours.low == pytest.approx(plain.low, abs=0.05) and ours.high == pytest.approx(plain.high, abs=0.05)
+
+
+def test_summarize_picks_bootstrap_only_when_patients_repeat():
+    values = _sample(n=6)
+    assert stats.summarize(values).method == "t"
+    assert stats.summarize(values, patient_ids=list("abcdef")).method == "t"
+    assert stats.summarize(values, patient_ids=list("aabbcc"), n_resamples=500).method == "cluster-bootstrap"
+    with pytest.raises(ValueError, match="cluster labels"):
+        stats.cluster_bootstrap_ci(values, list("abc"))
+
+
+def test_paired_comparison_matches_scipy():
+    rng = np.random.default_rng(11)
+    a = rng.normal(32.0, 1.5, size=25)
+    b = a - 0.4 + rng.normal(0, 0.5, size=25)
+    result = stats.paired_comparison(a, b)
+    t_reference = scipy_stats.ttest_rel(a, b)
+    w_reference = scipy_stats.wilcoxon(a, b)
+    assert result.t_statistic == pytest.approx(t_reference.statistic, rel=1e-12)
+    assert result.t_pvalue == pytest.approx(t_reference.pvalue, rel=1e-10)
+    assert result.wilcoxon_statistic == pytest.approx(w_reference.statistic)
+    assert result.wilcoxon_pvalue == pytest.approx(w_reference.pvalue, rel=1e-10)
+    differences = a - b
+    assert result.mean_difference == pytest.approx(differences.mean())
+    assert result.cohens_dz == pytest.approx(differences.mean() / differences.std(ddof=1))
+    low, high = scipy_stats.t.interval(0.95, 24, loc=differences.mean(), scale=scipy_stats.sem(differences))
+    assert (result.difference_low, result.difference_high) == pytest.approx((low, high))
+
+
+def test_rank_biserial_by_hand():
+    # |d| ranks: 0.5 -> 1, 1 -> 2, -2 -> 3, 3 -> 4; zero dropped. R+ = 1 + 2 + 4 = 7, R- = 3.
+    assert stats.rank_biserial(np.array([1.0, -2.0, 3.0, 0.5, 0.0])) == pytest.approx((7 - 3) / 10)
+    assert stats.rank_biserial(np.array([1.0, 2.0])) == 1.0
+    assert stats.rank_biserial(np.zeros(3)) == 0.0
+
+
+def test_paired_comparison_of_identical_and_constant_shift():
+    a = _sample(n=10)
+    same = stats.paired_comparison(a, a.copy())
+    assert same.t_pvalue == 1.0 and same.wilcoxon_pvalue == 1.0 and same.cohens_dz == 0.0
+    shifted = stats.paired_comparison(a + 1.0, a)
+    assert shifted.mean_difference == pytest.approx(1.0) and shifted.rank_biserial == 1.0
+    assert shifted.wilcoxon_pvalue < 0.01
+    with pytest.raises(ValueError, match="same images"):
+        stats.paired_comparison(a, a[:-1])
+
+
+def _holm_by_definition(pvalues: np.ndarray, alpha: float) -> np.ndarray:
+    """Reject the k smallest p-values where k is the first 1-based rank with p_(k) > alpha / (m - k + 1), minus 1."""
+    m = pvalues.size
+    order = np.argsort(pvalues, kind="stable")
+    reject = np.zeros(m, dtype=bool)
+    for rank, index in enumerate(order):
+        if pvalues[index] > alpha / (m - rank):
+            break
+        reject[index] = True
+    return reject
+
+
+def test_holm_matches_the_definition_over_many_families_and_levels():
+    rng = np.random.default_rng(0)
+    for size, alpha in itertools.product([1, 2, 5, 12], [0.01, 0.05, 0.2]):
+        for _ in range(20):
+            pvalues = np.concatenate([rng.uniform(0, 0.05, size // 2), rng.uniform(0, 1, size - size // 2)])
+            rng.shuffle(pvalues)
+            np.testing.assert_array_equal(stats.holm_reject(pvalues, alpha), _holm_by_definition(pvalues, alpha))
+
+
+def test_holm_adjusted_values_by_hand():
+    # sorted 0.01, 0.02, 0.03, 0.5 (m = 4): 0.04, 0.06, max(0.06, 0.06), min(1, max(0.06, 0.5))
+    adjusted = stats.holm_adjust([0.5, 0.01, 0.03, 0.02])
+    np.testing.assert_allclose(adjusted, [0.5, 0.04, 0.06, 0.06])
+    with_nan = stats.holm_adjust([0.01, math.nan, 0.04])
+    np.testing.assert_allclose(with_nan, [0.02, math.nan, 0.04])
+    assert not stats.holm_reject([math.nan])[0]
+    with pytest.raises(ValueError):
+        stats.holm_adjust([1.5])
