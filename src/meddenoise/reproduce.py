@@ -474,7 +474,9 @@ def reproduce(settings: ReproduceSettings) -> Path:
             print(f"  failed: {exc}", flush=True)
             plan["failed"].append({"what": job.name, "reason": str(exc)})
             continue
-        files.mark_done(job.folder, f"{time.perf_counter() - job_started:.1f} s")
+        seconds = time.perf_counter() - job_started
+        files.mark_done(job.folder, f"{seconds:.1f} s")
+        print(f"  done in {seconds:.1f} s", flush=True)
     if settings.preset.privacy:
         reason = run_privacy_audit(data_dir, jobs, settings)
         if reason:

@@ -212,3 +212,14 @@ def test_unsafe_paths_are_refused(tmp_path, prepared, capsys):
 
 def test_command_lists_the_same_noise_kinds_as_the_operators():
     assert NOISE_KINDS == KINDS
+
+
+def test_options_from_a_toml_file_with_command_line_winning(tmp_path, prepared):
+    config_file = tmp_path / "obfuscate.toml"
+    config_file.write_text('noise_std = 0.3\nnoise_mean = 0.05\nseed = 4\nsplit = "val"\n')
+    out, private_map = export(tmp_path, prepared, "--config", str(config_file), "--seed", "8")
+    noise = json.loads((out / "export.json").read_text())["noise"]
+    assert noise["noise_level"] == "gaussian_m0.05_s0.3"
+    saved = load_config(ObfuscateConfig, Path(f"{private_map}.config.json"))
+    assert (saved.seed, saved.split, saved.noise_std) == (8, "val", 0.3)
+    assert len(read_map(private_map)) == 2

@@ -25,7 +25,9 @@ def _clean_and_noisy(batch: int = 2, size: int = 32, seed: int = 0):
 
 @pytest.mark.parametrize("name", BASELINES)
 def test_every_baseline_keeps_shape_dtype_range_and_beats_or_equals_noisy(name):
-    clean, noisy = _clean_and_noisy(batch=1 if name == "bm3d" else 2)  # BM3D costs ~1 s per call even when tiny
+    clean, noisy = _clean_and_noisy(
+        batch=1 if name == "bm3d" else 2
+    )  # BM3D costs ~1 s per call even when tiny
     baseline = build_baseline(name, NOISE_MEAN, NOISE_STD)
     denoised = baseline(noisy)
     assert denoised.shape == noisy.shape and denoised.dtype == noisy.dtype and denoised.device == noisy.device

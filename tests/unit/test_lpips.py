@@ -163,7 +163,9 @@ def test_foreign_or_negative_weight_files_are_refused(tmp_path):
         LPIPS.from_pretrained(tmp_path / "garbage.pth", lin_file)
 
 
-@pytest.mark.skipif(perceptual.packaged_lin_path() is None, reason="lpips package (lin weights) not installed")
+@pytest.mark.skipif(
+    perceptual.packaged_lin_path() is None, reason="lpips package (lin weights) not installed"
+)
 def test_packaged_lin_weights_load_and_are_non_negative():
     path = perceptual.packaged_lin_path()
     assert path.is_file(), f"lpips is installed but {path} is missing"
@@ -186,8 +188,8 @@ def test_matches_the_reference_lpips_package_with_random_backbone():
     torch.manual_seed(0)
     reference = lpips.LPIPS(net="alex", version="0.1", pnet_rand=True, verbose=False).eval()
     backbone_state = {}
-    for slice_module in (reference.net.slice1, reference.net.slice2, reference.net.slice3, reference.net.slice4,
-                         reference.net.slice5):  # fmt: skip
+    for slice_index in range(1, 6):
+        slice_module = getattr(reference.net, f"slice{slice_index}")
         for key, value in slice_module.state_dict().items():
             backbone_state[f"features.{key}"] = value
     ours = LPIPS()

@@ -1,4 +1,5 @@
-"""PSNR / SSIM / SSIM(win 3) against scikit-image, per image, on images that stress different parts of SSIM."""
+"""PSNR / SSIM / SSIM(win 3) against scikit-image, per image, on images that stress different parts of
+SSIM."""
 
 from __future__ import annotations
 
@@ -18,10 +19,13 @@ SKIMAGE_WIN3 = {"win_size": 3, "data_range": 1}
 
 
 def _test_pairs(height: int = 40, width: int = 52, dtype: torch.dtype = torch.float64):
-    """(pred, target) batches: noise, flat, piecewise-constant, smooth, 8-bit quantised, near-identical, identical."""
+    """(pred, target) batches: noise, flat, piecewise-constant, smooth, 8-bit quantised, near-identical,
+    identical."""
     generator = torch.Generator().manual_seed(1234)
     rows, cols = torch.meshgrid(
-        torch.linspace(0, 1, height, dtype=torch.float64), torch.linspace(0, 1, width, dtype=torch.float64), indexing="ij"
+        torch.linspace(0, 1, height, dtype=torch.float64),
+        torch.linspace(0, 1, width, dtype=torch.float64),
+        indexing="ij",
     )
     smooth = 0.5 + 0.4 * torch.sin(7 * cols) * torch.cos(5 * rows)
     targets = [

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import math
 import subprocess
 import sys
@@ -165,36 +164,31 @@ def test_noise_is_uncorrelated_across_images_seeds_and_levels():
     assert abs(_noise_correlation(image[1:], image[:-1])) < bound
 
 
-_SUBPROCESS_SCRIPT = """
-import hashlib, sys, torch
+_DIGEST_SOURCE = """
+import hashlib, torch
 from meddenoise.noise import build_noise
-grid = torch.linspace(0, 1, 24)
-clean = (0.5 + 0.4 * torch.outer(torch.sin(3 * grid), torch.cos(2 * grid))).expand(3, 1, 24, 24)
-keys = torch.tensor([11, 2**62 + 5, 987654321012])
-digest = hashlib.sha256()
-for kind, options in (("gaussian", {}), ("poisson", {"dose": 50.0}), ("poisson_gaussian", {"dose": 500.0})):
-    digest.update(build_noise(kind, **options)(clean.contiguous(), keys, seed=7).numpy().tobytes())
-print(digest.hexdigest())
+
+def noise_digest():
+    grid = torch.linspace(0, 1, 24)
+    clean = (0.5 + 0.4 * torch.outer(torch.sin(3 * grid), torch.cos(2 * grid))).expand(3, 1, 24, 24)
+    keys = torch.tensor([11, 2**62 + 5, 987654321012])
+    digest = hashlib.sha256()
+    kinds = (("gaussian", {}), ("poisson", {"dose": 50.0}), ("poisson_gaussian", {"dose": 500.0}))
+    for kind, options in kinds:
+        digest.update(build_noise(kind, **options)(clean.contiguous(), keys, seed=7).numpy().tobytes())
+    return digest.hexdigest()
 """
 
 
 def test_fixed_noise_identical_in_another_process():
-    clean = smooth_batch()
-    grid = torch.linspace(0, 1, 24)
-    clean = (
-        (0.5 + 0.4 * torch.outer(torch.sin(3 * grid), torch.cos(2 * grid))).expand(3, 1, 24, 24).contiguous()
-    )
-    digest = hashlib.sha256()
-    for kind, options in (
-        ("gaussian", {}),
-        ("poisson", {"dose": 50.0}),
-        ("poisson_gaussian", {"dose": 500.0}),
-    ):
-        digest.update(build_noise(kind, **options)(clean, KEYS, seed=7).numpy().tobytes())
+    namespace: dict = {}
+    exec(_DIGEST_SOURCE, namespace)
+    here = namespace["noise_digest"]()
+    script = _DIGEST_SOURCE + "\nprint(noise_digest())\n"
     result = subprocess.run(
-        [sys.executable, "-c", _SUBPROCESS_SCRIPT], capture_output=True, text=True, check=True, timeout=120
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=120
     )
-    assert result.stdout.strip() == digest.hexdigest()
+    assert result.stdout.strip() == here
 
 
 def test_generator_output_is_pinned():

@@ -154,7 +154,15 @@ def test_foreign_records_are_refused(source):
 
 
 @pytest.mark.parametrize(
-    "options", [{"count": 0}, {"seed": -1}, {"pose_groups": 0}, {"gamma": (1.2, 0.8)}, {"voxel_mm": 0.1}]
+    "options",
+    [
+        {"count": 0},
+        {"seed": -1},
+        {"pose_groups": 0},
+        {"gamma": (1.2, 0.8)},
+        {"gamma": (0.8, 1.0, 1.2)},
+        {"voxel_mm": 0.1},
+    ],
 )
 def test_bad_options_raise_config_errors(options):
     with pytest.raises(ConfigError):

@@ -115,7 +115,8 @@ def test_paired_comparison_of_identical_and_constant_shift():
 
 
 def _holm_by_definition(pvalues: np.ndarray, alpha: float) -> np.ndarray:
-    """Reject the k smallest p-values where k is the first 1-based rank with p_(k) > alpha / (m - k + 1), minus 1."""
+    """Reject the k smallest p-values where k is the first 1-based rank with p_(k) > alpha / (m - k + 1),
+    minus 1."""
     m = pvalues.size
     order = np.argsort(pvalues, kind="stable")
     reject = np.zeros(m, dtype=bool)
@@ -132,7 +133,9 @@ def test_holm_matches_the_definition_over_many_families_and_levels():
         for _ in range(20):
             pvalues = np.concatenate([rng.uniform(0, 0.05, size // 2), rng.uniform(0, 1, size - size // 2)])
             rng.shuffle(pvalues)
-            np.testing.assert_array_equal(stats.holm_reject(pvalues, alpha), _holm_by_definition(pvalues, alpha))
+            np.testing.assert_array_equal(
+                stats.holm_reject(pvalues, alpha), _holm_by_definition(pvalues, alpha)
+            )
 
 
 def test_holm_adjusted_values_by_hand():

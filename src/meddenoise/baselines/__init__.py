@@ -1,4 +1,5 @@
-"""Classical baselines with a model's inference signature (see classical.py); DnCNN lives in meddenoise.models."""
+"""Classical baselines with a model's inference signature (see classical.py); DnCNN lives in
+meddenoise.models."""
 
 from __future__ import annotations
 
@@ -11,4 +12,11 @@ from meddenoise.baselines.classical import (
     tune_baseline,
 )
 
-__all__ = ["BASELINES", "DEFAULT_GRIDS", "DEFAULT_PARAMS", "ClassicalBaseline", "build_baseline", "tune_baseline"]
+__all__ = [
+    "BASELINES",
+    "DEFAULT_GRIDS",
+    "DEFAULT_PARAMS",
+    "ClassicalBaseline",
+    "build_baseline",
+    "tune_baseline",
+]

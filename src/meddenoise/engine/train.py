@@ -579,7 +579,15 @@ def fit(config: TrainConfig) -> Path:
         compile=config.compile, sync_bn=config.sync_bn,
     )  # fmt: skip
     try:
-        trainer = Trainer(config, runtime)
+        try:
+            trainer = Trainer(config, runtime)
+        except Exception as exc:
+            if _is_out_of_memory(exc):
+                raise MeddenoiseError(
+                    f"out of memory while placing the prepared images and the model on {runtime.device}; "
+                    "use --limit-train / --limit-val, a smaller --base-channels, or prepare smaller images"
+                ) from None
+            raise
         trainer.log.info(f"runtime: {runtime.describe()}; global batch {config.batch_size * runtime.data_parallel_width}")
         trainer.write_run_files()
         if config.resume:

@@ -4,14 +4,14 @@
     from meddenoise.metrics import LPIPS, lpips_status        # LPIPS needs weight files; see perceptual.py
     from meddenoise.metrics import stats                      # CIs, paired tests, Holm correction (scipy)
 
-`PIXEL_METRICS` lists the metrics that need no weights, with the direction in which they improve, so evaluation
-and statistics code can loop over them.
+`PIXEL_METRICS` lists the metrics that need no weights, with the direction in which they improve, so
+evaluation and statistics code can loop over them.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from meddenoise.metrics.image import psnr, ssim, ssim_win3
 from meddenoise.metrics.perceptual import LPIPS, MetricUnavailable, lpips_available, lpips_status

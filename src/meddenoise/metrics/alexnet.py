@@ -1,8 +1,8 @@
 """AlexNet's convolutional trunk, laid out exactly like torchvision's `alexnet().features`.
 
 The layer indices inside `features` match torchvision's, so the `features.*` entries of torchvision's ImageNet
-checkpoint (`alexnet-owt-7be5be79.pth`) load by name; the classifier entries of that file are ignored. We keep our
-own copy because torchvision is not a dependency of meddenoise.
+checkpoint (`alexnet-owt-7be5be79.pth`) load by name; the classifier entries of that file are ignored. We keep
+our own copy because torchvision is not a dependency of meddenoise.
 """
 
 from __future__ import annotations
@@ -46,11 +46,14 @@ class AlexNetFeatures(nn.Module):
         return taps
 
     def load_torchvision_state(self, state: dict[str, torch.Tensor], source: str = "state dict") -> None:
-        """Load the `features.*` tensors of a torchvision AlexNet state dict; raise ValueError if any is wrong."""
+        """Load the `features.*` tensors of a torchvision AlexNet state dict; raise ValueError if any is
+        wrong."""
         own = self.state_dict()
         missing = [key for key in own if key not in state]
         if missing:
-            raise ValueError(f"{source} is not a torchvision AlexNet checkpoint: missing {', '.join(missing)}")
+            raise ValueError(
+                f"{source} is not a torchvision AlexNet checkpoint: missing {', '.join(missing)}"
+            )
         wrong = [key for key in own if tuple(state[key].shape) != tuple(own[key].shape)]
         if wrong:
             shapes = ", ".join(f"{key} {tuple(state[key].shape)}" for key in wrong)

@@ -2,19 +2,22 @@
 
     d(x, y) = sum over layers l of  mean over (h, w) of  sum over channels c of  w_lc (x^_lhwc - y^_lhwc)^2
 
-where x^_l are AlexNet's relu1..relu5 activations of the input, each unit-normalised along channels
-(`f / (||f||_2 + 1e-10)`), and w_l are the package's non-negative 1x1 "lin" weights. Inputs in [0, 1] are scaled to
-[-1, 1], grayscale is repeated to three channels, then the package's ScalingLayer maps them to ImageNet statistics.
+where x^_l are AlexNet's relu1..relu5 activations of the input, each unit-normalised along channels (`f /
+(||f||_2 + 1e-10)`), and w_l are the package's non-negative 1x1 "lin" weights. Inputs in [0, 1] are scaled to
+[-1, 1], grayscale is repeated to three channels, then the package's ScalingLayer maps them to ImageNet
+statistics.
 
 Two weight files are needed and neither can be downloaded here:
-- the AlexNet backbone (torchvision's `alexnet-owt-7be5be79.pth`): argument `backbone_path`, else the environment
-  variable MEDDENOISE_LPIPS_BACKBONE, else `torch.hub.get_dir()/checkpoints/alexnet-owt-7be5be79.pth`;
-- the lin weights (`lpips/weights/v0.1/alex.pth`, shipped inside the `lpips` package): argument `lin_path`, else
-  MEDDENOISE_LPIPS_LIN, else the installed `lpips` package's data, located without importing it (importing lpips
-  imports torchvision).
+- the AlexNet backbone (torchvision's `alexnet-owt-7be5be79.pth`): argument `backbone_path`, else the
+  environment variable MEDDENOISE_LPIPS_BACKBONE, else
+  `torch.hub.get_dir()/checkpoints/alexnet-owt-7be5be79.pth`;
+- the lin weights (`lpips/weights/v0.1/alex.pth`, shipped inside the `lpips` package): argument `lin_path`,
+  else MEDDENOISE_LPIPS_LIN, else the installed `lpips` package's data, located without importing it
+  (importing lpips imports torchvision).
 
 When a file is missing, `lpips_status()` returns (False, reason) and `LPIPS.from_pretrained` raises
-`MetricUnavailable(reason)`: evaluation must then report LPIPS as unavailable with that reason, never a number.
+`MetricUnavailable(reason)`: evaluation must then report LPIPS as unavailable with that reason, never a
+number.
 """
 
 from __future__ import annotations
@@ -78,7 +81,10 @@ def resolve_weight_paths(
 ) -> tuple[Path, Path]:
     """(backbone, lin) weight files, or MetricUnavailable naming the missing one and how to provide it."""
     backbone = _resolve(
-        backbone_path, BACKBONE_ENV, default_backbone_path(), f"AlexNet backbone weights ({BACKBONE_FILENAME})"
+        backbone_path,
+        BACKBONE_ENV,
+        default_backbone_path(),
+        f"AlexNet backbone weights ({BACKBONE_FILENAME})",
     )
     lin = _resolve(lin_path, LIN_ENV, packaged_lin_path(), "LPIPS v0.1 lin weights (lpips package, alex.pth)")
     return backbone, lin
@@ -111,14 +117,16 @@ def _load_state(path: Path, what: str) -> dict[str, torch.Tensor]:
 class LPIPS(nn.Module):
     """LPIPS distance per image: (pred, target) (B, 1 or 3, H, W) in [0, 1] -> (B,) float32.
 
-    Build with `LPIPS.from_pretrained()` for the real metric; `LPIPS()` has random backbone weights and zero lin
-    weights, for tests.
+    Build with `LPIPS.from_pretrained()` for the real metric; `LPIPS()` has random backbone weights and zero
+    lin weights, for tests.
     """
 
     def __init__(self) -> None:
         super().__init__()
         self.backbone = AlexNetFeatures()
-        self.lins = nn.ModuleList(nn.Conv2d(channels, 1, kernel_size=1, bias=False) for channels in TAP_CHANNELS)
+        self.lins = nn.ModuleList(
+            nn.Conv2d(channels, 1, kernel_size=1, bias=False) for channels in TAP_CHANNELS
+        )
         for lin in self.lins:
             nn.init.zeros_(lin.weight)
         self.register_buffer("shift", torch.tensor(SCALING_SHIFT).view(1, 3, 1, 1))
@@ -150,9 +158,13 @@ class LPIPS(nn.Module):
                 raise ValueError(f"{source} is not an LPIPS AlexNet lin file: missing {key}")
             weight = state[key]
             if tuple(weight.shape) != tuple(lin.weight.shape):
-                raise ValueError(f"{source}: {key} has shape {tuple(weight.shape)}, expected {tuple(lin.weight.shape)}")
+                raise ValueError(
+                    f"{source}: {key} has shape {tuple(weight.shape)}, expected {tuple(lin.weight.shape)}"
+                )
             if bool((weight < 0).any()):
-                raise ValueError(f"{source}: {key} has negative weights; LPIPS v0.1 lin weights are non-negative")
+                raise ValueError(
+                    f"{source}: {key} has negative weights; LPIPS v0.1 lin weights are non-negative"
+                )
             with torch.no_grad():
                 lin.weight.copy_(weight)
 
@@ -171,7 +183,9 @@ class LPIPS(nn.Module):
 
     def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         if pred.shape != target.shape:
-            raise ValueError(f"LPIPS: pred {tuple(pred.shape)} and target {tuple(target.shape)} differ in shape")
+            raise ValueError(
+                f"LPIPS: pred {tuple(pred.shape)} and target {tuple(target.shape)} differ in shape"
+            )
         features_pred = self.backbone(self._to_network_input(pred))
         features_target = self.backbone(self._to_network_input(target))
         distance = torch.zeros(pred.shape[0], dtype=self.shift.dtype, device=pred.device)

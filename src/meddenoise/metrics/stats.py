@@ -2,11 +2,12 @@
 
 All functions take plain sequences / numpy arrays of per-image values and return small dataclasses (use
 `dataclasses.asdict` for JSON/CSV). They refuse non-finite values (e.g. a PSNR of +inf for a perfect
-reconstruction) instead of silently dropping or propagating them: the caller decides how to report those images.
+reconstruction) instead of silently dropping or propagating them: the caller decides how to report those
+images.
 
 - `mean_ci`: mean with a Student-t interval (images independent).
-- `cluster_bootstrap_ci`: percentile bootstrap that resamples whole patients (clusters) with replacement, seeded;
-  use it when a patient contributes several images, which are not independent.
+- `cluster_bootstrap_ci`: percentile bootstrap that resamples whole patients (clusters) with replacement,
+  seeded; use it when a patient contributes several images, which are not independent.
 - `summarize`: picks one of the two: the bootstrap when any patient id repeats, else the t-interval.
 - `paired_comparison`: two methods on the same images: paired t-test, Wilcoxon signed-rank, Cohen's d_z,
   matched-pairs rank-biserial correlation, and a t-interval of the mean difference.
@@ -99,8 +100,8 @@ def cluster_bootstrap_ci(
 ) -> MeanCI:
     """Percentile bootstrap CI of the image-level mean, resampling clusters (patients) with replacement.
 
-    Each resample draws as many clusters as there are, with replacement, and takes the mean over all their images
-    (so large clusters weigh by their size, as in the point estimate). Deterministic for a given seed.
+    Each resample draws as many clusters as there are, with replacement, and takes the mean over all their
+    images (so large clusters weigh by their size, as in the point estimate). Deterministic for a given seed.
     """
     _check_confidence(confidence)
     array = _as_values(values)
@@ -145,7 +146,8 @@ def summarize(
     n_resamples: int = 10_000,
     seed: int = 0,
 ) -> MeanCI:
-    """Mean and CI: the cluster bootstrap over patients when any patient has several images, else the t-interval."""
+    """Mean and CI: the cluster bootstrap over patients when any patient has several images, else the
+    t-interval."""
     if patient_ids is not None:
         labels = [str(label) for label in patient_ids]
         if len(set(labels)) < len(labels):
@@ -154,7 +156,8 @@ def summarize(
 
 
 def rank_biserial(differences: np.ndarray) -> float:
-    """Matched-pairs rank-biserial correlation (R+ - R-) / (R+ + R-), zero differences dropped (as Wilcoxon does)."""
+    """Matched-pairs rank-biserial correlation (R+ - R-) / (R+ + R-), zero differences dropped (as Wilcoxon
+    does)."""
     nonzero = differences[differences != 0]
     if nonzero.size == 0:
         return 0.0
@@ -214,10 +217,11 @@ def paired_comparison(
 
 
 def holm_adjust(pvalues: Sequence[float] | np.ndarray) -> np.ndarray:
-    """Holm step-down adjusted p-values, in the input order: reject test i at level alpha iff adjusted_i <= alpha.
+    """Holm step-down adjusted p-values, in the input order: reject test i at level alpha iff adjusted_i <=
+    alpha.
 
-    Sorted ascending, adjusted_(k) = max over j <= k of min(1, (m - j + 1) p_(j)) (1-based). NaN p-values (tests
-    that could not be run) stay NaN and do not count in the family size m.
+    Sorted ascending, adjusted_(k) = max over j <= k of min(1, (m - j + 1) p_(j)) (1-based). NaN p-values
+    (tests that could not be run) stay NaN and do not count in the family size m.
     """
     array = np.asarray(pvalues, dtype=np.float64).reshape(-1)
     if np.any((array < 0) | (array > 1)):

@@ -271,7 +271,10 @@ class _CleanFreeTarget(TrainingTarget):
         for name, value in state.items():
             if not name.startswith("generator:"):
                 raise ValueError(f"target {self.name!r} cannot restore state {name!r}")
-            self.generator(torch.device(name.split(":", 1)[1])).set_state(value)
+            device = torch.device(name.split(":", 1)[1])
+            if device.type == "cuda" and not torch.cuda.is_available():
+                continue  # resumed on a machine without that device: its stream starts afresh from the seed
+            self.generator(device).set_state(value)
 
     @staticmethod
     def _check_copies(batch: TargetBatch, copies: int, name: str) -> None:

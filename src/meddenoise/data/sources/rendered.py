@@ -1,12 +1,13 @@
 """The embedded default data: PA chest radiographs rendered from one real chest CT (see docs/default-data.md).
 
 Every image belongs to a pose group: a 3-D rotation of the CT (about the cranio-caudal and lateral axes) whose
-two line-integral images (soft tissue, bone) are computed once per render call. Images of a group differ by cheap
-2-D variation: framing (field of view, shift, small in-plane rotation), bone-to-soft-tissue weight, exposure,
-detail enhancement and gamma. Neighbouring images of one group are near duplicates, so splits must keep whole
-groups together; `ImageRecord.group` carries the group id.
+two line-integral images (soft tissue, bone) are computed once per render call. Images of a group differ by
+cheap 2-D variation: framing (field of view, shift, small in-plane rotation), bone-to-soft-tissue weight,
+exposure, detail enhancement, film contrast and gamma. Images of one group are near duplicates, so splits must
+keep whole groups together; `ImageRecord.group` carries the group id.
 
-Image `i` of seed `s` depends only on (s, i) and the options, not on `count` or on which records one call renders.
+Image `i` of seed `s` depends only on (s, i) and the options, not on `count` or on which records one call
+renders.
 """
 
 from __future__ import annotations
@@ -24,7 +25,11 @@ from meddenoise.errors import ConfigError, DataError
 
 SOURCE_NAME = "default"
 RENDERER_VERSION = 1  # bump when the rendering changes in a way that should invalidate caches
-_PATH_PATTERN = re.compile(r"^rendered://(?P<ct>[\w-]+)/seed(?P<seed>\d+)/pose(?P<group>\d+)/image(?P<index>\d+)$")
+# Images framed and tone-mapped together; bounds memory at large sizes (32 x 1024^2 x 2 x 4 bytes = 256 MiB).
+_IMAGES_PER_BATCH = 32
+_PATH_PATTERN = re.compile(
+    r"^rendered://(?P<ct>[\w-]+)/seed(?P<seed>\d+)/pose(?P<group>\d+)/image(?P<index>\d+)$"
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,8 +67,8 @@ class RenderedChestSource:
         field_of_view_mm: tuple[float, float] = (285.0, 315.0),
         max_shift_mm: float = 15.0,
         bone_weight: tuple[float, float] = (1.3, 2.3),
-        exposure: tuple[float, float] = (0.95, 1.12),
-        detail_gain: tuple[float, float] = (0.4, 1.2),
+        exposure: tuple[float, float] = (1.0, 1.18),
+        detail_gain: tuple[float, float] = (0.6, 1.6),
         film_contrast: tuple[float, float] = (3.5, 6.0),
         gamma: tuple[float, float] = (0.9, 1.2),
         voxel_mm: float = 1.5,
@@ -74,7 +79,7 @@ class RenderedChestSource:
             raise ConfigError(f"seed must be a non-negative integer; got {seed}")
         if pose_groups < 1:
             raise ConfigError(f"pose_groups must be at least 1; got {pose_groups}")
-        for label, (low, high) in {
+        for label, value_range in {
             "field_of_view_mm": field_of_view_mm,
             "bone_weight": bone_weight,
             "exposure": exposure,
@@ -82,8 +87,13 @@ class RenderedChestSource:
             "film_contrast": film_contrast,
             "gamma": gamma,
         }.items():
+            if len(value_range) != 2:
+                raise ConfigError(f"{label} must be two numbers (low, high); got {value_range}")
+            low, high = value_range
             if not (0 <= low <= high):
-                raise ConfigError(f"{label} must be a range (low, high) with 0 <= low <= high; got {(low, high)}")
+                raise ConfigError(
+                    f"{label} must be a range (low, high) with 0 <= low <= high; got {(low, high)}"
+                )
         if not (0.5 <= voxel_mm <= 10):
             raise ConfigError(f"voxel_mm must be between 0.5 and 10 mm; got {voxel_mm}")
         self.count = int(count)
@@ -100,6 +110,16 @@ class RenderedChestSource:
         self.film_contrast = (float(film_contrast[0]), float(film_contrast[1]))
         self.gamma = (float(gamma[0]), float(gamma[1]))
         self.voxel_mm = float(voxel_mm)
+
+    @property
+    def notes(self) -> list[str]:
+        """What a user should know about this data (printed in the prepare summary)."""
+        groups = min(self.pose_groups, self.count)
+        return [
+            f"the default images are {self.count} radiographs rendered from one chest CT ({drr.CT_ID}, "
+            f"package {drr.CT_PACKAGE}=={drr.CT_PACKAGE_VERSION}) in {groups} pose groups; splits keep "
+            f"each pose group whole (its images are near duplicates)",
+        ]
 
     def describe(self) -> dict:
         """All parameters that change the pixels (stored with the cache, so a change rebuilds it)."""
@@ -124,7 +144,7 @@ class RenderedChestSource:
             "voxel_mm": self.voxel_mm,
         }
 
-    # ---- records ---------------------------------------------------------------------------------------------
+    # ---- records ------------------------------------------------------------------------------------------
 
     def records(self) -> list[ImageRecord]:
         """One record per image; no pixels are made here. Fails early if the CT is not installed."""
@@ -156,7 +176,7 @@ class RenderedChestSource:
             )
         return int(match["group"]), int(match["index"])
 
-    # ---- random draws ----------------------------------------------------------------------------------------
+    # ---- random draws -------------------------------------------------------------------------------------
 
     def group_rotation(self, group: int) -> tuple[float, float]:
         """(about cranio-caudal, about lateral) rotation of a pose group, degrees."""
@@ -180,7 +200,7 @@ class RenderedChestSource:
             gamma=float(rng.uniform(*self.gamma)),
         )
 
-    # ---- pixels ----------------------------------------------------------------------------------------------
+    # ---- pixels -------------------------------------------------------------------------------------------
 
     def render(self, records: Sequence[ImageRecord], size: int, device) -> np.ndarray:
         """(N, size, size) uint8 radiographs for `records` (any subset and order of `records()`)."""
@@ -188,8 +208,9 @@ class RenderedChestSource:
         return images
 
     def anatomy(self, records: Sequence[ImageRecord], size: int, device) -> dict[str, np.ndarray]:
-        """Projected path length (mm) through the lungs, the mediastinum (heart, aorta, thoracic spine) and the
-        heart: keys of `drr.ANATOMY_CHANNELS`, (N, size, size) float32 each, aligned pixel for pixel with `render` (for checks and figures)."""
+        """Projected path length (mm) through the lungs, the mediastinum (heart, aorta, thoracic spine) and
+        the heart, keyed by `drr.ANATOMY_CHANNELS`: (N, size, size) float32 each, aligned pixel for pixel with
+        `render` (for checks and figures)."""
         _, anatomy = self._render(records, size, device, with_anatomy=True)
         return anatomy
 
@@ -199,6 +220,10 @@ class RenderedChestSource:
         if size < 8:
             raise ConfigError(f"size must be at least 8 pixels; got {size}")
         parsed = [self._parse(record) for record in records]
+        images = np.empty((len(records), size, size), dtype=np.uint8)
+        anatomy = {name: np.empty((len(records), size, size), np.float32) for name in drr.ANATOMY_CHANNELS}
+        if not records:
+            return images, anatomy
         volume = drr.load_chest_volume(self.voxel_mm)
         device = torch.device(device)
         slabs = volume.attenuation.to(device)  # (K, 2, S, L)
@@ -209,23 +234,23 @@ class RenderedChestSource:
         # one blur scale for all images (not per batch), so an image never depends on its batch-mates
         pixel_mm = sum(self.field_of_view_mm) / 2 / work_size
 
-        images = np.empty((len(records), size, size), dtype=np.uint8)
-        anatomy = {name: np.empty((len(records), size, size), np.float32) for name in drr.ANATOMY_CHANNELS}
         by_group: dict[int, list[int]] = {}
         for position, (group, _) in enumerate(parsed):
             by_group.setdefault(group, []).append(position)
         with torch.no_grad():
-            for group, positions in sorted(by_group.items()):
+            for group, group_positions in sorted(by_group.items()):
                 about_superior, about_lateral = self.group_rotation(group)
                 rotation = drr.rotation_matrix(about_superior, about_lateral)
                 projection = drr.project(volume, slabs, rotation, volume.lung_center_mm)  # (C, S, L)
-                parameters = [self.image_parameters(parsed[p][1]) for p in positions]
-                framed = drr.frame(projection, parameters, volume, rotation, about_lateral, work_size)
-                tone = drr.tone_map(framed[:, :2], parameters, pixel_mm)  # (B, work, work) in [0, 1]
-                tone = drr.resize(tone[:, None], size)[:, 0]
-                images[positions] = (tone * 255.0 + 0.5).to(torch.uint8).cpu().numpy()
-                if with_anatomy:
-                    projected = drr.resize(framed[:, 2:], size).cpu().numpy()
-                    for channel, name in enumerate(drr.ANATOMY_CHANNELS):
-                        anatomy[name][positions] = projected[:, channel]
+                for start in range(0, len(group_positions), _IMAGES_PER_BATCH):
+                    positions = group_positions[start : start + _IMAGES_PER_BATCH]
+                    parameters = [self.image_parameters(parsed[p][1]) for p in positions]
+                    framed = drr.frame(projection, parameters, volume, rotation, about_lateral, work_size)
+                    tone = drr.tone_map(framed[:, :2], parameters, pixel_mm)  # (B, work, work) in [0, 1]
+                    tone = drr.resize(tone[:, None], size)[:, 0]  # (B, size, size)
+                    images[positions] = (tone * 255.0 + 0.5).to(torch.uint8).cpu().numpy()
+                    if with_anatomy:
+                        projected = drr.resize(framed[:, 2:], size).cpu().numpy()  # (B, 3, size, size)
+                        for channel, name in enumerate(drr.ANATOMY_CHANNELS):
+                            anatomy[name][positions] = projected[:, channel]
         return images, anatomy
