@@ -60,15 +60,19 @@ def device_kind(device: torch.device) -> str:
 
 
 def git_commit() -> str:
-    """HEAD of the checkout, with `+dirty` when files differ from it; `unknown` without git (a copied tree)."""
+    """HEAD of the checkout, `+dirty` when tracked files differ from it; `unknown` without git (a copy)."""
     try:
         head = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True, timeout=10
         ).stdout.strip()
         status = subprocess.run(
             ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=REPO, capture_output=True, text=True, check=True, timeout=10,
-        ).stdout  # fmt: skip
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=10,
+        ).stdout
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return head + ("+dirty" if status.strip() else "")
@@ -101,11 +105,12 @@ def environment(device: torch.device) -> dict[str, Any]:
     return record
 
 
-def write_result(name: str, payload: dict[str, Any], device: torch.device, out_dir: Path | None = None) -> Path:
+def write_result(
+    name: str, payload: dict[str, Any], device: torch.device, out_dir: Path | None = None
+) -> Path:
     """Write `<out_dir>/<name>_<device kind>.json` (atomically) with the load average at the end added."""
     from meddenoise.fileio import atomic_write_json
 
-    payload = dict(payload)
     payload.setdefault("environment", environment(device))
     payload["environment"]["load_average_end"] = [round(value, 2) for value in os.getloadavg()]
     path = Path(out_dir or RESULTS) / f"{name}_{device_kind(device)}.json"
@@ -116,11 +121,13 @@ def write_result(name: str, payload: dict[str, Any], device: torch.device, out_d
 
 def load_warning(environment_record: dict[str, Any]) -> str | None:
     """A note when other processes were using the cores (the 1-minute load above the usable CPU count)."""
-    load = max(environment_record["load_average_start"][0], environment_record.get("load_average_end", [0])[0])
+    load = max(
+        environment_record["load_average_start"][0], environment_record.get("load_average_end", [0])[0]
+    )
     if load > environment_record["usable_cpus"]:
         return (
-            f"load average {load:.1f} on {environment_record['usable_cpus']} usable CPUs: other processes shared "
-            "the cores, so CPU timings are pessimistic and noisy"
+            f"load average {load:.1f} on {environment_record['usable_cpus']} usable CPUs: other processes "
+            "shared the cores, so CPU timings are pessimistic and noisy"
         )
     return None
 
@@ -179,10 +186,17 @@ def peak_flops(device: torch.device) -> dict[str, Any]:
         name = torch.cuda.get_device_name(device).lower()
         for key, (bf16, tf32, fp32) in GPU_PEAKS.items():
             if all(part in name for part in key.split()):
-                return {"flops": bf16, "what": f"bf16 dense tensor-core peak of the {key.upper()} data sheet",
-                        "tf32": tf32, "fp32": fp32}  # fmt: skip
+                return {
+                    "flops": bf16,
+                    "what": f"bf16 dense tensor-core peak of the {key.upper()} data sheet",
+                    "tf32": tf32,
+                    "fp32": fp32,
+                }
         return {"flops": measured_matmul_flops(device, torch.bfloat16), "what": "measured bf16 4096^3 matmul"}
-    return {"flops": measured_matmul_flops(device, torch.float32), "what": "measured fp32 1024^3 matmul (CPU)"}
+    return {
+        "flops": measured_matmul_flops(device, torch.float32),
+        "what": "measured fp32 1024^3 matmul (CPU)",
+    }
 
 
 def measured_matmul_flops(device: torch.device, dtype: torch.dtype) -> float:
@@ -219,7 +233,7 @@ def training_flops_per_image(model: torch.nn.Module, loss_fn, size: int, device:
 
 
 def smooth_uint8_images(count: int, size: int, seed: int = 0) -> np.ndarray:
-    """(count, size, size) uint8: a few random low-frequency cosines per image, vectorised (fast for thousands).
+    """(count, size, size) uint8: a few random low-frequency cosines per image, vectorised (fast).
 
     Benchmarks use these where content does not matter (throughput) and the default data is not available.
     """
@@ -237,17 +251,22 @@ def smooth_uint8_images(count: int, size: int, seed: int = 0) -> np.ndarray:
 
 
 def write_synthetic_prepared(folder: Path, counts: dict[str, int], size: int, seed: int = 0) -> Path:
-    """A prepared folder of smooth synthetic images with exactly `counts` images per split (train/val/test)."""
+    """A prepared folder of smooth synthetic images with exactly `counts` images per split."""
     from meddenoise.data.cache import write_prepared
     from meddenoise.data.records import ImageRecord
 
     splits = [split for split, count in counts.items() for _ in range(count)]
     images = smooth_uint8_images(len(splits), size, seed)
     records = [
-        ImageRecord(image_id=f"synthetic{i:06d}", patient_id=f"p{i:06d}", source="synthetic",
-                    path=f"synthetic/{i:06d}", group=f"p{i:06d}")
+        ImageRecord(
+            image_id=f"synthetic{i:06d}",
+            patient_id=f"p{i:06d}",
+            source="synthetic",
+            path=f"synthetic/{i:06d}",
+            group=f"p{i:06d}",
+        )
         for i in range(len(splits))
-    ]  # fmt: skip
+    ]
     params = {"source": "synthetic-benchmark", "size": size, "seed": seed, "counts": counts}
     return write_prepared(folder, images, records, splits, params)
 

@@ -1,9 +1,9 @@
 """One-off cross-check: meddenoise's LPIPS vs the reference `lpips` package, same random AlexNet backbone.
 
-The ImageNet backbone cannot be downloaded here, so both sides use the backbone torchvision initialises at random
-(`lpips.LPIPS(pnet_rand=True)`), copied into our module, and the real v0.1 lin weights shipped with lpips. That
-checks every step of the formula (scaling, layer taps, normalisation, lin layers, averaging); only the backbone
-numbers differ from production. Needs torchvision and lpips, so run it from a side environment:
+The ImageNet backbone cannot be downloaded here, so both sides use the backbone torchvision initialises at
+random (`lpips.LPIPS(pnet_rand=True)`), copied into our module, and the real v0.1 lin weights shipped with
+lpips. That checks every step of the formula (scaling, layer taps, normalisation, lin layers, averaging); only
+the backbone numbers differ from production. Needs torchvision and lpips, so run it from a side environment:
 
     python3 -m venv /tmp/venv-tv && /tmp/venv-tv/bin/pip install torch torchvision lpips numpy
     PYTHONPATH=src /tmp/venv-tv/bin/python benchmarks/lpips_crosscheck.py
@@ -27,7 +27,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def image_pairs(generator: torch.Generator) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """Named (pred, target) batches in [0, 1]: noise, smooth + obfuscation noise, near-identical, odd sizes."""
+    """Named (pred, target) batches in [0, 1]: noise, smooth + obfuscation noise, near-identical, odd size."""
     grid = torch.linspace(0, 1, 96)
     rows, cols = torch.meshgrid(grid, grid, indexing="ij")
     smooth = (0.5 + 0.35 * torch.sin(9 * cols) * torch.cos(6 * rows)).expand(4, 1, 96, 96)
@@ -37,7 +37,10 @@ def image_pairs(generator: torch.Generator) -> dict[str, tuple[torch.Tensor, tor
     return {
         "smooth_vs_obfuscated_96": (noisy, smooth.clone()),
         "uniform_noise_64x80": (uniform, torch.rand(uniform.shape, generator=generator)),
-        "near_identical_96": (smooth + 0.001 * torch.randn(smooth.shape, generator=generator), smooth.clone()),
+        "near_identical_96": (
+            smooth + 0.001 * torch.randn(smooth.shape, generator=generator),
+            smooth.clone(),
+        ),
         "odd_size_131x77": (odd, (odd + 0.05 * torch.randn(odd.shape, generator=generator)).clamp(0, 1)),
     }
 
@@ -99,7 +102,10 @@ def main() -> None:
     }
     out = RESULTS / "lpips_crosscheck.json"
     atomic_write_json(out, payload)
-    print(f"{'PASSED' if passed else 'FAILED'}: worst abs {worst_abs:.2e}, worst rel {worst_rel:.2e}; wrote {out}")
+    print(
+        f"{'PASSED' if passed else 'FAILED'}: worst abs {worst_abs:.2e}, worst rel {worst_rel:.2e}; "
+        f"wrote {out}"
+    )
 
 
 if __name__ == "__main__":

@@ -8,11 +8,12 @@ Same model, batch, optimizer (Adam), loss (L1) and device for every configuratio
   ours_bf16_cl    uint8 images resident on the device, batches gathered by index, noise made on the device,
                   bf16 autocast, channels_last (CUDA only), no per-step host synchronisation
   ours_compile    ours_bf16_cl + torch.compile
+  ours_fp32       (optional) the fast path in fp32: like for like with reference_fp32 on CPUs without bf16
 
 Warm-up steps (compilation, DataLoader start-up, cuDNN autotuning) are run first and excluded; then `--steps`
-steps are timed with CUDA events (GPU) or perf_counter (CPU), all inside one epoch of the loader. FLOPs per image
-are counted with torch's FlopCounterMode (forward + backward); MFU = FLOPs/image x images/s / peak, where the
-peak is the GPU's bf16 data-sheet figure, or a measured fp32 matmul rate on the CPU.
+steps are timed with CUDA events (GPU) or perf_counter (CPU), all inside one epoch of the loader. FLOPs per
+image are counted with torch's FlopCounterMode (forward + backward); MFU = FLOPs/image x images/s / peak,
+where the peak is the GPU's bf16 data-sheet figure, or a measured fp32 matmul rate on the CPU.
 
     python benchmarks/train_throughput.py                         # GPU: 256 x 256, base 64, batch 16
     python benchmarks/train_throughput.py --device cpu --size 64 --base-channels 16 --batch-size 8
@@ -44,7 +45,10 @@ CONFIGS = {
     "reference_amp": {"pipeline": "reference", "amp": "fp16", "channels_last": False, "compile": False},
     "ours_bf16_cl": {"pipeline": "fast", "amp": "bf16", "channels_last": True, "compile": False},
     "ours_compile": {"pipeline": "fast", "amp": "bf16", "channels_last": True, "compile": True},
+    # Not one of the issue's four: the fast path in fp32, the like-for-like comparison on CPUs without bf16.
+    "ours_fp32": {"pipeline": "fast", "amp": "off", "channels_last": True, "compile": False},
 }
+DEFAULT_CONFIGS = ["reference_fp32", "reference_amp", "ours_bf16_cl", "ours_compile"]
 TARGETS_IMAGES_PER_S = {"unet": 1400, "unetpp": 450}  # one H100 at 256 x 256 (issue 6)
 
 
@@ -52,7 +56,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:N")
     parser.add_argument("--models", nargs="+", default=["unet", "unetpp"], help="models to time")
-    parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
+    parser.add_argument("--configs", nargs="+", default=DEFAULT_CONFIGS, choices=list(CONFIGS))
     parser.add_argument("--size", type=int, default=256, help="image side (default 256)")
     parser.add_argument("--base-channels", type=int, default=64, help="first-level channels (64: the paper)")
     parser.add_argument("--batch-size", type=int, default=16, help="images per step (16: the paper)")
@@ -64,14 +68,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def time_configuration(model_name: str, config_name: str, data: Any, args: argparse.Namespace,
-                       device: torch.device) -> dict[str, Any]:  # fmt: skip
+def time_configuration(
+    model_name: str, config_name: str, data: Any, args: argparse.Namespace, device: torch.device
+) -> dict[str, Any]:
     """Images/s of one (model, configuration) after warm-up; runs the engine's own step and batch sources."""
     settings = CONFIGS[config_name]
     runtime = build_runtime(
-        strategy="single", device=str(device), amp=settings["amp"], channels_last=settings["channels_last"],
+        strategy="single",
+        device=str(device),
+        amp=settings["amp"],
+        channels_last=settings["channels_last"],
         compile=settings["compile"],
-    )  # fmt: skip
+    )
     torch.manual_seed(0)
     model = runtime.place(build_model(model_name, base_channels=args.base_channels))
     optimizer = build_optimizer(model, "adam", 1e-3, 0.0, runtime.device)
@@ -94,9 +102,14 @@ def time_configuration(model_name: str, config_name: str, data: Any, args: argpa
             loss_sum += step(target_batch, 1.0, 1e-3).item()  # the seed code's per-step read
         else:
             target_batch = make_target_batch(
-                target, runtime.to_device_batch(batch.clean), batch.image_keys, noise, seed=0, epoch=0,
+                target,
+                runtime.to_device_batch(batch.clean),
+                batch.image_keys,
+                noise,
+                seed=0,
+                epoch=0,
                 mode="fixed",
-            )  # fmt: skip
+            )
             loss_sum += step(target_batch, 1.0, 1e-3)  # stays on the device, as in the engine
 
     warmup = args.warmup + (3 if settings["compile"] else 0)
@@ -135,54 +148,72 @@ def time_configuration(model_name: str, config_name: str, data: Any, args: argpa
     }
 
 
+def add_speedups(rows: list[dict[str, Any]]) -> None:
+    for row in rows:
+        reference = next(
+            (r for r in rows if r["model"] == row["model"] and r["config"] == "reference_fp32"), None
+        )
+        if reference:
+            row["speedup_vs_reference_fp32"] = row["images_per_second"] / reference["images_per_second"]
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     device = common.resolve_device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
-    environment = common.environment(device)
     torch.backends.cudnn.benchmark = device.type == "cuda"  # both pipelines get autotuned kernels
-    peak = common.peak_flops(device)
     compile_steps = 3 if "ours_compile" in args.configs else 0
     train_count = (args.warmup + compile_steps + args.steps) * args.batch_size
-    rows, flops = [], {}
+    settings = {key: value for key, value in vars(args).items() if key != "out_dir"}
+    settings["image"] = f"{args.size}x{args.size} uint8 synthetic (throughput does not depend on content)"
+    settings["train_images"] = train_count
+    rows: list[dict[str, Any]] = []
+    payload = {
+        "benchmark": "train_throughput",
+        "environment": common.environment(device),
+        "settings": settings,
+        "peak": common.peak_flops(device),
+        "targets_images_per_second_h100_256px": TARGETS_IMAGES_PER_S,
+        "complete": False,
+        "results": rows,
+    }
+    peak = payload["peak"]
     with tempfile.TemporaryDirectory(prefix="throughput-") as scratch:
         folder = common.write_synthetic_prepared(Path(scratch) / "data", {"train": train_count}, args.size)
         data = load_prepared(folder)
         for model_name in args.models:
             model = build_model(model_name, base_channels=args.base_channels).to(device)
-            flops[model_name] = common.training_flops_per_image(model, build_loss("l1"), args.size, device)
+            flops = common.training_flops_per_image(model, build_loss("l1"), args.size, device)
             del model
             for config_name in args.configs:
                 row = time_configuration(model_name, config_name, data, args, device)
-                row["gflops_per_image"] = flops[model_name] / 1e9
-                row["mfu"] = flops[model_name] * row["images_per_second"] / peak["flops"]
+                row["gflops_per_image"] = flops / 1e9
+                row["mfu"] = flops * row["images_per_second"] / peak["flops"]
                 rows.append(row)
-                print(f"{model_name:>7} {config_name:<15} {row['images_per_second']:10.1f} img/s  "
-                      f"MFU {100 * row['mfu']:5.1f}%", flush=True)  # fmt: skip
-    for model_name in args.models:
-        reference = next((r for r in rows if r["model"] == model_name and r["config"] == "reference_fp32"), None)
-        for row in rows:
-            if reference and row["model"] == model_name:
-                row["speedup_vs_reference_fp32"] = row["images_per_second"] / reference["images_per_second"]
-    columns = [("model", "model"), ("config", "configuration"), ("amp", "amp"), ("images_per_second", "img/s"),
-               ("ms_per_step", "ms/step"), ("gflops_per_image", "GFLOP/img"), ("mfu", "MFU"),
-               ("speedup_vs_reference_fp32", "x ref fp32")]  # fmt: skip
-    print(common.format_table(rows, columns))
-    settings = {key: value for key, value in vars(args).items() if key != "out_dir"}
-    settings["image"] = f"{args.size}x{args.size} uint8 synthetic (throughput does not depend on content)"
-    settings["train_images"] = train_count
-    payload = {
-        "benchmark": "train_throughput",
-        "environment": environment,
-        "settings": settings,
-        "peak": peak,
-        "targets_images_per_second_h100_256px": TARGETS_IMAGES_PER_S,
-        "results": rows,
-    }
+                add_speedups(rows)
+                # Written after every row, so a run stopped by a time limit keeps what it measured.
+                path = common.write_result("train_throughput", payload, device, args.out_dir)
+                print(
+                    f"{model_name:>7} {config_name:<15} {row['images_per_second']:10.1f} img/s  "
+                    f"MFU {100 * row['mfu']:5.1f}%",
+                    flush=True,
+                )
+    payload["complete"] = True
     path = common.write_result("train_throughput", payload, device, args.out_dir)
-    warning = common.load_warning(payload["environment"])
+    columns = [
+        ("model", "model"),
+        ("config", "configuration"),
+        ("amp", "amp"),
+        ("images_per_second", "img/s"),
+        ("ms_per_step", "ms/step"),
+        ("gflops_per_image", "GFLOP/img"),
+        ("mfu", "MFU"),
+        ("speedup_vs_reference_fp32", "x ref fp32"),
+    ]
+    print(common.format_table(rows, columns))
     print(f"peak used for MFU: {peak['what']} = {peak['flops'] / 1e12:.2f} TFLOP/s; wrote {path}")
+    warning = common.load_warning(payload["environment"])
     if warning:
         print(f"note: {warning}")
     return payload

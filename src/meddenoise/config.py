@@ -186,6 +186,8 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
         else:
             kwargs["type"] = base if base in (int, float) else str
             kwargs["metavar"] = field.name.upper() if base is str else base.__name__.upper()
+        if "choices" in kwargs:
+            del kwargs["metavar"]  # argparse then shows the choices, {a,b,c}, in the usage and the help
         parser.add_argument(flag, **kwargs)
 
 

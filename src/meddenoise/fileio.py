@@ -1,7 +1,7 @@
 """Atomic file writes: a killed process never leaves a half-written file that looks valid.
 
-Everything is written to a temporary file in the destination folder, flushed and fsynced, then renamed over the
-destination; `os.replace` is atomic on POSIX file systems.
+Everything is written to a temporary file in the destination folder, flushed and fsynced, then renamed over
+the destination; `os.replace` is atomic on POSIX file systems.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ def ensure_writable_dir(path: str | os.PathLike, what: str = "output folder") ->
     except OSError as exc:
         raise MeddenoiseError(f"cannot create {what} {folder}: {exc.strerror or exc}") from None
     if not os.access(folder, os.W_OK | os.X_OK):
-        raise MeddenoiseError(f"{what} {folder} is not writable; choose another path with --out")
+        raise MeddenoiseError(f"{what} {folder} is not writable; choose another path")
     return folder
 
 

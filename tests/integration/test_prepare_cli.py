@@ -62,6 +62,16 @@ def test_config_file_and_cli_override(tmp_path, tiny_folder):
     done = meddenoise("prepare", "--config", "prep.toml", "--size", "16", "--out", "c", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert "images: 6 of 16x16" in done.stdout
+    # the effective config (file values, command-line winners) is saved next to the outputs
+    saved = json.loads((tmp_path / "c" / "config.json").read_text())["config"]
+    assert (saved["source"], saved["root"], saved["size"], saved["out"]) == (
+        "folder",
+        str(tiny_folder),
+        16,
+        "c",
+    )
+    assert saved["quiet"] is True and saved["split_by"] == "patient"  # from the file, and a default
+    assert json.loads((tmp_path / "c" / "prepare.json").read_text())["params"]["size"] == 16
 
 
 @pytest.mark.parametrize(
@@ -106,3 +116,54 @@ def test_help_explains_every_option(tmp_path):
         "--out",
     ):
         assert flag in done.stdout
+
+
+def test_more_bad_inputs_in_process(tmp_path, tiny_folder, capsys):
+    import torch
+
+    from meddenoise.cli import main
+
+    (tmp_path / "typo.toml").write_text('source = "folder"\nsizee = 32\n')
+    common = ["prepare", "--out", str(tmp_path / "out"), "--quiet", "--workers", "1"]
+    cases = [
+        (
+            ["--config", str(tmp_path / "typo.toml")],
+            "unknown key(s) in " + str(tmp_path / "typo.toml") + ": sizee",
+        ),
+        (
+            ["--source", "folder", "--root", str(tiny_folder), "--size", "8"],
+            "--size must be between 16 and 8192",
+        ),
+        (
+            ["--source", "folder", "--root", str(tiny_folder), "--strict"],
+            "--strict: 1 of 7 image(s) could not",
+        ),
+        (
+            ["--source", "folder", "--root", str(tiny_folder / "patient0" / "view0.png")],
+            "is a file, not a folder",
+        ),
+    ]
+    if not torch.cuda.is_available():
+        cases.append((["--source", "default", "--device", "cuda"], "CUDA is not available here"))
+    for args, message in cases:
+        assert main([*common, *args]) == 2, args
+        error = capsys.readouterr().err
+        assert error.startswith("meddenoise prepare: error:") and message in error, error
+    assert "broken.png" in (tmp_path / "out" / "skipped.csv").read_text()  # --strict still lists the file
+
+
+def test_nih_csv_that_misses_files_and_names_absent_ones_is_reported(tmp_path, image_files, capsys):
+    from meddenoise.cli import main
+
+    root = tmp_path / "nih"
+    names = ["00000001_000.png", "00000001_001.png", "00000002_000.png"]
+    for index, name in enumerate(names):
+        image_files.png(root / "images" / name, np.full((24, 24), 40 * index, np.uint8))
+    rows = ["Image Index,Patient ID,View Position", "00000001_000.png,1,PA", "00000002_000.png,2,PA"]
+    (root / "Data_Entry_2017.csv").write_text("\n".join([*rows, "00000099_000.png,99,PA"]) + "\n")
+    out = tmp_path / "prepared"
+    assert main(["prepare", "--source", "nih", "--root", str(root), "--out", str(out), "--size", "16"]) == 0
+    printed = capsys.readouterr().out
+    assert "images: 2 of 16x16" in printed
+    assert "note: 1 PNG file(s) are not in the CSV and are left out: 00000001_001.png" in printed
+    assert "note: 1 CSV row(s) name files not found" in printed and "00000099_000.png" in printed

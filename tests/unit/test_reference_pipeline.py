@@ -1,6 +1,8 @@
-"""The reference (seed-code) pipeline: same noisy pairs, same batches, same losses as the fast path in fp32."""
+"""The reference (seed-code) pipeline: the same noisy pairs, batches and fp32 losses as the fast path."""
 
 from __future__ import annotations
+
+import json
 
 import numpy as np
 import pytest
@@ -68,7 +70,7 @@ def test_batch_plan_matches_the_device_batches_on_every_rank(prepared, noise_op,
 
 
 def _train_losses(prepared, noise_op, pipeline: str, epochs: int = 2, workers: int = 1) -> tuple[list, dict]:
-    """Per-step losses of the engine's step on CPU in fp32, fed by one pipeline (the loop body of train.py)."""
+    """Per-step losses of the engine's step on CPU in fp32, fed by one pipeline (train.py's loop body)."""
     runtime = build_runtime(strategy="single", device="cpu", amp="off")
     torch.manual_seed(0)
     model = runtime.place(build_model("unet", base_channels=8, depth=3, norm="batch"))
@@ -86,7 +88,13 @@ def _train_losses(prepared, noise_op, pipeline: str, epochs: int = 2, workers: i
         for batch in batches.epoch(epoch):
             if pipeline == "fast":
                 target_batch = make_target_batch(
-                    target, batch.clean, batch.image_keys, noise_op, seed=NOISE_SEED, epoch=epoch, mode="fixed"
+                    target,
+                    batch.clean,
+                    batch.image_keys,
+                    noise_op,
+                    seed=NOISE_SEED,
+                    epoch=epoch,
+                    mode="fixed",
                 )
                 losses.append(step(target_batch, 1.0, 1e-3))
             else:
@@ -135,3 +143,53 @@ def test_reference_batches_reject_bad_settings(prepared, noise_op):
         ReferenceBatches(dataset, 0, "cpu")
     with pytest.raises(ValueError):
         ReferenceBatches(dataset, 2, "cpu", workers=-1)
+
+
+def _fit_records(folder, out, pipeline: str, *extra: str) -> list[dict]:
+    from meddenoise.cli import main
+
+    argv = ["train", "--data", str(folder), "--out", str(out), "--model", "unet", "--base-channels", "8",
+            "--depth", "3", "--batch-size", "4", "--epochs", "2", "--seed", "2", "--noise-seed", "3",
+            "--quiet", "--no-evaluate-test", "--pipeline", pipeline, "--loader-workers", "1",
+            *extra]  # fmt: skip
+    assert main(argv) == 0
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_train_with_pipeline_reference_matches_the_fast_path_epoch_by_epoch(prepared, tmp_path):
+    fast = _fit_records(prepared.folder, tmp_path / "fast", "fast")
+    reference = _fit_records(prepared.folder, tmp_path / "reference", "reference")
+    assert len(fast) == len(reference) == 2
+    for ours, theirs in zip(fast, reference):
+        assert theirs["train_loss"] == pytest.approx(ours["train_loss"], abs=1e-5)
+        assert theirs["val_loss"] == pytest.approx(ours["val_loss"], abs=1e-5)
+        assert theirs["val_psnr"] == pytest.approx(ours["val_psnr"], abs=1e-3)
+        assert theirs["val_ssim"] == pytest.approx(ours["val_ssim"], abs=1e-4)
+        assert theirs["train_images"] == ours["train_images"] and theirs["train_images_each_once"]
+    assert fast[-1]["train_loss"] < fast[0]["train_loss"]
+    saved = json.loads((tmp_path / "reference" / "config.json").read_text())["config"]
+    assert saved["pipeline"] == "reference" and saved["amp"] == "off" and saved["channels_last"] is False
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [(["--amp", "bf16"], "fp16"), (["--compile"], "compile"), (["--noise-mode", "fresh"], "noise-mode"),
+     (["--target", "noise2noise"], "--target clean")],
+)  # fmt: skip
+def test_reference_pipeline_refuses_what_the_seed_code_never_did(
+    prepared, tmp_path, capsys, options, message
+):
+    from meddenoise.cli import main
+
+    argv = [
+        "train",
+        "--data",
+        str(prepared.folder),
+        "--out",
+        str(tmp_path / "run"),
+        "--pipeline",
+        "reference",
+    ]
+    assert main([*argv, *options]) == 2
+    error = capsys.readouterr().err
+    assert "--pipeline reference" in error and message in error and "Traceback" not in error

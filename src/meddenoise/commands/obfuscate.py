@@ -26,8 +26,6 @@ from meddenoise.fileio import atomic_write_bytes, atomic_write_json, atomic_writ
 
 # Same as meddenoise.noise.KINDS, repeated so that `--help` does not import torch (a test keeps them equal).
 NOISE_KINDS = ("gaussian", "poisson", "poisson_gaussian")
-# The engine's convention for independently obfuscated copies: copy c uses seed + COPY_SEED_STRIDE * c.
-COPY_SEED_STRIDE = 7919
 PNG16_SCALE = 65535
 EXPORT_FORMAT = "meddenoise-obfuscated-export"
 EXPORT_VERSION = 1
@@ -97,9 +95,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
+@dataclasses.dataclass(frozen=True)
+class ExportPlan:
+    """What is exported, decided once: prepared rows, their random ids, and one folder and seed per copy."""
+
+    rows: Any  # (N,) int64 rows of the prepared folder
+    export_ids: list[str]  # export_ids[i] names rows[i]
+    folders: list[str]  # copy1, copy2, ...
+    copy_seeds: list[int]  # the noise seed of each copy
+    extension: str  # ".png" or ".npy"
+
+    def files(self, position: int) -> list[str]:
+        """Paths (relative to the export folder) of every copy of image `position`."""
+        return [f"{folder}/{self.export_ids[position]}{self.extension}" for folder in self.folders]
+
+
 def run(args: argparse.Namespace) -> int:
     from meddenoise.data.cache import load_prepared
     from meddenoise.engine.runtime import resolve_device
+    from meddenoise.engine.targets import COPY_SEED_STRIDE
     from meddenoise.noise import build_noise
 
     config = config_from_args(ObfuscateConfig, args)
@@ -109,8 +123,8 @@ def run(args: argparse.Namespace) -> int:
     out, private_map = check_paths(config)
     device = resolve_device(config.device)
     data = load_prepared(config.data)
-    indices = data.indices(config.split)
-    if len(indices) == 0:
+    rows = data.indices(config.split)
+    if len(rows) == 0:
         raise DataError(f"split {config.split!r} of {data.folder} has no images; choose another --split")
     ensure_writable_dir(out, what="export folder (--out)")
     ensure_writable_dir(private_map.parent, what="folder of --private-map")
@@ -120,16 +134,21 @@ def run(args: argparse.Namespace) -> int:
         config = dataclasses.replace(config, seed=secrets.randbits(62))
     print(format_config(dataclasses.replace(config, seed="<secret>")), flush=True)
 
-    export_ids = unique_random_ids(len(indices))
-    folders = [f"copy{copy + 1}" for copy in range(config.copies)]
-    extension = ".png" if config.image_format == "png16" else ".npy"
+    plan = ExportPlan(
+        rows=rows,
+        export_ids=unique_random_ids(len(rows)),
+        folders=[f"copy{copy + 1}" for copy in range(config.copies)],
+        # the engine's convention, so copy c of an export is the noise2noise copy c a training run makes
+        copy_seeds=[config.seed + COPY_SEED_STRIDE * copy for copy in range(config.copies)],
+        extension=".png" if config.image_format == "png16" else ".npy",
+    )
     # The secret and the way back to patients are stored before anything is published.
-    write_private_files(config, private_map, data, indices, export_ids, folders, extension, operator)
-    write_images(config, operator, data, indices, export_ids, out, folders, extension, device)
-    write_public_files(config, operator, data, indices, export_ids, out, folders, extension)
+    write_private_files(config, plan, data, operator, private_map)
+    write_images(config, plan, data, operator, out, device)
+    write_public_files(config, plan, data, operator, out)
 
     print(
-        f"exported {len(indices)} images x {config.copies} cop{'y' if config.copies == 1 else 'ies'} "
+        f"exported {len(rows)} images x {config.copies} cop{'y' if config.copies == 1 else 'ies'} "
         f"({operator.noise_level}, {config.image_format}) to {out}\n"
         f"private map (keep it, never share it): {private_map}\n"
         f"secret seed and config: {private_config_path(private_map)}"
@@ -175,27 +194,27 @@ def unique_random_ids(count: int) -> list[str]:
     return ordered
 
 
-def write_images(config, operator, data, indices, export_ids, out, folders, extension, device) -> None:
+def write_images(config, plan: ExportPlan, data, operator, out: Path, device) -> None:
     import numpy as np
     import torch
     from tqdm import tqdm
 
-    for folder in folders:
+    for folder in plan.folders:
         ensure_writable_dir(out / folder, what="export folder")
     # Work in a secret random order: file times then say nothing about the prepared order (often by patient).
-    order = list(range(len(indices)))
+    order = list(range(len(plan.rows)))
     secrets.SystemRandom().shuffle(order)
     batches = [order[start : start + config.batch_size] for start in range(0, len(order), config.batch_size)]
     for batch in tqdm(batches, desc="obfuscate", unit="batch", disable=None):
-        rows = indices[batch]
+        rows = plan.rows[batch]
         pixels = torch.from_numpy(np.ascontiguousarray(data.images[rows])).to(device)  # (B, H, W) integer
         clean = pixels.unsqueeze(1).float() / float(data.max_value)  # (B, H, W) -> (B, 1, H, W) in [0, 1]
         keys = torch.from_numpy(data.image_keys[rows]).to(device)
-        for copy, folder in enumerate(folders):
-            noisy = operator(clean, keys, seed=config.seed + COPY_SEED_STRIDE * copy, mode="fixed")
+        for folder, seed in zip(plan.folders, plan.copy_seeds):
+            noisy = operator(clean, keys, seed=seed, mode="fixed")
             encoded = encode_batch(noisy[:, 0], config.image_format)
             for position, payload in zip(batch, encoded):
-                atomic_write_bytes(out / folder / f"{export_ids[position]}{extension}", payload)
+                atomic_write_bytes(out / folder / f"{plan.export_ids[position]}{plan.extension}", payload)
 
 
 def encode_batch(noisy, image_format: str) -> list[bytes]:
@@ -246,22 +265,18 @@ def encode_png16(image) -> bytes:
     )
 
 
-def write_private_files(config, private_map, data, indices, export_ids, folders, extension, operator) -> None:
+def write_private_files(config, plan: ExportPlan, data, operator, private_map: Path) -> None:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["export_id", "files", "image_id", "image_key", "patient_id", "source_path", "split"])
-    for export_id, row_index in zip(export_ids, indices):
+    for position, (export_id, row_index) in enumerate(zip(plan.export_ids, plan.rows)):
         row = data.records[int(row_index)]
-        files = ";".join(f"{folder}/{export_id}{extension}" for folder in folders)
+        files = ";".join(plan.files(position))
         writer.writerow(
             [
                 export_id,
                 files,
-                row["image_id"],
-                row["image_key"],
-                row["patient_id"],
-                row["source_path"],
-                row["split"],
+                *(row[key] for key in ("image_id", "image_key", "patient_id", "source_path", "split")),
             ]
         )
     atomic_write_text(private_map, buffer.getvalue())
@@ -270,25 +285,23 @@ def write_private_files(config, private_map, data, indices, export_ids, folders,
         "kind": type(config).__name__,
         "config": config_to_dict(config),
         "noise": operator.describe(),
-        "copy_seeds": [config.seed + COPY_SEED_STRIDE * copy for copy in range(config.copies)],
+        "copy_seeds": plan.copy_seeds,
         "prepared_folder": str(Path(data.folder).resolve()),
     }
     atomic_write_json(private_config_path(private_map), details)
 
 
-def write_public_files(config, operator, data, indices, export_ids, out, folders, extension) -> None:
-    order = sorted(range(len(export_ids)), key=export_ids.__getitem__)  # by random id: reveals no order
+def write_public_files(config, plan: ExportPlan, data, operator, out: Path) -> None:
+    order = sorted(range(len(plan.export_ids)), key=plan.export_ids.__getitem__)  # by random id: no order
+    splits = [data.records[int(row)]["split"] for row in plan.rows]
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["export_id", "split", *folders])
+    writer.writerow(["export_id", "split", *plan.folders])
     for position in order:
-        export_id = export_ids[position]
-        split = data.records[int(indices[position])]["split"]
-        writer.writerow([export_id, split, *(f"{folder}/{export_id}{extension}" for folder in folders)])
+        writer.writerow([plan.export_ids[position], splits[position], *plan.files(position)])
     atomic_write_text(out / "index.csv", buffer.getvalue())
-    splits = [data.records[int(i)]["split"] for i in indices]
     _, height, width = data.images.shape
-    description = public_description(config, operator, len(indices), splits, height, width, folders)
+    description = public_description(config, operator, len(plan.rows), splits, height, width, plan.folders)
     atomic_write_text(out / "README.txt", readme_text(description))
     atomic_write_json(out / "export.json", description)  # written last: its presence marks a complete export
 

@@ -8,7 +8,6 @@ from pathlib import Path
 from meddenoise.config import add_config_arguments, config_from_args, format_config, save_config
 from meddenoise.data.prepare_config import PrepareConfig
 
-SPLIT_NAMES = ("train", "val", "test")
 MAX_LISTED_SKIPS = 10
 
 
@@ -33,6 +32,10 @@ def run(args: argparse.Namespace) -> int:
     config = config_from_args(PrepareConfig, args)
     if not config.quiet:
         print(format_config(config), flush=True)
+    if config.source == "default":
+        from meddenoise.engine.runtime import resolve_device
+
+        resolve_device(config.device)  # an unusable --device fails here, not deep inside the renderer
     source = build_source(config)
     result = prepare(source, config)
     save_config(config, Path(result.folder) / "config.json")
@@ -41,6 +44,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def format_summary(result, config: PrepareConfig) -> str:
+    from meddenoise.data.splits import SPLIT_NAMES
+
     info = result.info
     count, height, width = info["shape"]
     bits = 16 if info["dtype"] == "uint16" else 8

@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import io
-import os
 
 import numpy as np
 
@@ -178,7 +177,3 @@ def has_dicom_preamble(path: str) -> bool:
     except OSError:
         return False
 
-
-def file_stat_key(path: str) -> tuple[str, int, int]:
-    stat = os.stat(path)
-    return path, stat.st_size, stat.st_mtime_ns

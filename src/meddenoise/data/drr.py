@@ -345,6 +345,8 @@ def lung_box_on_detector(volume: ChestVolume, rotation: np.ndarray, center_mm) -
 
 # Sharpening scale of the detail enhancement that radiograph processing applies (vessels, rib edges).
 DETAIL_SIGMA_MM = 4.0
+# Scale of the regional brightness that equalization (dynamic range compression) takes back.
+EQUALIZATION_SIGMA_MM = 15.0
 # Space kept between the lungs' (rotated) bounding box and the field of view's edge, when there is room.
 LUNG_MARGIN_MM = 6.0
 # Centre of the characteristic curve as a fraction of the white point: between lungs (~0.35) and heart (~0.7).
@@ -436,10 +438,11 @@ def tone_map(attenuation, parameters, pixel_mm: float):
 
     `attenuation` (B, 2, H, W): soft and bone path lengths (mm of water). Per image: `bone_weight` (bone
     contrast relative to soft tissue, higher at lower tube voltage), `exposure` (> 1: darker), `detail_gain`
-    (unsharp masking, as radiograph processing does), `film_contrast` (slope of an S-shaped characteristic
-    curve: toe for the air, shoulder that keeps mediastinum and spine from saturating) and `gamma`.
-    The input to the curve is the weighted path length (log transmission), scaled so that a high quantile
-    inside the field maps to 1. Returns (B, H, W).
+    (unsharp masking, as radiograph processing does), `equalization` (takes back that fraction of the
+    regional brightness, so spine and abdomen do not glare and the vertebrae stay readable), `film_contrast`
+    (slope of an S-shaped characteristic curve: toe for the air, shoulder that keeps mediastinum and spine
+    from saturating) and `gamma`. The input to the curve is the weighted path length (log transmission),
+    scaled so that a high quantile inside the field maps to 1. Returns (B, H, W).
     """
     import torch
 
@@ -455,7 +458,9 @@ def tone_map(attenuation, parameters, pixel_mm: float):
     white = torch.quantile(sample, WHITE_QUANTILE, dim=1).clamp_min(1e-3)[:, None, None]
     level = path / (white * per_image("exposure"))
     detail = level - _gaussian_blur(level[:, None], DETAIL_SIGMA_MM / pixel_mm)[:, 0]
-    enhanced = level + per_image("detail_gain") * detail
+    regional = _gaussian_blur(level[:, None], EQUALIZATION_SIGMA_MM / pixel_mm)[:, 0]
+    regional_excess = regional - level.mean(dim=(1, 2), keepdim=True)
+    enhanced = level + per_image("detail_gain") * detail - per_image("equalization") * regional_excess
     slope = per_image("film_contrast")
     low, high = torch.sigmoid(-slope * FILM_MIDPOINT), torch.sigmoid(slope * (1 - FILM_MIDPOINT))
     film = (torch.sigmoid(slope * (enhanced - FILM_MIDPOINT)) - low) / (high - low)

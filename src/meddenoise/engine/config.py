@@ -67,7 +67,13 @@ class TrainConfig:
     channels_last: bool = option(True, "channels_last memory format on CUDA")
     compile: bool = option(False, "torch.compile the model (pays off for long runs on GPUs)")
     sync_bn: bool = option(False, "ddp: synchronise BatchNorm statistics across GPUs")
-    pipeline: str = option("fast", "input pipeline: fast (device-resident data, no per-step host sync)")
+    pipeline: str = option(
+        "fast",
+        "fast: device-resident data, no per-step host sync; reference: the seed code's pipeline, for "
+        "benchmarks (host float32 dataset, DataLoader, loss.item() each step, CPU validation; fp32 or fp16)",
+        choices=("fast", "reference"),
+    )
+    loader_workers: int = option(4, "--pipeline reference: DataLoader worker processes (4 in the seed code)")
     # -- checkpoints and logs ------------------------------------------------------------------------------
     checkpoint_every: int = option(0, "also checkpoint every N steps inside an epoch (0: at epoch ends only)")
     resume: bool = option(False, "continue the run in --out from its last checkpoint")
@@ -91,6 +97,7 @@ class TrainConfig:
             "nproc": self.nproc,
             "depth": self.depth,
             "noise_std": self.noise_std,
+            "loader_workers": self.loader_workers,
         }
         for name, value in non_negative.items():
             if value < 0:
@@ -101,9 +108,28 @@ class TrainConfig:
             raise ConfigError(f"--ema-decay must be in [0, 1); got {self.ema_decay}")
         if self.base_channels < 1:
             raise ConfigError(f"--base-channels must be >= 1; got {self.base_channels}")
+        if self.pipeline == "reference":
+            self._check_reference()
         for item in [*self.model_options, *self.target_options]:
             if "=" not in item:
                 raise ConfigError(f"--model-options and --target-options expect KEY=VALUE items; got {item!r}")
+
+
+    def _check_reference(self) -> None:
+        """The seed code's modes only: fp32 or fp16 AMP, no compile, one fixed noisy copy, supervised."""
+        if self.amp == "auto":
+            self.amp = "off"  # the seed code's single-GPU mode
+        if self.amp == "bf16" or self.compile:
+            raise ConfigError(
+                "--pipeline reference reproduces the seed code: fp32 (--amp off) or its fp16 AMP "
+                "(--amp fp16), without --compile; use --pipeline fast for bf16 or torch.compile"
+            )
+        if self.noise_mode != "fixed" or self.target != "clean":
+            raise ConfigError(
+                "--pipeline reference trains like the seed code, on one fixed noisy copy per image against "
+                "the clean image: use --noise-mode fixed and --target clean (or --pipeline fast)"
+            )
+        self.channels_last = False  # the seed code keeps torch's default memory format
 
 
 def parse_options(items: list[str]) -> dict[str, object]:

@@ -21,6 +21,7 @@ from meddenoise.config import config_to_dict, save_config
 from meddenoise.data.loader import CleanBatch, DeviceBatches
 from meddenoise.engine import checkpoint as ckpt
 from meddenoise.engine import distributed
+from meddenoise.engine import reference as reference_pipeline
 from meddenoise.engine.config import TrainConfig, parse_options
 from meddenoise.engine.ema import WeightAverage
 from meddenoise.engine.losses import build_loss
@@ -28,7 +29,7 @@ from meddenoise.engine.run_files import RunLog, csv_text, read_metrics, write_me
 from meddenoise.engine.runtime import Runtime, build_runtime, set_cpu_threads_from_env, unwrap
 from meddenoise.engine.schedule import learning_rate
 from meddenoise.engine.step import TrainStep, build_optimizer
-from meddenoise.engine.targets import build_target, make_target_batch
+from meddenoise.engine.targets import TargetBatch, build_target, make_target_batch
 from meddenoise.engine.validation import evaluate_batches, evaluate_split, reduce_means
 from meddenoise.errors import ConfigError, MeddenoiseError
 from meddenoise.fileio import atomic_write_text, ensure_writable_dir
@@ -53,6 +54,10 @@ class BatchSource(Protocol):
     def epoch(self, epoch: int, start_step: int = 0) -> Iterator[CleanBatch]: ...
 
 
+# (data, config, runtime) -> a callable that scores a model on the validation split (`reduce_means`' dict).
+ValidationFactory = Callable[[Any, TrainConfig, Runtime], Callable[[torch.nn.Module], dict[str, float]]]
+
+
 @dataclasses.dataclass(frozen=True)
 class Pipeline:
     """How batches reach the step and how often the host looks at the loss (for the reference comparison)."""
@@ -60,6 +65,10 @@ class Pipeline:
     name: str
     make_train_batches: Callable[[Any, TrainConfig, Runtime], BatchSource]
     read_loss_every_step: bool = False
+    # The batches carry their noisy copy (`batch.noisy`, made on the host up front); the loop makes none.
+    noisy_in_batches: bool = False
+    # Replaces the device-side validation when set (the reference scores per image on the CPU).
+    make_validation: ValidationFactory | None = None
 
 
 def _device_train_batches(data: Any, config: TrainConfig, runtime: Runtime) -> BatchSource:
@@ -76,7 +85,14 @@ def _device_train_batches(data: Any, config: TrainConfig, runtime: Runtime) -> B
     )
 
 
-PIPELINES: dict[str, Pipeline] = {"fast": Pipeline("fast", _device_train_batches)}
+PIPELINES: dict[str, Pipeline] = {
+    "fast": Pipeline("fast", _device_train_batches),
+    # The seed code's habits, for benchmarks (engine/reference.py): host dataset, DataLoader, per-step sync.
+    "reference": Pipeline(
+        "reference", reference_pipeline.make_train_batches, read_loss_every_step=True, noisy_in_batches=True,
+        make_validation=reference_pipeline.make_validation,
+    ),
+}  # fmt: skip
 
 
 def register_pipeline(pipeline: Pipeline) -> Pipeline:
@@ -200,6 +216,8 @@ class Trainer:
             self.data, config.val_split, runtime.device, config.val_batch_size, limit=config.limit_val,
             rank=runtime.rank, world_size=runtime.world_size, shuffle=False,
         )  # fmt: skip
+        make_validation = self.pipeline.make_validation
+        self.pipeline_validation = make_validation(self.data, config, runtime) if make_validation else None
         self.steps_per_epoch = self.train_batches.steps_per_epoch()
         planned = config.epochs * self.steps_per_epoch
         self.total_steps = min(planned, config.max_steps) if config.max_steps else planned
@@ -317,10 +335,14 @@ class Trainer:
         world = runtime.world_size
         epoch_started = time.perf_counter() - progress.train_seconds
         for batch in self.train_batches.epoch(progress.epoch, progress.step_in_epoch):
-            target_batch = make_target_batch(
-                self.target, runtime.to_device_batch(batch.clean), batch.image_keys, self.noise,
-                seed=config.noise_seed, epoch=progress.epoch, mode=config.noise_mode,
-            )  # fmt: skip
+            if self.pipeline.noisy_in_batches:
+                noisy = runtime.to_device_batch(batch.noisy)  # the reference made it on the host, up front
+                target_batch = TargetBatch([noisy], batch.clean, batch.image_keys)
+            else:
+                target_batch = make_target_batch(
+                    self.target, runtime.to_device_batch(batch.clean), batch.image_keys, self.noise,
+                    seed=config.noise_seed, epoch=progress.epoch, mode=config.noise_mode,
+                )  # fmt: skip
             share = batch.clean.shape[0] * world / batch.global_size
             lr = learning_rate(
                 progress.global_step, base_lr=config.lr, kind=config.lr_schedule, total_steps=self.total_steps,
@@ -355,6 +377,8 @@ class Trainer:
         return None
 
     def validate(self) -> dict[str, float]:
+        if self.pipeline_validation is not None:
+            return self.pipeline_validation(self.evaluated_model())
         result = evaluate_batches(
             self.evaluated_model(), self.val_batches, self.noise, self.runtime,
             noise_seed=self.config.noise_seed, loss_name=self.config.loss,

@@ -17,7 +17,10 @@ from meddenoise.models.layers import Denoiser, make_norm
 from meddenoise.models.registry import register_model
 
 
+@register_model("dncnn")
 class DnCNN(Denoiser):
+    """DnCNN: 3x3 conv + norm + ReLU stack predicting the noise (the learned baseline of Table VI)."""
+
     def __init__(
         self,
         base_channels: int = 64,
@@ -42,14 +45,3 @@ class DnCNN(Denoiser):
     def predict(self, padded: torch.Tensor) -> torch.Tensor:
         return self.body(padded)  # (B, 1, H, W) -> (B, C, H, W) -> ... -> (B, 1, H, W)
 
-
-@register_model("dncnn")
-def dncnn(
-    base_channels: int = 64,
-    num_layers: int = 17,
-    norm: str = "batch",
-    residual: bool = True,
-    clamp_output: bool = False,
-) -> DnCNN:
-    """DnCNN: 3x3 conv + norm + ReLU stack predicting the noise (the learned baseline of Table VI)."""
-    return DnCNN(base_channels, num_layers, norm, residual, clamp_output)

@@ -1,12 +1,12 @@
-"""One registry, one factory: a model is one decorated builder function, and the same list drives
-`build_model`, the `meddenoise models` table and the parametrised tests.
+"""One registry, one factory: a model is one decorated class (or builder function), and the same list
+drives `build_model`, the `meddenoise models` table and the parametrised tests.
 
     @register_model("unet")
-    def unet(base_channels: int = 64, depth: int = 5, ...) -> nn.Module:
+    class UNet(Denoiser):
         "U-Net: ... (first docstring line is the table's description)"
-        return UNet(base_channels, depth, ...)
+        def __init__(self, base_channels: int = 64, depth: int = 5, ...): ...
 
-The builder's keyword arguments are the model's options; their defaults are the documented defaults.
+The constructor's keyword arguments are the model's options; their defaults are the documented defaults.
 """
 
 from __future__ import annotations
@@ -39,7 +39,8 @@ _REGISTRY: dict[str, ModelEntry] = {}
 def register_model(
     name: str, *, variants: tuple[tuple[str, dict[str, Any]], ...] = ()
 ) -> Callable[[Builder], Builder]:
-    """Register `builder` under `name`; its keyword defaults become the model's documented options."""
+    """Register `builder` (a model class or a function returning a model) under `name`; its keyword defaults
+    become the model's documented options and the first line of its own docstring the description."""
 
     def decorator(builder: Builder) -> Builder:
         if name in _REGISTRY:
@@ -50,7 +51,8 @@ def register_model(
             for key, parameter in signature.parameters.items()
             if parameter.default is not inspect.Parameter.empty
         }
-        description = (inspect.getdoc(builder) or name).splitlines()[0]
+        # `__doc__`, not `inspect.getdoc`: a class without a docstring would inherit its base class's.
+        description = inspect.cleandoc(builder.__doc__ or name).splitlines()[0]
         _REGISTRY[name] = ModelEntry(name, builder, description, defaults, tuple(variants))
         return builder
 

@@ -12,7 +12,10 @@ from meddenoise.models.layers import Denoiser, DoubleConv
 from meddenoise.models.registry import register_model
 
 
+@register_model("unet")
 class UNet(Denoiser):
+    """U-Net (paper): double 3x3 conv blocks, max-pool down, 2x2 transposed-conv up, concatenated skips."""
+
     def __init__(
         self,
         base_channels: int = 64,
@@ -55,14 +58,3 @@ class UNet(Denoiser):
             features = block(torch.cat([skips.pop(), upsample(features)], dim=1))
         return self.output(features)  # (B, base, H, W) -> (B, 1, H, W)
 
-
-@register_model("unet")
-def unet(
-    base_channels: int = 64,
-    depth: int = 5,
-    norm: str = "batch",
-    residual: bool = False,
-    clamp_output: bool = False,
-) -> UNet:
-    """U-Net (paper): double 3x3 conv blocks, max-pool down, 2x2 transposed-conv up, concatenated skips."""
-    return UNet(base_channels, depth, norm, residual, clamp_output)

@@ -31,7 +31,10 @@ def node_name(level: int, column: int) -> str:
     return f"x{level}_{column}"
 
 
+@register_model("unetpp", variants=tuple((f"head={k}", {"head": k}) for k in (1, 2, 3)))
 class UNetPlusPlus(Denoiser):
+    """U-Net++ (paper): nested dense skips, bilinear up, heads on X^{0,1..4}; head=k runs a pruned network."""
+
     def __init__(
         self,
         base_channels: int = 64,
@@ -103,19 +106,6 @@ class UNetPlusPlus(Denoiser):
             return self.forward_heads(noisy)
         return super().forward(noisy)
 
-
-@register_model("unetpp", variants=tuple((f"head={k}", {"head": k}) for k in (1, 2, 3)))
-def unetpp(
-    base_channels: int = 64,
-    depth: int = 5,
-    norm: str = "batch",
-    residual: bool = False,
-    clamp_output: bool = False,
-    deep_supervision: bool = False,
-    head: int | None = None,
-) -> UNetPlusPlus:
-    """U-Net++ (paper): nested dense skips, bilinear up, heads on X^{0,1..4}; head=k runs a pruned network."""
-    return UNetPlusPlus(base_channels, depth, norm, residual, clamp_output, deep_supervision, head)
 
 
 def mean_loss_over_heads(

@@ -21,6 +21,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from meddenoise.engine.runtime import resolve_device
+from meddenoise.engine.targets import COPY_SEED_STRIDE
 from meddenoise.errors import ConfigError, DataError
 from meddenoise.privacy.matcher import (
     Matcher,
@@ -28,8 +30,6 @@ from meddenoise.privacy.matcher import (
     linkage_rate,
     reidentification_rate,
 )
-
-SECOND_COPY_SEED_OFFSET = 7919  # the engine's seed offset of obfuscated copy c: seed + 7919 * c
 
 
 @dataclasses.dataclass(frozen=True)
@@ -167,7 +167,7 @@ def _measure_batch(
 ) -> None:
     """Obfuscate one clean batch (B, 1, H, W) and record every per-image measurement of it."""
     noisy = noise_op(clean, keys, seed=seed, mode="fixed")
-    second = noise_op(clean, keys, seed=seed + SECOND_COPY_SEED_OFFSET, mode="fixed")
+    second = noise_op(clean, keys, seed=seed + COPY_SEED_STRIDE, mode="fixed")
     acc.features.append(matcher.features(noisy).cpu())
     for name, estimate in (
         ("obfuscated", noisy),
@@ -258,14 +258,6 @@ def reidentification(plan: AuditPlan, query_features: torch.Tensor, gallery_feat
     out = rate.to_dict()
     out["excluded_queries"] = int(plan.query_rows.size - plan.reid_queries.size)
     return out
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
-    return torch.device(name)
 
 
 def run_audit(

@@ -276,21 +276,21 @@ class _CleanFreeTarget(TrainingTarget):
                 continue  # resumed on a machine without that device: its stream starts afresh from the seed
             self.generator(device).set_state(value)
 
-    @staticmethod
-    def _check_copies(batch: TargetBatch, copies: int, name: str) -> None:
-        if len(batch.noisy) < copies:
-            raise ValueError(f"target {name!r} needs {copies} obfuscated copies, got {len(batch.noisy)}")
+    def _check_copies(self, batch: TargetBatch) -> None:
+        if len(batch.noisy) < self.copies:
+            raise ValueError(
+                f"target {self.name!r} needs {self.copies} obfuscated copies, got {len(batch.noisy)}"
+            )
 
 
 @register_target("noise2noise")
 class Noise2NoiseTarget(_CleanFreeTarget):
     """Two independently obfuscated copies of each image; one is the input, the other the target."""
 
-    name = "noise2noise"
     copies = 2
 
     def loss(self, model: torch.nn.Module, batch: TargetBatch, loss_fn: LossFn) -> torch.Tensor:
-        self._check_copies(batch, 2, self.name)
+        self._check_copies(batch)
         first, second = batch.noisy[0], batch.noisy[1]
         generator = self.generator(first.device)
         swap = torch.rand(first.shape[0], generator=generator, device=generator.device) < 0.5
@@ -301,7 +301,6 @@ class Noise2NoiseTarget(_CleanFreeTarget):
 class Neighbor2NeighborTarget(_CleanFreeTarget):
     """One obfuscated copy; pairs come from neighbouring pixels (needs H, W >= 4, even parts are used)."""
 
-    name = "neighbor2neighbor"
     copies = 1
 
     def __init__(self, noise_op: object, *, gamma: float = 2.0, **options) -> None:
@@ -311,7 +310,7 @@ class Neighbor2NeighborTarget(_CleanFreeTarget):
         self.gamma = float(gamma)
 
     def loss(self, model: torch.nn.Module, batch: TargetBatch, loss_fn: LossFn) -> torch.Tensor:
-        self._check_copies(batch, 1, self.name)
+        self._check_copies(batch)
         noisy = _even_crop(batch.noisy[0])
         choice = neighbour_choice(noisy, self.generator(noisy.device))
         return neighbor2neighbor_loss(model, noisy, choice, self.link_for(loss_fn), loss_fn, self.gamma)
@@ -321,7 +320,6 @@ class Neighbor2NeighborTarget(_CleanFreeTarget):
 class RecorruptedToRecorruptedTarget(_CleanFreeTarget):
     """One obfuscated copy, re-corrupted twice with the known noise std (alpha sets the split)."""
 
-    name = "r2r"
     copies = 1
 
     def __init__(self, noise_op: object, *, alpha: float = 0.5, **options) -> None:
@@ -331,7 +329,7 @@ class RecorruptedToRecorruptedTarget(_CleanFreeTarget):
         self.alpha = float(alpha)
 
     def loss(self, model: torch.nn.Module, batch: TargetBatch, loss_fn: LossFn) -> torch.Tensor:
-        self._check_copies(batch, 1, self.name)
+        self._check_copies(batch)
         noisy = batch.noisy[0]
         generator = self.generator(noisy.device)
         z = torch.randn(noisy.shape, generator=generator, device=generator.device, dtype=noisy.dtype)

@@ -15,9 +15,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from meddenoise.data.prepare_config import SOURCE_CHOICES
 from meddenoise.errors import ConfigError
 
-SOURCE_NAMES = ("default", "nih", "folder")
 DEFAULT_RENDER_COUNT = 2000
 
 
@@ -46,7 +46,7 @@ def build_source(config: Any):
         )
     if config.source == "default":
         return _build_rendered(config)
-    raise ConfigError(f"unknown --source {config.source!r}; choose one of {', '.join(SOURCE_NAMES)}")
+    raise ConfigError(f"unknown --source {config.source!r}; choose one of {', '.join(SOURCE_CHOICES)}")
 
 
 def _build_rendered(config: Any):

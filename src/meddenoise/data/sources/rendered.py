@@ -3,8 +3,8 @@
 Every image belongs to a pose group: a 3-D rotation of the CT (about the cranio-caudal and lateral axes) whose
 two line-integral images (soft tissue, bone) are computed once per render call. Images of a group differ by
 cheap 2-D variation: framing (field of view, shift, small in-plane rotation), bone-to-soft-tissue weight,
-exposure, detail enhancement, film contrast and gamma. Images of one group are near duplicates, so splits must
-keep whole groups together; `ImageRecord.group` carries the group id.
+exposure, detail enhancement, equalization, film contrast and gamma. Images of one group are near
+duplicates, so splits must keep whole groups together; `ImageRecord.group` carries the group id.
 
 Image `i` of seed `s` depends only on (s, i) and the options, not on `count` or on which records one call
 renders.
@@ -43,6 +43,7 @@ class ImageParameters:
     bone_weight: float
     exposure: float
     detail_gain: float
+    equalization: float
     film_contrast: float
     gamma: float
 
@@ -69,6 +70,7 @@ class RenderedChestSource:
         bone_weight: tuple[float, float] = (1.3, 2.3),
         exposure: tuple[float, float] = (1.0, 1.18),
         detail_gain: tuple[float, float] = (0.6, 1.6),
+        equalization: tuple[float, float] = (0.1, 0.3),
         film_contrast: tuple[float, float] = (3.5, 6.0),
         gamma: tuple[float, float] = (0.9, 1.2),
         voxel_mm: float = 1.5,
@@ -84,6 +86,7 @@ class RenderedChestSource:
             "bone_weight": bone_weight,
             "exposure": exposure,
             "detail_gain": detail_gain,
+            "equalization": equalization,
             "film_contrast": film_contrast,
             "gamma": gamma,
         }.items():
@@ -107,6 +110,7 @@ class RenderedChestSource:
         self.bone_weight = (float(bone_weight[0]), float(bone_weight[1]))
         self.exposure = (float(exposure[0]), float(exposure[1]))
         self.detail_gain = (float(detail_gain[0]), float(detail_gain[1]))
+        self.equalization = (float(equalization[0]), float(equalization[1]))
         self.film_contrast = (float(film_contrast[0]), float(film_contrast[1]))
         self.gamma = (float(gamma[0]), float(gamma[1]))
         self.voxel_mm = float(voxel_mm)
@@ -139,6 +143,7 @@ class RenderedChestSource:
             "bone_weight": list(self.bone_weight),
             "exposure": list(self.exposure),
             "detail_gain": list(self.detail_gain),
+            "equalization": list(self.equalization),
             "film_contrast": list(self.film_contrast),
             "gamma": list(self.gamma),
             "voxel_mm": self.voxel_mm,
@@ -196,6 +201,7 @@ class RenderedChestSource:
             bone_weight=float(rng.uniform(*self.bone_weight)),
             exposure=float(rng.uniform(*self.exposure)),
             detail_gain=float(rng.uniform(*self.detail_gain)),
+            equalization=float(rng.uniform(*self.equalization)),
             film_contrast=float(rng.uniform(*self.film_contrast)),
             gamma=float(rng.uniform(*self.gamma)),
         )

@@ -1,0 +1,93 @@
+"""The `meddenoise` command itself: dispatch, help for every option, fast start, errors as messages."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from meddenoise import cli
+from meddenoise.errors import DataError
+
+
+def all_parsers(parser: argparse.ArgumentParser, name: str = "meddenoise"):
+    """(command name, parser) for the top-level parser and every sub-command, recursively."""
+    yield name, parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub_name, sub_parser in action.choices.items():
+                yield from all_parsers(sub_parser, f"{name} {sub_name}")
+
+
+def test_every_command_is_registered_and_every_option_has_help():
+    parsers = dict(all_parsers(cli.build_parser()))
+    top_level = {name.split()[1] for name in parsers if name != "meddenoise"}
+    assert {module.replace("_", "-") for module in cli.COMMAND_MODULES} <= top_level
+    for name, parser in parsers.items():
+        assert parser.description or name == "meddenoise data", f"{name} has no description"
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                continue
+            assert action.help and action.help != argparse.SUPPRESS, f"{name}: {action.option_strings}"
+
+
+def run_python(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(
+        [sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=120
+    )
+
+
+def test_help_starts_without_heavy_imports(tmp_path):
+    # `meddenoise --help` and every sub-command's parser must not pull in torch, scipy or matplotlib.
+    probe = (
+        "import sys; from meddenoise.cli import build_parser; build_parser(); "
+        "print(sorted(m for m in ('torch', 'scipy', 'matplotlib', 'skimage') if m in sys.modules))"
+    )
+    done = run_python("-c", probe, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+
+
+def test_python_dash_m_is_the_console_command(tmp_path):
+    console = Path(sys.executable).with_name("meddenoise")
+    if not console.is_file():
+        pytest.skip("the console script is not installed next to this interpreter")
+    module = run_python("-m", "meddenoise", "prepare", "--help", cwd=tmp_path)
+    script = subprocess.run(
+        [str(console), "prepare", "--help"], cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
+    assert module.returncode == script.returncode == 0
+    assert module.stdout == script.stdout and "--split-by {patient,image}" in module.stdout
+    bad = run_python("-m", "meddenoise", "prepare", "--out", "x", "--source", "nih", cwd=tmp_path)
+    assert bad.returncode == 2 and bad.stderr.startswith("meddenoise prepare: error: --root is required")
+
+
+@pytest.mark.parametrize(
+    "raised, code, message",
+    [
+        (DataError("prepared folder /x is incomplete; run prepare again"), 2,
+         "meddenoise models: error: prepared folder /x is incomplete; run prepare again"),
+        (KeyboardInterrupt(), 130, "meddenoise models: interrupted"),
+    ],
+)  # fmt: skip
+def test_user_errors_and_interrupts_become_messages_and_exit_codes(
+    monkeypatch, capsys, raised, code, message
+):
+    def command(args):
+        raise raised
+
+    parser = cli.build_parser()
+    dict(all_parsers(parser))["meddenoise models"].set_defaults(func=command)
+    monkeypatch.setattr(cli, "build_parser", lambda: parser)
+    assert cli.main(["models"]) == code
+    assert capsys.readouterr().err.strip() == message
+
+
+def test_no_command_prints_the_overview(capsys):
+    assert cli.main([]) == 2
+    assert "COMMAND" in capsys.readouterr().out
