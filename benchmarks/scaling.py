@@ -46,6 +46,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--amp-settings", nargs="+", default=["off", "on"], choices=["off", "on"])
     parser.add_argument("--strategies", nargs="+", default=["dp", "ddp"], choices=["dp", "ddp"],
                         help="compared with one device")  # fmt: skip
+    parser.add_argument("--batch-settings", nargs="+", default=["global", "per-device"],
+                        choices=["global", "per-device"], help="which batch is held equal")  # fmt: skip
     parser.add_argument("--norm", default="batch", choices=["batch", "group"])
     parser.add_argument("--out-dir", type=Path, default=None, help="where the JSON goes (default results/)")
     return parser.parse_args(argv)
@@ -79,10 +81,11 @@ def plan(args: argparse.Namespace, device: torch.device) -> tuple[list[dict[str,
             raise SystemExit(f"--global-batch {args.global_batch} must be divisible by {devices} devices")
         for strategy in args.strategies:
             per_process_threads = 1 if (strategy == "ddp" and device.type == "cpu") else threads
-            for setting, batch in (
-                ("equal global batch", args.global_batch // devices),
-                ("equal per-device batch", args.global_batch),
-            ):
+            settings = {
+                "global": ("equal global batch", args.global_batch // devices),
+                "per-device": ("equal per-device batch", args.global_batch),
+            }
+            for setting, batch in (settings[name] for name in args.batch_settings):
                 runs.append(
                     {
                         "strategy": strategy,

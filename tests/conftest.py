@@ -122,3 +122,35 @@ def image_files():
     import types
 
     return types.SimpleNamespace(png=write_png, dicom=write_dicom, smooth=smooth_images)
+
+
+@pytest.fixture
+def tiny_fit():
+    """Factory: `tiny_fit(data, out, target="clean", epochs=4) -> run folder`: a seconds-long CPU training run
+    (5-layer DnCNN, GroupNorm, noise std 0.2) through the real engine."""
+
+    def fit_tiny(data: Path, out: Path, target: str = "clean", epochs: int = 4) -> Path:
+        from meddenoise.config import config_from_mapping
+        from meddenoise.engine.config import TrainConfig
+        from meddenoise.engine.train import fit
+
+        options = {
+            "data": str(data),
+            "out": str(out),
+            "model": "dncnn",
+            "base_channels": 16,
+            "model_options": ["num_layers=5"],
+            "norm": "group",
+            "target": target,
+            "noise_std": 0.2,
+            "epochs": epochs,
+            "batch_size": 8,
+            "lr": 2e-3,
+            "device": "cpu",
+            "quiet": True,
+            "evaluate_test": False,
+            "patience": 0,
+        }
+        return fit(config_from_mapping(TrainConfig, options))
+
+    return fit_tiny

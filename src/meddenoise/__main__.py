@@ -1,4 +1,4 @@
-"""`python -m meddenoise ...` behaves exactly like the `meddenoise` command (torchrun launches it this way)."""
+"""`python -m meddenoise ...` behaves exactly like the `meddenoise` command (torchrun launches it so)."""
 
 import sys
 

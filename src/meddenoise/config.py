@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from meddenoise.errors import ConfigError
-from meddenoise.fileio import atomic_write_json
+from meddenoise.fileio import atomic_write_json, read_json
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -54,10 +54,6 @@ def option(
     if isinstance(default, (list, dict, set)):
         return dataclasses.field(default_factory=lambda: type(default)(default), metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)
-
-
-def _resolved_types(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
 
 
 def _unwrap_optional(annotation: Any) -> tuple[Any, bool]:
@@ -114,7 +110,7 @@ def _coerce(value: Any, annotation: Any, name: str) -> Any:
 
 def validate_config(config: Any) -> Any:
     """Coerce every field to its type and check choices and required fields; return the config."""
-    hints = _resolved_types(type(config))
+    hints = typing.get_type_hints(type(config))
     for field in dataclasses.fields(config):
         value = _coerce(getattr(config, field.name), hints[field.name], field.name)
         choices = field.metadata.get("choices")
@@ -157,7 +153,7 @@ def config_from_mapping(cls: type[T], values: dict[str, Any], source: str = "con
 
 def add_config_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
     """Add one option per dataclass field, plus `--config FILE.toml` to read them from a file."""
-    hints = _resolved_types(cls)
+    hints = typing.get_type_hints(cls)
     parser.add_argument(
         "--config",
         metavar="FILE.toml",
@@ -213,8 +209,7 @@ def save_config(config: Any, path: str | Path) -> None:
 
 
 def load_config(cls: type[T], path: str | Path) -> T:
-    from meddenoise.fileio import read_json
-
+    """A config saved by `save_config`, validated like any other (unknown keys are errors)."""
     payload = read_json(path, what="saved config")
     if not isinstance(payload, dict) or "config" not in payload:
         raise ConfigError(f"{path} is not a meddenoise config file")

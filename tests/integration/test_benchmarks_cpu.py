@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 ENVIRONMENT_KEYS = {"device", "device_kind", "torch", "cuda", "cpu_count", "date", "git_commit",
@@ -87,7 +88,8 @@ def test_cpu_overhead_and_time_to_quality_on_a_tiny_folder(tmp_path):
     reference, ours = quality["reference"], quality["ours"]
     target = quality["target"]["val_psnr"]
     assert target == reference["val_psnr"][reference["selected_epoch"] - 1]
-    # Equal pipelines in fp32 on the CPU: the same PSNR every epoch, so ours reaches the target when the reference did.
+    # Equal pipelines in fp32 on the CPU: the same PSNR every epoch, so ours reaches the target when
+    # the reference first did.
     assert ours["val_psnr"] == pytest.approx(reference["val_psnr"], abs=1e-3)
     first = next(epoch for epoch, value in enumerate(reference["val_psnr"], 1) if value >= target)
     assert ours["epoch_reaching_target"] == first
@@ -96,20 +98,32 @@ def test_cpu_overhead_and_time_to_quality_on_a_tiny_folder(tmp_path):
     assert summarize.main([str(tmp_path), "--kind", "cpu"]) == 0
 
 
-def test_scaling_compares_one_process_with_two_ddp_processes(tmp_path):
+def test_scaling_plans_controlled_comparisons_and_runs_one_process_against_two(tmp_path):
     import scaling
+
+    args = scaling.parse_args(["--device", "cpu", "--global-batch", "16"])
+    runs, skipped = scaling.plan(args, torch.device("cpu"))
+    assert skipped == []
+    assert {(r["strategy"], r["amp"], r["setting"], r["batch"], r["devices"]) for r in runs} == {
+        ("single", amp, "baseline", 16, 1) for amp in ("off", "bf16")
+    } | {
+        (strategy, amp, setting, batch, 2)
+        for strategy in ("dp", "ddp") for amp in ("off", "bf16")
+        for setting, batch in (("equal global batch", 8), ("equal per-device batch", 16))
+    }  # fmt: skip
+    assert all(r["threads"] == 1 for r in runs if r["strategy"] == "ddp")
 
     result = scaling.main(["--device", "cpu", "--train-images", "16", "--size", "32", "--base-channels", "4",
                            "--global-batch", "4", "--epochs", "1", "--amp-settings", "off",
-                           "--strategies", "ddp", "--out-dir", str(tmp_path)])  # fmt: skip
+                           "--strategies", "ddp", "--batch-settings", "global",
+                           "--out-dir", str(tmp_path)])  # fmt: skip
     rows = {(r["strategy"], r["setting"]): r for r in result["results"]}
-    assert set(rows) == {
-        ("single", "baseline"),
-        ("ddp", "equal global batch"),
-        ("ddp", "equal per-device batch"),
-    }
-    assert rows[("ddp", "equal global batch")]["global_batch"] == 4
-    assert rows[("ddp", "equal per-device batch")]["global_batch"] == 8
+    assert set(rows) == {("single", "baseline"), ("ddp", "equal global batch")}
+    assert (
+        rows[("ddp", "equal global batch")]["global_batch"]
+        == rows[("single", "baseline")]["global_batch"]
+        == 4
+    )
     assert all(r["images_per_second"] > 0 for r in rows.values())
     assert result["backend"] == "gloo"
     read_result(tmp_path, "scaling")

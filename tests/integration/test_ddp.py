@@ -1,10 +1,10 @@
 """DDP on CPU with gloo, 2 processes: same weights as one process with the same global batch, disjoint shards,
 only rank 0 writes, and resume under DDP.
 
-The models use GroupNorm here (`--norm group`): SyncBatchNorm refuses CPU tensors in torch, and plain BatchNorm
-normalises each rank's half-batch with its own statistics, which legitimately differs from one process
-normalising the whole global batch. The training split (11 images, global batch 4) ends with an uneven step
-(1 + 2 images on the two ranks), which the loss weighting by each rank's share must get right.
+The models use GroupNorm here (`--norm group`): SyncBatchNorm refuses CPU tensors in torch, and plain
+BatchNorm normalises each rank's half-batch with its own statistics, which legitimately differs from one
+process normalising the whole global batch. The training split (11 images, global batch 4) ends with an
+uneven step (1 + 2 images on the two ranks), which the loss weighting by each rank's share must get right.
 """
 
 from __future__ import annotations
@@ -22,12 +22,37 @@ from meddenoise.engine.checkpoint import load_weights
 
 pytestmark = pytest.mark.slow
 
-COMMON = ["--quiet", "--base-channels", "8", "--depth", "3", "--norm", "group", "--epochs", "2", "--lr", "0.003",
-          "--no-evaluate-test", "--device", "cpu"]  # fmt: skip
+COMMON = [
+    "--quiet",
+    "--base-channels",
+    "8",
+    "--depth",
+    "3",
+    "--norm",
+    "group",
+    "--epochs",
+    "2",
+    "--lr",
+    "0.003",
+    "--no-evaluate-test",
+    "--device",
+    "cpu",
+]
 
 
 def command(data, out, *extra):
-    return [sys.executable, "-m", "meddenoise", "train", "--data", str(data), "--out", str(out), *COMMON, *extra]
+    return [
+        sys.executable,
+        "-m",
+        "meddenoise",
+        "train",
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        *COMMON,
+        *extra,
+    ]
 
 
 def environment(**extra):
@@ -64,18 +89,36 @@ def ddp_runs(tmp_path_factory):
     data = write_tiny_prepared(root / "prepared", n=22, size=32)  # 11 training images
     runs = {name: root / name for name in ("ddp", "single", "manual", "manual_rank1")}
     started = [
-        subprocess.Popen(command(data, runs["ddp"], "--strategy", "ddp", "--nproc", "2", "--batch-size", "2"),
-                         env=environment(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True),
-        subprocess.Popen(command(data, runs["single"], "--batch-size", "4"),
-                         env=environment(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True),
-    ]  # fmt: skip
+        subprocess.Popen(
+            command(data, runs["ddp"], "--strategy", "ddp", "--nproc", "2", "--batch-size", "2"),
+            env=environment(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        ),
+        subprocess.Popen(
+            command(data, runs["single"], "--batch-size", "4"),
+            env=environment(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        ),
+    ]
     port = str(free_port())
     manual = []
     for rank, out in ((0, runs["manual"]), (1, runs["manual_rank1"])):
-        env = environment(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
-                          MASTER_PORT=port)  # fmt: skip
-        manual.append(subprocess.Popen(command(data, out, "--strategy", "ddp", "--batch-size", "2", "--max-steps", "4"),
-                                       env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))  # fmt: skip
+        env = environment(
+            RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=port
+        )
+        manual.append(
+            subprocess.Popen(
+                command(data, out, "--strategy", "ddp", "--batch-size", "2", "--max-steps", "4"),
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
     for process in started + manual:
         stdout, stderr = process.communicate(timeout=300)
         check(subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr))
@@ -88,7 +131,9 @@ def test_ddp_weights_equal_one_process_with_the_same_global_batch(ddp_runs):
     from meddenoise.data.cache import load_prepared
 
     train_count = len(load_prepared(data).indices("train"))
-    assert train_count % 4 == 3, "the split should end with an uneven global batch (1 + 2 images on the ranks)"
+    assert train_count % 4 == 3, (
+        "the split should end with an uneven global batch (1 + 2 images on the ranks)"
+    )
     steps = metrics(runs["ddp"])[-1]["global_step"]
     assert steps == metrics(runs["single"])[-1]["global_step"] == 2 * ((train_count + 3) // 4)
     redundant = biases_cancelled_by_a_norm()
@@ -115,7 +160,7 @@ def tiny_model(weights=None):
 def biases_cancelled_by_a_norm() -> set[str]:
     """Conv biases directly followed by a GroupNorm with one channel per group: the norm subtracts them again,
     so their true gradient is zero and Adam turns the float noise of that zero (which differs between a sum
-    over ranks and a sum in one process) into full-size steps. They are excluded from the weight comparison."""
+    over ranks and a sum in one process) into full-size steps. They are left out of the weight comparison."""
     names = set()
     for prefix, module in tiny_model().named_modules():
         children = list(module.named_children())
@@ -143,17 +188,31 @@ def test_only_rank_zero_writes_files(ddp_runs):
     _, runs = ddp_runs
     assert not runs["manual_rank1"].exists(), sorted(p.name for p in runs["manual_rank1"].rglob("*"))
     written = {p.relative_to(runs["manual"]).as_posix() for p in runs["manual"].rglob("*") if p.is_file()}
-    assert written == {"config.json", "split.csv", "metrics.jsonl", "summary.csv", "train.log",
-                       "checkpoints/last.safetensors", "checkpoints/last.state.pt",
-                       "checkpoints/best.safetensors"}  # fmt: skip
+    assert written == {
+        "config.json",
+        "split.csv",
+        "metrics.jsonl",
+        "summary.csv",
+        "train.log",
+        "checkpoints/last.safetensors",
+        "checkpoints/last.state.pt",
+        "checkpoints/best.safetensors",
+    }
 
 
 def test_resume_under_ddp_matches_the_uninterrupted_ddp_run(ddp_runs):
     data, runs = ddp_runs
-    resumed = check(subprocess.run(
-        command(data, runs["manual"], "--strategy", "ddp", "--nproc", "2", "--batch-size", "2", "--resume"),
-        env=environment(), capture_output=True, text=True, timeout=300,
-    ))  # fmt: skip
+    resumed = check(
+        subprocess.run(
+            command(
+                data, runs["manual"], "--strategy", "ddp", "--nproc", "2", "--batch-size", "2", "--resume"
+            ),
+            env=environment(),
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+    )
     assert "resumed from" in resumed.stdout
     reference, continued = weights(runs["ddp"]), weights(runs["manual"])
     for name, value in reference.items():

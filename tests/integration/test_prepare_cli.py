@@ -28,7 +28,7 @@ def tiny_folder(tmp_path, image_files) -> Path:
     return root
 
 
-def test_prepare_then_info(tmp_path, tiny_folder):
+def test_prepare_then_info(tmp_path, tiny_folder, capsys):
     out = tmp_path / "cache"
     done = meddenoise(
         "prepare", "--source", "folder", "--root", str(tiny_folder), "--out", str(out),
@@ -48,9 +48,11 @@ def test_prepare_then_info(tmp_path, tiny_folder):
                        "--size", "32", "--patient-from", "folder", "--quiet", cwd=tmp_path)  # fmt: skip
     assert again.returncode == 0 and "reused" in again.stdout
 
-    info = meddenoise("data", "info", str(out), "--split", "all", cwd=tmp_path)
-    assert info.returncode == 0, info.stderr
-    assert "6 images of 32x32 uint8" in info.stdout and "patients: 3" in info.stdout
+    from meddenoise.cli import main  # in this process: `data info` imports torch, a slow start in a new one
+
+    assert main(["data", "info", str(out), "--split", "all"]) == 0
+    printed = capsys.readouterr().out
+    assert "6 images of 32x32 uint8" in printed and "patients: 3" in printed
     sheet = Image.open(out / "contact_sheet.png")
     assert sheet.mode == "L" and sheet.width > 4 * 32  # clean + three noise levels
 

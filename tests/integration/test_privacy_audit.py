@@ -83,40 +83,12 @@ def test_audit_errors_are_messages_not_tracebacks(tmp_path, capsys, make_prepare
     assert "--gallery-size" in capsys.readouterr().err
 
 
-def _tiny_fit(data, out, target="clean", epochs=4):
-    from meddenoise.config import config_from_mapping
-    from meddenoise.engine.config import TrainConfig
-    from meddenoise.engine.train import fit
-
-    config = config_from_mapping(
-        TrainConfig,
-        {
-            "data": str(data),
-            "out": str(out),
-            "model": "dncnn",
-            "base_channels": 16,
-            "model_options": ["num_layers=5"],
-            "norm": "group",
-            "target": target,
-            "noise_std": 0.2,
-            "epochs": epochs,
-            "batch_size": 8,
-            "lr": 2e-3,
-            "device": "cpu",
-            "quiet": True,
-            "evaluate_test": False,
-            "patience": 0,
-        },
-    )
-    return fit(config)
-
-
 @pytest.mark.slow
-def test_audit_measures_reversal_by_receiver_and_outsider(make_prepared, tmp_path):
+def test_audit_measures_reversal_by_receiver_and_outsider(make_prepared, tiny_fit, tmp_path):
     data = make_prepared(n=48, size=32, patients=12, seed=5)
     other = make_prepared(n=48, size=32, patients=12, seed=6)  # the outsider's own, unrelated images
-    receiver = _tiny_fit(data, tmp_path / "receiver")
-    outsider = _tiny_fit(other, tmp_path / "outsider")
+    receiver = tiny_fit(data, tmp_path / "receiver")
+    outsider = tiny_fit(other, tmp_path / "outsider")
     out = tmp_path / "audit"
     assert (
         audit(data, out, "--noise-std", "0.2", "--run", str(receiver), "--outsider-run", str(outsider)) == 0
@@ -191,3 +163,25 @@ def test_audit_on_an_nih_layout_reidentifies_follow_up_studies(tmp_path, image_f
         assert reid["top1_interval"][0] > 5 * reid["chance_top1"]
         assert level["linkage"]["top1_interval"][0] > 10 * level["linkage"]["chance_top1"]
     assert result["reference"]["reidentification_clean_queries"]["top1"] == 1.0
+
+
+@pytest.mark.slow
+def test_audit_on_the_embedded_default_links_images_and_explains_the_missing_reidentification(
+    tmp_path, capsys
+):
+    prepared = tmp_path / "default"
+    render = ["--render-option", "voxel_mm=4", "pose_groups=6"]  # coarse CT: a few seconds on one core
+    prepare = ["prepare", "--source", "default", "--count", "24", "--size", "32", "--device", "cpu"]
+    assert main([*prepare, *render, "--out", str(prepared), "--quiet"]) == 0
+    out = tmp_path / "audit"
+    assert audit(prepared, out, "--noise-std", "0.1", "0.3", "--split", "all") == 0
+    printed = capsys.readouterr().out
+    assert "re-identification skipped: every gallery image belongs to one patient" in printed
+    result = json.loads((out / "privacy_audit.json").read_text())
+    assert result["data"]["sources"] == ["default"] and result["data"]["patients"] == 1
+    low, high = result["levels"]
+    for level in (low, high):
+        assert "one patient" in level["reidentification"]["skipped"]
+        assert level["linkage"]["queries"] == 24 and level["linkage"]["chance_top1"] == pytest.approx(1 / 24)
+    # the rendered poses stay linkable through the noise, far above chance
+    assert low["linkage"]["top1"] >= high["linkage"]["top1"] > 10 / 24

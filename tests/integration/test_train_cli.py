@@ -30,8 +30,22 @@ def trained_run(tmp_path_factory):
 
     data = write_tiny_prepared(tmp_path_factory.mktemp("prepared"), n=48, size=32)
     out = tmp_path_factory.mktemp("runs") / "run"
-    argv = ["train", "--data", str(data), "--out", str(out), *TINY, "--noise", "0.2",
-            "--epochs", "6", "--batch-size", "2", "--lr", "0.01"]  # fmt: skip
+    argv = [
+        "train",
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        *TINY,
+        "--noise",
+        "0.2",
+        "--epochs",
+        "6",
+        "--batch-size",
+        "2",
+        "--lr",
+        "0.01",
+    ]
     assert main(argv) == 0
     return data, out
 
@@ -47,8 +61,16 @@ def test_training_beats_the_noisy_input_and_writes_the_run_folder(trained_run):
     last = records[-1]
     assert last["val_psnr"] > last["noisy_val_psnr"] + 3, (last["val_psnr"], last["noisy_val_psnr"])
     assert all(r["train_images_each_once"] for r in records)
-    for key in ("train_loss", "val_loss", "val_ssim", "train_seconds", "val_seconds", "images_per_second",
-                "peak_memory_mb", "lr"):  # fmt: skip
+    for key in (
+        "train_loss",
+        "val_loss",
+        "val_ssim",
+        "train_seconds",
+        "val_seconds",
+        "images_per_second",
+        "peak_memory_mb",
+        "lr",
+    ):
         assert key in last
     log = (out / "train.log").read_text()
     assert "noisy input on val" in log and "val PSNR" in log
@@ -58,7 +80,15 @@ def test_test_metrics_and_the_trained_model_can_be_reloaded(trained_run):
     data, out = trained_run
     with open(out / "test_metrics.csv") as handle:
         rows = list(csv.DictReader(handle))
-    assert rows and set(rows[0]) >= {"image_id", "patient_id", "noise_std", "model", "strategy", "psnr", "ssim"}
+    assert rows and set(rows[0]) >= {
+        "image_id",
+        "patient_id",
+        "noise_std",
+        "model",
+        "strategy",
+        "psnr",
+        "ssim",
+    }
     model, metadata = load_trained_model(out)
     assert metadata["model"] == "unet" and metadata["noise"]["std"] == 0.2 and not model.training
     best_epoch = metadata["epoch"]
@@ -98,7 +128,9 @@ class PoisonedTarget(TrainingTarget):
 
 
 def test_nan_loss_stops_cleanly_naming_the_step_and_keeps_the_last_good_checkpoint(make_prepared, tmp_path):
-    config = tiny_config(make_prepared(n=24), tmp_path / "run", target="test-poisoned", epochs=3, checkpoint_every=2)
+    config = tiny_config(
+        make_prepared(n=24), tmp_path / "run", target="test-poisoned", epochs=3, checkpoint_every=2
+    )
     with pytest.raises(MeddenoiseError, match=r"NaN or infinite at step 5 .*last good checkpoint"):
         fit(config)
     tensors, metadata = load_weights(tmp_path / "run" / "checkpoints" / "last.safetensors")
@@ -113,7 +145,11 @@ def test_mixed_precision_runs_on_cpu(make_prepared, tmp_path, amp):
             torch.nn.Conv2d(1, 1, 3)(torch.rand(1, 1, 8, 8))
     except RuntimeError as exc:  # pragma: no cover - depends on the torch build
         pytest.skip(f"CPU autocast {amp} unsupported here: {exc}")
-    out = fit(tiny_config(make_prepared(n=16), tmp_path / "run", amp=amp, epochs=3, max_steps=3, evaluate_test=False))
+    out = fit(
+        tiny_config(
+            make_prepared(n=16), tmp_path / "run", amp=amp, epochs=3, max_steps=3, evaluate_test=False
+        )
+    )
     record = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
     assert record["global_step"] == 3 and record["val_loss"] == record["val_loss"]  # finite, not NaN
     metadata = load_weights(out / "checkpoints" / "last.safetensors")[1]
@@ -128,7 +164,16 @@ def test_dataparallel_strategy_runs_on_cpu(make_prepared, tmp_path):
 
 
 def test_ema_and_schedule_options_train(make_prepared, tmp_path):
-    out = fit(tiny_config(make_prepared(n=16), tmp_path / "run", ema_decay=0.9, lr_schedule="onecycle",
-                          grad_clip=1.0, model="unetpp", evaluate_test=False))  # fmt: skip
+    out = fit(
+        tiny_config(
+            make_prepared(n=16),
+            tmp_path / "run",
+            ema_decay=0.9,
+            lr_schedule="onecycle",
+            grad_clip=1.0,
+            model="unetpp",
+            evaluate_test=False,
+        )
+    )
     metadata = load_weights(out / "checkpoints" / "best.safetensors")[1]
     assert metadata["weights"] == "ema" and metadata["model_options"]["deep_supervision"] is True

@@ -1,4 +1,4 @@
-"""A run killed with SIGKILL mid-epoch and resumed ends with bitwise the same weights as an uninterrupted one."""
+"""SIGKILL a run mid-epoch, resume it: it ends with bitwise the same weights as an uninterrupted run."""
 
 from __future__ import annotations
 
@@ -18,9 +18,31 @@ TIMING_KEYS = {"train_seconds", "val_seconds", "images_per_second", "peak_memory
 
 
 def train_command(data, out, *extra):
-    return [sys.executable, "-m", "meddenoise", "train", "--data", str(data), "--out", str(out), "--quiet",
-            "--base-channels", "8", "--depth", "3", "--batch-size", "2", "--epochs", "2", "--lr", "0.003",
-            "--checkpoint-every", "3", "--no-evaluate-test", *extra]  # fmt: skip
+    return [
+        sys.executable,
+        "-m",
+        "meddenoise",
+        "train",
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--quiet",
+        "--base-channels",
+        "8",
+        "--depth",
+        "3",
+        "--batch-size",
+        "2",
+        "--epochs",
+        "2",
+        "--lr",
+        "0.003",
+        "--checkpoint-every",
+        "3",
+        "--no-evaluate-test",
+        *extra,
+    ]
 
 
 def environment():
@@ -50,15 +72,22 @@ def metrics_without_timings(run_dir):
 def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(make_prepared, tmp_path):
     data = make_prepared(n=64, size=32)
     uninterrupted, killed = tmp_path / "uninterrupted", tmp_path / "killed"
-    reference = subprocess.Popen(train_command(data, uninterrupted), env=environment(), stdout=subprocess.DEVNULL,
-                                 stderr=subprocess.PIPE)  # fmt: skip  (runs alongside, to save wall time)
-    process = subprocess.Popen(train_command(data, killed), env=environment(), stdout=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE)  # fmt: skip
+    reference = subprocess.Popen(
+        train_command(data, uninterrupted),
+        env=environment(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )  # (runs alongside, to save wall time)
+    process = subprocess.Popen(
+        train_command(data, killed), env=environment(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
     state_path = killed / "checkpoints" / "last.state.pt"
     deadline = time.monotonic() + 120
     while not state_path.exists() and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.002)
-    assert process.poll() is None, "the run ended before it could be killed: " + process.stderr.read().decode()[-2000:]
+    assert process.poll() is None, (
+        "the run ended before it could be killed: " + process.stderr.read().decode()[-2000:]
+    )
     process.send_signal(signal.SIGKILL)
     process.wait()
     state = load_training_state(state_path)

@@ -118,3 +118,20 @@ def test_resize_is_antialiased_and_keeps_range():
 def test_decode_pil_bytes_rejects_unknown_bytes():
     with pytest.raises(UnreadableImage):
         decode_pil_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 40, "fake.png")
+
+
+def test_other_pixel_modes_become_one_channel(tmp_path):
+    gray = gradient()
+    wide = gray.astype(np.int32) * 1000 - 50_000  # 32-bit with values outside 0..65535: min-max scaled
+    Image.fromarray(wide, "I").save(tmp_path / "wide.tif")
+    Image.fromarray(gray.astype(np.float32) * 3.0 - 7.0, "F").save(tmp_path / "float.tif")
+    Image.fromarray(gray, "L").convert("1").save(tmp_path / "bilevel.png")
+    Image.fromarray(gray, "L").convert("CMYK").save(tmp_path / "cmyk.jpg", quality=100)
+    for name in ("wide.tif", "float.tif"):
+        decoded = decode_path(tmp_path / name)
+        assert decoded.pixels.dtype == np.float32 and decoded.bit_depth == 16, name
+        np.testing.assert_allclose(decoded.pixels, gray / 255.0, atol=1e-6, err_msg=name)
+    bilevel = decode_path(tmp_path / "bilevel.png")
+    assert bilevel.pixels.dtype == np.uint8 and set(np.unique(bilevel.pixels)) <= {0, 255}
+    cmyk = decode_path(tmp_path / "cmyk.jpg")
+    assert cmyk.pixels.shape == gray.shape and cmyk.bit_depth == 8

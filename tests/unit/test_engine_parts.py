@@ -16,7 +16,6 @@ from meddenoise.engine.losses import build_loss, per_image_loss
 from meddenoise.engine.runtime import Runtime, build_runtime, strip_wrapper_prefixes, unwrap
 from meddenoise.engine.schedule import learning_rate
 from meddenoise.engine.targets import (
-    TargetBatch,
     TrainingTarget,
     build_target,
     list_targets,
@@ -27,7 +26,9 @@ from meddenoise.errors import ConfigError, MeddenoiseError
 
 
 def test_schedules_start_peak_and_end_where_documented():
-    lr = lambda step, kind, warm=0: learning_rate(step, base_lr=1.0, kind=kind, total_steps=100, warmup_steps=warm)  # noqa: E731
+    def lr(step, kind, warm=0):
+        return learning_rate(step, base_lr=1.0, kind=kind, total_steps=100, warmup_steps=warm)
+
     assert lr(0, "none") == lr(99, "none") == 1.0
     assert lr(0, "none", 10) == pytest.approx(0.1) and lr(9, "none", 10) == 1.0
     assert lr(0, "cosine") == 1.0 and lr(50, "cosine") == pytest.approx(0.5) and lr(100, "cosine") == 0.0
@@ -53,7 +54,9 @@ def test_ema_moves_towards_the_weights_and_copies_buffers():
 def test_per_image_losses_average_to_the_batch_loss():
     prediction, target = torch.rand(3, 1, 4, 4), torch.rand(3, 1, 4, 4)
     for name in ("l1", "l2"):
-        assert per_image_loss(name, prediction, target).mean() == pytest.approx(float(build_loss(name)(prediction, target)))
+        assert per_image_loss(name, prediction, target).mean() == pytest.approx(
+            float(build_loss(name)(prediction, target))
+        )
     with pytest.raises(ConfigError):
         build_loss("l3")
 
@@ -71,7 +74,9 @@ def test_clean_target_trains_every_deep_supervision_head():
             return [x * 0, x * 2]
 
     clean = torch.full((2, 1, 4, 4), 0.5)
-    batch = make_target_batch(build_target("clean", AddNoise()), clean, torch.arange(2), AddNoise(), seed=0, epoch=0, mode="fixed")
+    batch = make_target_batch(
+        build_target("clean", AddNoise()), clean, torch.arange(2), AddNoise(), seed=0, epoch=0, mode="fixed"
+    )
     loss = build_target("clean", AddNoise()).loss(TwoHeads(), batch, build_loss("l1"))
     assert float(loss) == pytest.approx(0.5)  # heads lose 0.5 and 0.5
 
@@ -89,7 +94,9 @@ def test_clean_free_targets_never_receive_clean_pixels():
             return loss_fn(model(batch.noisy[0]), batch.noisy[1])
 
     target = build_target("test-clean-free", AddNoise())
-    batch = make_target_batch(target, torch.rand(2, 1, 4, 4), torch.arange(2), AddNoise(), seed=1, epoch=0, mode="fixed")
+    batch = make_target_batch(
+        target, torch.rand(2, 1, 4, 4), torch.arange(2), AddNoise(), seed=1, epoch=0, mode="fixed"
+    )
     assert batch.clean is None and len(batch.noisy) == 2
     # copy c uses seed + 7919 c
     assert torch.allclose(batch.noisy[1] - batch.noisy[0], torch.full_like(batch.noisy[0], 7.919))
@@ -182,8 +189,24 @@ def test_config_round_trips_through_the_relaunch_command_line():
 
     parser = argparse.ArgumentParser()
     register(parser.add_subparsers())
-    args = parser.parse_args(["train", "--data", "d", "--out", "o", "--noise", "0.3", "--lr", "0.002",
-                              "--no-noise-clamp", "--model-options", "residual=true", "--strategy", "ddp"])  # fmt: skip
+    args = parser.parse_args(
+        [
+            "train",
+            "--data",
+            "d",
+            "--out",
+            "o",
+            "--noise",
+            "0.3",
+            "--lr",
+            "0.002",
+            "--no-noise-clamp",
+            "--model-options",
+            "residual=true",
+            "--strategy",
+            "ddp",
+        ]
+    )
     config = config_from_args(TrainConfig, args)
     assert config.noise_std == 0.3 and config.noise_clamp is False
     config.nproc = 2

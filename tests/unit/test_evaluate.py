@@ -110,3 +110,16 @@ def test_missing_data_folder_is_a_clean_error(prepared, tmp_path):
     _fake_run(run, tmp_path / "gone", base_channels=4, depth=3)
     with pytest.raises(MeddenoiseError, match="--data"):
         evaluate_run(run, device="cpu")
+
+
+def test_evaluate_command_prints_the_summary(prepared, tmp_path, capsys):
+    from meddenoise.cli import main
+
+    run = tmp_path / "run"
+    _fake_run(run, prepared, base_channels=4, depth=3)
+    assert main(["evaluate", str(run), "--device", "cpu", "--samples", "0", "--limit", "4"]) == 0
+    printed = capsys.readouterr().out
+    assert "psnr" in printed and "95% CI" in printed
+    rows = files.read_rows(run / "evaluation" / "test" / files.PER_IMAGE_FILE)
+    assert len(rows) == 4
+    assert (run / "evaluation" / "test" / "config.json").is_file()

@@ -10,37 +10,11 @@ import pytest
 from meddenoise.engine import step as step_module
 
 
-def _fit(data, out, target, epochs):
-    from meddenoise.config import config_from_mapping
-    from meddenoise.engine.config import TrainConfig
-    from meddenoise.engine.train import fit
-
-    config = config_from_mapping(
-        TrainConfig,
-        {
-            "data": str(data),
-            "out": str(out),
-            "model": "dncnn",
-            "base_channels": 16,
-            "model_options": ["num_layers=5"],
-            "norm": "group",
-            "target": target,
-            "noise_std": 0.2,
-            "epochs": epochs,
-            "batch_size": 8,
-            "lr": 2e-3,
-            "device": "cpu",
-            "quiet": True,
-            "evaluate_test": False,
-            "patience": 0,
-        },
-    )
-    return fit(config)
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("target", ["noise2noise", "neighbor2neighbor", "r2r"])
-def test_fit_without_clean_pixels_beats_the_obfuscated_input(target, make_prepared, tmp_path, monkeypatch):
+def test_fit_without_clean_pixels_beats_the_obfuscated_input(
+    target, make_prepared, tiny_fit, tmp_path, monkeypatch
+):
     seen_batches = []
     original_call = step_module.TrainStep.__call__
 
@@ -50,7 +24,7 @@ def test_fit_without_clean_pixels_beats_the_obfuscated_input(target, make_prepar
 
     monkeypatch.setattr(step_module.TrainStep, "__call__", spying_call)
     data = make_prepared(n=48, size=32, patients=12, seed=1)
-    run = _fit(data, tmp_path / target, target, epochs=6)
+    run = tiny_fit(data, tmp_path / target, target, epochs=6)
 
     copies = 2 if target == "noise2noise" else 1
     assert len(seen_batches) >= 6 and all(batch == (True, copies) for batch in seen_batches)

@@ -27,8 +27,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     add_config_arguments(parser, TrainConfig)
     # The spelling: `--noise 0.2` is the noise level (standard deviation).
-    parser.add_argument("--noise", dest="noise_std", type=float, default=argparse.SUPPRESS, metavar="STD",
-                        help="alias of --noise-std")  # fmt: skip
+    parser.add_argument(
+        "--noise",
+        dest="noise_std",
+        type=float,
+        default=argparse.SUPPRESS,
+        metavar="STD",
+        help="alias of --noise-std",
+    )
     parser.set_defaults(func=run)
 
 

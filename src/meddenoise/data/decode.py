@@ -176,4 +176,3 @@ def has_dicom_preamble(path: str) -> bool:
             return handle.read(4) == b"DICM"
     except OSError:
         return False
-

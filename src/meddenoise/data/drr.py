@@ -154,8 +154,9 @@ def _label_table(ids, inside: float, outside: float) -> np.ndarray:
 
 
 def _tissue_maps(hu_sal, labels_sal: np.ndarray) -> dict:
-    """HU (torch) and uint8 labels (numpy), (S, A, L) at CT resolution -> float32 torch maps (S, A, L):
-    soft, bone, lung, mediastinum, heart."""
+    """HU (torch) and uint8 labels (numpy), (S, A, L) at CT resolution -> makers of float32 torch maps
+    (S, A, L): soft, bone, lung, mediastinum, heart. Made one at a time, each full-resolution map (140 MB)
+    can be pooled and dropped before the next."""
     import torch
 
     def lookup(table: np.ndarray):
@@ -165,12 +166,13 @@ def _tissue_maps(hu_sal, labels_sal: np.ndarray) -> dict:
     # where the subclavian vein crosses the labelled right first ribs (the cost: unlabelled calcifications
     # vanish too).
     hu = torch.minimum(hu_sal, lookup(_label_table(BONE_LABELS, BONE_CEILING_HU, SOFT_TISSUE_CEILING_HU)))
+    mediastinum = (HEART_LABEL, AORTA_LABEL, *THORACIC_VERTEBRA_LABELS)
     return {
-        "soft": 1.0 + hu.clamp(AIR_HU, BONE_SPLIT_HU) / 1000.0,
-        "bone": (hu - BONE_SPLIT_HU).clamp_min(0.0) / 1000.0,
-        "lung": lookup(_label_table(LUNG_LABELS, 1.0, 0.0)),
-        "mediastinum": lookup(_label_table((HEART_LABEL, AORTA_LABEL, *THORACIC_VERTEBRA_LABELS), 1.0, 0.0)),
-        "heart": lookup(_label_table((HEART_LABEL,), 1.0, 0.0)),
+        "soft": lambda: 1.0 + hu.clamp(AIR_HU, BONE_SPLIT_HU) / 1000.0,
+        "bone": lambda: (hu - BONE_SPLIT_HU).clamp_min(0.0) / 1000.0,
+        "lung": lambda: lookup(_label_table(LUNG_LABELS, 1.0, 0.0)),
+        "mediastinum": lambda: lookup(_label_table(mediastinum, 1.0, 0.0)),
+        "heart": lambda: lookup(_label_table((HEART_LABEL,), 1.0, 0.0)),
     }
 
 
@@ -227,10 +229,11 @@ def load_chest_volume(voxel_mm: float = 1.5, slab_voxels: int = 3) -> ChestVolum
     factor_l = max(1, round(voxel_mm / spacing_l))
     factor_a = max(1, round(voxel_mm / spacing_a)) * slab_voxels
     maps = _tissue_maps(hu_sal, labels_sal)
-    del hu_sal, labels_sal
+    del hu_sal
     names = (*ATTENUATION_CHANNELS, *ANATOMY_CHANNELS)
     # (S, A, L) each -> (C, S, A', L'): in-plane blocks of about voxel_mm
-    pooled = torch.stack([_mean_pool(_mean_pool(maps.pop(name), 1, factor_l), 2, factor_l) for name in names])
+    pooled = torch.stack([_mean_pool(_mean_pool(maps[name](), 1, factor_l), 2, factor_l) for name in names])
+    del maps, labels_sal
     # after pooling the table is several pixels away from the body, and the mask is four times cheaper
     body = torch.from_numpy(_body_mask(pooled[0]))
     pooled = pooled * body

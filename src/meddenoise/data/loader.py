@@ -5,12 +5,12 @@ each step gathers its images by index and converts just that batch to float.
 
 Sharding (every epoch, every rank computes the same plan, no communication):
 - the epoch order is a permutation drawn from (seed, epoch), so a resumed run replays it exactly;
-- the order is cut into global batches of `batch_size x world_size` images; global batch s goes to the ranks as
-  `world_size` contiguous, near-equal parts (sizes differ by at most one);
+- the order is cut into global batches of `batch_size x world_size` images; each global batch goes to the
+  ranks as `world_size` contiguous, near-equal parts (sizes differ by at most one);
 - a last global batch with fewer images than ranks is merged into the one before it (so no rank ever gets an
-  empty batch), hence every rank runs the same number of steps, as DDP requires, and every image is seen exactly
-  once per epoch, never dropped and never duplicated. The step then weights each rank's loss by its share of the
-  global batch, so DDP's gradient average equals the mean over the global batch.
+  empty batch), hence every rank runs the same number of steps, as DDP requires, and every image is seen
+  exactly once per epoch, never dropped and never duplicated. The step then weights each rank's loss by its
+  share of the global batch, so DDP's gradient average equals the mean over the global batch.
 """
 
 from __future__ import annotations
@@ -38,9 +38,11 @@ def epoch_order(count: int, seed: int, epoch: int) -> np.ndarray:
 
 
 def global_batch_bounds(count: int, global_batch: int, world_size: int) -> list[tuple[int, int]]:
-    """[start, end) of each global batch in the epoch order; a tail shorter than `world_size` joins the last one."""
+    """[start, end) of each global batch in the epoch order; a tail under `world_size` joins the last."""
     if count < world_size:
-        raise DataError(f"{count} training image(s) cannot be shared among {world_size} ranks; use fewer processes")
+        raise DataError(
+            f"{count} training image(s) cannot be shared among {world_size} ranks; use fewer processes"
+        )
     bounds = [(start, min(start + global_batch, count)) for start in range(0, count, global_batch)]
     if len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] < world_size:
         bounds[-2:] = [(bounds[-2][0], count)]
@@ -84,14 +86,20 @@ class DeviceBatches:
         self.rows: np.ndarray | None = None  # manifest rows of the images, when built from a prepared folder
 
     @classmethod
-    def from_prepared(cls, data, split: str, device, batch_size: int, *, limit: int = 0, **kwargs) -> DeviceBatches:
+    def from_prepared(
+        cls, data, split: str, device, batch_size: int, *, limit: int = 0, **kwargs
+    ) -> DeviceBatches:
         """The first `limit` images of `split` (all when 0), copied once to `device` in the stored dtype."""
         rows = data.indices(split)
         if limit:
             rows = rows[:limit]
         if len(rows) == 0:
-            raise DataError(f"split {split!r} of {data.folder} has no images; choose another split or re-prepare")
-        images = torch.from_numpy(np.ascontiguousarray(data.images[rows])).unsqueeze(1)  # (n, H, W) -> (n, 1, H, W)
+            raise DataError(
+                f"split {split!r} of {data.folder} has no images; choose another split or re-prepare"
+            )
+        images = torch.from_numpy(np.ascontiguousarray(data.images[rows])).unsqueeze(
+            1
+        )  # (n, H, W) -> (n, 1, H, W)
         keys = torch.from_numpy(data.image_keys[rows].copy())
         batches = cls(images.to(device), keys.to(device), data.max_value, batch_size, **kwargs)
         batches.rows = rows  # manifest rows, to report per-image results by image id
@@ -106,7 +114,9 @@ class DeviceBatches:
 
     def epoch(self, epoch: int, start_step: int = 0) -> Iterator[CleanBatch]:
         """This rank's batches of `epoch`, from step `start_step` on (mid-epoch resume)."""
-        order = epoch_order(len(self), self.seed, epoch) if self.shuffle else np.arange(len(self), dtype=np.int64)
+        order = (
+            epoch_order(len(self), self.seed, epoch) if self.shuffle else np.arange(len(self), dtype=np.int64)
+        )
         order_on_device = torch.from_numpy(order).to(self.device)
         bounds = global_batch_bounds(len(self), self.batch_size * self.world_size, self.world_size)
         for start, end in bounds[start_step:]:
@@ -122,5 +132,7 @@ class DeviceBatches:
             yield self._gather(positions, len(positions))
 
     def _gather(self, positions: torch.Tensor, global_size: int) -> CleanBatch:
-        clean = self.images.index_select(0, positions).float().div_(self.max_value)  # uint8 -> float in [0, 1]
+        clean = (
+            self.images.index_select(0, positions).float().div_(self.max_value)
+        )  # uint8 -> float in [0, 1]
         return CleanBatch(clean, self.image_keys.index_select(0, positions), positions, global_size)

@@ -1,4 +1,4 @@
-"""The training engine: runtime (device, rank, precision), one loop for single / DataParallel / DDP, checkpoints.
+"""The training engine: runtime (device, rank, precision), one loop for single / DP / DDP, checkpoints.
 
     from meddenoise.engine.train import fit                      # fit(TrainConfig) -> run folder
     from meddenoise.engine.checkpoint import load_trained_model  # (model in eval mode, metadata)

@@ -1,12 +1,12 @@
 """Checkpoints that never unpickle code: weights in safetensors, training state via torch.save + weights_only.
 
-    checkpoints/last.safetensors   weights used for evaluation (the EMA when enabled) + metadata, for inference
-    checkpoints/last.state.pt      everything needed to resume: raw weights, optimizer, scaler, EMA, RNG states,
-                                   epoch and step within it, best metric, running sums of the unfinished epoch
+    checkpoints/last.safetensors   weights used for evaluation (the EMA when enabled) + metadata
+    checkpoints/last.state.pt      everything needed to resume: raw weights, optimizer, scaler, EMA, RNG
+                                   states, epoch and step in it, best metric, the unfinished epoch's sums
     checkpoints/best.safetensors   the weights with the lowest validation loss so far
 
 Each file is written atomically. The state file holds its own copy of the raw weights, so resuming reads one
-file: a kill between writing the two `last` files can never pair weights and optimizer state of different steps.
+file: a kill between writing the two `last` files can never pair weights and optimizer state of two steps.
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ def load_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, A
 
 
 def rng_states() -> dict[str, Any]:
-    """Every global random state a step could touch, as tensors and plain values (loadable with weights_only)."""
+    """Every global random state a step could touch, as tensors and plain values (weights_only loadable)."""
     kind, keys, position, has_gauss, cached = np.random.get_state()
     states: dict[str, Any] = {
         "torch": torch.get_rng_state(),
@@ -145,7 +145,9 @@ def resolve_checkpoint(path: str | Path) -> Path:
     return path
 
 
-def load_trained_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+def load_trained_model(
+    path: str | Path, device: torch.device | str = "cpu"
+) -> tuple[nn.Module, dict[str, Any]]:
     """(model in eval mode on `device`, metadata) from a run folder (best checkpoint) or a checkpoint file.
 
     Metadata: `model`, `model_options`, `noise` (kind, mean, std, clamp, seed), `target`, `config` (the
@@ -156,7 +158,9 @@ def load_trained_model(path: str | Path, device: torch.device | str = "cpu") -> 
     checkpoint = resolve_checkpoint(path)
     tensors, metadata = load_weights(checkpoint)
     if "model" not in metadata:
-        raise MeddenoiseError(f"{checkpoint} has no meddenoise metadata; was it written by `meddenoise train`?")
+        raise MeddenoiseError(
+            f"{checkpoint} has no meddenoise metadata; was it written by `meddenoise train`?"
+        )
     model = build_model(metadata["model"], **metadata.get("model_options", {}))
     load_state_into(model, tensors, checkpoint)
     metadata = {**metadata, "checkpoint": str(checkpoint)}

@@ -16,18 +16,30 @@ class TrainConfig:
     # -- data and outputs ----------------------------------------------------------------------------------
     data: str = option("", "prepared folder (from `meddenoise prepare`)", required=True)
     out: str = option("", "run folder to create (or to continue with --resume)", required=True)
-    train_split: str = option("train", "split of the prepared folder used for training", choices=("train", "val", "test", "all"))
-    val_split: str = option("val", "split used for validation (loss, PSNR, SSIM each epoch)", choices=("train", "val", "test"))
-    test_split: str = option("test", "split evaluated with the best checkpoint at the end", choices=("train", "val", "test"))
-    evaluate_test: bool = option(True, "evaluate the best checkpoint on the test split and write test_metrics.csv")
+    train_split: str = option(
+        "train", "split of the prepared folder used for training", choices=("train", "val", "test", "all")
+    )
+    val_split: str = option(
+        "val", "split used for validation (loss, PSNR, SSIM each epoch)", choices=("train", "val", "test")
+    )
+    test_split: str = option(
+        "test", "split evaluated with the best checkpoint at the end", choices=("train", "val", "test")
+    )
+    evaluate_test: bool = option(
+        True, "evaluate the best checkpoint on the test split and write test_metrics.csv"
+    )
     limit_train: int = option(0, "use only the first N training images (0: all), for quick runs")
     limit_val: int = option(0, "use only the first N validation images (0: all)")
     # -- model ---------------------------------------------------------------------------------------------
     model: str = option("unet", "model name (see `meddenoise models`): unet, unetpp, dncnn")
     base_channels: int = option(64, "channels of the first level (64 in the paper)")
     depth: int = option(0, "levels of the U-Net / U-Net++ (0: the model's default)")
-    norm: str = option("batch", "normalisation layers: batch (the paper) or group", choices=("batch", "group"))
-    deep_supervision: bool = option(True, "U-Net++: train every output head (the paper); ignored by other models")
+    norm: str = option(
+        "batch", "normalisation layers: batch (the paper) or group", choices=("batch", "group")
+    )
+    deep_supervision: bool = option(
+        True, "U-Net++: train every output head (the paper); ignored by other models"
+    )
     model_options: list[str] = option([], "extra model options KEY=VALUE (e.g. residual=true)")
     # -- obfuscation and target ----------------------------------------------------------------------------
     noise_kind: str = option("gaussian", "noise operator (see meddenoise.noise)")
@@ -40,7 +52,9 @@ class TrainConfig:
         choices=NOISE_MODES,
     )
     noise_seed: int = option(0, "seed of the obfuscation noise (training copies, validation and test inputs)")
-    target: str = option("clean", "training target: clean (the paper) or a clean-free one (noise2noise, r2r, ...)")
+    target: str = option(
+        "clean", "training target: clean (the paper) or a clean-free one (noise2noise, r2r, ...)"
+    )
     target_options: list[str] = option([], "target options KEY=VALUE (e.g. correction=mean, gamma=2)")
     noise_dose: float | None = option(None, "photons per pixel at full intensity (poisson noise kinds only)")
     # -- optimisation --------------------------------------------------------------------------------------
@@ -63,7 +77,11 @@ class TrainConfig:
     strategy: str = option("single", "single device, DataParallel or DDP", choices=("single", "dp", "ddp"))
     device: str = option("auto", "auto (CUDA if present), cpu, cuda or cuda:N")
     nproc: int = option(0, "ddp: processes to launch on this node via torchrun (0: one per GPU, or 2 on CPU)")
-    amp: str = option("auto", "mixed precision: auto (bf16 on CUDA, off on CPU), off, fp16, bf16", choices=("auto", "off", "fp16", "bf16"))
+    amp: str = option(
+        "auto",
+        "mixed precision: auto (bf16 on CUDA, off on CPU), off, fp16, bf16",
+        choices=("auto", "off", "fp16", "bf16"),
+    )
     channels_last: bool = option(True, "channels_last memory format on CUDA")
     compile: bool = option(False, "torch.compile the model (pays off for long runs on GPUs)")
     sync_bn: bool = option(False, "ddp: synchronise BatchNorm statistics across GPUs")
@@ -80,7 +98,11 @@ class TrainConfig:
     quiet: bool = option(False, "no progress bar (for logs)")
 
     def check(self) -> None:
-        positive = {"epochs": self.epochs, "batch_size": self.batch_size, "val_batch_size": self.val_batch_size}
+        positive = {
+            "epochs": self.epochs,
+            "batch_size": self.batch_size,
+            "val_batch_size": self.val_batch_size,
+        }
         for name, value in positive.items():
             if value < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= 1; got {value}")
@@ -112,8 +134,9 @@ class TrainConfig:
             self._check_reference()
         for item in [*self.model_options, *self.target_options]:
             if "=" not in item:
-                raise ConfigError(f"--model-options and --target-options expect KEY=VALUE items; got {item!r}")
-
+                raise ConfigError(
+                    f"--model-options and --target-options expect KEY=VALUE items; got {item!r}"
+                )
 
     def _check_reference(self) -> None:
         """The seed code's modes only: fp32 or fp16 AMP, no compile, one fixed noisy copy, supervised."""

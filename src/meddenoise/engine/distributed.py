@@ -2,7 +2,7 @@
 
 A process is part of a distributed run when torchrun (or SLURM via torchrun, or a test) set the usual
 environment variables: RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT. We initialise with
-`init_method="env://"`, which works for single-node `--standalone` runs and for multi-node c10d rendezvous alike
+`init_method="env://"`, which works for single-node `--standalone` runs and multi-node c10d rendezvous alike
 (torchrun fills in MASTER_ADDR/PORT from the rendezvous endpoint).
 """
 
@@ -64,7 +64,9 @@ def init_process_group(device: torch.device, place: ProcessPlace) -> None:
         return
     backend = "nccl" if device.type == "cuda" else "gloo"
     if backend == "nccl" and not dist.is_nccl_available():
-        raise MeddenoiseError("this torch build has no NCCL; DDP on GPUs needs it (or use --device cpu for gloo)")
+        raise MeddenoiseError(
+            "this torch build has no NCCL; DDP on GPUs needs it (or use --device cpu for gloo)"
+        )
     kwargs = {"device_id": device} if device.type == "cuda" else {}
     try:
         dist.init_process_group(
@@ -141,6 +143,7 @@ def launch_torchrun(nproc: int, argv: Sequence[str]) -> int:
         return 130
     if completed.returncode != 0:
         raise MeddenoiseError(
-            f"the {nproc} torchrun worker(s) failed (exit status {completed.returncode}); their messages are above"
+            f"the {nproc} torchrun worker(s) failed (exit status {completed.returncode}); "
+            "their messages are above"
         )
     return 0

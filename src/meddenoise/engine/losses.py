@@ -1,4 +1,4 @@
-"""Pixel losses. The paper trains with L1 ("preserved image texture better than L2"); L2 is the alternative."""
+"""Pixel losses. The paper trains with L1 ("preserved image texture better than L2"); L2 is the other."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def l1_loss(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    # Losses in fp32 even under autocast: a bf16 mean over 10^5 pixels loses the small differences that matter.
+    # Losses in fp32 even under autocast: a bf16 mean over 10^5 pixels loses the small differences.
     return F.l1_loss(prediction.float(), target.float())
 
 

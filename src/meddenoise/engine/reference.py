@@ -176,10 +176,14 @@ def per_image_skimage_scores(prediction: np.ndarray, clean: np.ndarray) -> tuple
             psnr_values.append(peak_signal_noise_ratio(clean_image, predicted_image, data_range=1.0))
         ssim_values.append(
             structural_similarity(
-                predicted_image, clean_image, gaussian_weights=True, sigma=1.5, use_sample_covariance=False,
+                predicted_image,
+                clean_image,
+                gaussian_weights=True,
+                sigma=1.5,
+                use_sample_covariance=False,
                 data_range=1.0,
             )
-        )  # fmt: skip
+        )
     return np.asarray(psnr_values, dtype=np.float64), np.asarray(ssim_values, dtype=np.float64)
 
 
@@ -200,9 +204,14 @@ class ReferenceValidation:
         workers: int = SEED_CODE_WORKERS,
     ) -> None:
         self.batches = ReferenceBatches(
-            dataset, batch_size, runtime.device, workers=workers, rank=runtime.rank,
-            world_size=runtime.world_size, shuffle=False,
-        )  # fmt: skip
+            dataset,
+            batch_size,
+            runtime.device,
+            workers=workers,
+            rank=runtime.rank,
+            world_size=runtime.world_size,
+            shuffle=False,
+        )
         self.runtime = runtime
         self.loss_name = loss_name
 
@@ -266,21 +275,32 @@ def noise_operator(config: Any) -> Any:
     from meddenoise.noise import build_noise
 
     return build_noise(
-        config.noise_kind, mean=config.noise_mean, std=config.noise_std, clamp=config.noise_clamp,
+        config.noise_kind,
+        mean=config.noise_mean,
+        std=config.noise_std,
+        clamp=config.noise_clamp,
         dose=config.noise_dose,
-    )  # fmt: skip
+    )
 
 
 def make_train_batches(data: Any, config: Any, runtime: Any) -> ReferenceBatches:
     check_reference_config(config)
     dataset = build_host_dataset(
-        data, config.train_split, noise_operator(config), noise_seed=config.noise_seed,
+        data,
+        config.train_split,
+        noise_operator(config),
+        noise_seed=config.noise_seed,
         limit=config.limit_train,
-    )  # fmt: skip
+    )
     return ReferenceBatches(
-        dataset, config.batch_size * runtime.replicas_per_process, runtime.device,
-        workers=config.loader_workers, rank=runtime.rank, world_size=runtime.world_size, seed=config.seed,
-    )  # fmt: skip
+        dataset,
+        config.batch_size * runtime.replicas_per_process,
+        runtime.device,
+        workers=config.loader_workers,
+        rank=runtime.rank,
+        world_size=runtime.world_size,
+        seed=config.seed,
+    )
 
 
 def make_validation(data: Any, config: Any, runtime: Any) -> Callable[[nn.Module], dict[str, float]]:

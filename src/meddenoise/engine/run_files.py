@@ -57,8 +57,8 @@ def write_or_check_split(path: Path, records: list[dict[str, str]], data_folder:
     if resume and path.is_file():
         if path.read_text(encoding="utf-8") != text:
             raise DataError(
-                f"the prepared folder {data_folder} no longer matches {path} (images or splits changed since the "
-                "run started); resume with the original prepared folder or start a new run with another --out"
+                f"the prepared folder {data_folder} no longer matches {path} (images or splits changed since "
+                "the run started); resume with the original prepared folder or start a new run"
             )
         return
     atomic_write_text(path, text)

@@ -1,8 +1,8 @@
 """The one place that decides where and how training runs: device, rank, precision, loss scaling, wrapping.
 
 Everything else asks the `Runtime`: the loop calls `runtime.autocast()` (a no-op when AMP is off), uses
-`runtime.scaler` (a no-op unless fp16), and trains `runtime.wrap(model)` (DataParallel / DDP applied last, after
-channels_last, SyncBatchNorm and torch.compile). Checkpoints always hold `runtime.unwrap(model)`, the plain module.
+`runtime.scaler` (a no-op unless fp16), and trains `runtime.wrap(model)` (DataParallel / DDP applied last,
+after channels_last, SyncBatchNorm and torch.compile). Checkpoints hold `unwrap(model)`, the plain module.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ class Runtime:
 
     def __post_init__(self) -> None:
         if self.scaler is None:
-            # Loss scaling only matters for fp16 (bf16 has fp32's exponent range); disabled it is a pass-through.
+            # Loss scaling only matters for fp16 (bf16 has fp32's exponent range); else a pass-through.
             self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == "fp16")
 
     @property
@@ -67,7 +67,7 @@ class Runtime:
         return images
 
     def place(self, model: nn.Module) -> nn.Module:
-        """The plain module on the device, in its memory format, with SyncBatchNorm if asked (not yet wrapped)."""
+        """The plain module on the device, in its memory format, with SyncBatchNorm if asked (unwrapped)."""
         model = model.to(self.device)
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last)
@@ -89,7 +89,10 @@ class Runtime:
             every_parameter_used = getattr(unwrap(model), "trains_all_parameters", True)
             # Bigger gradient buckets mean fewer all-reduce launches (25 MB is torch's default).
             return DistributedDataParallel(
-                model, device_ids=device_ids, bucket_cap_mb=50, find_unused_parameters=not every_parameter_used
+                model,
+                device_ids=device_ids,
+                bucket_cap_mb=50,
+                find_unused_parameters=not every_parameter_used,
             )
         return model
 
@@ -176,7 +179,7 @@ def build_runtime(
     compile: bool = False,
     sync_bn: bool = False,
 ) -> Runtime:
-    """Decide the runtime from the options; under `ddp` this joins the process group (torchrun environment)."""
+    """Decide the runtime from the options; under `ddp` this joins the process group (torchrun env)."""
     if strategy not in STRATEGIES:
         raise ConfigError(f"--strategy must be one of {', '.join(STRATEGIES)}; got {strategy!r}")
     if amp not in AMP_CHOICES:
@@ -188,13 +191,15 @@ def build_runtime(
         if chosen.type == "cuda":
             if place.local_rank >= torch.cuda.device_count():
                 raise MeddenoiseError(
-                    f"LOCAL_RANK={place.local_rank} but only {torch.cuda.device_count()} GPU(s) are visible on "
-                    "this node; use --nproc_per_node (or --nproc) at most the number of GPUs"
+                    f"LOCAL_RANK={place.local_rank} but only {torch.cuda.device_count()} GPU(s) are "
+                    "visible on this node; use --nproc_per_node (or --nproc) at most the number of GPUs"
                 )
             chosen = torch.device("cuda", place.local_rank)
             torch.cuda.set_device(chosen)
         elif sync_bn:
-            raise ConfigError("--sync-bn needs CUDA devices (SyncBatchNorm does not run on CPU); drop --sync-bn")
+            raise ConfigError(
+                "--sync-bn needs CUDA devices (SyncBatchNorm does not run on CPU); drop --sync-bn"
+            )
         distributed.init_process_group(chosen, place)
         return Runtime(
             chosen,

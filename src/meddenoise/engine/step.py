@@ -41,8 +41,8 @@ class TrainStep:
     def __call__(self, batch: TargetBatch, share: float, lr: float) -> torch.Tensor:
         """Train on `batch`; `share` = this rank's images / mean images per rank in the global batch.
 
-        DDP averages gradients over ranks; weighting each rank's mean loss by its share makes that average equal
-        the gradient of the mean loss over the global batch even when the last batch splits unevenly.
+        DDP averages gradients over ranks; weighting each rank's mean loss by its share makes that average
+        equal the gradient of the mean loss over the global batch even when the last batch splits unevenly.
         Returns the unweighted loss (a 0-d tensor on the device, detached).
         """
         for group in self.optimizer.param_groups:

@@ -1,9 +1,9 @@
-"""What the model is trained to reproduce: the clean image (the paper) or, in clean-free modes, another noisy view.
+"""What the model learns to output: the clean image (the paper) or, in clean-free modes, another noisy view.
 
 The engine makes `copies` independently obfuscated copies of each clean batch with the noise operator (copy c
 uses seed `seed + 7919 * c`) and hands the target a `TargetBatch`. When the target says `needs_clean = False`
 the engine builds that batch with `clean=None`, so a clean-free method cannot peek at clean pixels even by
-mistake. Clean-free targets live in `meddenoise.privacy.targets` and register themselves with the decorator here.
+mistake. Clean-free targets live in `meddenoise.privacy.targets` and register with the decorator here.
 """
 
 from __future__ import annotations
@@ -132,7 +132,7 @@ def make_target_batch(
     epoch: int,
     mode: str,
 ) -> TargetBatch:
-    """Obfuscate a clean batch into the target's copies; the clean pixels are dropped unless the target needs them."""
+    """Obfuscate a clean batch into the target's copies; clean pixels dropped unless needed."""
     noisy = [
         noise_op(clean, image_keys, seed=seed + COPY_SEED_STRIDE * copy, epoch=epoch, mode=mode)
         for copy in range(target.copies)

@@ -1,9 +1,9 @@
 """`fit(config)`: one readable training loop for a single device, DataParallel and DDP.
 
-The three strategies differ only in the wrapper (`Runtime.wrap`) and in the shard each rank draws from the batch
-source. Per step: gather a clean batch on the device -> obfuscate it (noise operator, on the device) -> the
-target's loss -> backward / step. Nothing reads the device per step: losses are summed on the device and read at
-checkpoints and epoch ends, where non-finite losses are also detected.
+The strategies differ only in the wrapper (`Runtime.wrap`) and in the shard each rank draws from the
+batch source. Per step: gather a clean batch on the device -> obfuscate it there (noise operator) -> the
+target's loss -> backward / step. Nothing reads the device per step: losses are summed on the device and
+read at checkpoints and epoch ends, where non-finite losses are also detected.
 """
 
 from __future__ import annotations
@@ -36,10 +36,28 @@ from meddenoise.fileio import atomic_write_text, ensure_writable_dir
 
 # Fields that must match for --resume to continue the same run (the rest, e.g. epochs, may change).
 IDENTITY_FIELDS = (
-    "model", "base_channels", "depth", "norm", "deep_supervision", "model_options",
-    "noise_kind", "noise_mean", "noise_std", "noise_clamp", "noise_mode", "noise_seed", "noise_dose",
-    "target", "target_options", "batch_size", "optimizer", "loss", "seed", "train_split", "limit_train",
-)  # fmt: skip
+    "model",
+    "base_channels",
+    "depth",
+    "norm",
+    "deep_supervision",
+    "model_options",
+    "noise_kind",
+    "noise_mean",
+    "noise_std",
+    "noise_clamp",
+    "noise_mode",
+    "noise_seed",
+    "noise_dose",
+    "target",
+    "target_options",
+    "batch_size",
+    "optimizer",
+    "loss",
+    "seed",
+    "train_split",
+    "limit_train",
+)
 # Under DDP a time limit needs all ranks to agree; they compare clocks every this many steps.
 TIME_CHECK_INTERVAL = 20
 # How often the loop looks at the device-side non-finite flag between checkpoints (a cheap host read).
@@ -89,10 +107,13 @@ PIPELINES: dict[str, Pipeline] = {
     "fast": Pipeline("fast", _device_train_batches),
     # The seed code's habits, for benchmarks (engine/reference.py): host dataset, DataLoader, per-step sync.
     "reference": Pipeline(
-        "reference", reference_pipeline.make_train_batches, read_loss_every_step=True, noisy_in_batches=True,
+        "reference",
+        reference_pipeline.make_train_batches,
+        read_loss_every_step=True,
+        noisy_in_batches=True,
         make_validation=reference_pipeline.make_validation,
     ),
-}  # fmt: skip
+}
 
 
 def register_pipeline(pipeline: Pipeline) -> Pipeline:
@@ -188,7 +209,7 @@ class Trainer:
         self.config, self.runtime = config, runtime
         self.out = Path(config.out)
         self.paths = ckpt.checkpoint_paths(self.out)
-        self._check_fresh_or_resumable()  # on every rank, so no rank waits in a collective for one that failed
+        self._check_fresh_or_resumable()  # on every rank: none may wait in a collective for one that failed
         if runtime.is_main:
             ensure_writable_dir(self.out, what="run folder (--out)")
         self.log = RunLog(self.out / "train.log", runtime.is_main)
@@ -198,9 +219,12 @@ class Trainer:
 
         self.data = load_prepared(config.data)
         self.noise = build_noise(
-            config.noise_kind, mean=config.noise_mean, std=config.noise_std, clamp=config.noise_clamp,
+            config.noise_kind,
+            mean=config.noise_mean,
+            std=config.noise_std,
+            clamp=config.noise_clamp,
             dose=config.noise_dose,
-        )  # fmt: skip
+        )
         self.target = build_target(
             config.target, self.noise, seed=config.seed, **parse_options(config.target_options)
         )
@@ -210,12 +234,20 @@ class Trainer:
         torch.manual_seed(config.seed)  # identical initial weights on every rank and on resume
         self.model = runtime.place(build_model(config.model, **self.model_options))
         self.ema = WeightAverage(self.model, config.ema_decay) if config.ema_decay > 0 else None
-        self.optimizer = build_optimizer(self.model, config.optimizer, config.lr, config.weight_decay, runtime.device)
+        self.optimizer = build_optimizer(
+            self.model, config.optimizer, config.lr, config.weight_decay, runtime.device
+        )
         self.train_batches = self.pipeline.make_train_batches(self.data, config, runtime)
         self.val_batches = DeviceBatches.from_prepared(
-            self.data, config.val_split, runtime.device, config.val_batch_size, limit=config.limit_val,
-            rank=runtime.rank, world_size=runtime.world_size, shuffle=False,
-        )  # fmt: skip
+            self.data,
+            config.val_split,
+            runtime.device,
+            config.val_batch_size,
+            limit=config.limit_val,
+            rank=runtime.rank,
+            world_size=runtime.world_size,
+            shuffle=False,
+        )
         make_validation = self.pipeline.make_validation
         self.pipeline_validation = make_validation(self.data, config, runtime) if make_validation else None
         self.steps_per_epoch = self.train_batches.steps_per_epoch()
@@ -228,7 +260,9 @@ class Trainer:
     def _check_fresh_or_resumable(self) -> None:
         has_state = self.paths["last_state"].is_file()
         if self.config.resume and not has_state:
-            raise MeddenoiseError(f"--resume: {self.out} has no checkpoint to continue ({self.paths['last_state']})")
+            raise MeddenoiseError(
+                f"--resume: {self.out} has no checkpoint to continue ({self.paths['last_state']})"
+            )
         if not self.config.resume and has_state:
             raise MeddenoiseError(
                 f"{self.out} already holds a run; add --resume to continue it or choose another --out"
@@ -237,7 +271,9 @@ class Trainer:
     def write_run_files(self) -> None:
         if self.runtime.is_main:
             save_config(self.config, self.out / "config.json")
-            write_or_check_split(self.out / "split.csv", self.data.records, self.config.data, self.config.resume)
+            write_or_check_split(
+                self.out / "split.csv", self.data.records, self.config.data, self.config.resume
+            )
         distributed.barrier()
 
     def restore(self) -> None:
@@ -256,8 +292,10 @@ class Trainer:
         self.progress = Progress.from_state(state["progress"], self.runtime.device)
         ckpt.restore_rng_states(state["rng"])
         if self.runtime.is_main:
-            # Epoch records at or after the resumed epoch are recomputed (the kill may have come after writing).
-            self.history = [r for r in read_metrics(self.out / "metrics.jsonl") if r["epoch"] < self.progress.epoch]
+            # Records at or after the resumed epoch are recomputed (the kill may have come after writing).
+            self.history = [
+                r for r in read_metrics(self.out / "metrics.jsonl") if r["epoch"] < self.progress.epoch
+            ]
         p = self.progress
         self.log.info(f"resumed from {self.paths['last_state']}: epoch {p.epoch + 1}, step {p.step_in_epoch}")
 
@@ -297,7 +335,7 @@ class Trainer:
             "identity": _identity(self.config, self.runtime),
         }
         ckpt.save_training_state(self.paths["last_state"], state)
-        # Weights of a finished epoch belong to the epoch before the position; mid-epoch ones to the current one.
+        # Weights of a finished epoch belong to the epoch before the position; mid-epoch ones to the current.
         epoch = self.progress.epoch - (self.progress.step_in_epoch == 0)
         ckpt.save_weights(self.paths["last_weights"], self.evaluated_model(), self._metadata("last", epoch))
 
@@ -309,7 +347,9 @@ class Trainer:
         if first_bad:
             step = first_bad - 1
             kept = self.paths["last_weights"]
-            kept_text = f"the last good checkpoint is {kept}" if kept.is_file() else "no checkpoint was written yet"
+            kept_text = (
+                f"the last good checkpoint is {kept}" if kept.is_file() else "no checkpoint was written yet"
+            )
             raise MeddenoiseError(
                 f"the training loss became NaN or infinite at step {step} (epoch {self.progress.epoch + 1}); "
                 f"training stopped and {kept_text}. Try a lower --lr, --grad-clip 1.0 or --amp off"
@@ -328,7 +368,7 @@ class Trainer:
 
     # -- the loop -------------------------------------------------------------------------------------------
     def train_epoch(self, step: TrainStep, run_started: float, bar: Any) -> str | None:
-        """Train from the current position to the end of the epoch; returns why it stopped early, if it did."""
+        """Train from the current position to the epoch's end; returns why it stopped early, if it did."""
         config, runtime, progress = self.config, self.runtime, self.progress
         model = step.model
         model.train()
@@ -340,14 +380,22 @@ class Trainer:
                 target_batch = TargetBatch([noisy], batch.clean, batch.image_keys)
             else:
                 target_batch = make_target_batch(
-                    self.target, runtime.to_device_batch(batch.clean), batch.image_keys, self.noise,
-                    seed=config.noise_seed, epoch=progress.epoch, mode=config.noise_mode,
-                )  # fmt: skip
+                    self.target,
+                    runtime.to_device_batch(batch.clean),
+                    batch.image_keys,
+                    self.noise,
+                    seed=config.noise_seed,
+                    epoch=progress.epoch,
+                    mode=config.noise_mode,
+                )
             share = batch.clean.shape[0] * world / batch.global_size
             lr = learning_rate(
-                progress.global_step, base_lr=config.lr, kind=config.lr_schedule, total_steps=self.total_steps,
+                progress.global_step,
+                base_lr=config.lr,
+                kind=config.lr_schedule,
+                total_steps=self.total_steps,
                 warmup_steps=config.warmup_steps,
-            )  # fmt: skip
+            )
             loss = step(target_batch, share, lr)
             if self.pipeline.read_loss_every_step:
                 loss = torch.tensor(loss.item(), device=loss.device)  # the reference pipeline's per-step sync
@@ -362,7 +410,11 @@ class Trainer:
             at_epoch_end = progress.step_in_epoch == self.steps_per_epoch
             if progress.global_step % FINITE_CHECK_INTERVAL == 0:
                 self.check_finite()
-            if config.checkpoint_every and progress.global_step % config.checkpoint_every == 0 and not at_epoch_end:
+            if (
+                config.checkpoint_every
+                and progress.global_step % config.checkpoint_every == 0
+                and not at_epoch_end
+            ):
                 self.check_finite()
                 progress.train_seconds = time.perf_counter() - epoch_started
                 self.save_last()
@@ -380,17 +432,25 @@ class Trainer:
         if self.pipeline_validation is not None:
             return self.pipeline_validation(self.evaluated_model())
         result = evaluate_batches(
-            self.evaluated_model(), self.val_batches, self.noise, self.runtime,
-            noise_seed=self.config.noise_seed, loss_name=self.config.loss,
-        )  # fmt: skip
+            self.evaluated_model(),
+            self.val_batches,
+            self.noise,
+            self.runtime,
+            noise_seed=self.config.noise_seed,
+            loss_name=self.config.loss,
+        )
         return reduce_means(result)
 
-    def end_epoch(self, stop_reason: str | None, val_seconds: float, val: dict[str, float], noisy: dict) -> dict:
+    def end_epoch(
+        self, stop_reason: str | None, val_seconds: float, val: dict[str, float], noisy: dict
+    ) -> dict:
         """Record the epoch, update best / last checkpoints and the early-stopping counter."""
         config, progress = self.config, self.progress
         finished = stop_reason is None
         steps_done = progress.step_in_epoch
-        totals = distributed.all_reduce_sum(torch.stack([progress.loss_sum.double(), progress.seen.double().sum()]))
+        totals = distributed.all_reduce_sum(
+            torch.stack([progress.loss_sum.double(), progress.seen.double().sum()])
+        )
         coverage = distributed.all_reduce_sum(progress.seen.clone())
         loss_sum, images = totals.tolist()
         record = {
@@ -399,9 +459,12 @@ class Trainer:
             "steps": steps_done,
             "global_step": progress.global_step,
             "lr": learning_rate(
-                max(0, progress.global_step - 1), base_lr=config.lr, kind=config.lr_schedule,
-                total_steps=self.total_steps, warmup_steps=config.warmup_steps,
-            ),  # fmt: skip
+                max(0, progress.global_step - 1),
+                base_lr=config.lr,
+                kind=config.lr_schedule,
+                total_steps=self.total_steps,
+                warmup_steps=config.warmup_steps,
+            ),
             "train_loss": loss_sum / max(1, steps_done) / self.runtime.world_size,
             "train_images": int(images),
             "train_images_each_once": bool(finished and bool((coverage == 1).all().item())),
@@ -413,7 +476,9 @@ class Trainer:
             "val_images": val["images"],
             "train_seconds": progress.train_seconds,
             "val_seconds": val_seconds,
-            "images_per_second": images / progress.train_seconds if progress.train_seconds > 0 else float("nan"),
+            "images_per_second": images / progress.train_seconds
+            if progress.train_seconds > 0
+            else float("nan"),
             "peak_memory_mb": self.runtime.peak_memory_mb(),
         }
         improved = val["loss"] < progress.best_val_loss
@@ -431,9 +496,10 @@ class Trainer:
             write_metrics(self.out / "metrics.jsonl", self.history)
             if improved:
                 ckpt.save_weights(
-                    self.paths["best_weights"], self.evaluated_model(),
+                    self.paths["best_weights"],
+                    self.evaluated_model(),
                     self._metadata("best", record["epoch"], val["loss"]),
-                )  # fmt: skip
+                )
             self.save_last()
         return record
 
@@ -442,13 +508,24 @@ class Trainer:
         if progress.loss_sum is None:
             progress.start_epoch(len(self.train_batches), runtime.device)
         step = TrainStep(
-            runtime.wrap(self.model), self.optimizer, runtime, self.target, self.loss_fn,
-            grad_clip=config.grad_clip, ema=self.ema,
-        )  # fmt: skip
+            runtime.wrap(self.model),
+            self.optimizer,
+            runtime,
+            self.target,
+            self.loss_fn,
+            grad_clip=config.grad_clip,
+            ema=self.ema,
+        )
         noisy = reduce_means(
-            evaluate_batches(None, self.val_batches, self.noise, runtime, noise_seed=config.noise_seed,
-                             loss_name=config.loss)
-        )  # fmt: skip
+            evaluate_batches(
+                None,
+                self.val_batches,
+                self.noise,
+                runtime,
+                noise_seed=config.noise_seed,
+                loss_name=config.loss,
+            )
+        )
         self.log.info(
             f"noisy input on {config.val_split} ({noisy['images']} images): PSNR {noisy['psnr']:.2f} dB, "
             f"SSIM {noisy['ssim']:.4f}"
@@ -485,7 +562,9 @@ class Trainer:
         return reason
 
     def time_is_up_at_epoch_end(self, started: float) -> bool:
-        over = torch.tensor(int(time.perf_counter() - started > self.config.time_limit), device=self.runtime.device)
+        over = torch.tensor(
+            int(time.perf_counter() - started > self.config.time_limit), device=self.runtime.device
+        )
         return bool(distributed.all_reduce_max(over).item())
 
     def _progress_bar(self) -> Any:
@@ -494,7 +573,9 @@ class Trainer:
         from tqdm import tqdm
 
         total = min(self.total_steps, self.config.epochs * self.steps_per_epoch)
-        return tqdm(total=total, initial=self.progress.global_step, unit="step", dynamic_ncols=True, leave=False)
+        return tqdm(
+            total=total, initial=self.progress.global_step, unit="step", dynamic_ncols=True, leave=False
+        )
 
     def _epoch_line(self, epoch: int, record: dict[str, Any]) -> str:
         partial = " (partial)" if record["partial_epoch"] else ""
@@ -502,7 +583,8 @@ class Trainer:
             f"epoch {epoch}/{self.config.epochs}{partial}: train loss {record['train_loss']:.5f}, "
             f"val loss {record['val_loss']:.5f}, val PSNR {record['val_psnr']:.2f} dB "
             f"(noisy {record['noisy_val_psnr']:.2f}), SSIM {record['val_ssim']:.4f}, "
-            f"{record['train_seconds']:.1f}+{record['val_seconds']:.1f} s, {record['images_per_second']:.0f} img/s"
+            f"{record['train_seconds']:.1f}+{record['val_seconds']:.1f} s, "
+            f"{record['images_per_second']:.0f} img/s"
         )
 
     def _write_summary(self, reason: str, noisy: dict[str, float]) -> None:
@@ -549,9 +631,15 @@ class Trainer:
             return None
         model, metadata = ckpt.load_trained_model(self.out, self.runtime.device)
         result = evaluate_split(
-            model, self.data, config.test_split, self.noise, self.runtime, noise_seed=config.noise_seed,
-            batch_size=config.val_batch_size, loss_name=config.loss,
-        )  # fmt: skip
+            model,
+            self.data,
+            config.test_split,
+            self.noise,
+            self.runtime,
+            noise_seed=config.noise_seed,
+            batch_size=config.val_batch_size,
+            loss_name=config.loss,
+        )
         rows = [
             {
                 "image_id": result["image_id"][i],
@@ -572,7 +660,8 @@ class Trainer:
         psnr = float(result["psnr"].mean())
         self.log.info(
             f"test ({len(rows)} images, best epoch {metadata['epoch'] + 1}): PSNR {psnr:.2f} dB "
-            f"(noisy {float(result['noisy_psnr'].mean()):.2f}), SSIM {float(result['ssim'].mean()):.4f} -> {path}"
+            f"(noisy {float(result['noisy_psnr'].mean()):.2f}), SSIM {float(result['ssim'].mean()):.4f} "
+            f"-> {path}"
         )
         return path
 
@@ -587,7 +676,9 @@ def _out_of_memory_message(config: TrainConfig) -> str:
 
 def _is_out_of_memory(exc: BaseException) -> bool:
     out_of_memory_types = tuple(
-        t for t in (getattr(torch, "OutOfMemoryError", None), getattr(torch.cuda, "OutOfMemoryError", None)) if t
+        t
+        for t in (getattr(torch, "OutOfMemoryError", None), getattr(torch.cuda, "OutOfMemoryError", None))
+        if t
     )
     if out_of_memory_types and isinstance(exc, out_of_memory_types):
         return True
@@ -599,9 +690,13 @@ def fit(config: TrainConfig) -> Path:
     """Train as configured and return the run folder (see docs/training.md for what it holds)."""
     set_cpu_threads_from_env()
     runtime = build_runtime(
-        strategy=config.strategy, device=config.device, amp=config.amp, channels_last=config.channels_last,
-        compile=config.compile, sync_bn=config.sync_bn,
-    )  # fmt: skip
+        strategy=config.strategy,
+        device=config.device,
+        amp=config.amp,
+        channels_last=config.channels_last,
+        compile=config.compile,
+        sync_bn=config.sync_bn,
+    )
     try:
         try:
             trainer = Trainer(config, runtime)
@@ -612,7 +707,9 @@ def fit(config: TrainConfig) -> Path:
                     "use --limit-train / --limit-val, a smaller --base-channels, or prepare smaller images"
                 ) from None
             raise
-        trainer.log.info(f"runtime: {runtime.describe()}; global batch {config.batch_size * runtime.data_parallel_width}")
+        trainer.log.info(
+            f"runtime: {runtime.describe()}; global batch {config.batch_size * runtime.data_parallel_width}"
+        )
         trainer.write_run_files()
         if config.resume:
             trainer.restore()

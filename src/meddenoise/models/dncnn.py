@@ -44,4 +44,3 @@ class DnCNN(Denoiser):
 
     def predict(self, padded: torch.Tensor) -> torch.Tensor:
         return self.body(padded)  # (B, 1, H, W) -> (B, C, H, W) -> ... -> (B, 1, H, W)
-

@@ -5,8 +5,8 @@ The image stays where it is (usually CPU); tiles of `tile` x `tile` pixels overl
 from it, `batch_tiles` at a time are moved to the model's device and denoised, and each prediction is
 multiplied by a window and added to an output buffer on the image's device, together with the window itself;
 the result is the weighted sum divided by the summed weights. Device memory therefore depends on `tile` and
-`batch_tiles` only, never on the image size; host memory holds the image, the output and one (H, W) weight
-map.
+`batch_tiles` only, never on the image size; host memory holds the image, the output, one (H, W) weight
+map and at most nine tile windows.
 
 The window is 1 in the middle of a tile and falls off with a raised cosine over the `overlap` pixels on each
 side that borders another tile (not on the image border). A tile's outermost pixels are the ones it predicts
@@ -96,6 +96,32 @@ def denoise_tiled(
     """
     _check_options(image, tile, overlap, batch_tiles)
     multiple = _size_multiple(model)
+    tile = _aligned_tile(tile, overlap, multiple)
+    compute_device = torch.device(device) if device is not None else _model_device(model, image.device)
+    batch, _, height, width = image.shape
+    padded = pad_to_multiple(image, multiple)  # (B, 1, H', W'), H' and W' multiples of `multiple`
+    grid = TileGrid(padded.shape[-2], padded.shape[-1], tile, overlap, multiple, image.device)
+
+    output = torch.zeros(batch, 1, *grid.shape, dtype=torch.float32, device=image.device)
+    jobs = [(index, top, left) for index in range(batch) for top, left in grid.positions()]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for first in range(0, len(jobs), batch_tiles):
+                chunk = jobs[first : first + batch_tiles]
+                # (n, 1, tile_h, tile_w), n <= batch_tiles: the only image data on the compute device.
+                tiles = torch.stack([grid.cut(padded[i], top, left) for i, top, left in chunk])
+                predictions = model(tiles.to(compute_device)).float().to(image.device)
+                for (i, top, left), prediction in zip(chunk, predictions):
+                    grid.cut(output[i], top, left).add_(prediction * grid.window(top, left))
+    finally:
+        model.train(was_training)
+    return crop_to(output / grid.weight_sum(), height, width)
+
+
+def _aligned_tile(tile: int, overlap: int, multiple: int) -> int:
+    """`tile` rounded down to the model's size multiple; tiles must stay at least one multiple apart."""
     if tile < multiple:
         raise ConfigError(f"option 'tile' ({tile}) must be at least the model's size multiple ({multiple})")
     tile -= tile % multiple
@@ -104,43 +130,42 @@ def denoise_tiled(
             f"option 'overlap' ({overlap}) leaves tiles of {tile} px less than the model's size multiple "
             f"({multiple}) apart; use an overlap of at most {tile - multiple}"
         )
-    compute_device = torch.device(device) if device is not None else _model_device(model, image.device)
-    batch, _, height, width = image.shape
-    padded = pad_to_multiple(image, multiple)  # (B, 1, H', W'), H' and W' multiples of `multiple`
-    padded_height, padded_width = padded.shape[-2], padded.shape[-1]
-    tile_height, tile_width = min(tile, padded_height), min(tile, padded_width)
-    row_starts = tile_starts(padded_height, tile, overlap, multiple)
-    column_starts = tile_starts(padded_width, tile, overlap, multiple)
+    return tile
 
-    windows: dict[tuple[int, int], torch.Tensor] = {}
-    weight_sum = torch.zeros(padded_height, padded_width, dtype=torch.float32, device=image.device)
-    for top in row_starts:
-        rows = edge_window(tile_height, overlap, top > 0, top + tile_height < padded_height)
-        for left in column_starts:
-            columns = edge_window(tile_width, overlap, left > 0, left + tile_width < padded_width)
-            window = torch.outer(rows, columns).to(torch.float32).to(image.device)  # (tile_h, tile_w)
-            windows[(top, left)] = window
-            weight_sum[top : top + tile_height, left : left + tile_width] += window
 
-    output = torch.zeros(batch, 1, padded_height, padded_width, dtype=torch.float32, device=image.device)
-    jobs = [(index, top, left) for index in range(batch) for top in row_starts for left in column_starts]
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            for first in range(0, len(jobs), batch_tiles):
-                chunk = jobs[first : first + batch_tiles]
-                # (n, 1, tile_h, tile_w), n <= batch_tiles: the only image data on the compute device.
-                tiles = torch.stack(
-                    [
-                        padded[i, :, top : top + tile_height, left : left + tile_width]
-                        for i, top, left in chunk
-                    ]
-                ).to(compute_device)
-                predictions = model(tiles).float().to(image.device)
-                for (i, top, left), prediction in zip(chunk, predictions):
-                    region = output[i, :, top : top + tile_height, left : left + tile_width]
-                    region += prediction * windows[(top, left)]
-    finally:
-        model.train(was_training)
-    return crop_to(output / weight_sum, height, width)
+class TileGrid:
+    """Where the tiles of one padded (H', W') image lie, and their blending windows."""
+
+    def __init__(self, height: int, width: int, tile: int, overlap: int, multiple: int, device) -> None:
+        self.shape = (height, width)
+        self.tile_height, self.tile_width = min(tile, height), min(tile, width)
+        self.overlap = overlap
+        self.row_starts = tile_starts(height, tile, overlap, multiple)
+        self.column_starts = tile_starts(width, tile, overlap, multiple)
+        self.device = device
+        # A window depends only on which sides of its tile border another tile: at most 9 distinct ones.
+        self._windows: dict[tuple[bool, bool, bool, bool], torch.Tensor] = {}
+
+    def positions(self) -> list[tuple[int, int]]:
+        return [(top, left) for top in self.row_starts for left in self.column_starts]
+
+    def cut(self, tensor: torch.Tensor, top: int, left: int) -> torch.Tensor:
+        """The view of (..., H', W') `tensor` covered by the tile at (top, left): (..., tile_h, tile_w)."""
+        return tensor[..., top : top + self.tile_height, left : left + self.tile_width]
+
+    def window(self, top: int, left: int) -> torch.Tensor:
+        """(tile_h, tile_w) float32 blending weights of the tile at (top, left)."""
+        height, width = self.shape
+        tapers = (top > 0, top + self.tile_height < height, left > 0, left + self.tile_width < width)
+        if tapers not in self._windows:
+            rows = edge_window(self.tile_height, self.overlap, tapers[0], tapers[1])
+            columns = edge_window(self.tile_width, self.overlap, tapers[2], tapers[3])
+            self._windows[tapers] = torch.outer(rows, columns).to(device=self.device, dtype=torch.float32)
+        return self._windows[tapers]
+
+    def weight_sum(self) -> torch.Tensor:
+        """(H', W') sum of the windows of all tiles (> 0 everywhere: the tiles cover the image)."""
+        total = torch.zeros(self.shape, dtype=torch.float32, device=self.device)
+        for top, left in self.positions():
+            self.cut(total, top, left).add_(self.window(top, left))
+        return total

@@ -57,4 +57,3 @@ class UNet(Denoiser):
             # (B, 2C, H/2, W/2) -> (B, C, H, W), then concat the skip -> (B, 2C, H, W) -> (B, C, H, W)
             features = block(torch.cat([skips.pop(), upsample(features)], dim=1))
         return self.output(features)  # (B, base, H, W) -> (B, 1, H, W)
-

@@ -107,7 +107,6 @@ class UNetPlusPlus(Denoiser):
         return super().forward(noisy)
 
 
-
 def mean_loss_over_heads(
     output: torch.Tensor | Sequence[torch.Tensor],
     target: torch.Tensor,

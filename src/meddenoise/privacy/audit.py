@@ -78,31 +78,39 @@ def plan_audit(
     query_rows = query_rows.astype(np.int64)
     query_in_gallery = np.searchsorted(gallery_rows, query_rows)
 
-    gallery_patients = [patients[row] for row in gallery_rows]
-    counts: dict[str, int] = {}
-    for patient in gallery_patients:
-        counts[patient] = counts.get(patient, 0) + 1
-    eligible = np.array([i for i, row in enumerate(query_rows) if counts[patients[row]] >= 2], dtype=np.int64)
-    reason = None
-    if len(counts) < 2:
-        reason = (
-            f"every gallery image belongs to one patient ({gallery_patients[0]!r}, as in the embedded"
-            " default, rendered from one CT), so 'same patient' is always true: re-identification is not"
-            " measurable"
-        )
-    elif eligible.size == 0:
-        reason = (
-            "no query's patient has another image in the gallery (patients do not repeat in this source),"
-            " so there is nothing to re-identify across images"
-        )
+    eligible, reason = _reidentification_queries(patients, query_rows, gallery_rows)
     return AuditPlan(
         query_rows=query_rows,
         gallery_rows=gallery_rows.astype(np.int64),
         query_in_gallery=query_in_gallery.astype(np.int64),
         patients=list(patients),
-        reid_queries=eligible if reason is None else np.zeros(0, dtype=np.int64),
+        reid_queries=eligible,
         reid_skip_reason=reason,
     )
+
+
+def _reidentification_queries(
+    patients: list[str], query_rows: np.ndarray, gallery_rows: np.ndarray
+) -> tuple[np.ndarray, str | None]:
+    """Positions in `query_rows` whose patient has another image in the gallery, or none and the reason."""
+    gallery_patients = [patients[row] for row in gallery_rows]
+    counts: dict[str, int] = {}
+    for patient in gallery_patients:
+        counts[patient] = counts.get(patient, 0) + 1
+    none = np.zeros(0, dtype=np.int64)
+    if len(counts) < 2:
+        return none, (
+            f"every gallery image belongs to one patient ({gallery_patients[0]!r}, as in the embedded"
+            " default, rendered from one CT), so 'same patient' is always true: re-identification is not"
+            " measurable"
+        )
+    eligible = np.array([i for i, row in enumerate(query_rows) if counts[patients[row]] >= 2], dtype=np.int64)
+    if eligible.size == 0:
+        return none, (
+            "no query's patient has another image in the gallery (patients do not repeat in this source),"
+            " so there is nothing to re-identify across images"
+        )
+    return eligible, None
 
 
 def summarise(values: torch.Tensor | np.ndarray | list[float]) -> dict[str, float]:
@@ -129,7 +137,7 @@ class _LevelAccumulator:
 
 
 @dataclasses.dataclass
-class Denoiser:
+class AuditedDenoiser:
     """A trained model loaded for the audit, with what the run folder says about it."""
 
     role: str  # "receiver" | "outsider"
@@ -138,14 +146,14 @@ class Denoiser:
     metadata: dict[str, Any]
 
 
-def load_denoiser(role: str, path: str | None, device: torch.device) -> Denoiser | None:
+def load_denoiser(role: str, path: str | None, device: torch.device) -> AuditedDenoiser | None:
     if not path:
         return None
     from meddenoise.engine.checkpoint import load_trained_model
 
     model, metadata = load_trained_model(path, device=device)
     model.eval()
-    return Denoiser(role=role, path=str(path), model=model, metadata=dict(metadata or {}))
+    return AuditedDenoiser(role=role, path=str(path), model=model, metadata=dict(metadata or {}))
 
 
 def _quality(pred: torch.Tensor, clean: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -163,7 +171,7 @@ def _measure_batch(
     noise_mean: float,
     seed: int,
     matcher: Matcher,
-    denoisers: list[Denoiser],
+    denoisers: list[AuditedDenoiser],
 ) -> None:
     """Obfuscate one clean batch (B, 1, H, W) and record every per-image measurement of it."""
     noisy = noise_op(clean, keys, seed=seed, mode="fixed")
@@ -186,7 +194,7 @@ def _measure_batch(
             acc.add(f"{denoiser.role}_ssim", ssim_values)
 
 
-def _denoiser_info(denoiser: Denoiser) -> dict[str, Any]:
+def _denoiser_info(denoiser: AuditedDenoiser) -> dict[str, Any]:
     info: dict[str, Any] = {"run": denoiser.path}
     for key in ("model", "model_name", "target", "noise"):
         if key in denoiser.metadata:
@@ -203,7 +211,7 @@ def audit_level(
     noise_mean: float,
     seed: int,
     matcher: Matcher,
-    denoisers: list[Denoiser],
+    denoisers: list[AuditedDenoiser],
     reversal_skips: dict[str, str],
     device: torch.device,
     batch_size: int,
@@ -288,20 +296,7 @@ def run_audit(
     gallery_features = features_of_rows(
         matcher, data.images, plan.gallery_rows, data.max_value, device=torch_device
     )
-    denoisers = [
-        d
-        for d in (
-            load_denoiser("receiver", run_dir, torch_device),
-            load_denoiser("outsider", outsider_run_dir, torch_device),
-        )
-        if d is not None
-    ]
-    reversal_skips = {}
-    if not run_dir:
-        reversal_skips["receiver"] = "no --run given (the receiver's denoiser, trained on the released pairs)"
-    if not outsider_run_dir:
-        reversal_skips["outsider"] = "no --outsider-run given (a denoiser trained only on other data)"
-    outsider_overlap = _outsider_overlap(data, plan, outsider_run_dir)
+    denoisers, reversal_skips = load_denoisers(run_dir, outsider_run_dir, torch_device)
 
     levels = [
         audit_level(
@@ -322,33 +317,54 @@ def run_audit(
     clean_query_features = features_of_rows(
         matcher, data.images, plan.query_rows, data.max_value, device=torch_device
     )
-    source_names = sorted({row.get("source", "") for row in data.records})
+    settings = {
+        "noise_mean": noise_mean,
+        "noise_stds": [float(s) for s in noise_stds],
+        "seed": seed,
+        "noise_mode": "fixed",
+        "gallery_size": gallery_size,
+        "max_queries": max_queries,
+        "matcher": {"kind": "area-downsample + gaussian blur + NCC", **dataclasses.asdict(matcher)},
+        "device": str(torch_device),
+    }
     return {
-        "data": {
-            "folder": str(data.folder),
-            "sources": source_names,
-            "images": len(data),
-            "patients": len(set(patients)),
-            "split": split,
-            "queries": int(plan.query_rows.size),
-            "gallery": int(plan.gallery_rows.size),
-            "image_size": list(data.images.shape[1:]),
-        },
-        "settings": {
-            "noise_mean": noise_mean,
-            "noise_stds": [float(s) for s in noise_stds],
-            "seed": seed,
-            "noise_mode": "fixed",
-            "gallery_size": gallery_size,
-            "max_queries": max_queries,
-            "matcher": {"kind": "area-downsample + gaussian blur + NCC", **dataclasses.asdict(matcher)},
-            "device": str(torch_device),
-        },
+        "data": _describe_data(data, plan, split),
+        "settings": settings,
         "reference": {
             "reidentification_clean_queries": reidentification(plan, clean_query_features, gallery_features)
         },
-        "outsider_overlap": outsider_overlap,
+        "outsider_overlap": _outsider_overlap(data, plan, outsider_run_dir),
         "levels": levels,
+    }
+
+
+def load_denoisers(
+    run_dir: str | None, outsider_run_dir: str | None, device: torch.device
+) -> tuple[list[AuditedDenoiser], dict[str, str]]:
+    """The receiver's and the outsider's denoisers that were given, and why each missing one is skipped."""
+    denoisers, skips = [], {}
+    for role, path, reason in (
+        ("receiver", run_dir, "no --run given (the receiver's denoiser, trained on the released pairs)"),
+        ("outsider", outsider_run_dir, "no --outsider-run given (a denoiser trained only on other data)"),
+    ):
+        denoiser = load_denoiser(role, path, device)
+        if denoiser is None:
+            skips[role] = reason
+        else:
+            denoisers.append(denoiser)
+    return denoisers, skips
+
+
+def _describe_data(data: Any, plan: AuditPlan, split: str) -> dict[str, Any]:
+    return {
+        "folder": str(data.folder),
+        "sources": sorted({row.get("source", "") for row in data.records}),
+        "images": len(data),
+        "patients": len(set(plan.patients)),
+        "split": split,
+        "queries": int(plan.query_rows.size),
+        "gallery": int(plan.gallery_rows.size),
+        "image_size": list(data.images.shape[1:]),
     }
 
 
