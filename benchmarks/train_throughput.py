@@ -22,6 +22,7 @@ where the peak is the GPU's bf16 data-sheet figure, or a measured fp32 matmul ra
 from __future__ import annotations
 
 import argparse
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -63,6 +64,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=50, help="timed steps per configuration")
     parser.add_argument("--warmup", type=int, default=10, help="untimed steps first (compile: 3 more)")
     parser.add_argument("--workers", type=int, default=4, help="reference DataLoader workers (4: the seed)")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="sweeps over all configurations; each figure is its best round")  # fmt: skip
+    parser.add_argument("--compile-once", action="store_true",
+                        help="time ours_compile in round 1 only (slow to compile on CPUs)")  # fmt: skip
     parser.add_argument("--threads", type=int, default=0, help="CPU: torch threads (0: torch's default)")
     parser.add_argument("--out-dir", type=Path, default=None, help="where the JSON goes (default results/)")
     return parser.parse_args(argv)
@@ -148,6 +153,28 @@ def time_configuration(
     }
 
 
+def record_round(rows: list[dict[str, Any]], measured: dict[str, Any], flops: float, peak: float) -> dict:
+    """Add one measurement to its (model, configuration) row, which shows the best round (highest img/s)."""
+    row = next(
+        (r for r in rows if (r["model"], r["config"]) == (measured["model"], measured["config"])), None
+    )
+    rounds = ([] if row is None else row["images_per_second_rounds"]) + [measured["images_per_second"]]
+    if row is None or measured["images_per_second"] > row["images_per_second"]:
+        best = {
+            **measured,
+            "gflops_per_image": flops / 1e9,
+            "mfu": flops * measured["images_per_second"] / peak,
+        }
+        if row is None:
+            rows.append(best)
+        else:
+            rows[rows.index(row)] = best
+        row = best
+    row["images_per_second_rounds"] = rounds
+    row["images_per_second_median"] = statistics.median(rounds)
+    return row
+
+
 def add_speedups(rows: list[dict[str, Any]]) -> None:
     for row in rows:
         reference = next(
@@ -182,23 +209,29 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="throughput-") as scratch:
         folder = common.write_synthetic_prepared(Path(scratch) / "data", {"train": train_count}, args.size)
         data = load_prepared(folder)
+        flops = {}
         for model_name in args.models:
             model = build_model(model_name, base_channels=args.base_channels).to(device)
-            flops = common.training_flops_per_image(model, build_loss("l1"), args.size, device)
+            flops[model_name] = common.training_flops_per_image(model, build_loss("l1"), args.size, device)
             del model
-            for config_name in args.configs:
-                row = time_configuration(model_name, config_name, data, args, device)
-                row["gflops_per_image"] = flops / 1e9
-                row["mfu"] = flops * row["images_per_second"] / peak["flops"]
-                rows.append(row)
-                add_speedups(rows)
-                # Written after every row, so a run stopped by a time limit keeps what it measured.
-                path = common.write_result("train_throughput", payload, device, args.out_dir)
-                print(
-                    f"{model_name:>7} {config_name:<15} {row['images_per_second']:10.1f} img/s  "
-                    f"MFU {100 * row['mfu']:5.1f}%",
-                    flush=True,
-                )
+        # Rounds interleave the configurations in time, so a burst of other work on a shared machine does not
+        # hit one configuration only; the best round of each is the least disturbed one.
+        for round_index in range(args.rounds):
+            for model_name in args.models:
+                for config_name in args.configs:
+                    if round_index and args.compile_once and CONFIGS[config_name]["compile"]:
+                        continue
+                    measured = time_configuration(model_name, config_name, data, args, device)
+                    row = record_round(rows, measured, flops[model_name], peak["flops"])
+                    add_speedups(rows)
+                    # Written after every measurement: a run stopped by a time limit keeps what it measured.
+                    path = common.write_result("train_throughput", payload, device, args.out_dir)
+                    print(
+                        f"round {round_index + 1}: {model_name:>7} {config_name:<15} "
+                        f"{measured['images_per_second']:10.1f} img/s (best {row['images_per_second']:.1f}, "
+                        f"MFU {100 * row['mfu']:5.1f}%)",
+                        flush=True,
+                    )
     payload["complete"] = True
     path = common.write_result("train_throughput", payload, device, args.out_dir)
     columns = [

@@ -91,7 +91,7 @@ PRESETS: dict[str, Preset] = {
         model_train={"dncnn": {"base_channels": 16, "model_options": ["num_layers=8"], "depth": 0}},
         multi_device_noise_stds=(0.1,),
         cpu_ddp=True,
-        baseline_limits={"bm3d": 40, "nlm": 0},
+        baseline_limits={"bm3d": 32},
         clean_free=("noise2noise",),
         clean_free_noise_stds=(0.2,),
         privacy_queries=100,

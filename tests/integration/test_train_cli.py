@@ -177,3 +177,14 @@ def test_ema_and_schedule_options_train(make_prepared, tmp_path):
     )
     metadata = load_weights(out / "checkpoints" / "best.safetensors")[1]
     assert metadata["weights"] == "ema" and metadata["model_options"]["deep_supervision"] is True
+
+
+def test_out_of_memory_suggests_a_smaller_batch(make_prepared, tmp_path, monkeypatch):
+    from meddenoise.engine.step import TrainStep
+
+    def exhausted(self, batch, share, lr):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(TrainStep, "__call__", exhausted)
+    with pytest.raises(MeddenoiseError, match=r"out of memory with --batch-size 4 .*--batch-size 2"):
+        fit(tiny_config(make_prepared(n=16), tmp_path / "run"))

@@ -214,3 +214,22 @@ def test_config_round_trips_through_the_relaunch_command_line():
     assert "--nproc" not in argv  # torchrun would read it as its own --nproc-per-node
     again = config_from_args(TrainConfig, parser.parse_args(["train", *argv]))
     assert again == dataclasses.replace(config, nproc=0)
+
+
+def test_train_help_lists_every_option(capsys):
+    from meddenoise.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    for flag in (
+        "--noise-std",
+        "--noise ",
+        "--strategy",
+        "--amp",
+        "--checkpoint-every",
+        "--resume",
+        "--nproc",
+    ):
+        assert flag in text

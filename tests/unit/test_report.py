@@ -50,7 +50,17 @@ def _write_run(folder, model, strategy, noise_std, seed):
 
 
 def _write_evaluation(
-    folder, method, noise_std, psnr_offset, *, kind="network", strategy="single", seed=0, run_dir=None, rng
+    folder,
+    method,
+    noise_std,
+    psnr_offset,
+    *,
+    kind="network",
+    strategy="single",
+    seed=0,
+    run_dir=None,
+    rng,
+    data_folder="prepared",
 ):
     folder.mkdir(parents=True, exist_ok=True)
     psnr = 20.0 + psnr_offset - 10 * noise_std + rng.normal(0, 0.5, len(IMAGES))
@@ -88,7 +98,7 @@ def _write_evaluation(
         "split": "test",
         "noise": {"kind": "gaussian", "mean": 0.1, "std": noise_std, "clamp": True, "seed": 0},
         "lpips": {"available": False, "reason": "no AlexNet weights in the torch hub cache"},
-        "data": {"source": "synthetic", "split_by": "patient", "counts": {"test": 12}},
+        "data": {"folder": data_folder, "source": "synthetic", "split_by": "patient", "counts": {"test": 12}},
     }
     if run_dir is not None:
         import os
@@ -135,6 +145,10 @@ def grid(tmp_path_factory):
                 seed=None,
                 rng=rng,
             )
+    # `evaluate --data OTHER` of one run: must stay out of the tables (other images)
+    other = tmp_path / "runs" / "unet_0.1_single_0"
+    _write_evaluation(other / "evaluation" / "test-other", "unet", 0.1, 30.0, run_dir=other, rng=rng,
+                      data_folder="other")  # fmt: skip
     (tmp_path / "reproduce.json").write_text(
         json.dumps(
             {
@@ -207,6 +221,7 @@ def test_report_files_are_written_with_the_same_content(grid, report):
         assert caption in markdown and caption in html
     assert "LPIPS (AlexNet, v0.1): not available" in markdown
     assert "split by **patient**" in markdown
+    assert "Left out (evaluated on another prepared folder)" in markdown and "test-other" in markdown
     names = {path.name for path in report.figures}
     assert {
         "qualitative_std0p1.png",

@@ -66,7 +66,7 @@ class TrainConfig:
     weight_decay: float = option(0.0, "weight decay (decoupled with adamw)")
     loss: str = option("l1", "pixel loss: l1 (the paper) or l2", choices=("l1", "l2"))
     lr_schedule: str = option("none", "learning-rate schedule", choices=("none", "cosine", "onecycle"))
-    warmup_steps: int = option(0, "linear warm-up steps (onecycle: 0 means 30% of the steps)")
+    warmup_steps: int = option(0, "linear warm-up steps (onecycle: 0 means 30 percent of the steps)")
     grad_clip: float = option(0.0, "clip the gradient norm to this value (0: off)")
     ema_decay: float = option(0.0, "keep an exponential moving average of the weights (e.g. 0.999; 0: off)")
     patience: int = option(10, "stop after this many epochs without a lower validation loss (0: never)")

@@ -236,14 +236,16 @@ def evaluate_baseline(
 
     Parameters are tuned on `tune_split` (at most `tune_limit` images) unless given in `params`.
     """
-    from meddenoise.baselines.classical import build_baseline, tune_baseline
+    from meddenoise.baselines.classical import DEFAULT_GRIDS, build_baseline, tune_baseline
     from meddenoise.engine.runtime import resolve_device
 
     torch_device = resolve_device(device)
     target = make_target(data_dir, split, noise, torch_device, limit=limit)
     tuned: dict[str, Any] = dict(params or {})
     tuning: Any = None
-    if params is None:
+    if params is None and not DEFAULT_GRIDS.get(name):
+        tuning = "nothing to tune (fixed parameters)"
+    elif params is None:
         from meddenoise.evaluation.core import iterate_batches
 
         tune_target = make_target(data_dir, tune_split, noise, torch_device, limit=tune_limit)

@@ -236,7 +236,7 @@ def sources_section(collection: Collection) -> list[Block]:
         label = method_label(evaluation.method)
         extra = f", {evaluation.strategy}, seed {evaluation.seed}" if evaluation.kind == "network" else ""
         items.append(f"`{where}/{files.PER_IMAGE_FILE}`: {label}, std {evaluation.noise_std:g}{extra}")
-    return [
+    blocks: list[Block] = [
         Heading(2, "Where the numbers come from"),
         Paragraph(
             "Every number above is aggregated from these per-image tables (written by `meddenoise "
@@ -245,6 +245,10 @@ def sources_section(collection: Collection) -> list[Block]:
         ),
         BulletList(items),
     ]
+    if collection.ignored:
+        listed = ", ".join(f"`{folder}`" for folder in collection.ignored)
+        blocks.append(Paragraph(f"Left out (evaluated on another prepared folder): {listed}."))
+    return blocks
 
 
 def build_report(root: str | Path, out_dir: str | Path | None = None, *, split: str = "test") -> Report:

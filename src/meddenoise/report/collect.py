@@ -184,6 +184,7 @@ class Collection:
     evaluations: list[Evaluation]
     histories: dict[Path, RunHistory]
     plan: dict[str, Any]
+    ignored: list[Path] = dataclasses.field(default_factory=list)  # evaluations of other data
 
     def networks(self) -> list[Evaluation]:
         return [e for e in self.evaluations if e.kind == "network"]
@@ -221,14 +222,30 @@ def collect(root: str | Path, *, split: str = "test") -> Collection:
             f"no evaluations of split {split!r} under {root}; run `meddenoise evaluate RUN_DIR` or "
             "`meddenoise reproduce --out DIR` first"
         )
+    plan_path = root / PLAN_FILE
+    plan = read_json(plan_path, what="reproduction plan") if plan_path.is_file() else {}
+    evaluations, ignored = _one_data_folder(evaluations, (plan.get("data") or {}).get("folder"))
     histories = {}
     for evaluation in evaluations:
         run_dir = evaluation.run_dir
         if run_dir is not None and run_dir not in histories and run_dir.is_dir():
             histories[run_dir] = load_history(run_dir)
-    plan_path = root / PLAN_FILE
-    plan = read_json(plan_path, what="reproduction plan") if plan_path.is_file() else {}
-    return Collection(root=root, evaluations=evaluations, histories=histories, plan=plan)
+    return Collection(root=root, evaluations=evaluations, histories=histories, plan=plan, ignored=ignored)
+
+
+def _data_folder(evaluation: Evaluation) -> str:
+    return str((evaluation.info.get("data") or {}).get("folder", ""))
+
+
+def _one_data_folder(
+    evaluations: list[Evaluation], planned: str | None
+) -> tuple[list[Evaluation], list[Path]]:
+    """Keep the evaluations of one prepared folder (the plan's, else the most common): tables must compare
+    methods on the same images, and `evaluate --data OTHER` results live next to the run's own."""
+    folders = [_data_folder(e) for e in evaluations]
+    chosen = planned if planned in folders else max(set(folders), key=folders.count)
+    kept = [e for e, folder in zip(evaluations, folders) if folder == chosen]
+    return kept, [e.folder for e, folder in zip(evaluations, folders) if folder != chosen]
 
 
 def group_by(evaluations: Sequence[Evaluation], *keys: str) -> dict[tuple, list[Evaluation]]:

@@ -426,12 +426,17 @@ def table_baselines(collection: Collection) -> tuple[TableResult, TableResult]:
         display.append(cells)
     notes = [
         "All methods on the same test images with the same fixed noise; networks trained on one device. "
-        "Bold: "
-        "highest mean PSNR at that noise level. † : significantly worse than the bold method (paired "
-        "Wilcoxon "
-        f"signed-rank test, Holm-corrected over all {len(tests)} tests of this table, p < "
-        f"{SIGNIFICANCE_LEVEL})."
+        "Bold: highest mean PSNR at that noise level. †: significantly worse than the bold method (paired "
+        f"Wilcoxon signed-rank test, Holm-corrected over all {len(tests)} tests of this table, "
+        f"p < {SIGNIFICANCE_LEVEL})."
     ]
+    full = max(len(pooled.image_ids) for pooled in configurations.values())
+    for (method, level), pooled in sorted(configurations.items(), key=lambda item: item[0][1]):
+        if len(pooled.image_ids) < full:
+            notes.append(
+                f"{method_label(method)} at std {level:g}: {len(pooled.image_ids)} of {full} test images "
+                "(a fixed subset, the same for every level); its mean and its paired tests use those only."
+            )
     table = Table(columns, display, "Table VI. Baselines and networks on the same test images", notes)
     return TableResult(table, csv_rows), _tests_table(tests)
 
