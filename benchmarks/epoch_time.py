@@ -57,6 +57,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--workers", type=int, default=4, help="reference DataLoader workers (4: the seed)")
     parser.add_argument(
+        "--rounds", type=int, default=1, help="runs per configuration; the fastest is reported"
+    )
+    parser.add_argument(
         "--configs", nargs="+", default=["ours", "reference_fp32", "reference_amp"], choices=list(CONFIGS)
     )
     parser.add_argument("--out-dir", type=Path, default=None, help="where the JSON goes (default results/)")
@@ -111,6 +114,18 @@ def run_configuration(
     }
 
 
+def keep_fastest(rows: list[dict[str, Any]], row: dict[str, Any]) -> None:
+    """Add a round's result to `rows`, keeping per configuration the round with the shortest epoch."""
+    kept = next((r for r in rows if r["config"] == row["config"]), None)
+    rounds = ([] if kept is None else kept["epoch_wall_seconds_rounds"]) + [row["epoch_wall_seconds"]]
+    if kept is None:
+        rows.append(row)
+    elif row["epoch_wall_seconds"] < kept["epoch_wall_seconds"]:
+        rows[rows.index(kept)] = row
+    row = next(r for r in rows if r["config"] == row["config"])
+    row["epoch_wall_seconds_rounds"] = rounds
+
+
 def import_lazy_modules() -> None:
     """Import what the runs import lazily, so the first configuration's set-up time does not carry it."""
     import skimage.metrics  # noqa: F401
@@ -132,14 +147,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if data is None:
             counts = {"train": args.train_images, "val": args.val_images}
             data = common.write_synthetic_prepared(Path(scratch) / "data", counts, args.size)
-        for name in args.configs:
-            row = run_configuration(name, data, Path(scratch) / "runs", args, device)
-            rows.append(row)
-            print(
-                f"{name:<15} epoch {row['epoch_wall_seconds']:.2f} s (train {row['train_seconds']:.2f} + "
-                f"val {row['val_seconds']:.2f})",
-                flush=True,
-            )
+        # Rounds alternate the configurations in time (other work on a shared machine comes in bursts); each
+        # configuration is reported by its fastest round.
+        for round_index in range(args.rounds):
+            for name in args.configs:
+                out = Path(scratch) / "runs" / f"round{round_index}"
+                row = run_configuration(name, data, out, args, device)
+                print(
+                    f"round {round_index + 1}: {name:<15} epoch {row['epoch_wall_seconds']:.2f} s "
+                    f"(train {row['train_seconds']:.2f} + val {row['val_seconds']:.2f})",
+                    flush=True,
+                )
+                keep_fastest(rows, row)
     ours = next((r for r in rows if r["config"] == "ours"), None)
     for row in rows:
         if ours:
@@ -164,7 +183,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "benchmark": "epoch_time",
         "environment": environment,
         "settings": settings,
-        "statistic": f"epoch {args.epochs} of {args.epochs} (epoch 1 includes warm-up), one run each",
+        "statistic": f"epoch {args.epochs} of {args.epochs} (epoch 1 includes warm-up), fastest of "
+        f"{args.rounds} run(s) each",
         "target_speedup_same_gpu": TARGET_SPEEDUP_GPU,
         "results": rows,
     }

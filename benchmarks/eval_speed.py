@@ -62,25 +62,42 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def _timed(function, repeats: int) -> tuple[float, float, object]:
+    """Median wall seconds and median process CPU seconds over `repeats` calls, and the last result.
+
+    CPU time is reported beside wall time because on a shared machine other processes stretch the wall
+    clock (and, with several torch threads, make OpenMP threads wait for each other) while CPU time mostly
+    measures our own work.
+    """
+    walls, cpus, result = [], [], None
+    for _ in range(repeats):
+        wall_start, cpu_start = time.perf_counter(), time.process_time()
+        result = function()
+        walls.append(time.perf_counter() - wall_start)
+        cpus.append(time.process_time() - cpu_start)
+    return statistics.median(walls), statistics.median(cpus), result
+
+
 def time_batched(
     pred: torch.Tensor, target: torch.Tensor, repeats: int
-) -> tuple[float, np.ndarray, np.ndarray]:
-    """Median seconds over `repeats` after one warm-up, and the values of the last run."""
-    psnr(pred[:2], target[:2]), ssim(pred[:2], target[:2])  # warm-up: allocator, lazy init, CUDA context
-    timings = []
-    for _ in range(repeats):
+) -> tuple[float, float, np.ndarray, np.ndarray]:
+    """Median wall and CPU seconds over `repeats` after a warm-up, and the values of the last run."""
+    warm = slice(0, min(8, pred.shape[0]))
+    psnr(pred[warm], target[warm]), ssim(pred[warm], target[warm])  # allocator, oneDNN kernels, CUDA context
+
+    def both():
+        values = psnr(pred, target), ssim(pred, target)
         synchronize(pred.device)
-        started = time.perf_counter()
-        psnr_values, ssim_values = psnr(pred, target), ssim(pred, target)
-        synchronize(pred.device)
-        timings.append(time.perf_counter() - started)
-    return statistics.median(timings), psnr_values.cpu().numpy(), ssim_values.cpu().numpy()
+        return values
+
+    wall, cpu, (psnr_values, ssim_values) = _timed(both, repeats)
+    return wall, cpu, psnr_values.cpu().numpy(), ssim_values.cpu().numpy()
 
 
-def time_skimage(pred: np.ndarray, target: np.ndarray, repeats: int) -> tuple[float, np.ndarray, np.ndarray]:
-    timings = []
-    for _ in range(repeats):
-        started = time.perf_counter()
+def time_skimage(
+    pred: np.ndarray, target: np.ndarray, repeats: int
+) -> tuple[float, float, np.ndarray, np.ndarray]:
+    def loop():
         psnr_values = np.array([peak_signal_noise_ratio(t, p, data_range=1) for p, t in zip(pred, target)])
         ssim_values = np.array(
             [
@@ -90,15 +107,35 @@ def time_skimage(pred: np.ndarray, target: np.ndarray, repeats: int) -> tuple[fl
                 for p, t in zip(pred, target)
             ]
         )
-        timings.append(time.perf_counter() - started)
-    return statistics.median(timings), psnr_values, ssim_values
+        return psnr_values, ssim_values
+
+    structural_similarity(pred[0], target[0], data_range=1)  # warm-up: lazy imports inside scikit-image
+    wall, cpu, (psnr_values, ssim_values) = _timed(loop, repeats)
+    return wall, cpu, psnr_values, ssim_values
+
+
+def single_core_gflops() -> float:
+    """float32 GEMM rate of one torch thread (MKL/oneDNN), the practical arithmetic ceiling of this CPU."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    a, b = torch.rand(1024, 1024), torch.rand(1024, 1024)
+    torch.mm(a, b)
+    seconds = min(_timed(lambda: torch.mm(a, b), 1)[1] for _ in range(5))
+    torch.set_num_threads(previous)
+    return 2 * 1024**3 / seconds / 1e9
+
+
+def ssim_filter_mmac(side: int, window: int = 11) -> float:
+    """Multiply-adds of the separable SSIM filter per image: 4 maps (u, v, u^2, v^2), two valid passes."""
+    valid = side - window + 1
+    return 4 * window * (valid * side + valid * valid) / 1e6
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=int, default=256, help="number of test images (default 256)")
     parser.add_argument("--size", type=int, default=256, help="image side in pixels (default 256)")
-    parser.add_argument("--repeats", type=int, default=3, help="timed runs per side; the median counts")
+    parser.add_argument("--repeats", type=int, default=5, help="timed runs per side; the median counts")
     parser.add_argument("--device", default="cpu", help="device for the batched side (default cpu)")
     parser.add_argument(
         "--out", type=Path, default=None, help="JSON path (default results/eval_speed_<dev>.json)"
@@ -111,39 +148,56 @@ def main() -> None:
     load_before = os.getloadavg()
     default_threads = torch.get_num_threads()
 
-    skimage_seconds, skimage_psnr, skimage_ssim = time_skimage(pred_np, target_np, args.repeats)
+    skimage_seconds, skimage_cpu, skimage_psnr, skimage_ssim = time_skimage(pred_np, target_np, args.repeats)
     runs = {}
     thread_settings = (
         [1, default_threads] if device.type == "cpu" and default_threads > 1 else [default_threads]
     )
     for threads in thread_settings:
         torch.set_num_threads(threads)
-        seconds, ours_psnr, ours_ssim = time_batched(pred.to(device), target.to(device), args.repeats)
+        seconds, cpu_seconds, ours_psnr, ours_ssim = time_batched(
+            pred.to(device), target.to(device), args.repeats
+        )
         runs[f"torch_threads_{threads}"] = {
             "threads": threads,
             "seconds": round(seconds, 4),
+            "cpu_seconds": round(cpu_seconds, 4),
             "ms_per_image": round(1000 * seconds / args.images, 4),
             "speedup_vs_skimage": round(skimage_seconds / seconds, 2),
+            "cpu_time_speedup_vs_skimage": round(skimage_cpu / cpu_seconds, 2),
             "max_abs_diff_psnr_db": float(np.abs(ours_psnr - skimage_psnr).max()),
             "max_abs_diff_ssim": float(np.abs(ours_ssim - skimage_ssim).max()),
         }
     torch.set_num_threads(default_threads)
     load_after = os.getloadavg()
     best = max(runs.values(), key=lambda run: run["speedup_vs_skimage"])
+    gflops = single_core_gflops() if device.type == "cpu" else None
+    filter_mmac = ssim_filter_mmac(args.size)
 
     print(f"{args.images} images of {args.size}x{args.size}, PSNR + SSIM per image, median of {args.repeats}")
-    print(f"{'method':<34}{'seconds':>10}{'ms/image':>10}{'speed-up':>10}")
+    print(f"{'method':<34}{'seconds':>10}{'ms/image':>10}{'speed-up':>10}{'cpu s':>10}{'cpu x':>8}")
     skimage_ms = 1000 * skimage_seconds / args.images
-    print(f"{'scikit-image loop (1 core)':<34}{skimage_seconds:>10.3f}{skimage_ms:>10.3f}{1.0:>10.1f}")
+    print(
+        f"{'scikit-image loop (1 core)':<34}{skimage_seconds:>10.3f}{skimage_ms:>10.3f}{1.0:>10.1f}"
+        f"{skimage_cpu:>10.3f}{1.0:>8.1f}"
+    )
     for run in runs.values():
         label = f"meddenoise batched ({device.type}, {run['threads']} thr)"
         print(
             f"{label:<34}{run['seconds']:>10.3f}{run['ms_per_image']:>10.3f}{run['speedup_vs_skimage']:>10.1f}"
+            f"{run['cpu_seconds']:>10.3f}{run['cpu_time_speedup_vs_skimage']:>8.1f}"
         )
     print(
         f"best speed-up {best['speedup_vs_skimage']}x (target 20x); "
-        f"load average {load_before[0]:.2f} -> {load_after[0]:.2f}"
+        f"load average {load_before[0]:.2f} -> {load_after[0]:.2f} on {os.cpu_count()} CPUs"
     )
+    floor_ms = None
+    if gflops is not None:
+        floor_ms = 2 * filter_mmac / gflops  # 2 flops per multiply-add; M / G = ms
+        print(
+            f"SSIM filter: {filter_mmac:.1f} M multiply-adds per image; at this core's float32 GEMM rate "
+            f"({gflops:.0f} GFLOP/s) that alone takes {floor_ms:.3f} ms per image per core"
+        )
 
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU: {cpu_name()}"
     payload = {
@@ -166,7 +220,12 @@ def main() -> None:
         "target_speedup": 20,
         "meets_target": best["speedup_vs_skimage"] >= 20,
         "load_average_before_after": [round(load_before[0], 2), round(load_after[0], 2)],
-        "note": "1-minute load averages; a load above the core count means other processes shared the cores",
+        "skimage_loop_cpu_seconds": round(skimage_cpu, 4),
+        "single_core_gemm_gflops": None if gflops is None else round(gflops, 1),
+        "ssim_filter_mmac_per_image": round(filter_mmac, 2),
+        "ssim_filter_floor_ms_per_image_one_core": None if floor_ms is None else round(floor_ms, 4),
+        "note": "1-minute load averages; a load above the core count means other processes shared the cores. "
+        "cpu_seconds is process CPU time (all threads), less sensitive to that sharing than wall seconds.",
         "versions": {
             "meddenoise": __version__,
             "python": platform.python_version(),

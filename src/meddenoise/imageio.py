@@ -1,18 +1,19 @@
 """Images in and out for `meddenoise denoise`: PNG/JPEG/TIFF (8- or 16-bit) and DICOM, same bit depth out.
 
-Reading reuses the data decoders (`meddenoise.data.decode`, `meddenoise.data.sources.dicom`), so a
-file is seen exactly as `prepare` would see it: one channel in [0, 1], DICOM through its modality LUT and VOI window with
-MONOCHROME1 inverted (the domain the networks were trained in).
+Reading reuses the data decoders (`meddenoise.data.decode`, `meddenoise.data.sources.dicom`), so a file
+is seen exactly as `prepare` would see it: one channel in [0, 1], DICOM through its modality LUT and VOI
+window with MONOCHROME1 inverted (the domain the networks were trained in).
 
 Writing:
 - 8-bit input -> 8-bit grayscale PNG; 16-bit (or float) input -> 16-bit grayscale PNG. Raster inputs always
   come out as PNG (lossless), named `<stem>.png`.
-- DICOM -> DICOM: a copy of the input dataset (all tags kept, including RescaleSlope/Intercept and the window)
-  whose PixelData holds the denoised image mapped back through the inverse of the linear VOI window (or
-  min-max stretch) and the inverse rescale, in the original stored type. Pixels the window had clipped (outside the
-  window, where the network saw a flat 0 or 1) keep their original stored values. The copy gets a new SOP
-  Instance UID, ImageType DERIVED and a DerivationDescription. A VOI LUT sequence or a SIGMOID window cannot
-  be inverted; such files are written as 16-bit PNG of the displayed image instead, and the summary says so.
+- DICOM -> DICOM: a copy of the input dataset (all tags kept, including RescaleSlope/Intercept and the
+  window) whose PixelData holds the denoised image mapped back through the inverse of the linear VOI window
+  (or min-max stretch) and the inverse rescale, in the original stored type. Pixels the window had clipped
+  (outside the window, where the network saw a flat 0 or 1) keep their original stored values. The copy
+  gets a new SOP Instance UID, ImageType DERIVED and a DerivationDescription. A VOI LUT sequence or a
+  SIGMOID window cannot be inverted; such files are written as 16-bit PNG of the displayed image instead,
+  and the summary says so.
 """
 
 from __future__ import annotations

@@ -164,3 +164,15 @@ def test_metrics_stay_on_the_device():
     on_device = ssim(pred.cuda(), target.cuda())
     assert on_device.device.type == "cuda"
     np.testing.assert_allclose(on_device.cpu().numpy(), ssim(pred, target).numpy(), atol=1e-6)
+
+
+@pytest.mark.parametrize("window", [3, 11])
+def test_cpu_convolution_filter_matches_the_shifted_add_filter_used_on_accelerators(window):
+    generator = torch.Generator().manual_seed(7)
+    maps = torch.rand(4, 3, 29, 41, generator=generator)  # (moments, images, H, W), non-square on purpose
+    taps = (1.0 / 3.0,) * 3 if window == 3 else image._gaussian_taps(image.SSIM_SIGMA, image.SSIM_TRUNCATE)
+    by_convolution = image._conv_valid_filter(maps, taps)
+    assert by_convolution.shape == (4, 3, 29 - window + 1, 41 - window + 1)
+    np.testing.assert_allclose(
+        by_convolution.numpy(), image._shifted_valid_filter(maps, taps).numpy(), rtol=0, atol=1e-6
+    )

@@ -31,6 +31,7 @@ def describe_data(data: Any) -> dict[str, Any]:
         "width": int(data.images.shape[2]),
         "counts": info.get("counts", {}),
         "patients": info.get("patients", {}),
+        "groups": info.get("groups", {}),
         "sources": sorted({row["source"] for row in data.records}),
     }
 

@@ -58,17 +58,17 @@ def setup_section(collection: Collection) -> list[Block]:
         else "Versions: not recorded.",
     ]
     if data:
-        counts = data.get("counts", {})
-        patients = data.get("patients", {})
+        counts, patients, groups = (data.get(key) or {} for key in ("counts", "patients", "groups"))
+
+        def split_counts(name: str) -> str:
+            text = f"{name} {counts.get(name, '?')} images, {patients.get(name, '?')} patients"
+            return text + (f", {groups[name]} groups" if name in groups else "")
+
         items.append(
-            f"Data: source `{data.get('source', '?')}`, "
-            f"{data.get('height', '?')}x{data.get('width', '?')} pixels "
-            f"({data.get('dtype', '?')}), prepared folder `{data.get('folder', '?')}`; split by "
+            f"Data: source `{data.get('source', '?')}`, {data.get('height', '?')}x{data.get('width', '?')} "
+            f"pixels ({data.get('dtype', '?')}), prepared folder `{data.get('folder', '?')}`; split by "
             f"**{data.get('split_by', '?')}**: "
-            + ", ".join(
-                f"{name} {counts.get(name, '?')} images / {patients.get(name, '?')} groups"
-                for name in ("train", "val", "test")
-            )
+            + "; ".join(split_counts(n) for n in ("train", "val", "test"))
             + "."
         )
         items.append(_split_policy_sentence(data))

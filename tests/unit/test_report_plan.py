@@ -1,0 +1,49 @@
+"""The reproduction grid's plan: which configurations run on which hardware, and what is skipped and why."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from meddenoise.reproduce import PRESETS, plan_jobs
+
+
+def _names(jobs):
+    return [job.name for job in jobs]
+
+
+def test_quick_on_cpu_runs_ddp_on_gloo_and_skips_dp_with_a_reason():
+    jobs, skipped = plan_jobs(PRESETS["quick"], Path("out"), seeds=1, gpus=0)
+    names = _names(jobs)
+    for std in ("0.1", "0.2", "0.3"):
+        for model in ("unet", "unetpp", "dncnn"):
+            assert f"{model}_std{std}_single_seed0" in names
+        for baseline in ("noisy", "gaussian", "nlm", "bm3d"):
+            assert f"{baseline}_std{std}" in names
+    ddp = [job for job in jobs if job.strategy == "ddp"]
+    assert sorted(job.name for job in ddp) == ["unet_std0.1_ddp_seed0", "unetpp_std0.1_ddp_seed0"]
+    assert all(job.nproc == 2 and job.train_overrides["amp"] == "off" for job in ddp)
+    assert not any(job.strategy == "dp" for job in jobs)
+    reasons = {item["what"]: item["reason"] for item in skipped}
+    assert "DataParallel needs at least 2 GPUs" in reasons["strategy dp"]
+    assert "unet-noise2noise_std0.2_single_seed0" in names
+
+
+def test_paper_on_two_gpus_runs_every_strategy_at_every_level_with_fp16_ddp():
+    jobs, skipped = plan_jobs(PRESETS["paper"], Path("out"), seeds=2, gpus=2)
+    networks = [job for job in jobs if job.kind == "network" and job.method in ("unet", "unetpp")]
+    assert {(job.strategy, job.noise_std) for job in networks} == {
+        (strategy, std) for strategy in ("single", "dp", "ddp+amp") for std in (0.1, 0.2, 0.3)
+    }
+    assert {job.seed for job in networks} == {0, 1}
+    ddp = [job for job in networks if job.strategy == "ddp+amp"]
+    assert all(job.train_overrides["amp"] == "fp16" and job.nproc == 2 for job in ddp)
+    assert all(
+        job.train_overrides["epochs"] == 50 and job.train_overrides["base_channels"] == 64 for job in ddp
+    )
+    assert not [item for item in skipped if item["what"].startswith("strategy")]
+
+
+def test_one_gpu_skips_both_multi_device_strategies():
+    _, skipped = plan_jobs(PRESETS["paper"], Path("out"), seeds=1, gpus=1)
+    reasons = {item["what"]: item["reason"] for item in skipped}
+    assert "(1 here)" in reasons["strategy dp"] and "(1 here)" in reasons["strategy ddp+amp"]
