@@ -7,9 +7,9 @@ prepared folder; the figures are the last epoch's training images/s and seconds 
 final training / validation loss (at equal global batch the runs optimise the same objective; BatchNorm still
 normalises each device's part of the batch separately).
 
-CPU: DDP is 2 gloo processes of 1 thread each; the single-device rows use 2 threads (the same 2 cores).
-DataParallel has no CPU parallelism (it is a pass-through on one CPU device), so its CPU rows show only the
-wrapper's cost. GPU: DP and DDP (NCCL) over all visible GPUs when there are at least 2, else skipped.
+CPU: each core plays one device. DDP is 2 gloo processes of 1 thread each; the single-device rows use 1
+thread. DataParallel has no CPU parallelism (it is a pass-through on one CPU device), so its CPU rows show
+only the wrapper's cost. GPU: DP and DDP (NCCL) over all visible GPUs when there are at least 2, else skipped.
 
     python benchmarks/scaling.py --device cpu                         # 64 x 64 synthetic, U-Net base 8
 """
@@ -59,8 +59,9 @@ def plan(args: argparse.Namespace, device: torch.device) -> tuple[list[dict[str,
         devices = torch.cuda.device_count()
         threads = None
     else:
-        devices = 2
-        threads = max(1, len(os.sched_getaffinity(0)))
+        # Each CPU core plays one device: one thread per process, so DDP's 2 processes use 2 cores and the
+        # single-device run 1 (2-thread pools also stall badly on a shared machine).
+        devices, threads = 2, 1
     runs, skipped = [], []
     for amp in ["off" if setting == "off" else args.amp_on for setting in args.amp_settings]:
         runs.append(
@@ -80,6 +81,11 @@ def plan(args: argparse.Namespace, device: torch.device) -> tuple[list[dict[str,
         if args.global_batch % devices:
             raise SystemExit(f"--global-batch {args.global_batch} must be divisible by {devices} devices")
         for strategy in args.strategies:
+            if strategy == "dp" and device.type == "cpu":
+                # DataParallel has one CPU device to use: a single run shows the wrapper's cost, nothing more.
+                runs.append({"strategy": "dp", "devices": 1, "batch": args.global_batch, "amp": amp,
+                             "threads": threads, "setting": "one CPU device (DP wrapper only)"})  # fmt: skip
+                continue
             per_process_threads = 1 if (strategy == "ddp" and device.type == "cpu") else threads
             settings = {
                 "global": ("equal global batch", args.global_batch // devices),
@@ -205,7 +211,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "backend": "nccl" if device.type == "cuda" else "gloo",
         "notes": [
             "DataParallel on CPU wraps one device: no parallelism, only its overhead",
-            "DDP on CPU: 2 processes x 1 thread; single and DP: 1 process x all usable threads",
+            "each CPU core plays one device: DDP 2 processes x 1 thread, single and DP 1 process x 1 thread",
         ]
         if device.type == "cpu"
         else [],

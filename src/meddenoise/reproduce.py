@@ -79,7 +79,7 @@ PRESETS: dict[str, Preset] = {
         # A few hundred steps instead of the paper's 23,000: a larger learning rate with a one-cycle schedule
         # (and batch 8, for more steps) takes the narrow networks well past the noisy input; lr 1e-3 does not.
         train={
-            "epochs": 5,
+            "epochs": 12,
             "batch_size": 8,
             "val_batch_size": 64,
             "patience": 0,

@@ -83,7 +83,7 @@ def test_cpu_overhead_and_time_to_quality_on_a_tiny_folder(tmp_path):
     overhead = cpu_overhead.main([*tiny, "--train-images", "16"])
     assert [row["pipeline"] for row in overhead["results"]] == ["fast", "reference"]
     assert all(row["ratio"] > 0 for row in overhead["results"])
-    assert len(overhead["bare_epoch_seconds"]) == 2
+    assert len(overhead["bare_epoch_seconds"]) == 3  # before, between and after the two fit runs
     quality = time_to_quality.main([*tiny, "--device", "cpu"])
     reference, ours = quality["reference"], quality["ours"]
     target = quality["target"]["val_psnr"]
@@ -105,10 +105,10 @@ def test_scaling_plans_controlled_comparisons_and_runs_one_process_against_two(t
     runs, skipped = scaling.plan(args, torch.device("cpu"))
     assert skipped == []
     assert {(r["strategy"], r["amp"], r["setting"], r["batch"], r["devices"]) for r in runs} == {
-        ("single", amp, "baseline", 16, 1) for amp in ("off", "bf16")
+        (strategy, amp, setting, 16, 1) for amp in ("off", "bf16")
+        for strategy, setting in (("single", "baseline"), ("dp", "one CPU device (DP wrapper only)"))
     } | {
-        (strategy, amp, setting, batch, 2)
-        for strategy in ("dp", "ddp") for amp in ("off", "bf16")
+        ("ddp", amp, setting, batch, 2) for amp in ("off", "bf16")
         for setting, batch in (("equal global batch", 8), ("equal per-device batch", 16))
     }  # fmt: skip
     assert all(r["threads"] == 1 for r in runs if r["strategy"] == "ddp")

@@ -337,7 +337,7 @@ def table_speedup(collection: Collection, skipped: Sequence[dict[str, str]] = ()
             )
     notes = [
         "TS (time saving) = 100 x (1 - TT / TT of one device), the paper's definition; speed-up = "
-        "TT of one device / TT. Timings are only comparable within one machine."
+        "TT of one device / TT. Timings compare only within one machine under the same load."
     ]
     notes += [f"Not run: {item['what']}: {item['reason']}" for item in skipped]
     table = Table(
