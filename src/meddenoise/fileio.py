@@ -29,6 +29,12 @@ def ensure_writable_dir(path: str | os.PathLike, what: str = "output folder") ->
     return folder
 
 
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[BinaryIO]:
     """Open a temporary sibling of `path` for writing; it replaces `path` only if the block completes."""
@@ -37,6 +43,8 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[BinaryIO]
     destination = Path(path)
     destination.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{destination.name}.", suffix=".tmp", dir=destination.parent)
+    # mkstemp creates files readable by the owner only; give the result the permissions a plain open() would.
+    os.chmod(tmp_name, 0o666 & ~_current_umask())
     try:
         with os.fdopen(fd, mode, encoding="utf-8" if mode == "w" else None) as handle:
             yield handle

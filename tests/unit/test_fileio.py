@@ -52,3 +52,16 @@ def test_ensure_writable_dir_creates_folders_and_names_the_option_when_it_cannot
     (tmp_path / "a_file").write_text("x")
     with pytest.raises(MeddenoiseError, match=r"cannot create export folder \(--out\) .*a_file/sub"):
         ensure_writable_dir(tmp_path / "a_file" / "sub", what="export folder (--out)")
+
+
+def test_written_files_get_the_permissions_of_a_plain_open(tmp_path):
+    import os
+
+    previous = os.umask(0o022)
+    try:
+        atomic_write_text(tmp_path / "shared.txt", "x")
+        (tmp_path / "plain.txt").write_text("x")
+    finally:
+        os.umask(previous)
+    mode = (tmp_path / "shared.txt").stat().st_mode & 0o777
+    assert mode == (tmp_path / "plain.txt").stat().st_mode & 0o777 == 0o644
