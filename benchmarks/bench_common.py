@@ -36,18 +36,12 @@ GPU_PEAKS = {
 }
 
 
-def cpu_name() -> str:
-    with contextlib.suppress(OSError), open("/proc/cpuinfo", encoding="utf-8") as handle:
-        for line in handle:
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown CPU"
-
-
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"CPU: {cpu_name()}"
+    from meddenoise.evaluation.environment import describe_environment
+
+    return f"CPU: {describe_environment()['cpu']}"
 
 
 def device_kind(device: torch.device) -> str:
@@ -79,23 +73,24 @@ def git_commit() -> str:
 
 
 def environment(device: torch.device) -> dict[str, Any]:
-    """The machine and software a figure was measured on."""
-    try:
-        usable_cpus = len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        usable_cpus = os.cpu_count()
+    """The machine and software a figure was measured on (hardware and versions from meddenoise's evaluation
+    record, plus the device, the code version and the load at the start)."""
+    from meddenoise.evaluation.environment import describe_environment
+
+    machine = describe_environment()
     record = {
         "device": device_name(device),
         "device_kind": device_kind(device),
-        "cpu": cpu_name(),
+        "cpu": machine["cpu"],
         "cpu_count": os.cpu_count(),
-        "usable_cpus": usable_cpus,
-        "torch_threads": torch.get_num_threads(),
+        "usable_cpus": machine["cpu_cores"],
+        "torch_threads": machine["torch_threads"],
         "python": platform.python_version(),
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
         "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
-        "platform": platform.platform(),
+        "platform": machine["platform"],
+        "versions": machine["versions"],
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "git_commit": git_commit(),
         "load_average_start": [round(value, 2) for value in os.getloadavg()],
@@ -130,6 +125,31 @@ def load_warning(environment_record: dict[str, Any]) -> str | None:
             "shared the cores, so CPU timings are pessimistic and noisy"
         )
     return None
+
+
+def settings_record(args: Any, data: str) -> dict[str, Any]:
+    """A benchmark's command-line settings for its result file (paths as text, the output folder left out)."""
+    settings = {key: (str(value) if isinstance(value, Path) else value) for key, value in vars(args).items()}
+    settings.pop("out_dir", None)
+    settings["data"] = data
+    return settings
+
+
+def data_description(args: Any) -> str:
+    """What a benchmark trained on: the prepared folder given, or the synthetic images it made."""
+    return str(args.data) if args.data else f"synthetic {args.size}x{args.size} uint8"
+
+
+def finish(
+    name: str, payload: dict[str, Any], device: torch.device, out_dir: Path | None, note: str = ""
+) -> Path:
+    """Write the result file, say where it went, and warn when other processes shared the CPU."""
+    path = write_result(name, payload, device, out_dir)
+    print(f"{note}wrote {path}", flush=True)
+    warning = load_warning(payload["environment"])
+    if warning:
+        print(f"note: {warning}", flush=True)
+    return path
 
 
 def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str]]) -> str:
@@ -288,9 +308,10 @@ def torch_threads(count: int | None) -> Iterator[None]:
 
 
 def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    """`auto`, `cpu`, `cuda`, `cuda:N` -> a device, decided as the engine decides it (engine/runtime.py)."""
+    from meddenoise.engine.runtime import resolve_device as engine_resolve_device
+
+    return engine_resolve_device(name)
 
 
 def print_flush(*parts: Any) -> None:

@@ -29,9 +29,10 @@ from meddenoise.config import config_from_mapping
 from meddenoise.data.cache import load_prepared
 from meddenoise.data.loader import DeviceBatches
 from meddenoise.engine.config import TrainConfig
+from meddenoise.engine.identity import model_options
 from meddenoise.engine.losses import build_loss
 from meddenoise.engine.step import build_optimizer
-from meddenoise.engine.train import fit, model_options
+from meddenoise.engine.train import fit
 from meddenoise.models import build_model
 from meddenoise.noise import build_noise
 
@@ -156,10 +157,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         ("ratio_of_minimums", "ratio (minimums)"),
     ]
     print(common.format_table(rows, columns))
-    settings = {key: (str(value) if isinstance(value, Path) else value) for key, value in vars(args).items()}
-    settings.pop("out_dir")
+    settings = common.settings_record(args, common.data_description(args))
     settings.update(steps_per_epoch=steps, precision="fp32")
-    settings["data"] = str(args.data) if args.data else f"synthetic {args.size}x{args.size} uint8"
     payload = {
         "benchmark": "cpu_overhead",
         "environment": environment,
@@ -168,11 +167,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "target_ratio_fast": TARGET_RATIO,
         "results": rows,
     }
-    path = common.write_result("cpu_overhead", payload, device, args.out_dir)
-    print(f"target for the fast path: <= {TARGET_RATIO}; wrote {path}")
-    warning = common.load_warning(payload["environment"])
-    if warning:
-        print(f"note: {warning}")
+    common.finish(
+        "cpu_overhead", payload, device, args.out_dir, f"target for the fast path: <= {TARGET_RATIO}; "
+    )
     return payload
 
 

@@ -176,9 +176,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         ("reference_over_ours", "x ours"),
     ]
     print(common.format_table(rows, columns))
-    settings = {key: (str(value) if isinstance(value, Path) else value) for key, value in vars(args).items()}
-    settings.pop("out_dir")
-    settings["data"] = str(args.data) if args.data else f"synthetic {args.size}x{args.size} uint8"
+    settings = common.settings_record(args, common.data_description(args))
     payload = {
         "benchmark": "epoch_time",
         "environment": environment,
@@ -188,11 +186,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "target_speedup_same_gpu": TARGET_SPEEDUP_GPU,
         "results": rows,
     }
-    path = common.write_result("epoch_time", payload, device, args.out_dir)
-    print(f"wrote {path}")
-    warning = common.load_warning(payload["environment"])
-    if warning:
-        print(f"note: {warning}")
+    common.finish("epoch_time", payload, device, args.out_dir)
     return payload
 
 

@@ -25,6 +25,7 @@ import skimage
 import torch
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
+import bench_common as common
 from meddenoise import __version__
 from meddenoise.fileio import atomic_write_json
 from meddenoise.metrics import psnr, ssim
@@ -44,22 +45,6 @@ def make_images(count: int, side: int, seed: int = 0) -> tuple[torch.Tensor, tor
         target[index, 0] = torch.round((image - image.min()) / (image.max() - image.min()) * 200 + 20) / 255
     pred = (target + 0.03 * torch.randn(target.shape, generator=generator)).clamp(0, 1)
     return pred, target
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _timed(function, repeats: int) -> tuple[float, float, object]:
@@ -87,7 +72,7 @@ def time_batched(
 
     def both():
         values = psnr(pred, target), ssim(pred, target)
-        synchronize(pred.device)
+        common.synchronize(pred.device)
         return values
 
     wall, cpu, (psnr_values, ssim_values) = _timed(both, repeats)
@@ -199,7 +184,7 @@ def main() -> None:
             f"({gflops:.0f} GFLOP/s) that alone takes {floor_ms:.3f} ms per image per core"
         )
 
-    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU: {cpu_name()}"
+    device_name = common.device_name(device)
     payload = {
         "benchmark": "eval_speed",
         "device": device_name,

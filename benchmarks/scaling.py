@@ -201,9 +201,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(common.format_table(rows, columns))
     for item in skipped:
         print(f"skipped {item['strategy']} (amp {item['amp']}): {item['reason']}")
-    settings = {key: (str(value) if isinstance(value, Path) else value) for key, value in vars(args).items()}
-    settings.pop("out_dir")
-    settings["data"] = str(args.data) if args.data else f"synthetic {args.size}x{args.size} uint8"
+    settings = common.settings_record(args, common.data_description(args))
     payload = {
         "benchmark": "scaling",
         "environment": environment,
@@ -218,11 +216,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "results": rows,
         "skipped": skipped,
     }
-    path = common.write_result("scaling", payload, device, args.out_dir)
-    print(f"wrote {path}")
-    warning = common.load_warning(payload["environment"])
-    if warning:
-        print(f"note: {warning}")
+    common.finish("scaling", payload, device, args.out_dir)
     return payload
 
 

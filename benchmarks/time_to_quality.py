@@ -166,9 +166,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     if ours_seconds is None:
         print(f"our fast path did not reach {target:.3f} dB within {args.epochs} epochs")
-    settings = {key: (str(value) if isinstance(value, Path) else value) for key, value in vars(args).items()}
-    settings.pop("out_dir")
-    settings["data"] = str(data)
+    settings = common.settings_record(args, str(data))
     payload = {
         "benchmark": "time_to_quality",
         "environment": environment,
@@ -186,11 +184,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         },
         "speedup": reference_seconds / ours_seconds if ours_seconds else None,
     }
-    path = common.write_result("time_to_quality", payload, device, args.out_dir)
-    print(f"wrote {path}")
-    warning = common.load_warning(payload["environment"])
-    if warning:
-        print(f"note: {warning}")
+    common.finish("time_to_quality", payload, device, args.out_dir)
     return payload
 
 

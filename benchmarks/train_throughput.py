@@ -225,7 +225,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     row = record_round(rows, measured, flops[model_name], peak["flops"])
                     add_speedups(rows)
                     # Written after every measurement: a run stopped by a time limit keeps what it measured.
-                    path = common.write_result("train_throughput", payload, device, args.out_dir)
+                    common.write_result("train_throughput", payload, device, args.out_dir)
                     print(
                         f"round {round_index + 1}: {model_name:>7} {config_name:<15} "
                         f"{measured['images_per_second']:10.1f} img/s (best {row['images_per_second']:.1f}, "
@@ -233,7 +233,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         flush=True,
                     )
     payload["complete"] = True
-    path = common.write_result("train_throughput", payload, device, args.out_dir)
     columns = [
         ("model", "model"),
         ("config", "configuration"),
@@ -245,10 +244,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         ("speedup_vs_reference_fp32", "x ref fp32"),
     ]
     print(common.format_table(rows, columns))
-    print(f"peak used for MFU: {peak['what']} = {peak['flops'] / 1e12:.2f} TFLOP/s; wrote {path}")
-    warning = common.load_warning(payload["environment"])
-    if warning:
-        print(f"note: {warning}")
+    note = f"peak used for MFU: {peak['what']} = {peak['flops'] / 1e12:.2f} TFLOP/s; "
+    common.finish("train_throughput", payload, device, args.out_dir, note)
     return payload
 
 

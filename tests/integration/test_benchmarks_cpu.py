@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -44,6 +45,9 @@ def test_gpu_check_script_runs_on_the_cpu_with_tiny(tmp_path):
     )  # fmt: skip
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
     assert "all parts finished" in completed.stdout and "what imports" in completed.stdout
+    # The GPU run must fit in 8 minutes; the tiny CPU run, doing the same steps smaller, well within that.
+    total_seconds = int(re.search(r"\(cpu, (\d+) s in all\)", completed.stdout).group(1))
+    assert total_seconds < 480, total_seconds
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "epoch_time_cpu.json", "eval_speed_cpu.json", "gpu_check.log", "train_throughput_cpu.json",
     ]  # fmt: skip

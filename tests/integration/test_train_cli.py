@@ -10,7 +10,7 @@ import torch
 
 from meddenoise.cli import main
 from meddenoise.config import config_from_mapping
-from meddenoise.engine.checkpoint import load_trained_model, load_weights
+from meddenoise.engine.checkpoint import load_trained_model, load_training_state, load_weights
 from meddenoise.engine.config import TrainConfig
 from meddenoise.engine.targets import TrainingTarget, register_target
 from meddenoise.engine.train import fit
@@ -154,6 +154,11 @@ def test_mixed_precision_runs_on_cpu(make_prepared, tmp_path, amp):
     assert record["global_step"] == 3 and record["val_loss"] == record["val_loss"]  # finite, not NaN
     metadata = load_weights(out / "checkpoints" / "last.safetensors")[1]
     assert metadata["config"]["amp"] == amp
+    scaler = load_training_state(out / "checkpoints" / "last.state.pt")["scaler"]
+    # fp16 trains through a live gradient scaler (saved for --resume); bf16 needs none
+    assert bool(scaler) == (amp == "fp16")
+    if scaler:
+        assert scaler["scale"] > 0
 
 
 def test_dataparallel_strategy_runs_on_cpu(make_prepared, tmp_path):
@@ -187,4 +192,48 @@ def test_out_of_memory_suggests_a_smaller_batch(make_prepared, tmp_path, monkeyp
 
     monkeypatch.setattr(TrainStep, "__call__", exhausted)
     with pytest.raises(MeddenoiseError, match=r"out of memory with --batch-size 4 .*--batch-size 2"):
+        fit(tiny_config(make_prepared(n=16), tmp_path / "run"))
+
+
+def summary(out) -> dict:
+    with open(out / "summary.csv") as handle:
+        return next(csv.DictReader(handle))
+
+
+def test_early_stopping_ends_a_run_whose_validation_loss_stops_falling(make_prepared, tmp_path):
+    # An lr far below float32 resolution leaves GroupNorm weights unchanged: the validation loss is flat.
+    config = tiny_config(
+        make_prepared(n=16),
+        tmp_path / "run",
+        lr=1e-30,
+        norm="group",
+        epochs=6,
+        patience=2,
+        evaluate_test=False,
+    )
+    out = fit(config)
+    row = summary(out)
+    assert row["stop_reason"] == "early_stopping" and row["epochs_run"] == "3" and row["best_epoch"] == "0"
+    assert "early stopping: no lower validation loss for 2 epochs" in (out / "train.log").read_text()
+
+
+def test_time_limit_stops_mid_epoch_and_records_the_partial_epoch(make_prepared, tmp_path):
+    out = fit(
+        tiny_config(make_prepared(n=24), tmp_path / "run", time_limit=1e-9, epochs=3, evaluate_test=False)
+    )
+    assert summary(out)["stop_reason"] == "time_limit"
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert len(records) == 1 and records[0]["partial_epoch"] and records[0]["global_step"] == 1
+    state = load_training_state(out / "checkpoints" / "last.state.pt")
+    assert state["progress"]["step_in_epoch"] == 1  # a --resume continues inside the epoch
+
+
+def test_out_of_memory_while_placing_the_data_suggests_smaller_inputs(make_prepared, tmp_path, monkeypatch):
+    from meddenoise.data.loader import DeviceBatches
+
+    def exhausted(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    monkeypatch.setattr(DeviceBatches, "from_prepared", exhausted)
+    with pytest.raises(MeddenoiseError, match=r"out of memory while placing .*--limit-train"):
         fit(tiny_config(make_prepared(n=16), tmp_path / "run"))

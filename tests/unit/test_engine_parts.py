@@ -109,6 +109,34 @@ def test_clean_free_targets_never_receive_clean_pixels():
         build_target("clean", AddNoise(), gamma=2)
 
 
+def test_gradient_clipping_bounds_the_step_of_plain_sgd():
+    from meddenoise.engine.step import TrainStep
+    from meddenoise.engine.targets import TargetBatch
+
+    def step_size(grad_clip: float) -> float:
+        torch.manual_seed(0)
+        model = nn.Conv2d(1, 1, 3, padding=1)
+        before = torch.cat([p.detach().flatten().clone() for p in model.parameters()])
+        # SGD with lr 1 moves the weights by exactly the (clipped) gradient; Adam would hide the scale.
+        optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+        runtime = Runtime(torch.device("cpu"))
+        step = TrainStep(
+            model,
+            optimizer,
+            runtime,
+            build_target("clean", AddNoise()),
+            build_loss("l2"),
+            grad_clip=grad_clip,
+        )
+        clean = torch.rand(2, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+        step(TargetBatch([clean + 5.0], clean, torch.arange(2)), share=1.0, lr=1.0)
+        after = torch.cat([p.detach().flatten() for p in model.parameters()])
+        return float((after - before).norm())
+
+    assert step_size(0.0) > 0.1
+    assert step_size(0.01) == pytest.approx(0.01, rel=1e-4)
+
+
 def test_weights_round_trip_without_wrapper_prefixes(tmp_path):
     model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2))
     wrapped = nn.DataParallel(model)

@@ -38,14 +38,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
-def default_nproc(device: str) -> int:
-    import torch
-
-    if device != "cpu" and torch.cuda.is_available():
-        return torch.cuda.device_count()
-    return 2
-
-
 def config_to_argv(config: TrainConfig) -> list[str]:
     """Command-line options that rebuild `config` for the workers (fields left at their default are omitted).
 
@@ -72,10 +64,11 @@ def config_to_argv(config: TrainConfig) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     from meddenoise.engine import distributed
+    from meddenoise.engine.runtime import default_process_count
 
     config = config_from_args(TrainConfig, args)
     if config.strategy == "ddp" and not distributed.launched_by_torchrun():
-        nproc = config.nproc or default_nproc(config.device)
+        nproc = config.nproc or default_process_count(config.device)
         print(f"launching {nproc} DDP worker(s) with torchrun", flush=True)
         return distributed.launch_torchrun(nproc, ["train", *config_to_argv(config)])
     from meddenoise.engine.train import fit

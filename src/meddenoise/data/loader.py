@@ -97,9 +97,8 @@ class DeviceBatches:
             raise DataError(
                 f"split {split!r} of {data.folder} has no images; choose another split or re-prepare"
             )
-        images = torch.from_numpy(np.ascontiguousarray(data.images[rows])).unsqueeze(
-            1
-        )  # (n, H, W) -> (n, 1, H, W)
+        # (n, H, W) -> (n, 1, H, W)
+        images = torch.from_numpy(np.ascontiguousarray(data.images[rows])).unsqueeze(1)
         keys = torch.from_numpy(data.image_keys[rows].copy())
         batches = cls(images.to(device), keys.to(device), data.max_value, batch_size, **kwargs)
         batches.rows = rows  # manifest rows, to report per-image results by image id
@@ -132,7 +131,6 @@ class DeviceBatches:
             yield self._gather(positions, len(positions))
 
     def _gather(self, positions: torch.Tensor, global_size: int) -> CleanBatch:
-        clean = (
-            self.images.index_select(0, positions).float().div_(self.max_value)
-        )  # uint8 -> float in [0, 1]
+        # stored integers -> float in [0, 1], one batch at a time (no float copy of the whole split)
+        clean = self.images.index_select(0, positions).float().div_(self.max_value)
         return CleanBatch(clean, self.image_keys.index_select(0, positions), positions, global_size)

@@ -1,7 +1,9 @@
-"""The run folder's small files: train.log, metrics.jsonl, summary.csv, split.csv, test_metrics.csv.
+"""The run folder's small files: train.log, metrics.jsonl, summary.csv, split.csv, test_metrics.csv, and the
+log line of an epoch.
 
-Only rank 0 writes (every writer here is a no-op elsewhere). Tables are rewritten atomically as a whole, so a
-killed run never leaves a truncated metrics file; the log is appended.
+Only rank 0 writes: the trainer calls these writers on rank 0 alone, and `RunLog` is silent on other ranks.
+Tables are rewritten atomically as a whole, so a killed run never leaves a truncated metrics file; the log is
+appended.
 """
 
 from __future__ import annotations
@@ -11,10 +13,14 @@ import io
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from meddenoise.errors import DataError
 from meddenoise.fileio import atomic_write_text
+
+if TYPE_CHECKING:
+    from meddenoise.engine.config import TrainConfig
+    from meddenoise.engine.runtime import Runtime
 
 SPLIT_COLUMNS = ("index", "image_id", "image_key", "patient_id", "group", "split", "content_hash")
 
@@ -72,3 +78,75 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
 
 def write_metrics(path: Path, records: list[dict[str, Any]]) -> None:
     atomic_write_text(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
+
+
+def epoch_line(epoch: int, epochs: int, record: dict[str, Any]) -> str:
+    """The log line of one epoch (`epoch` counted from 1)."""
+    partial = " (partial)" if record["partial_epoch"] else ""
+    return (
+        f"epoch {epoch}/{epochs}{partial}: train loss {record['train_loss']:.5f}, "
+        f"val loss {record['val_loss']:.5f}, val PSNR {record['val_psnr']:.2f} dB "
+        f"(noisy {record['noisy_val_psnr']:.2f}), SSIM {record['val_ssim']:.4f}, "
+        f"{record['train_seconds']:.1f}+{record['val_seconds']:.1f} s, "
+        f"{record['images_per_second']:.0f} img/s"
+    )
+
+
+def summary_row(
+    config: TrainConfig,
+    runtime: Runtime,
+    history: list[dict[str, Any]],
+    *,
+    best_epoch: int,
+    global_steps: int,
+    stop_reason: str,
+    noisy: dict[str, float],
+) -> dict[str, Any]:
+    """The one row of summary.csv: the run's settings, why it stopped, its best epoch and its speed."""
+    best = next((r for r in history if r["epoch"] == best_epoch), {})
+    train_seconds = sum(r["train_seconds"] for r in history)
+    return {
+        "model": config.model,
+        "strategy": runtime.strategy,
+        "world_size": runtime.world_size,
+        "devices": runtime.data_parallel_width,
+        "device": str(runtime.device),
+        "amp": runtime.amp,
+        "target": config.target,
+        "noise_std": config.noise_std,
+        "noise_mean": config.noise_mean,
+        "epochs_run": len(history),
+        "global_steps": global_steps,
+        "stop_reason": stop_reason,
+        "best_epoch": best_epoch,
+        "best_val_loss": best.get("val_loss"),
+        "best_val_psnr": best.get("val_psnr"),
+        "best_val_ssim": best.get("val_ssim"),
+        "noisy_val_psnr": noisy["psnr"],
+        "noisy_val_ssim": noisy["ssim"],
+        "train_seconds": train_seconds,
+        "val_seconds": sum(r["val_seconds"] for r in history),
+        "images_per_second": sum(r["train_images"] for r in history) / train_seconds
+        if train_seconds
+        else None,
+        "peak_memory_mb": max((r["peak_memory_mb"] for r in history), default=None),
+    }
+
+
+def test_metric_rows(result: dict[str, Any], config: TrainConfig, strategy: str) -> list[dict[str, Any]]:
+    """Rows of test_metrics.csv from `evaluate_split`'s per-image arrays."""
+    return [
+        {
+            "image_id": result["image_id"][i],
+            "patient_id": result["patient_id"][i],
+            "noise_std": config.noise_std,
+            "noise_mean": config.noise_mean,
+            "model": config.model,
+            "strategy": strategy,
+            "psnr": float(result["psnr"][i]),
+            "ssim": float(result["ssim"][i]),
+            "noisy_psnr": float(result["noisy_psnr"][i]),
+            "noisy_ssim": float(result["noisy_ssim"][i]),
+        }
+        for i in range(len(result["row"]))
+    ]

@@ -229,6 +229,13 @@ def build_runtime(
     )
 
 
+def default_process_count(device: str) -> int:
+    """DDP processes to launch on this node when --nproc is 0: one per visible GPU, else 2 CPU processes."""
+    if device != "cpu" and torch.cuda.is_available():
+        return torch.cuda.device_count()
+    return 2
+
+
 def set_cpu_threads_from_env() -> None:
     """Respect OMP_NUM_THREADS for torch's intra-op pool (torchrun workers default to one thread each)."""
     threads = os.environ.get("OMP_NUM_THREADS")

@@ -1,0 +1,84 @@
+"""What a run is: the model options and noise settings stored with its weights, and the settings that must
+match for `--resume` to continue it (the rest, e.g. `--epochs`, may change between the two invocations)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from meddenoise.config import config_to_dict
+from meddenoise.engine.config import TrainConfig, parse_options
+from meddenoise.errors import MeddenoiseError
+
+if TYPE_CHECKING:
+    from meddenoise.engine.runtime import Runtime
+
+IDENTITY_FIELDS = (
+    "model",
+    "base_channels",
+    "depth",
+    "norm",
+    "deep_supervision",
+    "model_options",
+    "noise_kind",
+    "noise_mean",
+    "noise_std",
+    "noise_clamp",
+    "noise_mode",
+    "noise_seed",
+    "noise_dose",
+    "target",
+    "target_options",
+    "batch_size",
+    "optimizer",
+    "loss",
+    "seed",
+    "train_split",
+    "limit_train",
+)
+
+
+def model_options(config: TrainConfig) -> dict[str, Any]:
+    """The keyword arguments of `build_model` for this config (only the options the model has)."""
+    from meddenoise.models import get_model_entry
+
+    accepted = get_model_entry(config.model).defaults
+    options: dict[str, Any] = {"base_channels": config.base_channels}
+    wanted = {"norm": config.norm, "deep_supervision": config.deep_supervision}
+    if config.depth:
+        wanted["depth"] = config.depth
+    options.update({k: v for k, v in wanted.items() if k in accepted})
+    options.update(parse_options(config.model_options))
+    return options
+
+
+def noise_settings(config: TrainConfig) -> dict[str, Any]:
+    return {
+        "kind": config.noise_kind,
+        "mean": config.noise_mean,
+        "std": config.noise_std,
+        "clamp": config.noise_clamp,
+        "dose": config.noise_dose,
+        "mode": config.noise_mode,
+        "seed": config.noise_seed,
+    }
+
+
+def run_identity(config: TrainConfig, runtime: Runtime) -> dict[str, Any]:
+    values = config_to_dict(config)
+    identity = {name: values[name] for name in IDENTITY_FIELDS}
+    identity["data_parallel_width"] = runtime.data_parallel_width
+    return identity
+
+
+def check_identity(saved: dict[str, Any], current: dict[str, Any], source: Path) -> None:
+    differences = [
+        f"{name}: checkpoint {saved.get(name)!r} vs now {value!r}"
+        for name, value in current.items()
+        if saved.get(name) != value
+    ]
+    if differences:
+        raise MeddenoiseError(
+            f"cannot resume from {source}: it was trained with other settings ({'; '.join(differences)}); "
+            "use the same options as the original run or start a new run with another --out"
+        )
