@@ -23,7 +23,7 @@ from typing import Any
 
 from meddenoise.errors import ConfigError, MeddenoiseError
 from meddenoise.evaluation import files
-from meddenoise.fileio import atomic_write_json, ensure_writable_dir, read_json
+from meddenoise.fileio import atomic_write_json, atomic_write_text, ensure_writable_dir, read_json
 
 PLAN_FILE = "reproduce.json"
 STRATEGIES = ("single", "dp", "ddp+amp")
@@ -46,7 +46,7 @@ class Preset:
     classical: tuple[str, ...] = CLASSICAL_BASELINES
     baseline_limits: dict[str, int] = dataclasses.field(default_factory=dict)  # method -> max test images
     learned: tuple[str, ...] = ("dncnn",)
-    clean_free: tuple[str, ...] = ("noise2noise", "neighbor2neighbor")
+    clean_free: tuple[str, ...] = ("noise2noise", "neighbor2neighbor", "r2r")
     clean_free_noise_stds: tuple[float, ...] | None = None
     privacy: bool = True
     privacy_queries: int = 200
@@ -66,8 +66,9 @@ PRESETS: dict[str, Preset] = {
         multi_device_noise_stds=(),
         classical=("noisy", "gaussian", "bm3d"),
         baseline_limits={"bm3d": 4},
-        clean_free=(),
-        privacy=False,
+        clean_free=("noise2noise", "r2r"),
+        clean_free_noise_stds=(0.2,),
+        privacy_queries=8,
         samples=2,
         tune_limit=4,
     ),
@@ -92,8 +93,7 @@ PRESETS: dict[str, Preset] = {
         multi_device_noise_stds=(0.1,),
         cpu_ddp=True,
         baseline_limits={"bm3d": 32},
-        clean_free=("noise2noise",),
-        clean_free_noise_stds=(0.2,),
+        # Every clean-free target at every level, with the supervised U-Net's settings (issue 7).
         privacy_queries=100,
     ),
     "paper": Preset(
@@ -372,45 +372,84 @@ def run_baseline_job(job: Job, data_dir: Path, settings: ReproduceSettings) -> N
     )
 
 
-def run_privacy_audit(data_dir: Path, jobs: list[Job], settings: ReproduceSettings) -> str | None:
-    """Run `meddenoise privacy-audit` into OUT/privacy; returns why it was skipped, or None."""
-    from meddenoise.cli import main as cli_main
+OUTSIDER_SKIP_DEFAULT = (
+    "not measured on the embedded default: all its images are rendered from one CT, so there is no "
+    "'other data' that does not share the audited anatomy; a denoiser trained on other poses of that CT "
+    "is the receiver's own situation (its training split never holds the audited test images), so it would "
+    "not measure an outsider. Measure it with `meddenoise privacy-audit --outsider-run` on a real source "
+    "(e.g. a denoiser trained on another NIH folder)"
+)
+OUTSIDER_SKIP_OTHER = (
+    "reproduce trains no outsider's denoiser; run `meddenoise privacy-audit --outsider-run RUN` with a "
+    "denoiser trained only on other data"
+)
 
-    folder = settings.out / "privacy"
-    if files.is_done(folder):
-        return None
-    levels = settings.preset.noise_stds
-    receiver = next(
+
+def receiver_run(jobs: list[Job], noise_std: float) -> Job | None:
+    """The receiver's denoiser for one audited level: the supervised one-device U-Net (seed 0) trained at
+    that same noise level, when it finished."""
+    return next(
         (
             j
             for j in jobs
             if j.method == "unet"
             and j.strategy == "single"
             and j.seed == 0
-            and math.isclose(j.noise_std, levels[len(levels) // 2])
+            and math.isclose(j.noise_std, noise_std)
             and files.is_done(j.folder)
         ),
         None,
     )
-    argv = [
-        "privacy-audit",
-        "--data",
-        str(data_dir),
-        "--out",
-        str(folder),
-        "--noise-std",
-        *[f"{s:g}" for s in levels],
-        "--noise-mean",
-        f"{settings.preset.noise_mean:g}",
-        "--max-queries",
-        str(settings.preset.privacy_queries),
-        "--device",
-        settings.device,
-    ]
-    if receiver is not None:
-        argv += ["--run", str(receiver.folder)]
-    if cli_main(argv) != 0:
-        return "the privacy audit failed (messages above)"
+
+
+def merge_audits(per_level: list[dict[str, Any]], outsider_reason: str) -> dict[str, Any]:
+    """One audit result from single-level audits that share data, queries, gallery and matcher."""
+    merged = dict(per_level[0])
+    merged["levels"] = [level for result in per_level for level in result["levels"]]
+    merged["settings"] = {
+        **per_level[0]["settings"],
+        "noise_stds": [level["noise_std"] for level in merged["levels"]],
+        "receiver_per_level": True,
+    }
+    for level in merged["levels"]:
+        outsider = level["reversal"].get("outsider", {})
+        if "psnr" not in outsider:
+            level["reversal"]["outsider"] = {"skipped": outsider_reason}
+    return merged
+
+
+def run_privacy_audit(data_dir: Path, jobs: list[Job], settings: ReproduceSettings) -> str | None:
+    """Audit every noise level into OUT/privacy, the receiver's reversal by the supervised U-Net trained at
+    that level; returns why it was skipped, or None."""
+    from meddenoise.privacy.audit import run_audit
+    from meddenoise.privacy.verdict import markdown_section
+
+    folder = settings.out / "privacy"
+    if files.is_done(folder):
+        return None
+    per_level = []
+    for noise_std in settings.preset.noise_stds:
+        receiver = receiver_run(jobs, noise_std)
+        print(f"privacy audit at std {noise_std:g}", flush=True)
+        # One audit per level: `run_audit` takes one receiver run, and each level has its own denoiser.
+        try:
+            per_level.append(
+                run_audit(
+                    data_dir,
+                    noise_stds=[noise_std],
+                    noise_mean=settings.preset.noise_mean,
+                    max_queries=settings.preset.privacy_queries,
+                    run_dir=str(receiver.folder) if receiver is not None else None,
+                    device=settings.device,
+                )
+            )
+        except MeddenoiseError as exc:
+            return f"the privacy audit failed at std {noise_std:g}: {exc}"
+    sources = per_level[0].get("data", {}).get("sources", [])
+    result = merge_audits(per_level, OUTSIDER_SKIP_DEFAULT if sources == ["default"] else OUTSIDER_SKIP_OTHER)
+    ensure_writable_dir(folder, what="privacy audit folder")
+    atomic_write_json(folder / "privacy_audit.json", result)
+    atomic_write_text(folder / "privacy_audit.md", markdown_section(result))
     files.mark_done(folder)
     return None
 

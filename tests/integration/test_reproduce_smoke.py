@@ -1,8 +1,10 @@
 """`meddenoise reproduce --preset smoke` end to end through the CLI on a tiny prepared folder: the report's
-Table III rows and values match the per-image CSVs, skipped strategies are explained, reruns resume."""
+Table III and clean-free rows and values match the per-image CSVs, the privacy audit uses the receiver's
+U-Net of each level, skipped strategies are explained, reruns resume."""
 
 from __future__ import annotations
 
+import json
 import re
 
 import numpy as np
@@ -64,7 +66,16 @@ def test_baselines_skips_and_figures(smoke):
     out, _ = smoke
     markdown = (out / "report.md").read_text()
     _, rows = _markdown_table(markdown, "Table VI")
-    assert [row[0] for row in rows] == ["Noisy input", "Gaussian filter", "BM3D", "DnCNN", "U-Net", "U-Net++"]
+    assert [row[0] for row in rows] == [
+        "Noisy input",
+        "Gaussian filter",
+        "BM3D",
+        "DnCNN",
+        "U-Net",
+        "U-Net (noise2noise)",
+        "U-Net (r2r)",
+        "U-Net++",
+    ]
     noisy = files.read_rows(out / "baselines" / "noisy_std0.2" / files.PER_IMAGE_FILE)
     assert rows[0][2].startswith(f"{files.metric_values(noisy, 'psnr').mean():.2f}")
     bm3d = files.read_rows(out / "baselines" / "bm3d_std0.1" / files.PER_IMAGE_FILE)
@@ -74,6 +85,56 @@ def test_baselines_skips_and_figures(smoke):
     for name in ("qualitative_std0p1.png", "training_curves.png", "metric_distributions.png"):
         assert (out / "figures" / name).is_file()
     assert np.isfinite(files.metric_values(noisy, "psnr")).all()
+
+
+def _per_image(out, name: str) -> dict[str, dict[str, str]]:
+    rows = files.read_rows(out / "runs" / name / "evaluation" / "test" / files.PER_IMAGE_FILE)
+    return {row["image_id"]: row for row in rows}
+
+
+def test_clean_free_rows_match_per_image_csvs(smoke):
+    out, _ = smoke
+    markdown = (out / "report.md").read_text()
+    assert "## Training without clean images at the receiving site" in markdown
+    assert "Clean images were used only for evaluation" in markdown
+    header, rows = _markdown_table(markdown, "Clean-free training targets")
+    assert [(row[0], row[1]) for row in rows] == [
+        ("0.1", "clean (supervised, the paper)"),
+        ("0.2", "clean (supervised, the paper)"),
+        ("0.2", "noise2noise"),
+        ("0.2", "r2r"),
+    ]
+    supervised = _per_image(out, "unet_std0.2_single_seed0")
+    for row, copies in zip(rows[2:], ("2", "1")):
+        mode = _per_image(out, f"unet-{row[1]}_std0.2_single_seed0")
+        assert sorted(mode) == sorted(supervised)
+        assert row[header.index("Copies per image")] == copies
+        assert row[header.index("Images")] == str(len(mode))
+        for metric, column, digits in (
+            ("psnr", "PSNR gap (dB) [95% CI]", 2),
+            ("ssim", "SSIM gap [95% CI]", 4),
+        ):
+            gap = np.mean([float(mode[i][metric]) - float(supervised[i][metric]) for i in mode])
+            assert row[header.index(column)].startswith(f"{gap:+.{digits}f} ["), (row, metric)
+        psnr = np.mean([float(r["psnr"]) for r in mode.values()])
+        assert row[header.index("PSNR (dB)")].startswith(f"{psnr:.2f} (±")
+    assert rows[0][header.index("PSNR gap (dB) [95% CI]")] == "reference"
+    html = (out / "report.html").read_text()
+    assert "Training without clean images at the receiving site" in html
+    assert "Clean-free training targets against supervised U-Net" in html
+
+
+def test_privacy_audit_uses_the_receiver_of_each_level(smoke):
+    out, _ = smoke
+    audit = json.loads((out / "privacy" / "privacy_audit.json").read_text())
+    levels = audit["levels"]
+    assert [level["noise_std"] for level in levels] == [0.1, 0.2]
+    for level in levels:
+        receiver = level["reversal"]["receiver"]
+        assert receiver["noise"]["std"] == level["noise_std"]
+        assert receiver["run"].endswith(f"unet_std{level['noise_std']:g}_single_seed0")
+        assert "skipped" in level["reversal"]["outsider"]
+    assert "trained at std 0.1" in (out / "report.md").read_text()
 
 
 def test_rerun_needs_resume_and_skips_finished_work(smoke, capsys):

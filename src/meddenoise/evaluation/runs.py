@@ -201,6 +201,7 @@ def evaluate_run(
     info = {
         **labels,
         "target": target_name,
+        **_target_traits(target_name, metadata["noise"], train_config.get("target_options") or []),
         "amp": run_summary.get("amp", ""),
         "world_size": int(run_summary["world_size"]) if run_summary.get("world_size") else None,
         "run_dir_relative": os.path.relpath(run_dir if run_dir.is_dir() else run_dir.parent, out_dir),
@@ -271,3 +272,27 @@ def evaluate_baseline(
         "evaluated_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     return write_evaluation(Path(out_dir), target, scores, info)
+
+
+def _target_traits(name: str, noise: dict[str, Any], options: list[str]) -> dict[str, Any]:
+    """What the receiving site needed to train this run: obfuscated copies per image and whether clean
+    images entered training (read from the registered target, so the report need not guess)."""
+    from meddenoise.engine.targets import build_target
+    from meddenoise.noise import build_noise
+
+    noise_op = build_noise(
+        noise.get("kind", "gaussian"),
+        mean=noise.get("mean", 0.1),
+        std=noise.get("std", 0.2),
+        clamp=noise.get("clamp", True),
+        dose=noise.get("dose"),
+    )
+    try:
+        target = build_target(name, noise_op)
+    except MeddenoiseError:
+        return {"target_options": list(options)}  # a target not registered here: leave the traits out
+    return {
+        "target_copies": int(target.copies),
+        "target_needs_clean": bool(target.needs_clean),
+        "target_options": list(options),
+    }

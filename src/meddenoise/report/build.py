@@ -19,6 +19,7 @@ from meddenoise.evaluation import files
 from meddenoise.evaluation.environment import describe_hardware
 from meddenoise.fileio import atomic_write_text, ensure_writable_dir, read_json
 from meddenoise.report import figures, tables
+from meddenoise.report.clean_free import clean_free_section, table_clean_free
 from meddenoise.report.collect import Collection, collect, method_label
 from meddenoise.report.document import Block, BulletList, Figure, Heading, Paragraph, Table, render_markdown
 from meddenoise.report.html import render_html
@@ -80,6 +81,8 @@ def setup_section(collection: Collection) -> list[Block]:
             f"{noise.get('seed')}, so every method sees the same noisy images."
         )
     items.append(_lpips_sentence(collection))
+    if environment and not environment.get("gpus"):
+        items.append(_threads_sentence(environment))
     blocks: list[Block] = [Heading(2, "Set-up"), BulletList(items)]
     if plan:
         blocks.append(
@@ -94,6 +97,15 @@ def setup_section(collection: Collection) -> list[Block]:
             blocks.append(Paragraph("Not run, with the reason:"))
             blocks.append(BulletList([f"{item['what']}: {item['reason']}" for item in skipped]))
     return blocks
+
+
+def _threads_sentence(environment: dict[str, Any]) -> str:
+    return (
+        f"CPU threads: one-device runs, evaluation and the audit use torch's pool of "
+        f"{environment.get('torch_threads', '?')} thread(s) (OMP_NUM_THREADS when set, else one per core); "
+        "each CPU DDP worker runs one thread (the engine's launcher sets OMP_NUM_THREADS=1 unless it is "
+        "set), so two DDP processes on two cores do not oversubscribe them."
+    )
 
 
 def _seconds_text(seconds: Any) -> str:
@@ -131,10 +143,14 @@ def _lpips_sentence(collection: Collection) -> str:
     return f"LPIPS: computed for some evaluations only; elsewhere n/a: {statuses[False]}."
 
 
-def _table_blocks(result: tables.TableResult, name: str, tables_dir: Path) -> list[Block]:
+def _write_table_csv(result: tables.TableResult, name: str, tables_dir: Path) -> None:
     if result.rows:
         columns = list(dict.fromkeys(key for row in result.rows for key in row))  # first-seen order
         files.write_rows(tables_dir / f"{name}.csv", columns, result.rows)
+
+
+def _table_blocks(result: tables.TableResult, name: str, tables_dir: Path) -> list[Block]:
+    _write_table_csv(result, name, tables_dir)
     if not result.table.rows:
         return [Paragraph(f"{result.table.caption}: nothing to show (no matching runs).")]
     return [result.table]
@@ -152,6 +168,10 @@ def tables_section(collection: Collection, tables_dir: Path) -> list[Block]:
     baselines, tests = tables.table_baselines(collection)
     blocks += _table_blocks(baselines, "table6_baselines", tables_dir)
     blocks += _table_blocks(tests, "table6_paired_tests", tables_dir)
+    clean_free_table = table_clean_free(collection)
+    if clean_free_table is not None:
+        _write_table_csv(clean_free_table, "clean_free_gaps", tables_dir)
+        blocks += clean_free_section(collection, clean_free_table)
     heads = tables.table_heads(collection)
     if heads is not None:
         blocks += [Heading(2, "U-Net++ heads (pruned networks)")]
