@@ -373,7 +373,7 @@ def run_baseline_job(job: Job, data_dir: Path, settings: ReproduceSettings) -> N
 
 
 OUTSIDER_SKIP_DEFAULT = (
-    "not measured on the embedded default: all its images are rendered from one CT, so there is no "
+    "the embedded default's images are all rendered from one CT, so there is no "
     "'other data' that does not share the audited anatomy; a denoiser trained on other poses of that CT "
     "is the receiver's own situation (its training split never holds the audited test images), so it would "
     "not measure an outsider. Measure it with `meddenoise privacy-audit --outsider-run` on a real source "
