@@ -43,14 +43,16 @@ def option(
     required: bool = False,
     flag: str | None = None,
     cli: bool = True,
+    bare: Any = None,
 ) -> Any:
     """A config field with its help text; `choices` are validated, `required` fields have no usable default.
 
     `flag` overrides the command-line spelling (default: `--field-name`); `cli=False` keeps a field out of
-    the command line (settable from TOML only).
+    the command line (settable from TOML only); `bare` is the value of the flag given without a value
+    (e.g. `--resume` alone means `--resume yes`).
     """
     metadata = {"help": help, "choices": tuple(choices) if choices else None, "required": required}
-    metadata.update({"flag": flag, "cli": cli})
+    metadata.update({"flag": flag, "cli": cli, "bare": bare})
     if isinstance(default, (list, dict, set)):
         return dataclasses.field(default_factory=lambda: type(default)(default), metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)
@@ -182,6 +184,8 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
         else:
             kwargs["type"] = base if base in (int, float) else str
             kwargs["metavar"] = field.name.upper() if base is str else base.__name__.upper()
+        if field.metadata.get("bare") is not None:
+            kwargs.update(nargs="?", const=field.metadata["bare"])
         if "choices" in kwargs:
             del kwargs["metavar"]  # argparse then shows the choices, {a,b,c}, in the usage and the help
         parser.add_argument(flag, **kwargs)

@@ -9,6 +9,9 @@ from meddenoise.config import option
 from meddenoise.errors import ConfigError
 
 NOISE_MODES = ("fixed", "fresh")
+RESUME_CHOICES = ("no", "yes", "auto")
+# Saved configs and TOML files from before `--resume auto` hold a boolean.
+_RESUME_SPELLINGS = {True: "yes", False: "no", "true": "yes", "false": "no"}
 
 
 @dataclass
@@ -94,8 +97,18 @@ class TrainConfig:
     loader_workers: int = option(4, "--pipeline reference: DataLoader worker processes (4 in the seed code)")
     # -- checkpoints and logs ------------------------------------------------------------------------------
     checkpoint_every: int = option(0, "also checkpoint every N steps inside an epoch (0: at epoch ends only)")
-    resume: bool = option(False, "continue the run in --out from its last checkpoint")
+    resume: str = option(
+        "no",
+        "yes (or the bare flag): continue the run in --out from its last checkpoint; auto: continue when "
+        "--out holds a checkpoint, else start fresh (torchrun restarts, SLURM requeue); no: start fresh",
+        choices=RESUME_CHOICES,
+        bare="yes",
+    )
     quiet: bool = option(False, "no progress bar (for logs)")
+
+    def __post_init__(self) -> None:
+        key = self.resume.lower() if isinstance(self.resume, str) else self.resume
+        self.resume = _RESUME_SPELLINGS.get(key, self.resume)
 
     def check(self) -> None:
         positive = {

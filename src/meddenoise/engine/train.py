@@ -58,7 +58,8 @@ class Trainer:
         self.config, self.runtime = config, runtime
         self.out = Path(config.out)
         self.paths = ckpt.checkpoint_paths(self.out)
-        self._check_fresh_or_resumable()  # on every rank: none may wait in a collective for one that failed
+        # On every rank: none may wait in a collective for one that failed.
+        self.resuming = self._decide_resume()
         if runtime.is_main:
             ensure_writable_dir(self.out, what="run folder (--out)")
         self.log = RunLog(self.out / "train.log", runtime.is_main)
@@ -118,23 +119,37 @@ class Trainer:
         self.pipeline_validation = make_validation(self.data, config, runtime) if make_validation else None
         self.steps_per_epoch = self.train_batches.steps_per_epoch()
 
-    def _check_fresh_or_resumable(self) -> None:
+    def _decide_resume(self) -> bool:
+        """Whether this invocation continues the run in --out (`--resume auto`: when it holds a checkpoint).
+
+        Rank 0 decides and tells the others, so all ranks of a restarted job take the same branch.
+        """
         has_state = self.paths["last_state"].is_file()
-        if self.config.resume and not has_state:
+        mode = self.config.resume
+        if mode == "auto":
+            resuming = bool(distributed.broadcast_object(has_state))
+            if resuming and not has_state:
+                raise MeddenoiseError(
+                    f"--resume auto: rank 0 found {self.paths['last_state']} but rank {self.runtime.rank} "
+                    "cannot see it; the run folder must be on a file system every node shares"
+                )
+            return resuming
+        if mode == "yes" and not has_state:
             raise MeddenoiseError(
-                f"--resume: {self.out} has no checkpoint to continue ({self.paths['last_state']})"
+                f"--resume: {self.out} has no checkpoint to continue ({self.paths['last_state']}); "
+                "use --resume auto to start fresh when there is none"
             )
-        if not self.config.resume and has_state:
+        if mode == "no" and has_state:
             raise MeddenoiseError(
-                f"{self.out} already holds a run; add --resume to continue it or choose another --out"
+                f"{self.out} already holds a run; add --resume to continue it (--resume auto continues "
+                "when there is a checkpoint) or choose another --out"
             )
+        return mode == "yes"
 
     def write_run_files(self) -> None:
         if self.runtime.is_main:
             save_config(self.config, self.out / "config.json")
-            write_or_check_split(
-                self.out / "split.csv", self.data.records, self.config.data, self.config.resume
-            )
+            write_or_check_split(self.out / "split.csv", self.data.records, self.config.data, self.resuming)
         distributed.barrier()
 
     def restore(self) -> None:
@@ -541,7 +556,7 @@ def fit(config: TrainConfig) -> Path:
             f"runtime: {runtime.describe()}; global batch {config.batch_size * runtime.data_parallel_width}"
         )
         trainer.write_run_files()
-        if config.resume:
+        if trainer.resuming:
             trainer.restore()
         reason = _train(trainer)
         trainer.log.info(f"training finished ({reason}); run folder {trainer.out}")
