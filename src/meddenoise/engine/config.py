@@ -88,6 +88,10 @@ class TrainConfig:
     channels_last: bool = option(True, "channels_last memory format on CUDA")
     compile: bool = option(False, "torch.compile the model (pays off for long runs on GPUs)")
     sync_bn: bool = option(False, "ddp: synchronise BatchNorm statistics across GPUs")
+    dist_timeout: float = option(
+        600.0,
+        "ddp: seconds to wait for the other processes (joining, each exchange) before stopping with an error",
+    )
     pipeline: str = option(
         "fast",
         "fast: device-resident data, no per-step host sync; reference: the seed code's pipeline, for "
@@ -137,6 +141,8 @@ class TrainConfig:
         for name, value in non_negative.items():
             if value < 0:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= 0; got {value}")
+        if not self.dist_timeout > 0:
+            raise ConfigError(f"--dist-timeout must be a positive number of seconds; got {self.dist_timeout}")
         if not self.lr > 0 or self.lr != self.lr or self.lr == float("inf"):
             raise ConfigError(f"--lr must be a positive finite number; got {self.lr}")
         if not 0.0 <= self.ema_decay < 1.0:

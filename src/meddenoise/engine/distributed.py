@@ -13,7 +13,7 @@ import datetime
 import os
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -22,7 +22,10 @@ import torch.distributed as dist
 from meddenoise.errors import MeddenoiseError
 
 TORCHRUN_VARIABLES = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
-DEFAULT_TIMEOUT = datetime.timedelta(minutes=10)
+DEFAULT_TIMEOUT_SECONDS = 600.0
+# Words in the RuntimeErrors gloo and NCCL raise when a peer is gone or silent (they carry no exception type).
+_FAILURE_MARKERS = ("gloo", "nccl", "timed out", "connection reset", "connection closed", "broken pipe")
+_timeout_seconds = DEFAULT_TIMEOUT_SECONDS
 
 
 @dataclass(frozen=True)
@@ -58,10 +61,18 @@ def place_from_env() -> ProcessPlace:
     return ProcessPlace(rank, local_rank, world_size)
 
 
-def init_process_group(device: torch.device, place: ProcessPlace) -> None:
-    """NCCL between GPUs, gloo on CPU; a failing rendezvous becomes a message naming the address to check."""
+def init_process_group(
+    device: torch.device, place: ProcessPlace, timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS
+) -> None:
+    """NCCL between GPUs, gloo on CPU; a failing rendezvous becomes a message naming the address to check.
+
+    `timeout_seconds` bounds the rendezvous and every later collective: a peer that died or hangs makes the
+    others stop with an error (see `explain_failure`) instead of waiting forever.
+    """
+    global _timeout_seconds
     if dist.is_initialized():
         return
+    _timeout_seconds = float(timeout_seconds)
     backend = "nccl" if device.type == "cuda" else "gloo"
     if backend == "nccl" and not dist.is_nccl_available():
         raise MeddenoiseError(
@@ -74,14 +85,15 @@ def init_process_group(device: torch.device, place: ProcessPlace) -> None:
             init_method="env://",
             rank=place.rank,
             world_size=place.world_size,
-            timeout=DEFAULT_TIMEOUT,
+            timeout=datetime.timedelta(seconds=_timeout_seconds),
             **kwargs,
         )
     except (RuntimeError, ValueError, TimeoutError) as exc:
         address = f"{os.environ.get('MASTER_ADDR')}:{os.environ.get('MASTER_PORT')}"
         raise MeddenoiseError(
-            f"could not join the process group at {address} as rank {place.rank}/{place.world_size} ({exc}); "
-            "check that every node uses the same --rdzv-endpoint and --nnodes, and that the port is reachable"
+            f"could not join the process group at {address} as rank {place.rank}/{place.world_size} within "
+            f"{_timeout_seconds:g} s (--dist-timeout) ({_first_line(exc)}); check that every node uses the "
+            "same --rdzv-endpoint and --nnodes, that the port is reachable and the other processes started"
         ) from None
 
 
@@ -89,21 +101,57 @@ def is_initialized() -> bool:
     return dist.is_available() and dist.is_initialized()
 
 
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0][:300] if lines else type(exc).__name__
+
+
+def explain_failure(exc: BaseException) -> MeddenoiseError | None:
+    """A clear error for a collective that failed because a peer died, hung or became unreachable; None when
+    `exc` is not such a failure (or this process is not part of a group)."""
+    if isinstance(exc, MeddenoiseError) or not is_initialized():
+        return None
+    text = str(exc).lower()
+    if not (isinstance(exc, getattr(dist, "DistError", ())) or any(m in text for m in _FAILURE_MARKERS)):
+        return None
+    return MeddenoiseError(
+        f"rank {dist.get_rank()} of {dist.get_world_size()}: communication with the other training "
+        f"processes failed or got no answer within {_timeout_seconds:g} s (--dist-timeout): "
+        f"{_first_line(exc)}. Another process probably stopped (its own error is in its log) or its node "
+        "became unreachable; with `--resume auto` a restart (torchrun --max-restarts, SLURM requeue) "
+        "continues from the last checkpoint"
+    )
+
+
+@contextlib.contextmanager
+def _collective() -> Iterator[None]:
+    try:
+        yield
+    except RuntimeError as exc:
+        failure = explain_failure(exc)
+        if failure is None:
+            raise
+        raise failure from None
+
+
 def barrier() -> None:
     if is_initialized():
-        dist.barrier()
+        with _collective():
+            dist.barrier()
 
 
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     """Sum over ranks, in place (returns the tensor); a no-op in a single process."""
     if is_initialized():
-        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        with _collective():
+            dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return tensor
 
 
 def all_reduce_max(tensor: torch.Tensor) -> torch.Tensor:
     if is_initialized():
-        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+        with _collective():
+            dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
     return tensor
 
 
@@ -111,16 +159,23 @@ def broadcast_object(value: object, source: int = 0) -> object:
     if not is_initialized():
         return value
     holder = [value]
-    dist.broadcast_object_list(holder, src=source)
+    with _collective():
+        dist.broadcast_object_list(holder, src=source)
     return holder[0]
 
 
-def teardown() -> None:
-    """Leave the process group cleanly (a destroyed group lets the interpreter exit without NCCL warnings)."""
+def teardown(clean: bool = True) -> None:
+    """Leave the process group (a destroyed group lets the interpreter exit without aborting in C++).
+
+    After a failure (`clean=False`) there is no closing barrier: the peers may be gone, and waiting for them
+    would turn an error into a wait of --dist-timeout.
+    """
     if is_initialized():
+        if clean:
+            with contextlib.suppress(RuntimeError, MeddenoiseError):
+                barrier()
         with contextlib.suppress(RuntimeError):
-            dist.barrier()
-        dist.destroy_process_group()
+            dist.destroy_process_group()
 
 
 def torchrun_command(nproc: int, argv: Sequence[str], nnodes: int = 1) -> list[str]:

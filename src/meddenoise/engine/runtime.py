@@ -178,8 +178,10 @@ def build_runtime(
     channels_last: bool = False,
     compile: bool = False,
     sync_bn: bool = False,
+    dist_timeout: float = distributed.DEFAULT_TIMEOUT_SECONDS,
 ) -> Runtime:
-    """Decide the runtime from the options; under `ddp` this joins the process group (torchrun env)."""
+    """Decide the runtime from the options; under `ddp` this joins the process group (torchrun env), waiting
+    at most `dist_timeout` seconds for it and for each later collective."""
     if strategy not in STRATEGIES:
         raise ConfigError(f"--strategy must be one of {', '.join(STRATEGIES)}; got {strategy!r}")
     if amp not in AMP_CHOICES:
@@ -200,7 +202,7 @@ def build_runtime(
             raise ConfigError(
                 "--sync-bn needs CUDA devices (SyncBatchNorm does not run on CPU); drop --sync-bn"
             )
-        distributed.init_process_group(chosen, place)
+        distributed.init_process_group(chosen, place, dist_timeout)
         return Runtime(
             chosen,
             "ddp",

@@ -549,7 +549,9 @@ def fit(config: TrainConfig) -> Path:
         channels_last=config.channels_last,
         compile=config.compile,
         sync_bn=config.sync_bn,
+        dist_timeout=config.dist_timeout,
     )
+    finished = False
     try:
         trainer = _build_trainer(config, runtime)
         trainer.log.info(
@@ -563,6 +565,12 @@ def fit(config: TrainConfig) -> Path:
         distributed.barrier()
         trainer.evaluate_test()
         distributed.barrier()
+        finished = True
         return trainer.out
+    except Exception as exc:
+        failure = distributed.explain_failure(exc)  # a peer died or hung: say so instead of a gloo/NCCL trace
+        if failure is None:
+            raise
+        raise failure from None
     finally:
-        distributed.teardown()
+        distributed.teardown(clean=finished)
