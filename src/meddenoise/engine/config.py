@@ -76,6 +76,20 @@ class TrainConfig:
     seed: int = option(0, "seed of initialisation, epoch order and target randomness")
     max_steps: int = option(0, "stop after this many optimizer steps (0: no limit)")
     time_limit: float = option(0.0, "stop training after this many seconds (0: no limit)")
+    # -- differential privacy (DP-SGD with Opacus; docs/privacy.md) ----------------------------------------
+    dp_epsilon: float = option(
+        0.0, "train with DP-SGD spending this privacy budget epsilon over the planned steps (0: off)"
+    )
+    dp_delta: float = option(1e-5, "DP-SGD delta (keep it well below 1 / number of patients)")
+    dp_max_grad_norm: float = option(1.0, "DP-SGD: clip each patient's (unit's) gradient to this L2 norm")
+    dp_noise_multiplier: float = option(
+        0.0, "DP-SGD with this noise multiplier instead of one derived from --dp-epsilon (0: derive)"
+    )
+    dp_unit: str = option(
+        "patient",
+        "DP-SGD privacy unit: patient (all images of a patient, the split grouping) or image",
+        choices=("patient", "image"),
+    )
     # -- runtime -------------------------------------------------------------------------------------------
     strategy: str = option("single", "single device, DataParallel or DDP", choices=("single", "dp", "ddp"))
     device: str = option("auto", "auto (CUDA if present), cpu, cuda or cuda:N")
@@ -151,6 +165,9 @@ class TrainConfig:
             raise ConfigError(f"--base-channels must be >= 1; got {self.base_channels}")
         if self.pipeline == "reference":
             self._check_reference()
+        from meddenoise.engine import private
+
+        private.check_config(self)
         for item in [*self.model_options, *self.target_options]:
             if "=" not in item:
                 raise ConfigError(

@@ -89,6 +89,7 @@ def epoch_line(epoch: int, epochs: int, record: dict[str, Any]) -> str:
         f"(noisy {record['noisy_val_psnr']:.2f}), SSIM {record['val_ssim']:.4f}, "
         f"{record['train_seconds']:.1f}+{record['val_seconds']:.1f} s, "
         f"{record['images_per_second']:.0f} img/s"
+        + (f", DP epsilon {record['dp_epsilon']:.2f}" if "dp_epsilon" in record else "")
     )
 
 

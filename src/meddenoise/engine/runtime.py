@@ -20,6 +20,8 @@ from meddenoise.errors import ConfigError, MeddenoiseError
 
 STRATEGIES = ("single", "dp", "ddp")
 AMP_CHOICES = ("auto", "off", "fp16", "bf16")
+# Opacus's wrappers (matched by name: opacus is an optional extra and is imported only for DP-SGD).
+_OPACUS_WRAPPERS = ("GradSampleModule", "DifferentiallyPrivateDistributedDataParallel")
 AMP_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
 
@@ -75,8 +77,18 @@ class Runtime:
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         return model
 
-    def wrap(self, model: nn.Module) -> nn.Module:
-        """What the loop calls: compile, then DataParallel / DDP last. Checkpoints use `unwrap(...)` of it."""
+    def wrap(self, model: nn.Module, private: bool = False) -> nn.Module:
+        """What the loop calls: compile, then DataParallel / DDP last. Checkpoints use `unwrap(...)` of it.
+
+        `private` (DP-SGD): Opacus's per-sample-gradient module instead, over its DDP wrapper (which only
+        broadcasts the initial weights: its optimizer sums the clipped, noised gradients over ranks)."""
+        if private:
+            from opacus import GradSampleModule
+            from opacus.distributed import DifferentiallyPrivateDistributedDataParallel
+
+            if self.strategy == "ddp":
+                model = DifferentiallyPrivateDistributedDataParallel(model)
+            return GradSampleModule(model, loss_reduction="mean")
         if self.compile:
             model = torch.compile(model)
         if self.strategy == "dp":
@@ -129,6 +141,8 @@ def unwrap(model: nn.Module) -> nn.Module:
     while True:
         if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
             model = model.module
+        elif type(model).__name__ in _OPACUS_WRAPPERS:
+            model = model._module if hasattr(model, "_module") else model.module
         elif hasattr(model, "_orig_mod"):
             model = model._orig_mod
         else:
@@ -139,7 +153,7 @@ def strip_wrapper_prefixes(state: dict[str, torch.Tensor]) -> dict[str, torch.Te
     """Drop the `module.` (DP/DDP) and `_orig_mod.` (compile) prefixes a wrapped module's state dict has."""
     cleaned = {}
     for key, value in state.items():
-        while key.startswith(("module.", "_orig_mod.")):
+        while key.startswith(("module.", "_orig_mod.", "_module.")):
             key = key.split(".", 1)[1]
         cleaned[key] = value
     return cleaned

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from meddenoise.engine.ema import WeightAverage
+from meddenoise.engine.private import PrivateTraining
 from meddenoise.engine.runtime import Runtime, unwrap
 from meddenoise.engine.targets import TargetBatch, TrainingTarget
 
@@ -29,6 +30,7 @@ class TrainStep:
         *,
         grad_clip: float = 0.0,
         ema: WeightAverage | None = None,
+        private: PrivateTraining | None = None,
     ) -> None:
         self.model = model  # the wrapped module the loop trains
         self.optimizer = optimizer
@@ -37,6 +39,7 @@ class TrainStep:
         self.loss_fn = loss_fn
         self.grad_clip = grad_clip
         self.ema = ema
+        self.private = private  # DP-SGD: per-unit gradients and a noisy step (engine/private.py)
 
     def __call__(self, batch: TargetBatch, share: float, lr: float) -> torch.Tensor:
         """Train on `batch`; `share` = this rank's images / mean images per rank in the global batch.
@@ -48,6 +51,8 @@ class TrainStep:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.optimizer.zero_grad(set_to_none=True)
+        if self.private is not None:
+            return self._private_step(batch)
         with self.runtime.autocast():
             loss = self.target.loss(self.model, batch, self.loss_fn)
         scaler = self.runtime.scaler
@@ -57,6 +62,22 @@ class TrainStep:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
         scaler.step(self.optimizer)
         scaler.update()
+        if self.ema is not None:
+            self.ema.update(unwrap(self.model))
+        return loss.detach().float()
+
+    def _private_step(self, batch: TargetBatch) -> torch.Tensor:
+        """DP-SGD: per-image gradients of the mean loss (Opacus rescales them), summed per unit, clipped and
+        noised by the DP optimizer; no share weighting (the optimizer divides by the expected batch)."""
+        if batch.noisy[0].shape[0] == 0:
+            self.private.empty_batch(self.model)
+            loss = torch.zeros((), device=batch.noisy[0].device)
+        else:
+            with self.runtime.autocast():
+                loss = self.target.loss(self.model, batch, self.loss_fn)
+            loss.backward()
+            self.private.before_step(self.model)
+        self.optimizer.step()
         if self.ema is not None:
             self.ema.update(unwrap(self.model))
         return loss.detach().float()

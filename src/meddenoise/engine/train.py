@@ -20,7 +20,7 @@ import torch
 from meddenoise.config import config_to_dict, save_config
 from meddenoise.data.loader import CleanBatch, DeviceBatches
 from meddenoise.engine import checkpoint as ckpt
-from meddenoise.engine import distributed
+from meddenoise.engine import distributed, private
 from meddenoise.engine.config import TrainConfig, parse_options
 from meddenoise.engine.ema import WeightAverage
 from meddenoise.engine.identity import check_identity, model_options, noise_settings, run_identity
@@ -64,6 +64,7 @@ class Trainer:
             ensure_writable_dir(self.out, what="run folder (--out)")
         self.log = RunLog(self.out / "train.log", runtime.is_main)
         self.pipeline = get_pipeline(config.pipeline)
+        self.private = private.PrivateTraining(config, runtime) if private.enabled(config) else None
         self._build_data_and_noise()
         self._build_model()
         self._build_batches()
@@ -97,6 +98,8 @@ class Trainer:
         self.model_options = model_options(config)
         torch.manual_seed(config.seed)  # identical initial weights on every rank and on resume
         self.model = self.runtime.place(build_model(config.model, **self.model_options))
+        if self.private is not None:
+            private.prepare_model(self.model)
         self.ema = WeightAverage(self.model, config.ema_decay) if config.ema_decay > 0 else None
         self.optimizer = build_optimizer(
             self.model, config.optimizer, config.lr, config.weight_decay, self.runtime.device
@@ -104,7 +107,11 @@ class Trainer:
 
     def _build_batches(self) -> None:
         config, runtime = self.config, self.runtime
-        self.train_batches = self.pipeline.make_train_batches(self.data, config, runtime)
+        if self.private is not None:
+            self.train_batches = self.private.make_batches(self.data)
+            self.optimizer = self.private.make_optimizer(self.optimizer)
+        else:
+            self.train_batches = self.pipeline.make_train_batches(self.data, config, runtime)
         self.val_batches = DeviceBatches.from_prepared(
             self.data,
             config.val_split,
@@ -264,6 +271,8 @@ class Trainer:
         if self.pipeline.noisy_in_batches:
             noisy = self.runtime.to_device_batch(batch.noisy)  # the reference made it on the host, up front
             return TargetBatch([noisy], batch.clean, batch.image_keys)
+        if batch.clean.shape[0] == 0:  # DP-SGD's Poisson sampling can draw nobody for this rank
+            return TargetBatch([batch.clean] * self.target.copies, None, batch.image_keys)
         return make_target_batch(
             self.target,
             self.runtime.to_device_batch(batch.clean),
@@ -372,6 +381,7 @@ class Trainer:
             "val_seconds": val_seconds,
             "images_per_second": images / seconds if seconds > 0 else float("nan"),
             "peak_memory_mb": self.runtime.peak_memory_mb(),
+            **(self.private.record_fields(progress.global_step) if self.private else {}),
         }
 
     def end_epoch(
@@ -407,7 +417,7 @@ class Trainer:
         config, runtime, progress = self.config, self.runtime, self.progress
         if progress.loss_sum is None:
             progress.start_epoch(len(self.train_batches), runtime.device)
-        model = runtime.wrap(self.model)
+        model = runtime.wrap(self.model, private=self.private is not None)
         step = TrainStep(
             model,
             self.optimizer,
@@ -416,6 +426,7 @@ class Trainer:
             self.loss_fn,
             grad_clip=config.grad_clip,
             ema=self.ema,
+            private=self.private,
         )
         noisy = self.validate_noisy_input()
         run_started = time.perf_counter()
@@ -468,6 +479,8 @@ class Trainer:
             stop_reason=reason,
             noisy=noisy,
         )
+        if self.private is not None:
+            row.update(self.private.summary_fields(self.progress.global_step))
         atomic_write_text(self.out / "summary.csv", csv_text([row]))
 
     # -- after training -------------------------------------------------------------------------------------
@@ -557,6 +570,8 @@ def fit(config: TrainConfig) -> Path:
         trainer.log.info(
             f"runtime: {runtime.describe()}; global batch {config.batch_size * runtime.data_parallel_width}"
         )
+        if trainer.private is not None:
+            trainer.log.info(trainer.private.describe())
         trainer.write_run_files()
         if trainer.resuming:
             trainer.restore()

@@ -1,0 +1,332 @@
+"""DP-SGD with Opacus: Poisson sampling of privacy units, per-unit clipping, Gaussian noise, accounting.
+
+What differs from ordinary training (the loop only calls the hooks below):
+- Sampling. Ordinary epochs walk a fixed permutation and see every image exactly once. DP-SGD's guarantee
+  (amplification by subsampling) needs Poisson sampling instead: at every step each privacy unit joins the
+  batch independently with probability q, so batch sizes vary, some units appear twice in an "epoch" and
+  others not at all. q = global batch / training images, so a step holds `--batch-size x ranks` images on
+  average and an epoch is round(1 / q) steps, as many as an ordinary epoch.
+- The privacy unit is the patient (`--dp-unit patient`, the default): the group the splits keep apart
+  (`group` in the prepared manifest, the patient id for NIH data). A sampled patient brings all of their
+  training images; the per-image gradients Opacus computes are summed per patient and the clipping to
+  `--dp-max-grad-norm` applies to that per-patient sum, so one patient moves the update by at most C, however
+  many images they have. `--dp-unit image` treats every image as its own unit (a guarantee per image only).
+- Noise: Gaussian with std noise_multiplier x C on the sum of clipped unit gradients, divided by the expected
+  number of units per step (Opacus's DPOptimizer). Under DDP every rank draws the same unit sample, keeps the
+  units assigned to it (unit index mod ranks), clips them locally; Opacus's DistributedDPOptimizer adds the
+  noise once (on rank 0) and sums over ranks, which is the single-device update.
+- Accounting: Opacus's RDP accountant over (noise multiplier, q, steps); `--dp-epsilon` picks the noise
+  multiplier that spends exactly that budget over the planned steps. Epsilon is a function of the steps
+  taken, so a resumed run needs no extra state.
+Validation and model selection use held-out patients only, which costs the training patients no privacy.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from meddenoise.data.loader import CleanBatch
+from meddenoise.errors import ConfigError
+
+if TYPE_CHECKING:
+    from meddenoise.engine.config import TrainConfig
+    from meddenoise.engine.runtime import Runtime
+
+UNITS = ("patient", "image")
+
+
+def enabled(config: TrainConfig) -> bool:
+    return config.dp_epsilon > 0 or config.dp_noise_multiplier > 0
+
+
+def check_config(config: TrainConfig) -> None:
+    """Option combinations DP-SGD cannot honour, named by flag (called from TrainConfig.check)."""
+    if config.dp_epsilon < 0 or config.dp_noise_multiplier < 0:
+        raise ConfigError("--dp-epsilon and --dp-noise-multiplier must be >= 0")
+    if not enabled(config):
+        return
+    if config.dp_epsilon > 0 and config.dp_noise_multiplier > 0:
+        raise ConfigError(
+            "give either --dp-epsilon (the noise is derived from it) or --dp-noise-multiplier, not both"
+        )
+    if not 0.0 < config.dp_delta < 1.0:
+        raise ConfigError(f"--dp-delta must be in (0, 1); got {config.dp_delta}")
+    if not config.dp_max_grad_norm > 0:
+        raise ConfigError(f"--dp-max-grad-norm must be > 0; got {config.dp_max_grad_norm}")
+    if config.dp_unit not in UNITS:
+        raise ConfigError(f"--dp-unit must be one of {', '.join(UNITS)}; got {config.dp_unit!r}")
+    conflicts = {
+        "--strategy dp": config.strategy == "dp",
+        "--pipeline reference": config.pipeline == "reference",
+        "--compile": config.compile,
+        "--amp fp16": config.amp == "fp16",
+        "--grad-clip (DP-SGD clips per unit with --dp-max-grad-norm)": config.grad_clip > 0,
+    }
+    named = [flag for flag, present in conflicts.items() if present]
+    if named:
+        raise ConfigError(
+            f"DP-SGD (--dp-epsilon / --dp-noise-multiplier) cannot be combined with {', '.join(named)}"
+        )
+
+
+def require_opacus() -> None:
+    try:
+        import opacus  # noqa: F401
+    except ImportError:
+        raise ConfigError(
+            "DP-SGD (--dp-epsilon / --dp-noise-multiplier) needs Opacus: pip install 'meddenoise[dp]'"
+        ) from None
+
+
+def check_model(model: nn.Module) -> None:
+    """Opacus's module validator: BatchNorm mixes images of a batch, so per-unit clipping would not bound a
+    unit's influence."""
+    from opacus.validators import ModuleValidator
+
+    problems = ModuleValidator.validate(model, strict=False)
+    if problems:
+        kinds = sorted({str(p).split(".")[0] for p in problems})
+        raise ConfigError(
+            f"the model is not compatible with DP-SGD ({len(problems)} layer(s): {'; '.join(kinds)}); "
+            "train with --norm group (GroupNorm instead of BatchNorm)"
+        )
+
+
+def prepare_model(model: nn.Module) -> nn.Module:
+    """Validate, then turn off in-place activations: Opacus's backward hooks cannot follow an in-place op on
+    a hooked layer's output (same results, a little more memory)."""
+    check_model(model)
+    for module in model.modules():
+        if getattr(module, "inplace", False) is True:
+            module.inplace = False
+    return model
+
+
+def unit_indices(records: list[dict[str, str]], rows: np.ndarray, unit: str) -> np.ndarray:
+    """(n,) int64: the privacy unit of each training image, numbered 0..units-1 in order of first use."""
+    if unit == "image":
+        return np.arange(len(rows), dtype=np.int64)
+    names = [records[r].get("group") or records[r]["patient_id"] for r in rows]
+    _, inverse = np.unique(np.array(names), return_inverse=True)
+    return inverse.astype(np.int64)
+
+
+class PoissonUnitBatches:
+    """Training batches for DP-SGD: each step every unit joins with probability `sample_rate`.
+
+    The draw is a pure function of (seed, epoch, step), the same on every rank (so a resumed run replays it);
+    each rank takes the sampled units with `unit % world_size == rank`. A batch may be empty.
+    """
+
+    def __init__(
+        self,
+        images: torch.Tensor,
+        image_keys: torch.Tensor,
+        units: np.ndarray,
+        max_value: float,
+        sample_rate: float,
+        *,
+        rank: int = 0,
+        world_size: int = 1,
+        seed: int = 0,
+    ) -> None:
+        self.images, self.image_keys = images, image_keys
+        self.units = units
+        self.unit_count = int(units.max()) + 1 if len(units) else 0
+        self.max_value = float(max_value)
+        self.sample_rate = sample_rate
+        self.rank, self.world_size, self.seed = rank, world_size, seed
+        self.device = images.device
+        order = np.argsort(units, kind="stable")
+        self._members = np.split(order, np.cumsum(np.bincount(units, minlength=self.unit_count))[:-1])
+        self.current_units = torch.zeros(0, dtype=torch.int64, device=self.device)
+        self.current_count = 0  # units of the current batch on this rank (known on the host: no sync)
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    def steps_per_epoch(self) -> int:
+        return max(1, round(1.0 / self.sample_rate))
+
+    def sampled_units(self, epoch: int, step: int) -> np.ndarray:
+        rng = np.random.default_rng([self.seed, epoch, step, 0xD9])
+        return np.flatnonzero(rng.random(self.unit_count) < self.sample_rate)
+
+    def epoch(self, epoch: int, start_step: int = 0) -> Iterator[CleanBatch]:
+        for step in range(start_step, self.steps_per_epoch()):
+            chosen = self.sampled_units(epoch, step)
+            mine = chosen[chosen % self.world_size == self.rank]
+            positions = np.concatenate([self._members[u] for u in mine]) if len(mine) else np.zeros(0, int)
+            global_size = int(sum(len(self._members[u]) for u in chosen))
+            index = torch.from_numpy(positions.astype(np.int64)).to(self.device)
+            # Per image: which of this step's units it belongs to (0..len(mine)-1), for per-unit clipping.
+            local = np.repeat(np.arange(len(mine)), [len(self._members[u]) for u in mine])
+            self.current_units = torch.from_numpy(local.astype(np.int64)).to(self.device)
+            self.current_count = len(mine)
+            clean = self.images.index_select(0, index).float().div_(self.max_value)
+            yield CleanBatch(clean, self.image_keys.index_select(0, index), index, max(1, global_size))
+
+
+@dataclasses.dataclass
+class PrivacyPlan:
+    unit: str
+    units: int
+    sample_rate: float
+    steps: int
+    noise_multiplier: float
+    max_grad_norm: float
+    delta: float
+    target_epsilon: float | None
+
+
+def plan_privacy(config: TrainConfig, train_images: int, units: int, world_size: int) -> PrivacyPlan:
+    """q from the global batch; the noise multiplier from --dp-epsilon over the planned steps (or given)."""
+    from opacus.accountants.utils import get_noise_multiplier
+
+    sample_rate = min(1.0, config.batch_size * world_size / max(1, train_images))
+    steps_per_epoch = max(1, round(1.0 / sample_rate))
+    planned = config.epochs * steps_per_epoch
+    steps = min(planned, config.max_steps) if config.max_steps else planned
+    if config.dp_noise_multiplier > 0:
+        noise, target = config.dp_noise_multiplier, None
+    else:
+        noise = get_noise_multiplier(
+            target_epsilon=config.dp_epsilon,
+            target_delta=config.dp_delta,
+            sample_rate=sample_rate,
+            steps=steps,
+            accountant="rdp",
+        )
+        target = config.dp_epsilon
+    return PrivacyPlan(
+        config.dp_unit,
+        units,
+        sample_rate,
+        steps,
+        float(noise),
+        config.dp_max_grad_norm,
+        config.dp_delta,
+        target,
+    )
+
+
+def epsilon_spent(plan: PrivacyPlan, steps: int) -> float:
+    """The RDP accountant's epsilon at `plan.delta` after `steps` noisy steps."""
+    if steps <= 0:
+        return 0.0
+    from opacus.accountants import RDPAccountant
+
+    accountant = RDPAccountant()
+    accountant.history = [(plan.noise_multiplier, plan.sample_rate, steps)]
+    return float(accountant.get_epsilon(plan.delta))
+
+
+class PrivateTraining:
+    """The DP-SGD side of one run; the trainer calls `make_batches`, `make_optimizer`, `before_step`,
+    `record_fields` and `summary_fields`."""
+
+    def __init__(self, config: TrainConfig, runtime: Runtime) -> None:
+        import warnings
+
+        # Opacus's hooks on the first layer fire although the input image needs no gradient: expected.
+        warnings.filterwarnings("ignore", message="Full backward hook is firing")
+        require_opacus()
+        self.config, self.runtime = config, runtime
+        self.batches: PoissonUnitBatches | None = None
+        self.plan: PrivacyPlan | None = None
+
+    def make_batches(self, data: Any) -> PoissonUnitBatches:
+        from meddenoise.errors import DataError
+
+        config, runtime = self.config, self.runtime
+        rows = data.indices(config.train_split)
+        if config.limit_train:
+            rows = rows[: config.limit_train]
+        if len(rows) == 0:
+            raise DataError(f"split {config.train_split!r} of {data.folder} has no images")
+        units = unit_indices(data.records, rows, config.dp_unit)
+        images = torch.from_numpy(np.ascontiguousarray(data.images[rows])).unsqueeze(1).to(runtime.device)
+        keys = torch.from_numpy(data.image_keys[rows].copy()).to(runtime.device)
+        self.plan = plan_privacy(config, len(rows), int(units.max()) + 1, runtime.world_size)
+        self.batches = PoissonUnitBatches(
+            images,
+            keys,
+            units,
+            data.max_value,
+            self.plan.sample_rate,
+            rank=runtime.rank,
+            world_size=runtime.world_size,
+            seed=config.seed,
+        )
+        return self.batches
+
+    def make_optimizer(self, optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
+        from opacus.optimizers import DistributedDPOptimizer, DPOptimizer
+
+        plan = self.plan
+        assert plan is not None, "make_batches first"
+        # Expected units per step on this rank: the DDP optimizer sums over ranks and divides by ranks.
+        expected = plan.sample_rate * plan.units / self.runtime.world_size
+        optimizer_class = DistributedDPOptimizer if self.runtime.world_size > 1 else DPOptimizer
+        return optimizer_class(
+            optimizer,
+            noise_multiplier=plan.noise_multiplier,
+            max_grad_norm=plan.max_grad_norm,
+            expected_batch_size=expected,
+            loss_reduction="mean",
+        )
+
+    def empty_batch(self, model: nn.Module) -> None:
+        """A rank with no sampled unit still takes part in the noisy step (with zero clipped gradients)."""
+        for p in model.parameters():
+            if p.requires_grad:
+                p.grad_sample = torch.zeros((0, *p.shape), dtype=p.dtype, device=p.device)
+
+    def before_step(self, model: nn.Module) -> None:
+        """Sum the per-image gradients of each unit: the optimizer then clips per unit (patient)."""
+        units, count = self.batches.current_units, self.batches.current_count
+        for p in model.parameters():
+            sample = getattr(p, "grad_sample", None)
+            if sample is None:
+                continue
+            if isinstance(sample, list):
+                raise RuntimeError("DP-SGD: the target ran the model twice with gradients in one step")
+            if self.config.dp_unit == "image" or count == sample.shape[0]:
+                continue
+            grouped = torch.zeros((count, *sample.shape[1:]), dtype=sample.dtype, device=sample.device)
+            p.grad_sample = grouped.index_add_(0, units, sample)
+
+    def epsilon(self, steps: int) -> float:
+        return epsilon_spent(self.plan, steps)
+
+    def record_fields(self, global_step: int) -> dict[str, Any]:
+        return {"dp_epsilon": self.epsilon(global_step), "dp_delta": self.plan.delta}
+
+    def summary_fields(self, global_step: int) -> dict[str, Any]:
+        plan = self.plan
+        return {
+            "dp_epsilon": self.epsilon(global_step),
+            "dp_target_epsilon": plan.target_epsilon,
+            "dp_delta": plan.delta,
+            "dp_noise_multiplier": plan.noise_multiplier,
+            "dp_max_grad_norm": plan.max_grad_norm,
+            "dp_sample_rate": plan.sample_rate,
+            "dp_unit": plan.unit,
+            "dp_units": plan.units,
+        }
+
+    def describe(self) -> str:
+        plan = self.plan
+        target = f"target epsilon {plan.target_epsilon:g}, " if plan.target_epsilon else ""
+        return (
+            f"DP-SGD: {target}delta {plan.delta:g}, noise multiplier {plan.noise_multiplier:.3f}, "
+            f"clip {plan.max_grad_norm:g} per {plan.unit}, {plan.units} {plan.unit}s, "
+            f"Poisson sampling q={plan.sample_rate:.4f}, {plan.steps} planned steps "
+            f"(epsilon at the end: {self.epsilon(plan.steps):.2f})"
+        )
