@@ -14,7 +14,7 @@ from meddenoise.evaluation import files
 from meddenoise.report.build import build_report
 from meddenoise.report.collect import collect
 from meddenoise.report.document import find_table, render_markdown
-from meddenoise.report.tables import pool_runs
+from meddenoise.report.tables import pool_runs, table_baselines
 
 IMAGES = [f"img{i:03d}" for i in range(12)]
 PATIENTS = [f"p{i // 2}" for i in range(12)]  # patients repeat: the bootstrap interval is computed too
@@ -182,13 +182,18 @@ def test_table_three_matches_the_per_image_csvs(grid, report):
     # one seed: the table's mean is the mean of the CSV column
     values = _per_image(grid / "runs" / "unetpp_0.2_single_0" / "evaluation" / "test", "psnr")
     cell = table.rows[3][table.columns.index("PSNR (dB)")]
-    assert cell.startswith(f"{values.mean():.2f} (±")
+    # patients repeat: the interval is the patient bootstrap, shown as [low, high], and the caption says so
+    from meddenoise.metrics.stats import cluster_bootstrap_ci
+
+    boot = cluster_bootstrap_ci(values, PATIENTS)
+    assert cell == f"{values.mean():.2f} [{boot.low:.2f}, {boot.high:.2f}]"
+    assert any("bootstrap resampling the 6 patients" in note for note in table.notes)
     # two seeds: the mean over images of the per-image seed average
     seed_values = [
         _per_image(grid / "runs" / f"unet_0.1_single_{s}" / "evaluation" / "test", "ssim") for s in (0, 1)
     ]
     expected = np.mean((seed_values[0] + seed_values[1]) / 2)
-    assert table.rows[0][table.columns.index("SSIM")].startswith(f"{expected:.4f} (±")
+    assert table.rows[0][table.columns.index("SSIM")].startswith(f"{expected:.4f} [")
     assert table.rows[0][table.columns.index("Runs")] == "2"
     assert table.rows[0][table.columns.index("LPIPS")] == "n/a"
     csv_rows = files.read_rows(grid / "tables" / "table3_quality.csv")
@@ -252,3 +257,51 @@ def test_an_empty_folder_is_a_clean_error(tmp_path):
 
     with pytest.raises(MeddenoiseError, match="no evaluations"):
         build_report(tmp_path)
+
+
+def _evaluation_rows(folder, method, psnr, *, kind, patients, images=None):
+    """An evaluation folder with the given per-image PSNR (images default to IMAGES[: len(psnr)])."""
+    folder.mkdir(parents=True)
+    images = images or IMAGES[: len(psnr)]
+    rows = [
+        {"image_id": i, "patient_id": p, "split": "test", "noise_std": 0.2, "noise_mean": 0.1,
+         "method": method, "model": method, "strategy": "single" if kind == "network" else "", "psnr": v,
+         "ssim": 0.5 + v / 100}
+        for i, p, v in zip(images, patients, psnr)
+    ]  # fmt: skip
+    files.write_rows(folder / files.PER_IMAGE_FILE, files.PER_IMAGE_COLUMNS, rows)
+    info = {
+        "kind": kind, "method": method, "model": method, "strategy": "single" if kind == "network" else "",
+        "seed": 0, "split": "test", "noise": {"kind": "gaussian", "mean": 0.1, "std": 0.2, "clamp": True},
+        "lpips": {"available": False, "reason": "none"},
+        "data": {"folder": "prepared", "source": "folder", "split_by": "patient"},
+    }  # fmt: skip
+    files.write_info(folder, info)
+
+
+def test_table_six_picks_the_best_on_the_images_every_method_shares(tmp_path):
+    # the first 4 images are easy; BM3D saw only those, so its own mean (30.1) beats U-Net's over all 12
+    # (about 27.7), yet on those same 4 images U-Net is better (31.0)
+    easy = [31.0, 31.0, 31.0, 31.0]
+    unet = easy + [26.5] * 8
+    patients = [f"p{i}" for i in range(12)]
+    _evaluation_rows(tmp_path / "u", "unet", unet, kind="network", patients=patients)
+    _evaluation_rows(tmp_path / "b", "bm3d", [30.0, 30.1, 30.2, 30.1], kind="baseline", patients=patients)
+    result, tests = table_baselines(collect(tmp_path))
+    cells = dict(zip(result.table.column("Method"), [row[1] for row in result.table.rows]))
+    assert cells["U-Net"].startswith("**") and not cells["BM3D"].startswith("**")
+    assert any("4 at std 0.2 of 12" in note for note in result.table.notes)
+    assert tests.rows[0]["images"] == 4 and tests.rows[0]["reference"] == "unet"
+
+
+def test_single_patient_data_gives_n_a_intervals_and_no_marks(tmp_path):
+    rng = np.random.default_rng(3)
+    for method, offset in (("unet", 0.0), ("unetpp", 0.5)):
+        values = 25 + offset + rng.normal(0, 0.3, 12)
+        _evaluation_rows(tmp_path / method, method, values.tolist(), kind="network", patients=["one"] * 12)
+    report = build_report(tmp_path)
+    table = find_table(report.blocks, "Table III")
+    assert all(cell.endswith("(CI n/a)") for cell in table.column("PSNR (dB)"))
+    assert not any("*" in cell for cell in table.column("PSNR (dB)"))
+    assert any("all 12 images come from one patient" in note for note in table.notes)
+    assert "±0.00" not in report.markdown.read_text()

@@ -11,9 +11,10 @@ DESCRIPTION = """Evaluate the best checkpoint of a run on a split of its own pre
 another one with
 --data), with the fixed noise the run was trained for, so every method sees the same noisy inputs. Writes
 RUN_DIR/evaluation/<split>[-<data>]/: per_image.csv (image_id, patient_id, noise level, model, strategy, psnr,
-ssim, ssim_win3, lpips), summary.csv (mean, 95% t-interval, patient bootstrap when patients repeat),
-evaluation.json (LPIPS status with the reason when it is unavailable, timing, data, hardware), samples.npz (a
-few images for the report) and, for U-Net++, per_head.csv with each pruned head's quality and speed."""
+ssim, ssim_win3, lpips), summary.csv (mean and 95% interval: patient bootstrap when patients repeat, else t
+over images), evaluation.json (LPIPS status with the reason when it is unavailable, timing, data,
+hardware), samples.npz (a few images for the report) and, for U-Net++, per_head.csv with each pruned head's
+quality and speed."""
 
 
 @dataclasses.dataclass
@@ -30,6 +31,22 @@ class EvaluateConfig:
     heads: bool = option(True, "U-Net++: also evaluate each pruned head")
     lpips_weights: str = option("", "AlexNet LPIPS weights file (default: look in the torch hub cache)")
     limit: int = option(0, "evaluate only N images of the split, the same N for every run (0: all)")
+
+
+def format_summary(summary: dict, missing_reason: str = "") -> str:
+    """One metric's console text: the mean and its cluster-aware interval, saying which kind it is."""
+    if not summary["n"]:
+        return f"n/a ({missing_reason})"
+    mean = f"{summary['mean']:.4f}"
+    method = summary.get("method", "t")
+    if method == "none":
+        return f"{mean}  95% CI n/a: {summary.get('note', '')}"
+    kind = (
+        f"bootstrap over {summary['groups']} patients/groups, images of one are not independent"
+        if method == "group-bootstrap"
+        else f"t over {summary['n']} images, one per patient"
+    )
+    return f"{mean}  95% CI [{summary['low']:.4f}, {summary['high']:.4f}] ({kind})"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -68,12 +85,7 @@ def run(args: argparse.Namespace) -> int:
         f"{info['method']} ({info['strategy']}), noise std {info['noise']['std']}, {info['images']} images:"
     )
     for metric, summary in info["summary"].items():
-        if summary["n"]:
-            print(
-                f"  {metric:<10} {summary['mean']:.4f}  95% CI [{summary['low']:.4f}, {summary['high']:.4f}]"
-            )
-        else:
-            print(f"  {metric:<10} n/a ({info['lpips'].get('reason', '')})")
+        print(f"  {metric:<10} {format_summary(summary, info['lpips'].get('reason', ''))}")
     for head in info.get("heads", []):
         print(
             f"  head {head['head']}: PSNR {head['psnr_mean']:.2f} dB, SSIM {head['ssim_mean']:.4f}, "

@@ -123,11 +123,11 @@ def score_denoiser(
     return Scores(values=values, denoise_seconds=seconds, samples=samples)
 
 
-def summarise(values: np.ndarray, patient_ids: Sequence[str]) -> dict[str, Any]:
-    """Mean, 95% t-interval and (when patients repeat) the patient-bootstrap interval of one metric."""
-    from meddenoise.report.tables import interval
+def summarise(values: np.ndarray, groups: Sequence[str], unit: str = "patient") -> dict[str, Any]:
+    """Mean and cluster-aware 95% interval of one metric (`meddenoise.metrics.clustered`)."""
+    from meddenoise.metrics.clustered import group_interval
 
-    return interval(values, patient_ids)
+    return group_interval(values, groups, unit=unit).to_dict()
 
 
 def per_image_rows(
@@ -141,6 +141,7 @@ def per_image_rows(
             {
                 "image_id": record["image_id"],
                 "patient_id": record["patient_id"],
+                "group": record.get("group") or record["patient_id"],
                 "split": target.split,
                 "noise_kind": target.noise.get("kind", "gaussian"),
                 "noise_mean": target.noise.get("mean"),
@@ -169,11 +170,14 @@ def write_evaluation(
     rows = per_image_rows(target, scores, info)
     files.write_rows(out_dir / files.PER_IMAGE_FILE, files.PER_IMAGE_COLUMNS, rows)
     patient_ids = [row["patient_id"] for row in rows]
+    group_ids = [row["group"] for row in rows]
+    unit = "pose group" if info.get("data", {}).get("source") == "default" else "patient"
     summary = {}
     summary_rows = []
     for metric in files.METRICS:
-        result = summarise(scores.values[metric], patient_ids)
+        result = summarise(scores.values[metric], group_ids, unit)
         summary[metric] = result
+        t_interval = summarise(scores.values[metric], None)  # images as if independent, for reference
         summary_rows.append(
             {
                 "metric": metric,
@@ -181,8 +185,11 @@ def write_evaluation(
                 "mean": result["mean"],
                 "ci_low": result["low"],
                 "ci_high": result["high"],
-                "bootstrap_low": result.get("bootstrap_low"),
-                "bootstrap_high": result.get("bootstrap_high"),
+                "ci_method": result["method"],
+                "ci_note": result["note"],
+                "t_low": t_interval["low"],
+                "t_high": t_interval["high"],
+                "groups": result["groups"],
                 "patients": len(set(patient_ids)),
             }
         )

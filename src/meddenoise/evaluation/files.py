@@ -5,7 +5,9 @@ classical baseline) holds:
 
     per_image.csv      one row per test image (PER_IMAGE_COLUMNS); lpips empty when not computable
     per_head.csv       U-Net++ only: the same rows for each intermediate head (the pruned networks)
-    summary.csv        one row per metric: mean, 95% t-interval, patient-bootstrap interval, n
+    summary.csv        one row per metric: mean, its 95% interval (ci_low/ci_high; ci_method "t" when every
+                       group (patient) has one image, "group-bootstrap" when one has several, "none" with the
+                       reason in ci_note below 2 groups), the plain t-interval over images for reference, n
     evaluation.json    what was evaluated (method, model, strategy, seed, noise, data, split), LPIPS status
                        and reason, timing, tuned baseline parameters, the head table; written last
     samples.npz        a few images for the report's figures: clean, noisy, denoised, float16 (k, H, W)
@@ -40,6 +42,7 @@ METRICS = ("psnr", "ssim", "ssim_win3", "lpips")
 PER_IMAGE_COLUMNS = (
     "image_id",
     "patient_id",
+    "group",
     "split",
     "noise_kind",
     "noise_mean",
@@ -51,7 +54,19 @@ PER_IMAGE_COLUMNS = (
     "head",
     *METRICS,
 )
-SUMMARY_COLUMNS = ("metric", "n", "mean", "ci_low", "ci_high", "bootstrap_low", "bootstrap_high", "patients")
+SUMMARY_COLUMNS = (
+    "metric",
+    "n",
+    "mean",
+    "ci_low",
+    "ci_high",
+    "ci_method",
+    "ci_note",
+    "t_low",
+    "t_high",
+    "groups",
+    "patients",
+)
 
 
 def format_value(value: Any) -> str:

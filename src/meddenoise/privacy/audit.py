@@ -14,7 +14,6 @@ Clean images are read only here, to measure; nothing in this module trains.
 from __future__ import annotations
 
 import dataclasses
-import math
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +41,8 @@ class AuditPlan:
     patients: list[str]  # patient id of every prepared row
     reid_queries: np.ndarray  # (E,) positions in query_rows whose patient has another image in the gallery
     reid_skip_reason: str | None
+    groups: list[str] = dataclasses.field(default_factory=list)  # cluster of every prepared row
+    unit: str = "patient"  # what a cluster is: "patient", or "pose group" for the rendered default
 
 
 def plan_audit(
@@ -113,13 +114,24 @@ def _reidentification_queries(
     return eligible, None
 
 
-def summarise(values: torch.Tensor | np.ndarray | list[float]) -> dict[str, float]:
-    """Mean with a 95% normal-approximation interval (per-image values are many and independent)."""
+def summarise(
+    values: torch.Tensor | np.ndarray | list[float], groups: list[str] | None = None, unit: str = "patient"
+) -> dict[str, Any]:
+    """Mean with its 95% interval: t over images when every patient (group) has one query, a bootstrap
+    over patients when one has several, none (NaN bounds, `note` says why) below 2 patients."""
+    from meddenoise.metrics.clustered import group_interval
+
     array = np.asarray(torch.as_tensor(values).detach().cpu().double())
-    count = int(array.size)
-    mean = float(array.mean()) if count else math.nan
-    half = 1.959964 * float(array.std(ddof=1)) / math.sqrt(count) if count > 1 else math.nan
-    return {"mean": mean, "ci_low": mean - half, "ci_high": mean + half, "count": count}
+    found = group_interval(array, groups, unit=unit)
+    return {
+        "mean": found.mean,
+        "ci_low": found.low,
+        "ci_high": found.high,
+        "count": found.n,
+        "groups": found.groups,
+        "method": found.method,
+        "note": found.note,
+    }
 
 
 @dataclasses.dataclass
@@ -132,8 +144,8 @@ class _LevelAccumulator:
     def add(self, name: str, per_image: torch.Tensor) -> None:
         self.values.setdefault(name, []).append(per_image.detach().float().cpu())
 
-    def summary(self, name: str) -> dict[str, float]:
-        return summarise(torch.cat(self.values[name]))
+    def summary(self, name: str, groups: list[str] | None = None, unit: str = "patient") -> dict[str, Any]:
+        return summarise(torch.cat(self.values[name]), groups, unit)
 
 
 @dataclasses.dataclass
@@ -228,13 +240,19 @@ def audit_level(
         _measure_batch(acc, clean, keys, noise_op, noise_mean, seed, matcher, denoisers)
 
     query_features = torch.cat(acc.features).to(gallery_features.device)
+    groups = [plan.groups[row] for row in plan.query_rows] if plan.groups else None
+    unit = plan.unit
+
+    def summary(name: str) -> dict[str, Any]:
+        return acc.summary(name, groups, unit)
+
     result: dict[str, Any] = {"noise_std": noise_std, "noise_mean": noise_mean}
     result["distortion"] = {
-        name: {"psnr": acc.summary(f"{name}_psnr"), "ssim": acc.summary(f"{name}_ssim")}
+        name: {"psnr": summary(f"{name}_psnr"), "ssim": summary(f"{name}_ssim")}
         for name in ("obfuscated", "mean_removed", "two_copy_average")
     }
     true_index = torch.from_numpy(plan.query_in_gallery)
-    result["linkage"] = linkage_rate(query_features, gallery_features, true_index).to_dict()
+    result["linkage"] = linkage_rate(query_features, gallery_features, true_index, groups, unit).to_dict()
     result["reidentification"] = reidentification(plan, query_features, gallery_features)
     reversal: dict[str, Any] = {}
     for role, reason in reversal_skips.items():
@@ -242,8 +260,8 @@ def audit_level(
     for denoiser in denoisers:
         reversal[denoiser.role] = {
             **_denoiser_info(denoiser),
-            "psnr": acc.summary(f"{denoiser.role}_psnr"),
-            "ssim": acc.summary(f"{denoiser.role}_ssim"),
+            "psnr": summary(f"{denoiser.role}_psnr"),
+            "ssim": summary(f"{denoiser.role}_ssim"),
         }
     result["reversal"] = reversal
     return result
@@ -292,6 +310,11 @@ def run_audit(
     patients = [row["patient_id"] for row in data.records]
     plan = plan_audit(
         patients, data.splits, split, gallery_size=gallery_size, max_queries=max_queries, seed=seed
+    )
+    plan = dataclasses.replace(
+        plan,
+        groups=[row.get("group") or row["patient_id"] for row in data.records],
+        unit="pose group" if data.params.get("source") == "default" else "patient",
     )
     gallery_features = features_of_rows(
         matcher, data.images, plan.gallery_rows, data.max_value, device=torch_device
@@ -361,6 +384,9 @@ def _describe_data(data: Any, plan: AuditPlan, split: str) -> dict[str, Any]:
         "sources": sorted({row.get("source", "") for row in data.records}),
         "images": len(data),
         "patients": len(set(plan.patients)),
+        "query_patients": len({plan.patients[row] for row in plan.query_rows}),
+        "query_groups": len({plan.groups[row] for row in plan.query_rows}) if plan.groups else None,
+        "cluster_unit": plan.unit,
         "split": split,
         "queries": int(plan.query_rows.size),
         "gallery": int(plan.gallery_rows.size),

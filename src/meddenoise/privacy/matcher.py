@@ -94,7 +94,13 @@ def top_matches(
 
 @dataclasses.dataclass(frozen=True)
 class HitRate:
-    """Top-1 / top-5 hit rates with the rates a guess from the same gallery would reach (chance)."""
+    """Top-1 / top-5 hit rates with the rates a guess from the same gallery would reach (chance).
+
+    Queries of one patient are not independent: when a patient (group) has several queries the intervals
+    resample patients (`interval_method` "group-bootstrap") and `per_group_top1` gives the average of the
+    patients' own hit rates beside the per-query rate; below 2 patients there is no interval (NaN bounds,
+    `interval_note` says why). With one query per patient the intervals are Wilson intervals.
+    """
 
     queries: int
     gallery: int
@@ -104,31 +110,76 @@ class HitRate:
     chance_top5: float
     top1_interval: tuple[float, float]
     top5_interval: tuple[float, float]
+    groups: int = 0
+    per_group_top1: float = math.nan
+    per_group_top5: float = math.nan
+    interval_method: str = "wilson"
+    interval_note: str = ""
+    unit: str = "patient"
 
     def to_dict(self) -> dict[str, object]:
         return dataclasses.asdict(self)
 
 
+def hit_rate(
+    hits1: np.ndarray,
+    hits5: np.ndarray,
+    gallery: int,
+    chance: tuple[float, float],
+    query_groups: Sequence[str] | None,
+    unit: str = "patient",
+) -> HitRate:
+    """Rates and intervals of per-query hits (bool arrays (Q,)), cluster-aware when `query_groups` repeat."""
+    from meddenoise.metrics.clustered import group_interval
+
+    queries = int(hits1.size)
+    groups = [str(g) for g in query_groups] if query_groups is not None else [str(i) for i in range(queries)]
+    n_groups = len(set(groups))
+    per_group = {}
+    for group, hit1, hit5 in zip(groups, hits1.tolist(), hits5.tolist()):
+        per_group.setdefault(group, []).append((hit1, hit5))
+    per_group_top1 = float(np.mean([np.mean([h[0] for h in v]) for v in per_group.values()]))
+    per_group_top5 = float(np.mean([np.mean([h[1] for h in v]) for v in per_group.values()]))
+    if n_groups == queries:
+        intervals = (wilson_interval(int(hits1.sum()), queries), wilson_interval(int(hits5.sum()), queries))
+        method, note = "wilson", ""
+    else:
+        found = [group_interval(h.astype(np.float64), groups, unit=unit) for h in (hits1, hits5)]
+        intervals = tuple((f.low, f.high) for f in found)
+        method, note = found[0].method, found[0].note
+    return HitRate(
+        queries=queries,
+        gallery=gallery,
+        top1=float(hits1.mean()),
+        top5=float(hits5.mean()),
+        chance_top1=chance[0],
+        chance_top5=chance[1],
+        top1_interval=intervals[0],
+        top5_interval=intervals[1],
+        groups=n_groups,
+        per_group_top1=per_group_top1,
+        per_group_top5=per_group_top5,
+        interval_method=method,
+        interval_note=note,
+        unit=unit,
+    )
+
+
 def linkage_rate(
-    query_features: torch.Tensor, gallery_features: torch.Tensor, true_index: torch.Tensor
+    query_features: torch.Tensor,
+    gallery_features: torch.Tensor,
+    true_index: torch.Tensor,
+    query_groups: Sequence[str] | None = None,
+    unit: str = "patient",
 ) -> HitRate:
     """How often each query's original (gallery index `true_index`, (Q,)) is ranked first / in the top 5."""
     gallery_size = gallery_features.shape[0]
     ranked = top_matches(query_features, gallery_features, 5)  # (Q, k)
     found = ranked == true_index.view(-1, 1).to(ranked.device)
-    hits1 = int(found[:, :1].any(dim=1).sum())
-    hits5 = int(found.any(dim=1).sum())
-    queries = int(query_features.shape[0])
-    return HitRate(
-        queries=queries,
-        gallery=gallery_size,
-        top1=hits1 / queries,
-        top5=hits5 / queries,
-        chance_top1=1.0 / gallery_size,
-        chance_top5=min(5, gallery_size) / gallery_size,
-        top1_interval=wilson_interval(hits1, queries),
-        top5_interval=wilson_interval(hits5, queries),
-    )
+    hits1 = found[:, :1].any(dim=1).cpu().numpy()
+    hits5 = found.any(dim=1).cpu().numpy()
+    chance = (1.0 / gallery_size, min(5, gallery_size) / gallery_size)
+    return hit_rate(hits1, hits5, gallery_size, chance, query_groups, unit)
 
 
 def reidentification_rate(
@@ -141,27 +192,18 @@ def reidentification_rate(
     """How often the nearest OTHER gallery image (own image `own_index` excluded) shows the query's patient.
 
     Call with eligible queries only (their patient has at least one other image in the gallery); chance is
-    averaged per query from the gallery's composition (`reidentification_chance`).
+    averaged per query from the gallery's composition (`reidentification_chance`). The intervals resample
+    the query patients when a patient has several queries.
     """
     codes = {name: code for code, name in enumerate(sorted(set(gallery_patients) | set(query_patients)))}
     gallery_codes = torch.tensor([codes[p] for p in gallery_patients], dtype=torch.int64)
     query_codes = torch.tensor([codes[p] for p in query_patients], dtype=torch.int64)
     ranked = top_matches(query_features, gallery_features, 5, exclude=own_index)  # (Q, k)
     same_patient = gallery_codes[ranked.cpu()] == query_codes.view(-1, 1)  # (Q, k)
-    hits1 = int(same_patient[:, :1].any(dim=1).sum())
-    hits5 = int(same_patient.any(dim=1).sum())
-    queries = len(query_patients)
-    chance1, chance5 = reidentification_chance(query_patients, gallery_patients, own_index.tolist())
-    return HitRate(
-        queries=queries,
-        gallery=len(gallery_patients),
-        top1=hits1 / queries,
-        top5=hits5 / queries,
-        chance_top1=chance1,
-        chance_top5=chance5,
-        top1_interval=wilson_interval(hits1, queries),
-        top5_interval=wilson_interval(hits5, queries),
-    )
+    hits1 = same_patient[:, :1].any(dim=1).numpy()
+    hits5 = same_patient.any(dim=1).numpy()
+    chance = reidentification_chance(query_patients, gallery_patients, own_index.tolist())
+    return hit_rate(hits1, hits5, len(gallery_patients), chance, list(query_patients))
 
 
 def reidentification_chance(

@@ -16,9 +16,30 @@ def _chance_pct(value: float) -> str:
     return f"{100.0 * value:.2g}%" if value < 0.01 else _pct(value)
 
 
-def _interval(bounds: Any) -> str:
-    low, high = bounds
+def _has_interval(rate: dict[str, Any]) -> bool:
+    low, high = rate["top1_interval"]
+    return low == low and high == high  # NaN bounds: no interval (fewer than 2 patients)
+
+
+def _interval(rate: dict[str, Any], key: str = "top1_interval") -> str:
+    """'95% CI a-b, by patient' naming the method; 'no 95% CI: reason' when there is none."""
+    low, high = rate[key]
+    method = rate.get("interval_method", "wilson")
+    if low != low or high != high:
+        return f"no 95% CI: {rate.get('interval_note') or 'too few patients'}"
+    if method == "group-bootstrap":
+        unit = rate.get("unit", "patient")
+        return f"95% CI {_pct(low)}-{_pct(high)}, bootstrap over {rate.get('groups')} {unit}s"
     return f"95% CI {_pct(low)}-{_pct(high)}"
+
+
+def _per_patient(rate: dict[str, Any]) -> str:
+    """', per-patient average 41.0%' when some patient (group) has several queries."""
+    groups = rate.get("groups") or rate.get("queries")
+    if not groups or groups >= rate.get("queries", 0) or "per_group_top1" not in rate:
+        return ""
+    unit = rate.get("unit", "patient")
+    return f", {_pct(rate['per_group_top1'])} averaged per {unit} ({groups} {unit}s)"
 
 
 def _mean(entry: dict[str, Any], metric: str) -> float:
@@ -43,7 +64,7 @@ def level_sentences(level: dict[str, Any], reference: dict[str, Any]) -> list[st
     link = level["linkage"]
     lines.append(
         f"Linkage: the matcher ranks the original first for {_pct(link['top1'])} of {link['queries']}"
-        f" obfuscated queries ({_interval(link['top1_interval'])}) among {link['gallery']} clean images,"
+        f" obfuscated queries ({_interval(link)}{_per_patient(link)}) among {link['gallery']} clean images,"
         f" chance {_chance_pct(link['chance_top1'])}; top-5 {_pct(link['top5'])}"
         f" (chance {_chance_pct(link['chance_top5'])})."
     )
@@ -55,7 +76,7 @@ def level_sentences(level: dict[str, Any], reference: dict[str, Any]) -> list[st
         clean_text = f"; {_pct(clean['top1'])} with un-obfuscated queries" if "top1" in clean else ""
         lines.append(
             f"Re-identification: the nearest other image shows the same patient for {_pct(reid['top1'])} of"
-            f" {reid['queries']} queries ({_interval(reid['top1_interval'])}), chance"
+            f" {reid['queries']} queries ({_interval(reid)}{_per_patient(reid)}), chance"
             f" {_chance_pct(reid['chance_top1'])}{clean_text}; top-5 {_pct(reid['top5'])}"
             f" (chance {_chance_pct(reid['chance_top5'])})."
         )
@@ -99,7 +120,11 @@ def summary_sentences(result: dict[str, Any]) -> list[str]:
         f"Hidden: pixel fidelity; at std {highest['noise_std']:g} the released image is at"
         f" {_mean(highest['distortion']['obfuscated'], 'psnr'):.2f} dB PSNR from the original."
     ]
-    linkable = [lv for lv in levels if lv["linkage"]["top1_interval"][0] > lv["linkage"]["chance_top1"]]
+    linkable = [
+        lv
+        for lv in levels
+        if _has_interval(lv["linkage"]) and lv["linkage"]["top1_interval"][0] > lv["linkage"]["chance_top1"]
+    ]
     if linkable:
         worst = min(linkable, key=lambda level: level["linkage"]["top1"])
         link = worst["linkage"]
@@ -110,11 +135,17 @@ def summary_sentences(result: dict[str, Any]) -> list[str]:
             f" {_chance_pct(link['chance_top1'])}."
         )
     for level in levels:
-        if level not in linkable:
+        if level not in linkable and not _has_interval(level["linkage"]):
+            link = level["linkage"]
+            lines.append(
+                f"At std {level['noise_std']:g} linkage top-1 is {_pct(link['top1'])}, but with"
+                f" {_interval(link)} no claim about it is made."
+            )
+        elif level not in linkable:
             link = level["linkage"]
             lines.append(
                 f"At std {level['noise_std']:g} linkage top-1 ({_pct(link['top1'])},"
-                f" {_interval(link['top1_interval'])}) is not above chance"
+                f" {_interval(link)}) is not above chance"
                 f" ({_chance_pct(link['chance_top1'])})."
             )
     receiver = highest["reversal"].get("receiver", {})
@@ -226,7 +257,10 @@ def markdown_section(result: dict[str, Any], heading: str = "## Privacy audit of
         f"Method: the matcher averages each image down to {matcher['feature_size']} x"
         f" {matcher['feature_size']} pixels, blurs it (Gaussian, sigma {matcher['blur_sigma']:g} px),"
         " removes the mean and compares by normalised cross-correlation. Clean images are used only to"
-        " measure; the 95% intervals are Wilson intervals (hit rates) and normal intervals (means).",
+        " measure. 95% intervals: when a patient (group) has several queries, a percentile bootstrap that"
+        " resamples patients (queries of one patient are not independent), with the per-patient average hit"
+        " rate beside the per-query one; otherwise Wilson intervals (hit rates) and t-intervals (means);"
+        " none below 2 patients.",
         "",
     ]
     return "\n".join(lines)

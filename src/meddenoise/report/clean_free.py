@@ -20,11 +20,15 @@ from meddenoise.report.tables import (
     Pooled,
     TableResult,
     _aligned,
+    _aligned_groups,
+    _clustered,
+    _disagreement_notes,
     _format_p,
-    _stats,
+    add_holm,
     format_interval,
-    holm_adjust,
     interval,
+    interval_notes,
+    paired_test,
     pool_runs,
 )
 
@@ -50,40 +54,42 @@ def _copies(runs: list[Evaluation]) -> str:
     return str(found.pop()) if len(found) == 1 and None not in found else "not recorded"
 
 
-def _gap_tests(configurations: dict[tuple, Pooled]) -> list[dict[str, Any]]:
-    """Paired mode-minus-supervised comparisons on the common images, Holm-corrected over all of them."""
-    stats = _stats()
+def _gap_tests(configurations: dict[tuple, Pooled], unit: str = "patient") -> list[dict[str, Any]]:
+    """Paired mode-minus-supervised comparisons on the common images (cluster-aware), Holm-corrected over
+    all of them: the paired t-test is primary, the Wilcoxon signed-rank test secondary."""
     tests = []
     for (method, level), pooled in sorted(configurations.items(), key=lambda item: (item[0][1], item[0][0])):
         supervised = configurations.get((SUPERVISED_MODEL, level))
         if method == SUPERVISED_MODEL or supervised is None:
             continue
         mode_values, supervised_values = _aligned(pooled, supervised)
+        groups = _aligned_groups(pooled, supervised)
         for metric in GAP_METRICS:
             if mode_values[metric].size < 2:
                 continue
-            result = stats.paired_comparison(mode_values[metric], supervised_values[metric])
+            result = paired_test(mode_values[metric], supervised_values[metric], groups, unit)
             tests.append(
                 {
                     "noise_std": level,
-                    "method": method,
+                    "reference": method,
+                    "method": SUPERVISED_MODEL,
                     "metric": metric,
-                    "images": int(result.n),
-                    "gap": float(result.mean_difference),
-                    "gap_low": float(result.difference_low),
-                    "gap_high": float(result.difference_high),
-                    "wilcoxon_p": float(result.wilcoxon_pvalue),
+                    "images": len(groups),
+                    "gap": float(result["mean_difference"]),
+                    "gap_low": float(result["difference_low"]),
+                    "gap_high": float(result["difference_high"]),
+                    **result,
                 }
             )
-    adjusted = holm_adjust([t["wilcoxon_p"] for t in tests]) if tests else []
-    for test, p in zip(tests, adjusted):
-        test["wilcoxon_p_holm"] = p
+    add_holm(tests)
     return tests
 
 
 def _gap_text(test: dict[str, Any] | None, digits: int) -> str:
     if test is None:
         return "n/a"
+    if np.isnan(test["gap_low"]):
+        return f"{test['gap']:+.{digits}f} [CI n/a]"
     return f"{test['gap']:+.{digits}f} [{test['gap_low']:+.{digits}f}, {test['gap_high']:+.{digits}f}]"
 
 
@@ -108,7 +114,9 @@ def table_clean_free(collection: Collection) -> TableResult | None:
         return None
     configurations = {key: pool_runs(runs) for key, runs in grouped.items()}
     noisy_inputs = _noisy_inputs(collection)
-    tests = {(t["noise_std"], t["method"], t["metric"]): t for t in _gap_tests(configurations)}
+    unit = collection.cluster_unit()
+    test_list = _gap_tests(configurations, unit)
+    tests = {(t["noise_std"], t["reference"], t["metric"]): t for t in test_list}
     columns = [
         "Noise std",
         "Training target",
@@ -118,17 +126,18 @@ def table_clean_free(collection: Collection) -> TableResult | None:
         "SSIM",
         "Gain over noisy input (dB)",
         "PSNR gap (dB) [95% CI]",
-        "p (PSNR, Holm)",
+        "p (PSNR, t, Holm)",
         "SSIM gap [95% CI]",
-        "p (SSIM, Holm)",
+        "p (SSIM, t, Holm)",
     ]
-    display, csv_rows = [], []
+    display, csv_rows, all_summaries = [], [], []
     for level in sorted({level for _, level in configurations}):
         methods = sorted(m for m, lv in configurations if lv == level)
         methods.sort(key=lambda m: (m != SUPERVISED_MODEL, m))
         for method in methods:
             pooled = configurations[(method, level)]
-            summaries = {m: interval(pooled.values[m], pooled.patient_ids) for m in GAP_METRICS}
+            summaries = {m: interval(pooled.values[m], pooled.group_ids, unit) for m in GAP_METRICS}
+            all_summaries += [summary for summary in summaries.values() if summary["n"]]
             target = method.partition("+")[2] or "clean"
             psnr_test, ssim_test = (tests.get((level, method, m)) for m in GAP_METRICS)
             is_reference = method == SUPERVISED_MODEL
@@ -143,9 +152,9 @@ def table_clean_free(collection: Collection) -> TableResult | None:
                     format_interval(summaries["ssim"], "ssim"),
                     "n/a" if np.isnan(gain) else f"{gain:+.2f}",
                     "reference" if is_reference else _gap_text(psnr_test, 2),
-                    "" if is_reference else _format_p(psnr_test["wilcoxon_p_holm"]) if psnr_test else "n/a",
+                    "" if is_reference else _format_p(psnr_test["t_p_holm"]) if psnr_test else "n/a",
                     "reference" if is_reference else _gap_text(ssim_test, 4),
-                    "" if is_reference else _format_p(ssim_test["wilcoxon_p_holm"]) if ssim_test else "n/a",
+                    "" if is_reference else _format_p(ssim_test["t_p_holm"]) if ssim_test else "n/a",
                 ]
             )
             row: dict[str, Any] = {
@@ -161,17 +170,20 @@ def table_clean_free(collection: Collection) -> TableResult | None:
                 row[f"{metric}_low"] = summaries[metric]["low"]
                 row[f"{metric}_high"] = summaries[metric]["high"]
                 test = tests.get((level, method, metric))
-                for key in ("gap", "gap_low", "gap_high", "wilcoxon_p", "wilcoxon_p_holm"):
+                for key in ("gap", "gap_low", "gap_high", "t_p", "t_p_holm", "wilcoxon_p", "wilcoxon_p_holm"):
                     row[f"{metric}_{key}"] = test[key] if test else np.nan
             csv_rows.append(row)
     notes = [
-        "PSNR/SSIM: mean over the test images with the half-width of the 95% t-interval. Gap: mean over the "
-        "same images of (mode minus supervised U-Net at the same noise level), with the 95% t-interval of "
-        "that mean; negative = worse than supervised. p: paired Wilcoxon signed-rank test of the same "
-        f"differences, Holm-corrected over all {len(tests)} tests of this table. Copies per image: "
-        "independently obfuscated copies of each image the releasing site must publish for that mode. "
-        "Gain over noisy input: mean over the same images of (output PSNR minus the PSNR of the released "
-        "image itself, the `noisy` baseline)."
+        "PSNR/SSIM: mean over the test images with its 95% interval ((±half-width) for a t-interval, [low, "
+        "high] for a bootstrap interval). Gap: mean over the same images of (mode minus supervised U-Net at "
+        "the same noise level), with its 95% interval; negative = worse than supervised. p: paired t-test of "
+        f"the same differences, Holm-corrected over all {len(test_list)} tests of this table (the Wilcoxon "
+        "signed-rank p is in the CSV). Copies per image: independently obfuscated copies of each image the "
+        "releasing site must publish for that mode. Gain over noisy input: mean over the same images of "
+        "(output PSNR minus the PSNR of the released image itself, the `noisy` baseline).",
+        *interval_notes(all_summaries, unit),
+        _clustered().describe_tests([t["test_method"] for t in test_list], unit),
+        *_disagreement_notes(test_list),
     ]
     missing = [
         f"{method_label(m)} at std {lv:g}"
@@ -207,8 +219,9 @@ def clean_free_section(collection: Collection, table: TableResult | None) -> lis
             "epochs, batch size, learning rate and schedule as the supervised U-Net at that noise level. "
             "Clean images were used only for evaluation (validation scores and the test scores below); the "
             "training step of these modes receives no clean tensor. One use of clean images remains that a "
-            "real receiving site would not have: the checkpoint kept for testing is the epoch with the best "
-            "validation PSNR against clean images, as for every run of this report."
+            "real receiving site would not have: the checkpoint kept for testing is the epoch with the "
+            "lowest validation loss, and that loss compares outputs with clean validation images, as for "
+            "every run of this report."
         ),
         table.table,
     ]

@@ -103,6 +103,11 @@ class Evaluation:
     def patient_ids(self) -> list[str]:
         return [row["patient_id"] for row in self.rows]
 
+    def group_ids(self) -> list[str]:
+        """The unit the split kept together (patient; pose group for the rendered default): the clusters of
+        every interval and paired test. Older per-image tables without the column fall back to patients."""
+        return [row.get("group") or row["patient_id"] for row in self.rows]
+
     def head_rows(self) -> list[dict[str, str]]:
         path = self.folder / files.PER_HEAD_FILE
         return files.read_rows(path) if path.is_file() else []
@@ -120,6 +125,11 @@ class RunHistory:
     train_seconds: float | None
     world_size: int | None
     device: str
+
+
+def cluster_unit(data: dict[str, Any]) -> str:
+    """ "pose group" for the rendered default (one CT: groups are its poses), else "patient"."""
+    return "pose group" if (data or {}).get("source") == "default" else "patient"
 
 
 def load_evaluation(folder: Path) -> Evaluation:
@@ -191,6 +201,13 @@ class Collection:
 
     def baselines(self) -> list[Evaluation]:
         return [e for e in self.evaluations if e.kind == "baseline"]
+
+    def cluster_unit(self) -> str:
+        """What one group of per-image rows is: a pose group of the rendered default, else a patient."""
+        data = self.plan.get("data") or next(
+            (e.info["data"] for e in self.evaluations if e.info.get("data")), {}
+        )
+        return cluster_unit(data)
 
     def noise_levels(self) -> list[float]:
         return sorted({e.noise_std for e in self.evaluations})

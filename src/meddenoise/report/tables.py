@@ -52,6 +52,7 @@ class Pooled:
     values: dict[str, np.ndarray]  # metric -> (n,)
     seed_means: dict[str, list[float]]  # metric -> one mean per seed run
     runs: list[Evaluation]
+    group_ids: list[str] = dataclasses.field(default_factory=list)  # clusters of intervals and tests
 
 
 def pool_runs(runs: Sequence[Evaluation]) -> Pooled:
@@ -70,7 +71,7 @@ def pool_runs(runs: Sequence[Evaluation]) -> Pooled:
         matrix = np.vstack(stacked)  # (runs, n)
         values[metric] = matrix.mean(axis=0)
         seed_means[metric] = [float(row.mean()) for row in matrix]
-    return Pooled(image_ids, runs[0].patient_ids(), values, seed_means, list(runs))
+    return Pooled(image_ids, runs[0].patient_ids(), values, seed_means, list(runs), runs[0].group_ids())
 
 
 def _stats():
@@ -79,31 +80,33 @@ def _stats():
     return stats
 
 
-def interval(values: np.ndarray, patient_ids: Sequence[str]) -> dict[str, float]:
-    """Mean and 95% t-interval over the finite values; with repeated patients also the patient-bootstrap
-    interval (`meddenoise.metrics.stats`)."""
-    stats = _stats()
-    finite = np.isfinite(values)
-    if not finite.any():
-        return {"mean": math.nan, "low": math.nan, "high": math.nan, "n": 0}
-    t_interval = stats.mean_ci(values[finite])
-    result = {"mean": t_interval.mean, "low": t_interval.low, "high": t_interval.high, "n": t_interval.n}
-    patients = [str(p) for p, keep in zip(patient_ids, finite) if keep]
-    if len(set(patients)) < len(patients):
-        bootstrap = stats.cluster_bootstrap_ci(values[finite], patients)
-        result.update(bootstrap_low=bootstrap.low, bootstrap_high=bootstrap.high)
-    return result
+def _clustered():
+    from meddenoise.metrics import clustered
+
+    return clustered
 
 
-def paired_comparison(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
-    """Paired t-test and Wilcoxon signed-rank of a - b over the same images, with the effect sizes."""
-    result = _stats().paired_comparison(a, b)
+def interval(values: np.ndarray, groups: Sequence[str], unit: str = "patient") -> dict[str, Any]:
+    """Mean and 95% interval over the finite values, cluster-aware (`meddenoise.metrics.clustered`): the
+    group bootstrap when a group (patient) has several images, the t-interval when none does, and no
+    interval (method "none", with the reason in "note") below 2 groups."""
+    return _clustered().group_interval(values, groups, unit=unit).to_dict()
+
+
+def paired_test(a: np.ndarray, b: np.ndarray, groups: Sequence[str], unit: str = "patient") -> dict[str, Any]:
+    """Mean difference a - b on the same images with its interval, paired t-test (primary) and Wilcoxon
+    signed-rank test (secondary), on images or on per-group means (`meddenoise.metrics.clustered`)."""
+    result = _clustered().paired_test(a, b, groups, unit=unit)
     return {
         "mean_difference": result.mean_difference,
-        "effect_size": result.cohens_dz,
-        "rank_biserial": result.rank_biserial,
+        "difference_low": result.low,
+        "difference_high": result.high,
+        "effect_size": result.effect_size,
         "t_p": result.t_pvalue,
         "wilcoxon_p": result.wilcoxon_pvalue,
+        "test_method": result.method,
+        "groups": result.groups,
+        "note": result.note,
     }
 
 
@@ -111,12 +114,36 @@ def holm_adjust(p_values: Sequence[float]) -> list[float]:
     return [float(p) for p in _stats().holm_adjust(list(p_values))]
 
 
-def format_interval(summary: dict[str, float], metric: str) -> str:
+def add_holm(tests: list[dict[str, Any]]) -> None:
+    """Holm-adjust the t and Wilcoxon p-values of a family of tests in place and mark disagreements."""
+    for key in ("t_p", "wilcoxon_p"):
+        adjusted = holm_adjust([t[key] for t in tests]) if tests else []
+        for test, p in zip(tests, adjusted):
+            test[f"{key}_holm"] = p
+    for test in tests:
+        test["tests_disagree"] = _clustered().tests_disagree(
+            test["t_p_holm"], test["wilcoxon_p_holm"], SIGNIFICANCE_LEVEL
+        )
+
+
+def interval_notes(summaries: Sequence[dict[str, Any]], unit: str) -> list[str]:
+    """The caption sentence naming the interval method(s) used, and the reasons for every n/a."""
+    clustered = _clustered()
+    groups = max((s.get("groups") or 0 for s in summaries if s.get("method") == "group-bootstrap"), default=0)
+    notes = [clustered.describe_intervals([s["method"] for s in summaries], unit, groups or None)]
+    reasons = sorted({s["note"] for s in summaries if s.get("method") == "none" and s.get("note")})
+    notes += [f"CI n/a: {reason}." for reason in reasons]
+    return notes
+
+
+def format_interval(summary: dict[str, Any], metric: str) -> str:
     if summary["n"] == 0 or math.isnan(summary["mean"]):
         return "n/a"
     digits = METRIC_DIGITS[metric]
-    if math.isnan(summary["low"]):  # one image: no interval
-        return f"{summary['mean']:.{digits}f}"
+    if summary.get("method") == "none" or math.isnan(summary["low"]):
+        return f"{summary['mean']:.{digits}f} (CI n/a)"
+    if summary.get("method") == "group-bootstrap":  # percentile intervals need not be symmetric
+        return f"{summary['mean']:.{digits}f} [{summary['low']:.{digits}f}, {summary['high']:.{digits}f}]"
     half = (summary["high"] - summary["low"]) / 2.0
     return f"{summary['mean']:.{digits}f} (±{half:.{digits}f})"
 
@@ -156,12 +183,16 @@ def table_quality(collection: Collection) -> TableResult:
     """Table III: quality with 95% CIs per model and noise level (one device), U-Net vs U-Net++ marked."""
     configurations = paper_model_configurations(collection)
     pooled = {key: pool_runs(runs) for key, runs in configurations.items()}
+    unit = collection.cluster_unit()
     several_seeds = any(len(p.runs) > 1 for p in pooled.values())
-    comparisons = _paired_between_models(pooled)
+    tests = _paired_between_models(pooled, unit)
+    marks = {
+        (t["noise_std"], t["better"], t["metric"]): "*" for t in tests if t["t_p_holm"] < SIGNIFICANCE_LEVEL
+    }
     columns = ["Noise std", "Model", "Images", *[METRIC_HEADERS[m] for m in QUALITY_METRICS]]
     if several_seeds:
         columns += ["Runs", "PSNR over runs (mean ± sd)"]
-    display, csv_rows = [], []
+    display, csv_rows, summaries = [], [], []
     for key in sorted(pooled, key=lambda k: (k[1], method_sort_key(k[0]))):
         method, noise_std, _ = key
         runs = pooled[key]
@@ -170,9 +201,11 @@ def table_quality(collection: Collection) -> TableResult:
         cells.append(str(len(runs.image_ids)))
         row["images"] = len(runs.image_ids)
         for metric in QUALITY_METRICS:
-            summary = interval(runs.values[metric], runs.patient_ids)
+            summary = interval(runs.values[metric], runs.group_ids, unit)
+            if summary["n"]:
+                summaries.append(summary)
             cell = format_interval(summary, metric)
-            mark = comparisons.get((noise_std, method, metric))
+            mark = marks.get((noise_std, method, metric))
             cells.append(cell + (mark or ""))
             row.update({f"{metric}_{k}": v for k, v in summary.items()})
         if several_seeds:
@@ -180,11 +213,14 @@ def table_quality(collection: Collection) -> TableResult:
         display.append(cells)
         csv_rows.append(row)
     notes = [
-        "Mean over the test images with the half-width of the 95% t-interval in brackets "
-        "(the paper's format). * marks the better of U-Net and U-Net++ at that noise level when the paired "
-        f"Wilcoxon signed-rank test on the same images, Holm-corrected across this table, gives p < "
-        f"{SIGNIFICANCE_LEVEL}."
+        "Mean over the test images with its 95% interval: (±half-width) for a t-interval, [low, high] for a "
+        "bootstrap interval.",
+        *interval_notes(summaries, unit),
+        "* marks the better of U-Net and U-Net++ at that noise level when the paired t-test of the mean "
+        f"difference on the same images, Holm-corrected across this table, gives p < {SIGNIFICANCE_LEVEL}. "
+        + _clustered().describe_tests([t["test_method"] for t in tests], unit),
     ]
+    notes += _disagreement_notes(tests)
     if several_seeds:
         notes.append(
             "With several seeds, each image's value is the mean over the runs; 'PSNR over runs' is "
@@ -194,8 +230,23 @@ def table_quality(collection: Collection) -> TableResult:
     return TableResult(table, csv_rows)
 
 
-def _paired_between_models(pooled: dict[tuple, Pooled]) -> dict[tuple, str]:
-    """Marks for Table III: U-Net vs U-Net++ per noise level and metric, Holm across all of them."""
+def _disagreement_notes(tests: Sequence[dict[str, Any]]) -> list[str]:
+    notes = []
+    for test in tests:
+        if test.get("tests_disagree"):
+            first, second = test.get("reference", test.get("better")), test.get("method", test.get("other"))
+            verdict = "only the t-test" if test["t_p_holm"] < SIGNIFICANCE_LEVEL else "only the Wilcoxon test"
+            notes.append(
+                f"Tests disagree at std {test['noise_std']:g}, {method_label(first)} vs "
+                f"{method_label(second)}, {METRIC_HEADERS[test['metric']]}: {verdict} finds a difference "
+                f"(Holm p {_format_p(test['t_p_holm'])} t, {_format_p(test['wilcoxon_p_holm'])} Wilcoxon); "
+                "read this difference as uncertain."
+            )
+    return notes
+
+
+def _paired_between_models(pooled: dict[tuple, Pooled], unit: str = "patient") -> list[dict[str, Any]]:
+    """U-Net vs U-Net++ per noise level and metric on their common images, Holm across all of them."""
     tests = []
     levels = sorted({key[1] for key in pooled})
     for level in levels:
@@ -203,15 +254,20 @@ def _paired_between_models(pooled: dict[tuple, Pooled]) -> dict[tuple, str]:
         if None in pair:
             continue
         first, second = _aligned(pair[0], pair[1])
+        groups = _aligned_groups(pair[0], pair[1])
         for metric in QUALITY_METRICS:
             a, b = first[metric], second[metric]
             if not (np.isfinite(a).all() and np.isfinite(b).all()) or a.size < 2:
                 continue
-            result = paired_comparison(a, b)
-            better = PAPER_MODELS[0] if (a.mean() > b.mean()) == HIGHER_IS_BETTER[metric] else PAPER_MODELS[1]
-            tests.append(((level, better, metric), result["wilcoxon_p"]))
-    adjusted = holm_adjust([p for _, p in tests]) if tests else []
-    return {key: "*" for (key, _), p in zip(tests, adjusted) if p < SIGNIFICANCE_LEVEL}
+            result = paired_test(a, b, groups, unit)
+            if result["test_method"] == "none":
+                continue
+            better, other = (
+                PAPER_MODELS if (a.mean() > b.mean()) == HIGHER_IS_BETTER[metric] else PAPER_MODELS[::-1]
+            )
+            tests.append({"noise_std": level, "better": better, "other": other, "metric": metric, **result})
+    add_holm(tests)
+    return tests
 
 
 def _aligned(first: Pooled, second: Pooled) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
@@ -225,6 +281,13 @@ def _aligned(first: Pooled, second: Pooled) -> tuple[dict[str, np.ndarray], dict
         {m: first.values[m][take_a] for m in QUALITY_METRICS},
         {m: second.values[m][take_b] for m in QUALITY_METRICS},
     )
+
+
+def _aligned_groups(first: Pooled, second: Pooled) -> list[str]:
+    """The group (patient) of each common image, in `_aligned`'s order."""
+    groups = first.group_ids or first.patient_ids
+    present = set(second.image_ids)
+    return [g for i, g in zip(first.image_ids, groups) if i in present]
 
 
 # -- Table IV and V ------------------------------------------------------------------------------------------
@@ -356,30 +419,56 @@ def baseline_configurations(collection: Collection) -> dict[tuple, list[Evaluati
     return group_by(chosen, "method", "noise_std")
 
 
+def common_images(configurations: dict[tuple, Pooled], level: float) -> list[str]:
+    """Image ids every method at `level` was evaluated on (in the first method's order)."""
+    present = [pooled for (_, lv), pooled in configurations.items() if lv == level]
+    shared = set(present[0].image_ids)
+    for pooled in present[1:]:
+        shared &= set(pooled.image_ids)
+    return [i for i in present[0].image_ids if i in shared]
+
+
+def mean_on(pooled: Pooled, image_ids: Sequence[str], metric: str) -> float:
+    by_id = dict(zip(pooled.image_ids, pooled.values[metric]))
+    return float(np.mean([by_id[i] for i in image_ids])) if image_ids else math.nan
+
+
+def ranking(configurations: dict[tuple, Pooled], level: float) -> tuple[list[tuple[str, float]], int]:
+    """Methods at `level` by mean PSNR on the images all of them were evaluated on, best first, and how
+    many images that is (the same images for every method, so the order is a fair one)."""
+    common = common_images(configurations, level)
+    means = [(m, mean_on(p, common, "psnr")) for (m, lv), p in configurations.items() if lv == level]
+    return sorted(means, key=lambda item: -item[1]), len(common)
+
+
 def table_baselines(collection: Collection) -> tuple[TableResult, TableResult]:
     """Table VI (methods x noise levels, PSNR / SSIM) and the paired tests behind its marks.
 
-    In each noise level every method is compared with the best one (highest mean PSNR) on the same images:
-    paired t-test and Wilcoxon signed-rank on per-image PSNR and on SSIM; Holm over every test in the table.
+    In each noise level the best method (highest mean PSNR on the images every method was evaluated on) is
+    compared with every other one on their common images: paired t-test (primary) and Wilcoxon signed-rank
+    test (secondary), cluster-aware, on PSNR and SSIM; Holm over every test in the table.
     """
     configurations = {key: pool_runs(runs) for key, runs in baseline_configurations(collection).items()}
+    unit = collection.cluster_unit()
     levels = sorted({key[1] for key in configurations})
     methods = sorted({key[0] for key in configurations}, key=method_sort_key)
-    best = {}
+    best, ranked_on = {}, {}
     for level in levels:
-        present = [m for m in methods if (m, level) in configurations]
-        best[level] = max(present, key=lambda m: float(np.mean(configurations[(m, level)].values["psnr"])))
+        order, count = ranking(configurations, level)
+        best[level], ranked_on[level] = order[0][0], count
     tests = []
     for level in levels:
         reference = configurations[(best[level], level)]
         for method in methods:
             if method == best[level] or (method, level) not in configurations:
                 continue
-            first, second = _aligned(reference, configurations[(method, level)])
+            other = configurations[(method, level)]
+            first, second = _aligned(reference, other)
+            groups = _aligned_groups(reference, other)
             for metric in ("psnr", "ssim"):
                 if first[metric].size < 2:
                     continue
-                result = paired_comparison(first[metric], second[metric])
+                result = paired_test(first[metric], second[metric], groups, unit)
                 tests.append(
                     {
                         "noise_std": level,
@@ -390,12 +479,11 @@ def table_baselines(collection: Collection) -> tuple[TableResult, TableResult]:
                         **result,
                     }
                 )
-    for key in ("t_p", "wilcoxon_p"):
-        adjusted = holm_adjust([t[key] for t in tests]) if tests else []
-        for test, p in zip(tests, adjusted):
-            test[f"{key}_holm"] = p
+    add_holm(tests)
     worse = {
-        (t["noise_std"], t["method"], t["metric"]) for t in tests if t["wilcoxon_p_holm"] < SIGNIFICANCE_LEVEL
+        (t["noise_std"], t["method"], t["metric"])
+        for t in tests
+        if t["mean_difference"] > 0 and t["t_p_holm"] < SIGNIFICANCE_LEVEL
     }
 
     columns = ["Method", *[f"PSNR / SSIM at std {level:g}" for level in levels]]
@@ -413,6 +501,7 @@ def table_baselines(collection: Collection) -> tuple[TableResult, TableResult]:
             ssim_text = f"{ssim_mean:.4f}" + ("†" if (level, method, "ssim") in worse else "")
             text = f"{psnr_text} / {ssim_text}"
             cells.append(f"**{text}**" if method == best[level] else text)
+            common = common_images(configurations, level)
             csv_rows.append(
                 {
                     "method": method,
@@ -420,17 +509,24 @@ def table_baselines(collection: Collection) -> tuple[TableResult, TableResult]:
                     "psnr_mean": psnr_mean,
                     "ssim_mean": ssim_mean,
                     "images": len(runs.image_ids),
+                    "psnr_mean_common_images": mean_on(runs, common, "psnr"),
+                    "common_images": len(common),
                     "best": method == best[level],
                 }
             )
         display.append(cells)
+    full = max(len(pooled.image_ids) for pooled in configurations.values())
     notes = [
         "All methods on the same test images with the same fixed noise; networks trained on one device. "
-        "Bold: highest mean PSNR at that noise level. †: significantly worse than the bold method (paired "
-        f"Wilcoxon signed-rank test, Holm-corrected over all {len(tests)} tests of this table, "
-        f"p < {SIGNIFICANCE_LEVEL})."
+        "Bold: highest mean PSNR at that noise level, ranked on the images every method of that level was "
+        "evaluated on ("
+        + ", ".join(f"{ranked_on[level]} at std {level:g}" for level in levels)
+        + f" of {full}). †: significantly worse than the bold method (paired t-test of the mean difference, "
+        f"Holm-corrected over all {len(tests)} tests of this table, p < {SIGNIFICANCE_LEVEL}; Wilcoxon "
+        "signed-rank beside it in the tests table).",
+        _clustered().describe_tests([t["test_method"] for t in tests], unit),
     ]
-    full = max(len(pooled.image_ids) for pooled in configurations.values())
+    notes += _disagreement_notes(tests)
     for (method, level), pooled in sorted(configurations.items(), key=lambda item: item[0][1]):
         if len(pooled.image_ids) < full:
             notes.append(
@@ -438,20 +534,21 @@ def table_baselines(collection: Collection) -> tuple[TableResult, TableResult]:
                 "(a fixed subset, the same for every level); its mean and its paired tests use those only."
             )
     table = Table(columns, display, "Table VI. Baselines and networks on the same test images", notes)
-    return TableResult(table, csv_rows), _tests_table(tests)
+    return TableResult(table, csv_rows), _tests_table(tests, unit)
 
 
-def _tests_table(tests: list[dict[str, Any]]) -> TableResult:
+def _tests_table(tests: list[dict[str, Any]], unit: str = "patient") -> TableResult:
     columns = [
         "Noise std",
         "Compared",
         "Metric",
         "Images",
-        "Mean difference",
+        "Groups",
+        "Mean difference [95% CI]",
         "Effect size (d_z)",
-        "p (t)",
-        "p (Wilcoxon)",
+        "p (t, Holm)",
         "p (Wilcoxon, Holm)",
+        "Tests agree",
     ]
     display = []
     for test in tests:
@@ -461,18 +558,31 @@ def _tests_table(tests: list[dict[str, Any]]) -> TableResult:
                 f"{method_label(test['reference'])} vs {method_label(test['method'])}",
                 METRIC_HEADERS[test["metric"]],
                 str(test["images"]),
-                f"{test['mean_difference']:+.4f}",
+                str(test["groups"]),
+                _difference_text(test),
                 f"{test['effect_size']:.2f}",
-                _format_p(test["t_p"]),
-                _format_p(test["wilcoxon_p"]),
+                _format_p(test["t_p_holm"]),
                 _format_p(test["wilcoxon_p_holm"]),
+                "no: read as uncertain" if test["tests_disagree"] else "yes",
             ]
         )
     notes = [
         "Mean difference = reference minus method, over the same images; d_z = mean difference / sd of "
-        "the differences."
+        f"the differences (per {unit} when {unit}s repeat). "
+        + _clustered().describe_tests([t["test_method"] for t in tests], unit)
+        + " 'Tests agree': whether the t-test and the Wilcoxon test reach the same decision at "
+        f"p < {SIGNIFICANCE_LEVEL} after Holm."
     ]
     return TableResult(Table(columns, display, "Paired tests behind Table VI", notes), tests)
+
+
+def _difference_text(test: dict[str, Any], digits: int = 4) -> str:
+    if math.isnan(test.get("difference_low", math.nan)):
+        return f"{test['mean_difference']:+.{digits}f} [n/a]"
+    return (
+        f"{test['mean_difference']:+.{digits}f} "
+        f"[{test['difference_low']:+.{digits}f}, {test['difference_high']:+.{digits}f}]"
+    )
 
 
 def _format_p(p: float) -> str:

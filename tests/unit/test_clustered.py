@@ -1,0 +1,97 @@
+"""Cluster-aware intervals and paired tests: the method follows the patients, and none is made up."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from scipy import stats as scipy_stats
+
+from meddenoise.metrics import clustered, stats
+from meddenoise.privacy.matcher import hit_rate
+from meddenoise.privacy.verdict import level_sentences
+from meddenoise.report.tables import format_interval, interval
+
+
+def _repeated(seed=0, patients=6, per_patient=8):
+    rng = np.random.default_rng(seed)
+    effects = rng.normal(0, 2.0, patients)  # patients differ far more than images of one patient
+    values = np.repeat(effects, per_patient) + rng.normal(0, 0.2, patients * per_patient) + 25.0
+    groups = np.repeat([f"p{i}" for i in range(patients)], per_patient).tolist()
+    return values, groups
+
+
+def test_repeated_patients_give_the_patient_bootstrap_which_is_wider_than_t():
+    values, groups = _repeated()
+    found = clustered.group_interval(values, groups)
+    boot = stats.cluster_bootstrap_ci(values, groups)
+    t = stats.mean_ci(values)
+    assert found.method == "group-bootstrap" and found.groups == 6 and found.n == 48
+    assert (found.low, found.high) == (boot.low, boot.high)
+    assert found.high - found.low > 2 * (t.high - t.low)  # the t-interval is far too narrow here
+
+
+def test_one_image_per_patient_gives_the_t_interval():
+    values = np.linspace(20, 30, 11)
+    found = clustered.group_interval(values, [f"p{i}" for i in range(11)])
+    t = stats.mean_ci(values)
+    assert found.method == "t" and (found.low, found.high) == (t.low, t.high)
+
+
+def test_a_single_patient_gives_no_interval_with_the_reason_never_a_zero_width_one():
+    values = np.linspace(20, 30, 12)
+    found = clustered.group_interval(values, ["only"] * 12)
+    assert found.method == "none" and math.isnan(found.low) and math.isnan(found.high)
+    assert "one patient" in found.note
+    summary = interval(values, ["only"] * 12)
+    assert format_interval(summary, "psnr") == f"{values.mean():.2f} (CI n/a)"
+    test = clustered.paired_test(values, values - 1.0, ["only"] * 12)
+    assert test.method == "none" and math.isnan(test.t_pvalue) and "one patient" in test.note
+
+
+def test_paired_test_with_repeated_patients_runs_on_patient_means():
+    a, groups = _repeated(1)
+    rng = np.random.default_rng(2)
+    b = a - 0.3 + rng.normal(0, 0.5, a.size)
+    result = clustered.paired_test(a, b, groups)
+    per_patient = np.array([np.mean((a - b)[np.array(groups) == g]) for g in sorted(set(groups))])
+    assert result.method == "group-bootstrap" and result.groups == 6
+    assert math.isclose(result.t_pvalue, scipy_stats.ttest_1samp(per_patient, 0.0).pvalue, rel_tol=1e-9)
+    assert math.isclose(result.wilcoxon_pvalue, scipy_stats.wilcoxon(per_patient).pvalue, rel_tol=1e-9)
+    boot = stats.cluster_bootstrap_ci(a - b, groups)
+    assert (result.low, result.high) == (boot.low, boot.high)
+    assert math.isclose(result.mean_difference, float(np.mean(a - b)))
+
+
+def test_disagreement_between_the_mean_test_and_wilcoxon_is_detected():
+    assert clustered.tests_disagree(0.01, 0.2) and clustered.tests_disagree(0.3, 0.04)
+    assert not clustered.tests_disagree(0.01, 0.02) and not clustered.tests_disagree(math.nan, 0.01)
+
+
+def test_audit_hit_rate_resamples_patients_and_shows_the_per_patient_average():
+    # 40 queries from 4 patients; one patient holds 31 of them and is always found
+    groups = ["big"] * 31 + ["a"] * 3 + ["b"] * 3 + ["c"] * 3
+    hits = np.array([True] * 31 + [False] * 9)
+    rate = hit_rate(hits, hits, 100, (0.01, 0.05), groups)
+    assert rate.interval_method == "group-bootstrap" and rate.groups == 4
+    assert math.isclose(rate.top1, 31 / 40) and math.isclose(rate.per_group_top1, 0.25)
+    wilson = hit_rate(hits, hits, 100, (0.01, 0.05), None)
+    assert wilson.interval_method == "wilson"
+    assert rate.top1_interval[1] - rate.top1_interval[0] > wilson.top1_interval[1] - wilson.top1_interval[0]
+    level = {
+        "noise_std": 0.2,
+        "noise_mean": 0.1,
+        "distortion": {
+            name: {"psnr": {"mean": 14.0}, "ssim": {"mean": 0.3}}
+            for name in ("obfuscated", "mean_removed", "two_copy_average")
+        },
+        "linkage": rate.to_dict(),
+        "reidentification": {"skipped": "none"},
+        "reversal": {},
+    }
+    text = " ".join(level_sentences(level, {}))
+    assert "bootstrap over 4 patients" in text and "25.0% averaged per patient (4 patients)" in text
+    single = hit_rate(hits, hits, 100, (0.01, 0.05), ["one"] * 40)
+    assert math.isnan(single.top1_interval[0]) and "no 95% CI" in " ".join(
+        level_sentences({**level, "linkage": single.to_dict()}, {})
+    )
