@@ -24,6 +24,7 @@ from typing import Any
 from meddenoise.errors import ConfigError, MeddenoiseError
 from meddenoise.evaluation import files
 from meddenoise.fileio import atomic_write_json, atomic_write_text, ensure_writable_dir, read_json
+from meddenoise.locking import folder_lock
 
 PLAN_FILE = "reproduce.json"
 STRATEGIES = ("single", "dp", "ddp+amp")
@@ -475,11 +476,16 @@ def _load_plan(settings: ReproduceSettings) -> dict[str, Any]:
 
 def reproduce(settings: ReproduceSettings) -> Path:
     """Run (or continue) the grid and build the report; returns the report's Markdown path."""
+    ensure_writable_dir(settings.out, what="output folder (--out)")
+    with folder_lock(settings.out):  # one reproduction per folder (its jobs lock their own folders too)
+        return _reproduce(settings)
+
+
+def _reproduce(settings: ReproduceSettings) -> Path:
     from meddenoise.evaluation.environment import describe_environment
     from meddenoise.evaluation.runs import describe_data
 
     started = time.perf_counter()
-    ensure_writable_dir(settings.out, what="output folder (--out)")
     previous = _load_plan(settings)
     data_dir = _prepare(settings)
     from meddenoise.data.cache import load_prepared

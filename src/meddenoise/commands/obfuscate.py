@@ -23,6 +23,7 @@ from meddenoise import __version__
 from meddenoise.config import add_config_arguments, config_from_args, config_to_dict, format_config, option
 from meddenoise.errors import ConfigError, DataError
 from meddenoise.fileio import atomic_write_bytes, atomic_write_json, atomic_write_text, ensure_writable_dir
+from meddenoise.locking import LOCK_NAME, folder_lock
 
 # Same as meddenoise.noise.KINDS, repeated so that `--help` does not import torch (a test keeps them equal).
 NOISE_KINDS = ("gaussian", "poisson", "poisson_gaussian")
@@ -111,12 +112,18 @@ class ExportPlan:
 
 
 def run(args: argparse.Namespace) -> int:
+    config = config_from_args(ObfuscateConfig, args)
+    out = ensure_writable_dir(Path(config.out).expanduser().resolve(), what="export folder (--out)")
+    with folder_lock(out):
+        return _export(config)
+
+
+def _export(config: ObfuscateConfig) -> int:
     from meddenoise.data.cache import load_prepared
     from meddenoise.engine.runtime import resolve_device
     from meddenoise.engine.targets import COPY_SEED_STRIDE
     from meddenoise.noise import build_noise
 
-    config = config_from_args(ObfuscateConfig, args)
     operator = build_noise(
         config.noise, mean=config.noise_mean, std=config.noise_std, clamp=config.clamp, dose=config.noise_dose
     )
@@ -177,7 +184,7 @@ def check_paths(config: ObfuscateConfig) -> tuple[Path, Path]:
                 f"{path} already exists (it may link an earlier export to patients); choose a new "
                 "--private-map or move the old one away"
             )
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+    if out.exists() and (not out.is_dir() or any(p.name != LOCK_NAME for p in out.iterdir())):
         raise ConfigError(f"export folder {out} exists and is not empty; choose a new --out or empty it")
     return out, private_map
 

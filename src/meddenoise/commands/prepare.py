@@ -7,6 +7,8 @@ from pathlib import Path
 
 from meddenoise.config import add_config_arguments, config_from_args, format_config, save_config
 from meddenoise.data.prepare_config import PrepareConfig
+from meddenoise.fileio import ensure_writable_dir
+from meddenoise.locking import folder_lock
 
 MAX_LISTED_SKIPS = 10
 
@@ -37,8 +39,10 @@ def run(args: argparse.Namespace) -> int:
 
         resolve_device(config.device)  # an unusable --device fails here, not deep inside the renderer
     source = build_source(config)
-    result = prepare(source, config)
-    save_config(config, Path(result.folder) / "config.json")
+    out = ensure_writable_dir(config.out, what="output folder (--out)")
+    with folder_lock(out):  # held until config.json is written too
+        result = prepare(source, config)
+        save_config(config, Path(result.folder) / "config.json")
     print(format_summary(result, config))
     return 0
 

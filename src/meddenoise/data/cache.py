@@ -36,6 +36,7 @@ from meddenoise.data.prepare_config import RUN_ONLY_FIELDS, PrepareConfig
 from meddenoise.data.splits import assign_splits
 from meddenoise.errors import DataError, MeddenoiseError
 from meddenoise.fileio import atomic_write_text, ensure_writable_dir
+from meddenoise.locking import folder_lock
 
 __all__ = [
     "MANIFEST_COLUMNS",
@@ -67,6 +68,11 @@ def prepare(source, config: PrepareConfig) -> PrepareResult:
     """Build (or reuse) the prepared folder `config.out` from `source`."""
     started = time.perf_counter()
     out = ensure_writable_dir(config.out, what="output folder (--out)")
+    with folder_lock(out):
+        return _prepare_locked(source, config, out, started)
+
+
+def _prepare_locked(source, config: PrepareConfig, out: Path, started: float) -> PrepareResult:
     records = source.records()
     notes = list(getattr(source, "notes", []))
     if not records:

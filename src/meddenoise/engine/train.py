@@ -11,6 +11,7 @@ sums), identity.py (what must match to resume), run_files.py (logs and tables), 
 
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,7 @@ from meddenoise.engine.targets import TargetBatch, build_target, make_target_bat
 from meddenoise.engine.validation import evaluate_batches, evaluate_split, reduce_means
 from meddenoise.errors import MeddenoiseError
 from meddenoise.fileio import atomic_write_text, ensure_writable_dir
+from meddenoise.locking import folder_lock
 
 # Under DDP a time limit needs all ranks to agree; they compare clocks every this many steps.
 TIME_CHECK_INTERVAL = 20
@@ -565,7 +567,10 @@ def fit(config: TrainConfig) -> Path:
         dist_timeout=config.dist_timeout,
     )
     finished = False
+    locked = contextlib.ExitStack()
     try:
+        if runtime.is_main:  # only rank 0 writes the run folder
+            locked.enter_context(folder_lock(ensure_writable_dir(config.out, what="run folder (--out)")))
         trainer = _build_trainer(config, runtime)
         trainer.log.info(
             f"runtime: {runtime.describe()}; global batch {config.batch_size * runtime.data_parallel_width}"
@@ -588,4 +593,5 @@ def fit(config: TrainConfig) -> Path:
             raise
         raise failure from None
     finally:
+        locked.close()
         distributed.teardown(clean=finished)
