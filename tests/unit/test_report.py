@@ -305,3 +305,13 @@ def test_single_patient_data_gives_n_a_intervals_and_no_marks(tmp_path):
     assert not any("*" in cell for cell in table.column("PSNR (dB)"))
     assert any("all 12 images come from one patient" in note for note in table.notes)
     assert "±0.00" not in report.markdown.read_text()
+
+
+def test_training_curves_have_one_panel_per_model_and_one_line_per_noise_level(grid, report):
+    from meddenoise.report.figures import curve_panels
+
+    panels = curve_panels(collect(grid))
+    assert list(panels) == ["dncnn", "unet", "unetpp"]
+    for runs in panels.values():
+        assert sorted(run.noise_std for run in runs) == [0.1, 0.2]  # first seed only, one line per level
+        assert {run.seed for run in runs} == {0}

@@ -47,3 +47,15 @@ def test_one_gpu_skips_both_multi_device_strategies():
     _, skipped = plan_jobs(PRESETS["paper"], Path("out"), seeds=1, gpus=1)
     reasons = {item["what"]: item["reason"] for item in skipped}
     assert "(1 here)" in reasons["strategy dp"] and "(1 here)" in reasons["strategy ddp+amp"]
+
+
+def test_the_description_names_the_data_really_used():
+    from meddenoise.reproduce import describe_plan
+
+    own = describe_plan(PRESETS["quick"], {}, given=False)
+    assert "rendered default" in own
+    given = {"source": "folder", "height": 128, "width": 128, "counts": {"train": 100, "val": 60, "test": 40}}
+    text = describe_plan(PRESETS["quick"], given, given=True)
+    assert "given with --data" in text and "`folder`" in text and "200 images of 128x128" in text
+    assert "not the preset's own (the rendered default" in text
+    assert "on the rendered default" not in text

@@ -80,4 +80,21 @@ def run(args: argparse.Namespace) -> int:
     report = reproduce(settings)
     save_config(config, out / "config.json")
     print(f"report: {report} and {report.with_suffix('.html')}")
+    return report_failures(out)
+
+
+def report_failures(out) -> int:
+    """1 (after listing them) when jobs of the reproduction failed, else 0: a grid with holes must not
+    look like a success to a script or a CI job."""
+    from meddenoise.fileio import read_json
+    from meddenoise.reproduce import PLAN_FILE
+
+    failed = (read_json(out / PLAN_FILE, what="reproduction plan") or {}).get("failed") or []
+    for item in failed:
+        print(f"failed: {item['what']}: {item['reason']}")
+    if failed:
+        print(
+            f"{len(failed)} job(s) failed (listed in the report); rerun with --resume after fixing the cause"
+        )
+        return 1
     return 0

@@ -99,6 +99,22 @@ def setup_section(collection: Collection) -> list[Block]:
     return blocks
 
 
+def failures_section(collection: Collection) -> list[Block]:
+    """The jobs of the reproduction that failed, with their errors, before anything else: the tables below
+    lack their numbers."""
+    failed = collection.plan.get("failed") or []
+    if not failed:
+        return []
+    return [
+        Heading(2, "Failed jobs"),
+        Paragraph(
+            f"**{len(failed)} job(s) failed**; their results are missing from every table and figure below. "
+            "Fix the cause and rerun with `--resume` to add them (finished jobs are kept)."
+        ),
+        BulletList([f"`{item['what']}`: {item['reason']}" for item in failed]),
+    ]
+
+
 def _threads_sentence(environment: dict[str, Any]) -> str:
     return (
         f"CPU threads: one-device runs, evaluation and the audit use torch's pool of "
@@ -288,6 +304,7 @@ def build_report(root: str | Path, out_dir: str | Path | None = None, *, split: 
             f"report {root}`."
         ),
     ]
+    blocks += failures_section(collection)
     blocks += setup_section(collection)
     blocks += tables_section(collection, tables_dir)
     figure_blocks, figure_paths = figures_section(collection, report_dir)

@@ -184,36 +184,65 @@ def _epoch_series(epochs: Sequence[dict], key: str) -> tuple[list[float], list[f
     return xs, ys
 
 
-def training_curves(collection: Collection, path: Path) -> str | None:
-    """Training and validation loss, and validation PSNR, per epoch for every one-device network run."""
+def curve_panels(collection: Collection) -> dict[str, list[Evaluation]]:
+    """The one-device runs with a history, one panel per model (training target included), each holding
+    one run per noise level (first seed): a handful of lines per panel, each its own colour."""
     runs = [
         e
         for e in collection.networks()
         if e.strategy == "single" and collection.history(e) and collection.history(e).epochs
     ]
-    runs = [e for e in runs if e.seed == min(x.seed or 0 for x in runs if x.method == e.method)]
-    if not runs:
+    first_seed = {}
+    for run in runs:
+        key = (run.method, run.noise_std)
+        if key not in first_seed or (run.seed or 0) < (first_seed[key].seed or 0):
+            first_seed[key] = run
+    panels: dict[str, list[Evaluation]] = {}
+    for (method, _), run in sorted(
+        first_seed.items(), key=lambda item: (method_sort_key(item[0][0]), item[0][1])
+    ):
+        panels.setdefault(method, []).append(run)
+    return panels
+
+
+def training_curves(collection: Collection, path: Path) -> str | None:
+    """Per model a row of two panels (loss; validation PSNR) with one line per noise level and the legend
+    outside the axes, so no line hides under it and no two lines share a colour."""
+    panels = curve_panels(collection)
+    if not panels:
         return None
     plt = _pyplot()
-    figure, (loss_axis, psnr_axis) = plt.subplots(1, 2, figsize=(11, 4))
-    colours = plt.get_cmap("tab10")
-    for index, evaluation in enumerate(sorted(runs, key=lambda e: (method_sort_key(e.method), e.noise_std))):
-        epochs = collection.history(evaluation).epochs
-        label = f"{method_label(evaluation.method)} std {evaluation.noise_std:g}"
-        colour = colours(index % 10)
-        xs, ys = _epoch_series(epochs, "train_loss")
-        loss_axis.plot(xs, ys, color=colour, ls="--", lw=1)
-        xs, ys = _epoch_series(epochs, "val_loss")
-        loss_axis.plot(xs, ys, color=colour, lw=1.5, label=label)
-        xs, ys = _epoch_series(epochs, "val_psnr")
-        psnr_axis.plot(xs, ys, color=colour, lw=1.5, marker="o", ms=3, label=label)
-    loss_axis.set(xlabel="epoch", ylabel="L1 loss", title="loss (dashed: training, solid: validation)")
-    psnr_axis.set(xlabel="epoch", ylabel="PSNR (dB)", title="validation PSNR")
-    psnr_axis.legend(fontsize=7)
-    for axis in (loss_axis, psnr_axis):
-        axis.grid(alpha=0.3)
+    rows = len(panels)
+    figure, axes = plt.subplots(rows, 2, figsize=(11, 2.4 * rows + 0.6), squeeze=False)
+    levels = sorted({run.noise_std for runs in panels.values() for run in runs})
+    colours = {
+        level: plt.get_cmap("viridis")(i / max(1, len(levels) - 1) * 0.85) for i, level in enumerate(levels)
+    }
+    for (method, runs), (loss_axis, psnr_axis) in zip(panels.items(), axes):
+        for run in runs:
+            epochs = collection.history(run).epochs
+            colour, label = colours[run.noise_std], f"std {run.noise_std:g}"
+            xs, ys = _epoch_series(epochs, "train_loss")
+            loss_axis.plot(xs, ys, color=colour, ls="--", lw=1)
+            xs, ys = _epoch_series(epochs, "val_loss")
+            loss_axis.plot(xs, ys, color=colour, lw=1.5, label=label)
+            xs, ys = _epoch_series(epochs, "val_psnr")
+            psnr_axis.plot(xs, ys, color=colour, lw=1.5, marker="o", ms=3, label=label)
+        loss_axis.set(
+            ylabel="L1 loss", title=f"{method_label(method)}: loss (dashed: training, solid: validation)"
+        )
+        psnr_axis.set(ylabel="PSNR (dB)", title=f"{method_label(method)}: validation PSNR")
+        psnr_axis.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False)
+        for axis in (loss_axis, psnr_axis):
+            axis.grid(alpha=0.3)
+    for axis in axes[-1]:
+        axis.set_xlabel("epoch")
+    figure.tight_layout()
     _save(figure, path)
-    return "Training curves of the one-device runs, read from each run's metrics.jsonl."
+    return (
+        "Training curves of the one-device runs (first seed), one row per model, one line per noise level, "
+        "read from each run's metrics.jsonl."
+    )
 
 
 def training_times(collection: Collection, path: Path) -> str | None:
