@@ -60,17 +60,30 @@ def describe(data) -> str:
     patients_total = len({row["patient_id"] for row in data.records})
     groups_total = len({row["group"] for row in data.records})
     params = data.params
+    from meddenoise.data import split_claims
+
+    unit = params.get("split_unit") or split_claims.effective_split_unit(
+        str(params.get("split_by", "")), params.get("patient_id_origin"), str(params.get("source", ""))
+    )
+    patients = (
+        f"unknown ({patients_total} images, each counted as its own patient)"
+        if unit == split_claims.UNIT_IMAGE_UNKNOWN
+        else str(patients_total)
+    )
     lines = [
         f"{data.folder}: {count} images of {width}x{height} {data.images.dtype} (max value {data.max_value})",
-        f"  source: {params.get('source', '?')}, split by {params.get('split_by', '?')}, "
+        f"  source: {params.get('source', '?')}, split by {unit or params.get('split_by', '?')}, "
         f"seed {params.get('seed', '?')}, created {info.get('created', '?')}",
-        f"  patients: {patients_total}, groups (kept whole by the split): {groups_total}",
+        f"  patient ids from: {split_claims.origins_text(params.get('patient_id_origin'))}",
+        f"  patients: {patients}, groups (kept whole by the split): {groups_total}",
         f"  {'split':<6} {'images':>8} {'patients':>9} {'groups':>7}",
     ]
     for split in ("train", "val", "test"):
         rows = [row for row in data.records if row["split"] == split]
         patients, groups = len({row["patient_id"] for row in rows}), len({row["group"] for row in rows})
         lines.append(f"  {split:<6} {len(rows):>8} {patients:>9} {groups:>7}")
+    if split_claims.optimistic(unit):
+        lines.append("  note: " + split_claims.split_sentence({**params, "split_unit": unit}))
     return "\n".join(lines)
 
 

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from meddenoise.config import config_to_dict
+from meddenoise.data import split_claims
 from meddenoise.data.decode import UnreadableImage, fit_square, resize_quantized, stretch_minmax
 from meddenoise.data.manifest import (
     MANIFEST_COLUMNS,
@@ -103,6 +104,12 @@ def preprocessing_params(source, config: PrepareConfig, record_count: int) -> di
     describe = getattr(source, "describe", None)
     if callable(describe):  # the renderer's full settings, defaults included
         params["source_description"] = describe()
+    origins = getattr(source, "patient_id_origins", None)
+    if origins is None and callable(getattr(source, "render", None)):
+        origins = {split_claims.RENDERED: record_count}
+    if origins is not None:  # where patient ids came from, and so what the split really keeps together
+        params["patient_id_origin"] = dict(origins)
+        params["split_unit"] = split_claims.effective_split_unit(config.split_by, origins, config.source)
     return json.loads(json.dumps(params, default=str))
 
 

@@ -26,6 +26,8 @@ def describe_data(data: Any) -> dict[str, Any]:
         "folder": str(data.folder),
         "source": params.get("source", ""),
         "split_by": params.get("split_by", ""),
+        "patient_id_origin": params.get("patient_id_origin"),
+        "split_unit": params.get("split_unit", ""),
         "dtype": info.get("dtype"),
         "height": int(data.images.shape[1]),
         "width": int(data.images.shape[2]),

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from meddenoise.data.split_claims import UNIT_IMAGE_UNKNOWN
 from meddenoise.engine.runtime import resolve_device
 from meddenoise.engine.targets import COPY_SEED_STRIDE
 from meddenoise.errors import ConfigError, DataError
@@ -316,6 +317,15 @@ def run_audit(
         groups=[row.get("group") or row["patient_id"] for row in data.records],
         unit="pose group" if data.params.get("source") == "default" else "patient",
     )
+    if data.params.get("split_unit") == UNIT_IMAGE_UNKNOWN and plan.reid_skip_reason is not None:
+        plan = dataclasses.replace(
+            plan,
+            reid_skip_reason=(
+                "patient ids are unknown in this prepared folder (each image counted as its own patient), so "
+                "whether two images show the same patient cannot be checked: re-identification is not "
+                "measurable (it is not shown to be impossible)"
+            ),
+        )
     gallery_features = features_of_rows(
         matcher, data.images, plan.gallery_rows, data.max_value, device=torch_device
     )
@@ -387,6 +397,7 @@ def _describe_data(data: Any, plan: AuditPlan, split: str) -> dict[str, Any]:
         "query_patients": len({plan.patients[row] for row in plan.query_rows}),
         "query_groups": len({plan.groups[row] for row in plan.query_rows}) if plan.groups else None,
         "cluster_unit": plan.unit,
+        "split_unit": data.params.get("split_unit", ""),
         "split": split,
         "queries": int(plan.query_rows.size),
         "gallery": int(plan.gallery_rows.size),

@@ -211,6 +211,12 @@ def format_table(result: dict[str, Any]) -> str:
     return "\n".join("  ".join(cell.rjust(width) for cell, width in zip(row, widths)) for row in rows)
 
 
+def _patients_text(data: dict[str, Any]) -> str:
+    if data.get("split_unit") == "image: patient ids unknown":
+        return "patient ids unknown: each image counted as its own patient"
+    return f"{data['patients']} patients"
+
+
 def markdown_section(result: dict[str, Any], heading: str = "## Privacy audit of noise obfuscation") -> str:
     """A self-contained Markdown section (figures, verdict, method) that a report can include as is."""
     data, settings = result["data"], result["settings"]
@@ -218,7 +224,7 @@ def markdown_section(result: dict[str, Any], heading: str = "## Privacy audit of
         heading,
         "",
         f"Data: `{data['folder']}` ({', '.join(data['sources'])}; {data['images']} images,"
-        f" {data['patients']} patients). Queries: {data['queries']} images of split `{data['split']}`,"
+        f" {_patients_text(data)}). Queries: {data['queries']} images of split `{data['split']}`,"
         f" obfuscated with Gaussian noise (mean {settings['noise_mean']:g}, clamped to [0, 1], fixed seed"
         f" {settings['seed']}). Gallery: {data['gallery']} clean images.",
         "",

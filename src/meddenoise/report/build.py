@@ -68,7 +68,7 @@ def setup_section(collection: Collection) -> list[Block]:
         items.append(
             f"Data: source `{data.get('source', '?')}`, {data.get('height', '?')}x{data.get('width', '?')} "
             f"pixels ({data.get('dtype', '?')}), prepared folder `{data.get('folder', '?')}`; split by "
-            f"**{data.get('split_by', '?')}**: "
+            f"**{data.get('split_unit') or data.get('split_by', '?')}**: "
             + "; ".join(split_counts(n) for n in ("train", "val", "test"))
             + "."
         )
@@ -133,18 +133,9 @@ def _seconds_text(seconds: Any) -> str:
 
 
 def _split_policy_sentence(data: dict[str, Any]) -> str:
-    split_by = data.get("split_by")
-    if split_by == "image":
-        return (
-            "Split policy: by image, as in the paper; images of one patient can fall into both training and "
-            "test, which flatters test scores."
-        )
-    if data.get("source") == "default":
-        return (
-            "Split policy: by pose group; all rendered default images come from one CT volume, so whole pose "
-            "groups are held out and no test image shares its pose group with a training image."
-        )
-    return "Split policy: by patient; no patient has images in two splits."
+    from meddenoise.data.split_claims import split_sentence
+
+    return "Split policy: " + split_sentence(data)
 
 
 def _lpips_sentence(collection: Collection) -> str:

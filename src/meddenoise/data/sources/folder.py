@@ -20,6 +20,7 @@ import re
 from collections import Counter
 from pathlib import Path
 
+from meddenoise.data import split_claims
 from meddenoise.data.decode import DecodedImage, decode_pil_bytes, has_dicom_preamble, read_file_bytes
 from meddenoise.data.prepare_config import PATIENT_FROM_CHOICES
 from meddenoise.data.records import ImageRecord, select_subset
@@ -45,6 +46,14 @@ def decode_file(path: str) -> DecodedImage:
 
         return decode_dicom(path)
     return decode_pil_bytes(read_file_bytes(path), path)
+
+
+RULE_ORIGINS = {
+    "DICOM PatientID": split_claims.DICOM,
+    "NIH-style file name": split_claims.NIH_NAME,
+    "first sub-folder": split_claims.SUB_FOLDER,
+    "unknown (own patient)": split_claims.NONE,
+}
 
 
 class FolderSource:
@@ -80,6 +89,7 @@ class FolderSource:
         self.notes.append(
             "patient id from " + ", ".join(f"{rule}: {n}" for rule, n in sorted(rule_used.items()))
         )
+        self.patient_id_origins = {RULE_ORIGINS[rule]: n for rule, n in sorted(rule_used.items())}
         if rule_used.get("unknown (own patient)"):
             self.notes.append(
                 f"{rule_used['unknown (own patient)']} image(s) have no known patient, so each counts as its "

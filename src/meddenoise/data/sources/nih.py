@@ -16,6 +16,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+from meddenoise.data import split_claims
 from meddenoise.data.decode import DecodedImage, decode_pil_bytes, read_file_bytes
 from meddenoise.data.records import ImageRecord, select_subset
 from meddenoise.data.sources import resolve_root
@@ -79,6 +80,14 @@ class NihSource:
         if self.count and self.count > len(names):
             self.notes.append(f"--count {self.count} asked, only {len(names)} image(s) available: using all")
         chosen = select_subset(names, self.count, self.seed)
+        origins: dict[str, int] = {}
+        for name in chosen:
+            if metadata is not None:
+                origin = split_claims.NIH_CSV
+            else:
+                origin = split_claims.NIH_NAME if nih_patient_from_name(name) else split_claims.NONE
+            origins[origin] = origins.get(origin, 0) + 1
+        self.patient_id_origins = origins
         return [ImageRecord(n, rows[n][0], self.name, str(files[n]), rows[n][0]) for n in chosen]
 
     def decode(self, record: ImageRecord) -> DecodedImage:
