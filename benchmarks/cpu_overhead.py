@@ -34,7 +34,6 @@ from meddenoise.engine.losses import build_loss
 from meddenoise.engine.step import build_optimizer
 from meddenoise.engine.train import fit
 from meddenoise.models import build_model
-from meddenoise.noise import build_noise
 
 TARGET_RATIO = 1.05
 
@@ -84,7 +83,7 @@ def bare_epochs(config: TrainConfig, repeats: int) -> list[float]:
     """Seconds per epoch of bare steps on pre-made tensors (one untimed epoch first)."""
     data = load_prepared(config.data)
     batches = DeviceBatches.from_prepared(data, "train", "cpu", config.batch_size, limit=config.limit_train)
-    noise = build_noise("gaussian", mean=config.noise_mean, std=config.noise_std)
+    noise = config.noise.build()
     pairs = []  # (noisy, clean) per step, the epoch-0 batches: (b, 1, H, W) float32 each
     for batch in batches.epoch(0):
         pairs.append((noise(batch.clean, batch.image_keys, seed=0, mode="fixed"), batch.clean))

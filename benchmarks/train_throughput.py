@@ -39,7 +39,7 @@ from meddenoise.engine.runtime import build_runtime
 from meddenoise.engine.step import TrainStep, build_optimizer
 from meddenoise.engine.targets import TargetBatch, build_target, make_target_batch
 from meddenoise.models import build_model
-from meddenoise.noise import build_noise
+from meddenoise.noise import NoiseSpec, build_noise
 
 CONFIGS = {
     "reference_fp32": {"pipeline": "reference", "amp": "off", "channels_last": False, "compile": False},
@@ -111,9 +111,8 @@ def time_configuration(
                 runtime.to_device_batch(batch.clean),
                 batch.image_keys,
                 noise,
-                seed=0,
+                NoiseSpec(seed=0),
                 epoch=0,
-                mode="fixed",
             )
             loss_sum += step(target_batch, 1.0, 1e-3)  # stays on the device, as in the engine
 

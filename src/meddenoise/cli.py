@@ -43,6 +43,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def command_parser(parser: argparse.ArgumentParser, command: str) -> argparse.ArgumentParser:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction) and command in action.choices:
+            return action.choices[command]
+    return parser
+
+
+def flag_of(parser: argparse.ArgumentParser, parameter: str | None) -> str | None:
+    """The command-line flag of a config parameter (`noise.std` -> `--noise-std`), looked up in the parsers,
+    so library errors can speak of parameters and the user still reads the flag to change."""
+    if not parameter:
+        return None
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for subparser in dict.fromkeys(action.choices.values()):
+                flag = flag_of(subparser, parameter)
+                if flag:
+                    return flag
+        elif action.dest == parameter and action.option_strings:
+            return action.option_strings[0]
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -52,7 +75,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = args.func(args)
     except MeddenoiseError as exc:
-        print(f"meddenoise {args.command}: error: {exc}", file=sys.stderr)
+        message = str(exc)
+        flag = flag_of(command_parser(parser, args.command), getattr(exc, "parameter", None))
+        if flag and flag not in message:
+            message += f" ({flag})"
+        print(f"meddenoise {args.command}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"meddenoise {args.command}: interrupted", file=sys.stderr)

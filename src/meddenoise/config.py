@@ -50,12 +50,29 @@ def option(
     `flag` overrides the command-line spelling (default: `--field-name`); `cli=False` keeps a field out of
     the command line (settable from TOML only); `bare` is the value of the flag given without a value
     (e.g. `--resume` alone means `--resume yes`).
+
+    A field whose type is itself a config dataclass (e.g. `noise: NoiseSpec = option(NoiseSpec(), "...")`)
+    is a group: its fields become `--noise-kind`, `--noise-std`, ... in one argparse group, a `[noise]` table
+    in TOML and a nested object in config.json. Flat keys (`noise_std = 0.2`) are read too.
     """
     metadata = {"help": help, "choices": tuple(choices) if choices else None, "required": required}
     metadata.update({"flag": flag, "cli": cli, "bare": bare})
     if isinstance(default, (list, dict, set)):
         return dataclasses.field(default_factory=lambda: type(default)(default), metadata=metadata)
+    if dataclasses.is_dataclass(default) and not isinstance(default, type):
+        return dataclasses.field(default_factory=lambda: dataclasses.replace(default), metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)
+
+
+def _group_class(annotation: Any) -> type | None:
+    """The config dataclass a field groups, or None for a plain field."""
+    base, _ = _unwrap_optional(annotation)
+    return base if isinstance(base, type) and dataclasses.is_dataclass(base) else None
+
+
+def _groups(cls: type) -> dict[str, type]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: group for f in dataclasses.fields(cls) if (group := _group_class(hints[f.name]))}
 
 
 def _unwrap_optional(annotation: Any) -> tuple[Any, bool]:
@@ -73,7 +90,7 @@ def _coerce(value: Any, annotation: Any, name: str) -> Any:
     if value is None:
         if optional:
             return None
-        raise ConfigError(f"option '{name}' cannot be empty")
+        raise ConfigError(f"option '{name}' cannot be empty", name)
     origin = typing.get_origin(base)
     try:
         if origin in (list, tuple):
@@ -106,24 +123,37 @@ def _coerce(value: Any, annotation: Any, name: str) -> Any:
             return str(value)
     except (TypeError, ValueError):
         type_name = getattr(base, "__name__", str(base))
-        raise ConfigError(f"option '{name}' expects {type_name}, got {value!r}") from None
+        raise ConfigError(f"option '{name}' expects {type_name}, got {value!r}", name) from None
     return value
 
 
-def validate_config(config: Any) -> Any:
-    """Coerce every field to its type and check choices and required fields; return the config."""
+def validate_config(config: Any, prefix: str = "") -> Any:
+    """Coerce every field to its type and check choices and required fields; return the config.
+
+    `prefix` ("noise.") names the fields of a group in messages and in `ConfigError.parameter`.
+    """
     hints = typing.get_type_hints(type(config))
     for field in dataclasses.fields(config):
-        value = _coerce(getattr(config, field.name), hints[field.name], field.name)
+        name = prefix + field.name
+        group = _group_class(hints[field.name])
+        if group is not None:
+            value = getattr(config, field.name)
+            if not isinstance(value, group):
+                value = config_from_mapping(group, _group_mapping(group, value, name), prefix=name + ".")
+            else:
+                validate_config(value, prefix=name + ".")
+            object.__setattr__(config, field.name, value)
+            continue
+        value = _coerce(getattr(config, field.name), hints[field.name], name)
         choices = field.metadata.get("choices")
         if choices and value is not None:
             values = value if isinstance(value, (list, tuple)) else [value]
             for item in values:
                 if item not in choices:
                     allowed = ", ".join(map(str, choices))
-                    raise ConfigError(f"option '{field.name}' must be one of {allowed}; got {item!r}")
+                    raise ConfigError(f"option '{name}' must be one of {allowed}; got {item!r}", name)
         if field.metadata.get("required") and value in ("", None):
-            raise ConfigError(f"option '{field.name}' is required (--{field.name.replace('_', '-')})")
+            raise ConfigError(f"option '{name}' is required (--{name.replace('_', '-')})", name)
         object.__setattr__(config, field.name, value)
     check = getattr(config, "check", None)
     if callable(check):
@@ -141,20 +171,96 @@ def load_toml(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
 
 
-def config_from_mapping(cls: type[T], values: dict[str, Any], source: str = "config") -> T:
+def _group_mapping(group: type, value: Any, name: str) -> dict[str, Any]:
+    """A group's values as a mapping: a table/dict as it is, a bare value as the group's SHORTHAND field."""
+    if isinstance(value, dict):
+        return value
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
+    shorthand = getattr(group, "SHORTHAND", None)
+    if shorthand is None:
+        raise ConfigError(
+            f"option '{name}' expects a table of {group.__name__} settings; got {value!r}", name
+        )
+    return {shorthand: value}
+
+
+def normalise_mapping(cls: type, values: dict[str, Any]) -> dict[str, Any]:
+    """Keys with '_' for '-', old names renamed (the class's LEGACY_KEYS), and each group's keys gathered
+    into one dict: `noise_std = 0.2`, `noise = {std = 0.2}` and `noise = "poisson"` (a SHORTHAND) all read."""
+    legacy = getattr(cls, "LEGACY_KEYS", {})
+    normalised: dict[str, Any] = {}
+    for key, value in values.items():
+        key = key.replace("-", "_")
+        normalised[legacy.get(key, key)] = value
+    for name, group in _groups(cls).items():
+        members = {f.name for f in dataclasses.fields(group)}
+        gathered: dict[str, Any] = {}
+        if name in normalised:
+            gathered.update(_group_mapping(group, normalised.pop(name), name))
+        for key in [k for k in normalised if k.startswith(name + "_") and k[len(name) + 1 :] in members]:
+            gathered[key[len(name) + 1 :]] = normalised.pop(key)
+        if gathered:
+            normalised[name] = {k.replace("-", "_"): v for k, v in gathered.items()}
+    return normalised
+
+
+def config_from_mapping(cls: type[T], values: dict[str, Any], source: str = "config", prefix: str = "") -> T:
     """Build and validate `cls` from a mapping; unknown keys are errors (they are usually typos)."""
     known = {f.name for f in dataclasses.fields(cls)}
-    normalised = {key.replace("-", "_"): value for key, value in values.items()}
+    normalised = normalise_mapping(cls, values)
     unknown = sorted(set(normalised) - known)
     if unknown:
         raise ConfigError(
-            f"unknown key(s) in {source}: {', '.join(unknown)}; known keys: {', '.join(sorted(known))}"
+            f"unknown key(s) in {source}: {', '.join(prefix + key for key in unknown)}; known keys: "
+            f"{', '.join(sorted(prefix + key for key in known))}",
+            prefix + unknown[0],
         )
-    return validate_config(cls(**normalised))
+    return validate_config(cls(**normalised), prefix=prefix)
+
+
+def _field_default(field: dataclasses.Field) -> Any:
+    return field.default if field.default is not dataclasses.MISSING else field.default_factory()
+
+
+def _flag(field: dataclasses.Field, prefix: str = "") -> str:
+    if not prefix and field.metadata.get("flag"):
+        return field.metadata["flag"]
+    return "--" + (prefix + field.name).replace("_", "-")
+
+
+def _add_argument(target: Any, field: dataclasses.Field, annotation: Any, flag: str, dest: str) -> None:
+    help_text = field.metadata.get("help", "")
+    default = _field_default(field)
+    if field.metadata.get("required"):
+        help_text += " (required)"
+    elif default not in ("", None):
+        help_text += f" (default: {default})"
+    base, _ = _unwrap_optional(annotation)
+    kwargs: dict[str, Any] = {"dest": dest, "default": argparse.SUPPRESS, "help": help_text}
+    if field.metadata.get("choices") and base is not bool:
+        kwargs["choices"] = field.metadata["choices"]
+    if base is bool:
+        kwargs["action"] = argparse.BooleanOptionalAction
+    elif typing.get_origin(base) in (list, tuple):
+        item_type = (typing.get_args(base) or (str,))[0]
+        kwargs.update(nargs="+", type=item_type if item_type in (int, float) else str, metavar="V")
+    else:
+        kwargs["type"] = base if base in (int, float) else str
+        kwargs["metavar"] = field.name.upper() if base is str else base.__name__.upper()
+    if field.metadata.get("bare") is not None:
+        kwargs.update(nargs="?", const=field.metadata["bare"])
+    if "choices" in kwargs:
+        del kwargs["metavar"]  # argparse then shows the choices, {a,b,c}, in the usage and the help
+    target.add_argument(flag, **kwargs)
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
-    """Add one option per dataclass field, plus `--config FILE.toml` to read them from a file."""
+    """Add one option per dataclass field, plus `--config FILE.toml` to read them from a file.
+
+    A group field (see `option`) adds an argparse group of `--<group>-<field>` options; every command that
+    has the same group therefore has the same flags, help and defaults.
+    """
     hints = typing.get_type_hints(cls)
     parser.add_argument(
         "--config",
@@ -165,41 +271,82 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
     for field in dataclasses.fields(cls):
         if not field.metadata.get("cli", True):
             continue
-        flag = field.metadata.get("flag") or "--" + field.name.replace("_", "-")
-        help_text = field.metadata.get("help", "")
-        default = field.default if field.default is not dataclasses.MISSING else field.default_factory()
-        if field.metadata.get("required"):
-            help_text += " (required)"
-        elif default not in ("", None):
-            help_text += f" (default: {default})"
-        base, _ = _unwrap_optional(hints[field.name])
-        kwargs: dict[str, Any] = {"dest": field.name, "default": argparse.SUPPRESS, "help": help_text}
-        if field.metadata.get("choices") and base is not bool:
-            kwargs["choices"] = field.metadata["choices"]
-        if base is bool:
-            kwargs["action"] = argparse.BooleanOptionalAction
-        elif typing.get_origin(base) in (list, tuple):
-            item_type = (typing.get_args(base) or (str,))[0]
-            kwargs.update(nargs="+", type=item_type if item_type in (int, float) else str, metavar="V")
+        group = _group_class(hints[field.name])
+        if group is None:
+            _add_argument(parser, field, hints[field.name], _flag(field), field.name)
+            continue
+        arguments = parser.add_argument_group(f"{field.name} options", field.metadata.get("help"))
+        group_hints = typing.get_type_hints(group)
+        for member in dataclasses.fields(group):
+            flag = _flag(member, prefix=field.name + "_")
+            _add_argument(arguments, member, group_hints[member.name], flag, f"{field.name}.{member.name}")
+
+
+def _values_from_args(cls: type, args: argparse.Namespace) -> tuple[dict[str, Any], str]:
+    values: dict[str, Any] = {}
+    config_file = getattr(args, "config", None)
+    if config_file:
+        values.update(normalise_mapping(cls, load_toml(config_file)))
+    known = {f.name for f in dataclasses.fields(cls)}
+    for key, value in vars(args).items():
+        name, _, member = key.partition(".")
+        if name not in known:
+            continue
+        if member:
+            values[name] = {**values.get(name, {}), member: value}
         else:
-            kwargs["type"] = base if base in (int, float) else str
-            kwargs["metavar"] = field.name.upper() if base is str else base.__name__.upper()
-        if field.metadata.get("bare") is not None:
-            kwargs.update(nargs="?", const=field.metadata["bare"])
-        if "choices" in kwargs:
-            del kwargs["metavar"]  # argparse then shows the choices, {a,b,c}, in the usage and the help
-        parser.add_argument(flag, **kwargs)
+            values[name] = value
+    return values, config_file or "command line"
 
 
 def config_from_args(cls: type[T], args: argparse.Namespace) -> T:
     """Defaults, then the TOML file given with --config, then options given on the command line."""
-    values: dict[str, Any] = {}
-    config_file = getattr(args, "config", None)
-    if config_file:
-        values.update(load_toml(config_file))
-    known = {f.name for f in dataclasses.fields(cls)}
-    values.update({k: v for k, v in vars(args).items() if k in known})
-    return config_from_mapping(cls, values, source=config_file or "command line")
+    values, source = _values_from_args(cls, args)
+    return config_from_mapping(cls, values, source=source)
+
+
+def given_options(cls: type, args: argparse.Namespace) -> set[str]:
+    """Options set in the --config file or on the command line, not left at their default (`noise.std`
+    for a group's field)."""
+    values, _ = _values_from_args(cls, args)
+    given: set[str] = set()
+    for name, value in values.items():
+        if name in _groups(cls) and isinstance(value, dict):
+            given.update(f"{name}.{member}" for member in value)
+        else:
+            given.add(name)
+    return given
+
+
+def config_to_argv(config: Any, skip: typing.Iterable[str] = ()) -> list[str]:
+    """Command-line options that rebuild `config` (options left at their default are omitted)."""
+    argv: list[str] = []
+    hints = typing.get_type_hints(type(config))
+    for field in dataclasses.fields(config):
+        if field.name in skip or not field.metadata.get("cli", True):
+            continue
+        value = getattr(config, field.name)
+        if _group_class(hints[field.name]) is not None:
+            default = _field_default(field)
+            for member in dataclasses.fields(value):
+                argv += _option_argv(
+                    _flag(member, prefix=field.name + "_"),
+                    getattr(value, member.name),
+                    getattr(default, member.name),
+                )
+        else:
+            argv += _option_argv(_flag(field), value, _field_default(field))
+    return argv
+
+
+def _option_argv(flag: str, value: Any, default: Any) -> list[str]:
+    if value == default or value is None:
+        return []
+    if isinstance(value, bool):
+        return [flag if value else "--no-" + flag[2:]]
+    if isinstance(value, (list, tuple)):
+        return [flag, *map(str, value)]
+    return [flag, repr(value) if isinstance(value, float) else str(value)]
 
 
 def config_to_dict(config: Any) -> dict[str, Any]:
@@ -221,7 +368,11 @@ def load_config(cls: type[T], path: str | Path) -> T:
 
 
 def format_config(config: Any) -> str:
-    """One `key = value` line per field, for printing at the start of a command."""
+    """One `key = value` line per field (`group.key = value` inside a group), for printing."""
     lines = [f"{type(config).__name__}:"]
-    lines += [f"  {key} = {value!r}" for key, value in config_to_dict(config).items()]
+    for key, value in config_to_dict(config).items():
+        if isinstance(value, dict) and key in _groups(type(config)):
+            lines += [f"  {key}.{member} = {item!r}" for member, item in value.items()]
+        else:
+            lines.append(f"  {key} = {value!r}")
     return "\n".join(lines)

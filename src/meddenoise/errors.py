@@ -1,12 +1,22 @@
 """User-facing errors: the CLI prints their message (no traceback) and exits with status 2."""
 
+from __future__ import annotations
+
 
 class MeddenoiseError(Exception):
     """An error whose message tells the user what went wrong and what to do next."""
 
 
 class ConfigError(MeddenoiseError):
-    """A bad option value, an unknown config key or an unreadable config file."""
+    """A bad option value, an unknown config key or an unreadable config file.
+
+    `parameter` names the config field at fault in library terms (`epochs`, `noise.std`); the CLI adds the
+    matching command-line flag to the message, so library code never needs to know how a value was given.
+    """
+
+    def __init__(self, message: str, parameter: str | None = None) -> None:
+        super().__init__(message)
+        self.parameter = parameter
 
 
 class DataError(MeddenoiseError):

@@ -25,6 +25,7 @@ from meddenoise.errors import ConfigError, MeddenoiseError
 from meddenoise.evaluation import files
 from meddenoise.fileio import atomic_write_json, atomic_write_text, ensure_writable_dir, read_json
 from meddenoise.locking import folder_lock
+from meddenoise.noise.spec import NoiseSpec
 
 PLAN_FILE = "reproduce.json"
 STRATEGIES = ("single", "dp", "ddp+amp")
@@ -316,9 +317,7 @@ def _train_config(job: Job, data_dir: Path, settings: ReproduceSettings, resume:
         **job.train_overrides,
         "data": str(data_dir),
         "out": str(job.folder),
-        "noise_std": job.noise_std,
-        "noise_mean": settings.preset.noise_mean,
-        "noise_seed": 0,
+        "noise": job_noise(job, settings).to_dict(),
         "resume": resume,
         "quiet": settings.quiet,
     }
@@ -327,6 +326,11 @@ def _train_config(job: Job, data_dir: Path, settings: ReproduceSettings, resume:
     if settings.device != "auto" and values.get("device", "auto") == "auto":
         values["device"] = settings.device
     return config_from_mapping(TrainConfig, values, source=f"preset {settings.preset.name}")
+
+
+def job_noise(job: Job, settings: ReproduceSettings) -> NoiseSpec:
+    """The paper's obfuscation at the job's level: Gaussian, the preset's mean, clamped, fixed, seed 0."""
+    return NoiseSpec(mean=settings.preset.noise_mean, std=job.noise_std)
 
 
 def run_network_job(job: Job, data_dir: Path, settings: ReproduceSettings) -> None:
@@ -357,18 +361,11 @@ def run_network_job(job: Job, data_dir: Path, settings: ReproduceSettings) -> No
 def run_baseline_job(job: Job, data_dir: Path, settings: ReproduceSettings) -> None:
     from meddenoise.evaluation.runs import evaluate_baseline
 
-    noise = {
-        "kind": "gaussian",
-        "mean": settings.preset.noise_mean,
-        "std": job.noise_std,
-        "clamp": True,
-        "seed": 0,
-    }
     evaluate_baseline(
         job.method,
         data_dir,
         job.folder,
-        noise=noise,
+        noise=job_noise(job, settings),
         device="cpu",
         keep_samples=settings.preset.samples,
         lpips_weights=settings.lpips_weights or None,
@@ -441,8 +438,7 @@ def run_privacy_audit(data_dir: Path, jobs: list[Job], settings: ReproduceSettin
             per_level.append(
                 run_audit(
                     data_dir,
-                    noise_stds=[noise_std],
-                    noise_mean=settings.preset.noise_mean,
+                    noise=NoiseSpec(mean=settings.preset.noise_mean, std=noise_std),
                     max_queries=settings.preset.privacy_queries,
                     run_dir=str(receiver.folder) if receiver is not None else None,
                     device=settings.device,

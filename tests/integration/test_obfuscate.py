@@ -14,11 +14,11 @@ import torch
 from PIL import Image
 
 from meddenoise.cli import main
-from meddenoise.commands.obfuscate import NOISE_KINDS, ObfuscateConfig
+from meddenoise.commands.obfuscate import ObfuscateConfig
 from meddenoise.config import load_config
 from meddenoise.data.cache import load_prepared, write_prepared
 from meddenoise.data.records import ImageRecord
-from meddenoise.noise import KINDS, build_noise
+from meddenoise.noise import build_noise
 
 COUNT, SIZE = 6, 12
 
@@ -73,7 +73,9 @@ def png_chunk_types(payload: bytes) -> list[bytes]:
 
 
 def test_png16_export_layout_and_values_round_trip(tmp_path, prepared, capsys):
-    out, private_map = export(tmp_path, prepared, "--seed", "5", "--noise-std", "0.1", "--device", "cpu")
+    out, private_map = export(
+        tmp_path, prepared, "--noise-seed", "5", "--noise-std", "0.1", "--device", "cpu"
+    )
     assert "seed = '<secret>'" in capsys.readouterr().out  # not even a chosen seed is printed
     assert sorted(p.name for p in out.iterdir()) == ["README.txt", "copy1", "export.json", "index.csv"]
     files = sorted((out / "copy1").iterdir())
@@ -97,7 +99,7 @@ def test_png16_export_layout_and_values_round_trip(tmp_path, prepared, capsys):
 
 
 def test_nothing_identifying_leaves_with_the_export(tmp_path, prepared):
-    out, private_map = export(tmp_path, prepared, "--seed", "123456789", "--copies", "2")
+    out, private_map = export(tmp_path, prepared, "--noise-seed", "123456789", "--copies", "2")
     data = load_prepared(prepared)
     secrets_ = {str(prepared), prepared.name, private_map.name, "123456789", "JaneDoe", "hospital", "MRN-77"}
     for row in data.records:
@@ -112,11 +114,11 @@ def test_nothing_identifying_leaves_with_the_export(tmp_path, prepared):
             assert secret.encode() not in content, (path.name, secret)
             assert secret not in str(path.relative_to(out)), secret
     private_config = load_config(ObfuscateConfig, Path(f"{private_map}.config.json"))
-    assert private_config.seed == 123456789
+    assert private_config.noise.seed == 123456789
 
 
 def test_two_copies_share_ids_and_differ_in_noise(tmp_path, prepared):
-    out, private_map = export(tmp_path, prepared, "--seed", "9", "--copies", "2", "--device", "cpu")
+    out, private_map = export(tmp_path, prepared, "--noise-seed", "9", "--copies", "2", "--device", "cpu")
     mapping = read_map(private_map)
     assert sorted(p.name for p in (out / "copy1").iterdir()) == sorted(
         p.name for p in (out / "copy2").iterdir()
@@ -124,7 +126,7 @@ def test_two_copies_share_ids_and_differ_in_noise(tmp_path, prepared):
     export_id = sorted(mapping)[0]
     image_id = mapping[export_id]["image_id"]
     assert mapping[export_id]["files"] == f"copy1/{export_id}.png;copy2/{export_id}.png"
-    for copy, seed in ((1, 9), (2, 9 + 7919)):  # the engine's convention for independent copies
+    for copy, seed in ((1, 9), (2, 9 + 7919)):  # NoiseSpec.copy_seed, as training targets use it
         with Image.open(out / f"copy{copy}" / f"{export_id}.png") as image:
             stored = np.array(image) / 65535
         assert np.abs(stored - expected_noisy(prepared, image_id, seed=seed).numpy()).max() <= 1e-5
@@ -132,7 +134,7 @@ def test_two_copies_share_ids_and_differ_in_noise(tmp_path, prepared):
 
 def test_npy16_keeps_unclamped_values_in_float16(tmp_path, prepared):
     out, private_map = export(
-        tmp_path, prepared, "--seed", "1", "--format", "npy16", "--no-clamp", "--noise-std", "0.3"
+        tmp_path, prepared, "--noise-seed", "1", "--format", "npy16", "--no-noise-clamp", "--noise-std", "0.3"
     )
     mapping = read_map(private_map)
     values = []
@@ -147,7 +149,7 @@ def test_npy16_keeps_unclamped_values_in_float16(tmp_path, prepared):
 
 def test_split_and_poisson_noise(tmp_path, prepared):
     out, private_map = export(
-        tmp_path, prepared, "--split", "test", "--noise", "poisson", "--noise-dose", "200"
+        tmp_path, prepared, "--split", "test", "--noise-kind", "poisson", "--noise-dose", "200"
     )
     mapping = read_map(private_map)
     assert len(mapping) == 2 and {row["split"] for row in mapping.values()} == {"test"}
@@ -158,7 +160,7 @@ def test_split_and_poisson_noise(tmp_path, prepared):
 def test_default_seed_is_fresh_secret_and_recorded_privately(tmp_path, prepared):
     out_a, map_a = export(tmp_path, prepared, name="a")
     out_b, map_b = export(tmp_path, prepared, name="b")
-    seeds = [load_config(ObfuscateConfig, Path(f"{m}.config.json")).seed for m in (map_a, map_b)]
+    seeds = [load_config(ObfuscateConfig, Path(f"{m}.config.json")).noise.seed for m in (map_a, map_b)]
     assert seeds[0] != seeds[1]
     assert not set(read_map(map_a)) & set(read_map(map_b))  # ids are random, not derived from image ids
     export_id, row = next(iter(read_map(map_a).items()))
@@ -170,8 +172,8 @@ def test_default_seed_is_fresh_secret_and_recorded_privately(tmp_path, prepared)
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        (["--no-clamp"], "npy16"),
-        (["--noise", "poisson"], "--noise-dose"),
+        (["--no-noise-clamp"], "npy16"),
+        (["--noise-kind", "poisson"], "--noise-dose"),
         (["--noise-std", "-0.2"], "--noise-std"),
         (["--batch-size", "0"], "--batch-size"),
         (["--device", "cuda:7"], "--device"),
@@ -210,16 +212,39 @@ def test_unsafe_paths_are_refused(tmp_path, prepared, capsys):
     assert "nowhere" in capsys.readouterr().err
 
 
-def test_command_lists_the_same_noise_kinds_as_the_operators():
-    assert NOISE_KINDS == KINDS
+def test_private_config_files_from_before_the_noise_group_still_load(tmp_path):
+    old = {
+        "kind": "ObfuscateConfig",
+        "config": {
+            "data": "d",
+            "out": "o",
+            "private_map": "m.csv",
+            "noise": "poisson",
+            "noise_mean": 0.1,
+            "noise_std": 0.2,
+            "noise_dose": 300.0,
+            "clamp": True,
+            "image_format": "png16",
+            "split": "all",
+            "seed": 77,
+            "copies": 2,
+            "batch_size": 64,
+            "device": "auto",
+        },
+    }
+    path = tmp_path / "m.csv.config.json"
+    path.write_text(json.dumps(old))
+    noise = load_config(ObfuscateConfig, path).noise
+    assert (noise.kind, noise.dose, noise.seed, noise.clamp) == ("poisson", 300.0, 77, True)
+    assert noise.copy_seed(1) == 77 + 7919
 
 
 def test_options_from_a_toml_file_with_command_line_winning(tmp_path, prepared):
     config_file = tmp_path / "obfuscate.toml"
-    config_file.write_text('noise_std = 0.3\nnoise_mean = 0.05\nseed = 4\nsplit = "val"\n')
-    out, private_map = export(tmp_path, prepared, "--config", str(config_file), "--seed", "8")
+    config_file.write_text('split = "val"\n[noise]\nstd = 0.3\nmean = 0.05\nseed = 4\n')
+    out, private_map = export(tmp_path, prepared, "--config", str(config_file), "--noise-seed", "8")
     noise = json.loads((out / "export.json").read_text())["noise"]
     assert noise["noise_level"] == "gaussian_m0.05_s0.3"
     saved = load_config(ObfuscateConfig, Path(f"{private_map}.config.json"))
-    assert (saved.seed, saved.split, saved.noise_std) == (8, "val", 0.3)
+    assert (saved.noise.seed, saved.split, saved.noise.std) == (8, "val", 0.3)
     assert len(read_map(private_map)) == 2

@@ -29,7 +29,7 @@ def audit(data, out, *extra):
 def test_audit_with_repeating_patients_writes_json_and_report(make_prepared, tmp_path, capsys):
     data = make_prepared(n=60, size=32, patients=12, seed=3)
     out = tmp_path / "audit"
-    assert audit(data, out, "--noise-std", "0.1", "0.3", "--split", "test") == 0
+    assert audit(data, out, "--levels", "0.1", "0.3", "--split", "test") == 0
     printed = capsys.readouterr().out
     assert "link@1" in printed and "reid@1" in printed
 
@@ -152,7 +152,7 @@ def test_audit_on_an_nih_layout_reidentifies_follow_up_studies(tmp_path, image_f
         main(["prepare", "--source", "nih", "--root", str(root), "--out", str(prepared), "--size", "64"]) == 0
     )
     out = tmp_path / "audit"
-    assert audit(prepared, out, "--noise-std", "0.1", "0.3", "--split", "all") == 0
+    assert audit(prepared, out, "--levels", "0.1", "0.3", "--split", "all") == 0
     result = json.loads((out / "privacy_audit.json").read_text())
     assert result["data"]["sources"] == ["nih"] and result["data"]["patients"] == 10
     for level in result["levels"]:
@@ -174,7 +174,7 @@ def test_audit_on_the_embedded_default_links_images_and_explains_the_missing_rei
     prepare = ["prepare", "--source", "default", "--count", "24", "--size", "32", "--device", "cpu"]
     assert main([*prepare, *render, "--out", str(prepared), "--quiet"]) == 0
     out = tmp_path / "audit"
-    assert audit(prepared, out, "--noise-std", "0.1", "0.3", "--split", "all") == 0
+    assert audit(prepared, out, "--levels", "0.1", "0.3", "--split", "all") == 0
     printed = capsys.readouterr().out
     assert "re-identification skipped: every gallery image belongs to one patient" in printed
     result = json.loads((out / "privacy_audit.json").read_text())

@@ -37,7 +37,7 @@ def trained_run(tmp_path_factory):
         "--out",
         str(out),
         *TINY,
-        "--noise",
+        "--noise-std",
         "0.2",
         "--epochs",
         "6",
@@ -100,7 +100,7 @@ def test_test_metrics_and_the_trained_model_can_be_reloaded(trained_run):
 
 def test_an_existing_run_needs_resume_and_the_same_model(trained_run, capsys):
     data, out = trained_run
-    argv = ["train", "--data", str(data), "--out", str(out), *TINY, "--noise", "0.2", "--batch-size", "2"]
+    argv = ["train", "--data", str(data), "--out", str(out), *TINY, "--noise-std", "0.2", "--batch-size", "2"]
     assert main(argv) == 2
     assert "--resume" in capsys.readouterr().err
     other = [*argv, "--resume", "--base-channels", "16"]

@@ -23,6 +23,7 @@ from meddenoise.engine.targets import (
     register_target,
 )
 from meddenoise.errors import ConfigError, MeddenoiseError
+from meddenoise.noise import NoiseSpec
 
 
 def test_schedules_start_peak_and_end_where_documented():
@@ -75,7 +76,7 @@ def test_clean_target_trains_every_deep_supervision_head():
 
     clean = torch.full((2, 1, 4, 4), 0.5)
     batch = make_target_batch(
-        build_target("clean", AddNoise()), clean, torch.arange(2), AddNoise(), seed=0, epoch=0, mode="fixed"
+        build_target("clean", AddNoise()), clean, torch.arange(2), AddNoise(), NoiseSpec(seed=0), epoch=0
     )
     loss = build_target("clean", AddNoise()).loss(TwoHeads(), batch, build_loss("l1"))
     assert float(loss) == pytest.approx(0.5)  # heads lose 0.5 and 0.5
@@ -95,7 +96,7 @@ def test_clean_free_targets_never_receive_clean_pixels():
 
     target = build_target("test-clean-free", AddNoise())
     batch = make_target_batch(
-        target, torch.rand(2, 1, 4, 4), torch.arange(2), AddNoise(), seed=1, epoch=0, mode="fixed"
+        target, torch.rand(2, 1, 4, 4), torch.arange(2), AddNoise(), NoiseSpec(seed=1), epoch=0
     )
     assert batch.clean is None and len(batch.noisy) == 2
     # copy c uses seed + 7919 c
@@ -224,7 +225,7 @@ def test_config_round_trips_through_the_relaunch_command_line():
             "d",
             "--out",
             "o",
-            "--noise",
+            "--noise-std",
             "0.3",
             "--lr",
             "0.002",
@@ -236,7 +237,8 @@ def test_config_round_trips_through_the_relaunch_command_line():
         ]
     )
     config = config_from_args(TrainConfig, args)
-    assert config.noise_std == 0.3 and config.noise_clamp is False
+    assert config.noise.std == 0.3 and config.noise.clamp is False
+    assert "--noise-std" in config_to_argv(config) and "--no-noise-clamp" in config_to_argv(config)
     config.nproc = 2
     argv = config_to_argv(config)
     assert "--nproc" not in argv  # torchrun would read it as its own --nproc-per-node
@@ -253,7 +255,9 @@ def test_train_help_lists_every_option(capsys):
     text = capsys.readouterr().out
     for flag in (
         "--noise-std",
-        "--noise ",
+        "--noise-kind",
+        "--noise-clamp",
+        "--noise-seed",
         "--strategy",
         "--amp",
         "--checkpoint-every",

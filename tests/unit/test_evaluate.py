@@ -14,6 +14,7 @@ from meddenoise.engine.checkpoint import save_weights
 from meddenoise.evaluation import files
 from meddenoise.evaluation.runs import evaluate_baseline, evaluate_run
 from meddenoise.models import build_model
+from meddenoise.noise import NoiseSpec
 
 NOISE = {"kind": "gaussian", "mean": 0.1, "std": 0.2, "clamp": True, "seed": 0}
 
@@ -107,7 +108,9 @@ def test_unetpp_heads_and_other_data(prepared, tmp_path, make_prepared):
 
 
 def test_noisy_baseline_scores_the_noisy_input(prepared, tmp_path):
-    folder = evaluate_baseline("noisy", prepared, tmp_path / "noisy", noise=NOISE, keep_samples=1)
+    folder = evaluate_baseline(
+        "noisy", prepared, tmp_path / "noisy", noise=NoiseSpec.from_dict(NOISE), keep_samples=1
+    )
     info = files.read_info(folder)
     assert info["kind"] == "baseline" and info["method"] == "noisy"
     samples = files.read_samples(folder / files.SAMPLES_FILE)

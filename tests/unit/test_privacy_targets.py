@@ -10,7 +10,7 @@ import torch
 from meddenoise.engine.losses import l1_loss, l2_loss
 from meddenoise.engine.targets import TargetBatch, build_target, list_targets, make_target_batch
 from meddenoise.errors import ConfigError
-from meddenoise.noise import build_noise
+from meddenoise.noise import NoiseSpec, build_noise
 from meddenoise.privacy.targets import (
     expected_observation,
     loss_statistic,
@@ -118,7 +118,7 @@ def test_loss_never_reads_clean_pixels(name):
     target = build_target(name, noise_op, seed=0)
     clean = torch.rand(4, 1, 16, 16)
     keys = torch.arange(4, dtype=torch.int64)
-    batch = make_target_batch(target, clean, keys, noise_op, seed=0, epoch=0, mode="fixed")
+    batch = make_target_batch(target, clean, keys, noise_op, NoiseSpec(seed=0), epoch=0)
     assert batch.clean is None and len(batch.noisy) == target.copies
     # even a batch that carries clean pixels by mistake: any read of them raises
     trap = TargetBatch(noisy=batch.noisy, clean=poisoned((4, 1, 16, 16)), image_keys=keys)
@@ -139,7 +139,9 @@ def test_target_randomness_is_seeded_and_resumable(name):
     def losses(target, model, steps, start=0):
         out = []
         for step in range(start, start + steps):
-            batch = make_target_batch(target, clean, keys, noise_op, seed=0, epoch=step, mode="fresh")
+            batch = make_target_batch(
+                target, clean, keys, noise_op, NoiseSpec(seed=0, mode="fresh"), epoch=step
+            )
             with torch.no_grad():
                 out.append(float(target.loss(model, batch, l2_loss)))
         return out
@@ -182,7 +184,7 @@ def test_tiny_run_beats_the_obfuscated_input(name, loss_fn, make_prepared):
     for step in range(100):
         rows = train_rows[torch.randint(0, len(train_rows), (8,), generator=generator)]
         batch = make_target_batch(
-            target, images[rows], keys[rows], noise_op, seed=0, epoch=step, mode="fresh"
+            target, images[rows], keys[rows], noise_op, NoiseSpec(seed=0, mode="fresh"), epoch=step
         )
         optimizer.zero_grad()
         target.loss(model, batch, loss_fn).backward()

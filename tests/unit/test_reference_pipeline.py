@@ -22,7 +22,7 @@ from meddenoise.engine.step import TrainStep, build_optimizer
 from meddenoise.engine.targets import TargetBatch, build_target, make_target_batch
 from meddenoise.engine.validation import evaluate_batches, reduce_means
 from meddenoise.models import build_model
-from meddenoise.noise import build_noise
+from meddenoise.noise import NoiseSpec, build_noise
 
 NOISE_SEED = 3
 
@@ -92,9 +92,8 @@ def _train_losses(prepared, noise_op, pipeline: str, epochs: int = 2, workers: i
                     batch.clean,
                     batch.image_keys,
                     noise_op,
-                    seed=NOISE_SEED,
+                    NoiseSpec(seed=NOISE_SEED),
                     epoch=epoch,
-                    mode="fixed",
                 )
                 losses.append(step(target_batch, 1.0, 1e-3))
             else:

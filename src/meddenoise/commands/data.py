@@ -5,27 +5,34 @@ from __future__ import annotations
 import argparse
 import dataclasses
 from pathlib import Path
+from typing import ClassVar
 
-from meddenoise.config import add_config_arguments, config_from_args, option
+from meddenoise.config import add_config_arguments, config_from_args, given_options, option
 from meddenoise.errors import ConfigError, DataError
+from meddenoise.noise.spec import PAPER_STDS, NoiseSpec
 
 
 @dataclasses.dataclass
 class DataInfoConfig:
+    LEGACY_KEYS: ClassVar[dict[str, str]] = {"noise_levels": "levels", "seed": "noise_seed"}
+
     folder: str = option("", "the prepared folder", required=True, cli=False)
     out: str = option("", "where to write the contact sheet PNG (default: FOLDER/contact_sheet.png)")
     samples: int = option(4, "number of sample images (rows of the contact sheet)")
     split: str = option("test", "split the samples are drawn from", choices=("train", "val", "test", "all"))
-    noise_levels: list[float] = option([0.1, 0.2, 0.3], "standard deviations of the Gaussian obfuscation")
-    noise_mean: float = option(0.1, "mean of the Gaussian obfuscation (the paper: 0.1)")
-    seed: int = option(0, "noise seed (fixed mode, as a releasing site would publish)")
+    noise: NoiseSpec = option(
+        NoiseSpec(), "the obfuscation shown (fixed noise, as a releasing site publishes)"
+    )
+    levels: list[float] = option(
+        [], "noise standard deviations, one column each (default: --noise-std if given, else 0.1 0.2 0.3)"
+    )
     sheet: bool = option(True, "write the contact sheet")
 
     def check(self) -> None:
         if self.samples < 1:
-            raise ConfigError("--samples must be at least 1")
-        if any(level < 0 for level in self.noise_levels):
-            raise ConfigError("--noise-levels must be non-negative")
+            raise ConfigError("samples must be at least 1", "samples")
+        if any(level < 0 for level in self.levels):
+            raise ConfigError("levels must be non-negative noise standard deviations", "levels")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -46,6 +53,9 @@ def run_info(args: argparse.Namespace) -> int:
     from meddenoise.data.cache import load_prepared
 
     config = config_from_args(DataInfoConfig, args)
+    if not config.levels:
+        given = "noise.std" in given_options(DataInfoConfig, args)
+        config = dataclasses.replace(config, levels=[config.noise.std] if given else list(PAPER_STDS))
     data = load_prepared(config.folder)
     print(describe(data))
     if config.sheet:
@@ -92,8 +102,6 @@ def write_contact_sheet(data, config: DataInfoConfig, out: Path) -> str:
     import numpy as np
     import torch
 
-    from meddenoise.noise import build_noise
-
     indices = data.indices(config.split)
     if len(indices) == 0:
         raise DataError(f"split {config.split!r} of {data.folder} is empty; choose another with --split")
@@ -101,9 +109,9 @@ def write_contact_sheet(data, config: DataInfoConfig, out: Path) -> str:
     clean = torch.from_numpy(np.ascontiguousarray(data.images[chosen])).unsqueeze(1).float() / data.max_value
     keys = torch.from_numpy(data.image_keys[chosen])
     columns = [("clean", clean)]
-    for level in config.noise_levels:
-        operator = build_noise("gaussian", mean=config.noise_mean, std=level)
-        columns.append((f"std {level:g}", operator(clean, keys, seed=config.seed, mode="fixed")))
+    for level in config.levels:
+        operator = config.noise.with_std(level).build()
+        columns.append((f"std {level:g}", operator(clean, keys, seed=config.noise.seed, mode="fixed")))
     _save_grid(columns, out)
     return f"contact sheet: {out} ({len(chosen)} {config.split} images x {len(columns)} columns)"
 

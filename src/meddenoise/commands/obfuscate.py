@@ -17,16 +17,22 @@ import secrets
 import struct
 import zlib
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from meddenoise import __version__
-from meddenoise.config import add_config_arguments, config_from_args, config_to_dict, format_config, option
+from meddenoise.config import (
+    add_config_arguments,
+    config_from_args,
+    config_to_dict,
+    format_config,
+    given_options,
+    option,
+)
 from meddenoise.errors import ConfigError, DataError
 from meddenoise.fileio import atomic_write_bytes, atomic_write_json, atomic_write_text, ensure_writable_dir
 from meddenoise.locking import LOCK_NAME, folder_lock
+from meddenoise.noise.spec import NoiseSpec
 
-# Same as meddenoise.noise.KINDS, repeated so that `--help` does not import torch (a test keeps them equal).
-NOISE_KINDS = ("gaussian", "poisson", "poisson_gaussian")
 PNG16_SCALE = 65535
 EXPORT_FORMAT = "meddenoise-obfuscated-export"
 EXPORT_VERSION = 1
@@ -34,6 +40,9 @@ EXPORT_VERSION = 1
 
 @dataclasses.dataclass
 class ObfuscateConfig:
+    # Names in private config files written before the noise settings became one group.
+    LEGACY_KEYS: ClassVar[dict[str, str]] = {"clamp": "noise_clamp", "seed": "noise_seed"}
+
     data: str = option("", "prepared folder to export (written by `meddenoise prepare`)", required=True)
     out: str = option(
         "", "export folder to create (new or empty); everything in it is meant to be shared", required=True
@@ -44,15 +53,11 @@ class ObfuscateConfig:
         "(FILE.config.json, with the secret seed, is written next to it); keep both private",
         required=True,
     )
-    noise: str = option(
-        "gaussian", "noise model: gaussian (the paper), poisson or poisson_gaussian", choices=NOISE_KINDS
+    noise: NoiseSpec = option(
+        NoiseSpec(),
+        "the obfuscation (fixed noise). Without --noise-seed a fresh random secret seed is drawn; anyone who "
+        "knows the seed and the image ids can remove the noise, so it is written only to the private files",
     )
-    noise_mean: float = option(0.1, "mean of the Gaussian noise, in units of full intensity (paper: 0.1)")
-    noise_std: float = option(0.2, "standard deviation of the Gaussian noise (paper: 0.1, 0.2 or 0.3)")
-    noise_dose: float | None = option(
-        None, "photons per pixel at full intensity, for the poisson kinds (lower dose = more noise)"
-    )
-    clamp: bool = option(True, "clamp noisy values to [0, 1] (as the paper; png16 needs it)")
     image_format: str = option(
         "png16",
         "png16: 16-bit grayscale PNG, value = pixel / 65535; npy16: float16 .npy (keeps unclamped values)",
@@ -62,11 +67,6 @@ class ObfuscateConfig:
     split: str = option(
         "all", "which images to export: all, train, val or test", choices=("all", "train", "val", "test")
     )
-    seed: int | None = option(
-        None,
-        "noise seed (default: a fresh random secret); anyone who knows it and the image ids can remove "
-        "the noise, so it is written only to the private files",
-    )
     copies: int = option(
         1, "independently obfuscated copies per image (2 lets the receiver train noise2noise)", choices=(1, 2)
     )
@@ -75,10 +75,15 @@ class ObfuscateConfig:
 
     def check(self) -> None:
         if self.batch_size < 1:
-            raise ConfigError(f"--batch-size must be at least 1; got {self.batch_size}")
-        if self.image_format == "png16" and not self.clamp:
+            raise ConfigError(f"batch_size must be at least 1; got {self.batch_size}", "batch_size")
+        if self.noise.mode != "fixed":
             raise ConfigError(
-                "--format png16 stores values in [0, 1] only; use --format npy16 to keep unclamped values"
+                "an export holds one obfuscated copy per image: noise.mode must be 'fixed'", "noise.mode"
+            )
+        if self.image_format == "png16" and not self.noise.clamp:
+            raise ConfigError(
+                "image_format png16 stores values in [0, 1] only; use npy16 to keep unclamped values",
+                "image_format",
             )
 
 
@@ -113,20 +118,21 @@ class ExportPlan:
 
 def run(args: argparse.Namespace) -> int:
     config = config_from_args(ObfuscateConfig, args)
+    chosen_seed = "noise.seed" in given_options(ObfuscateConfig, args)
+    if not chosen_seed:
+        config = dataclasses.replace(
+            config, noise=dataclasses.replace(config.noise, seed=secrets.randbits(62))
+        )
     out = ensure_writable_dir(Path(config.out).expanduser().resolve(), what="export folder (--out)")
     with folder_lock(out):
-        return _export(config)
+        return _export(config, chosen_seed)
 
 
-def _export(config: ObfuscateConfig) -> int:
+def _export(config: ObfuscateConfig, chosen_seed: bool) -> int:
     from meddenoise.data.cache import load_prepared
     from meddenoise.engine.runtime import resolve_device
-    from meddenoise.engine.targets import COPY_SEED_STRIDE
-    from meddenoise.noise import build_noise
 
-    operator = build_noise(
-        config.noise, mean=config.noise_mean, std=config.noise_std, clamp=config.clamp, dose=config.noise_dose
-    )
+    operator = config.noise.build()
     out, private_map = check_paths(config)
     device = resolve_device(config.device)
     data = load_prepared(config.data)
@@ -136,17 +142,15 @@ def _export(config: ObfuscateConfig) -> int:
     ensure_writable_dir(out, what="export folder (--out)")
     ensure_writable_dir(private_map.parent, what="folder of --private-map")
 
-    chosen_seed = config.seed is None
-    if chosen_seed:
-        config = dataclasses.replace(config, seed=secrets.randbits(62))
-    print(format_config(dataclasses.replace(config, seed="<secret>")), flush=True)
+    hidden = dataclasses.replace(config.noise, seed="<secret>")  # not checked again: only printed
+    print(format_config(dataclasses.replace(config, noise=hidden)), flush=True)
 
     plan = ExportPlan(
         rows=rows,
         export_ids=unique_random_ids(len(rows)),
         folders=[f"copy{copy + 1}" for copy in range(config.copies)],
-        # the engine's convention, so copy c of an export is the noise2noise copy c a training run makes
-        copy_seeds=[config.seed + COPY_SEED_STRIDE * copy for copy in range(config.copies)],
+        # copy c of an export is the noise2noise copy c a training run makes
+        copy_seeds=[config.noise.copy_seed(copy) for copy in range(config.copies)],
         extension=".png" if config.image_format == "png16" else ".npy",
     )
     # The secret and the way back to patients are stored before anything is published.
@@ -160,7 +164,7 @@ def _export(config: ObfuscateConfig) -> int:
         f"private map (keep it, never share it): {private_map}\n"
         f"secret seed and config: {private_config_path(private_map)}"
     )
-    if not chosen_seed:
+    if chosen_seed:
         print("note: you chose the seed; keep it secret, or the noise can be regenerated and removed")
     return 0
 

@@ -11,10 +11,12 @@ from meddenoise.config import (
     config_from_args,
     config_to_dict,
     format_config,
+    given_options,
     option,
     save_config,
 )
 from meddenoise.errors import ConfigError
+from meddenoise.noise.spec import PAPER_STDS, NoiseSpec
 
 
 @dataclasses.dataclass
@@ -25,8 +27,10 @@ class PrivacyAuditConfig:
     outsider_run: str = option(
         "", "run folder of a denoiser trained only on OTHER data (another source or split; optional)"
     )
-    noise_std: list[float] = option([0.1, 0.2, 0.3], "noise standard deviations to audit")
-    noise_mean: float = option(0.1, "noise mean of the obfuscation (the paper uses 0.1)")
+    noise: NoiseSpec = option(NoiseSpec(), "the released obfuscation (fixed noise)")
+    levels: list[float] = option(
+        [], "noise standard deviations to audit in turn (default: --noise-std if given, else 0.1 0.2 0.3)"
+    )
     split: str = option(
         "test", "split whose images are the obfuscated queries", choices=("train", "val", "test", "all")
     )
@@ -34,7 +38,7 @@ class PrivacyAuditConfig:
         0, "clean images in the matcher's gallery, always including the queries' originals; 0 = the whole set"
     )
     max_queries: int = option(1000, "audit at most this many query images (seeded sample); 0 = all")
-    seed: int = option(0, "noise seed (fixed mode) and sampling seed")
+    seed: int = option(0, "seed of the query and gallery sampling (the noise has --noise-seed)")
     device: str = option("auto", "device for matching and denoising: auto, cpu, cuda, cuda:N")
     batch_size: int = option(32, "images per batch when obfuscating and denoising")
     matcher_size: int = option(32, "side of the matcher's downsampled image, in pixels")
@@ -43,15 +47,19 @@ class PrivacyAuditConfig:
     )
 
     def check(self) -> None:
-        if not self.noise_std or any(std <= 0 or std > 1 for std in self.noise_std):
-            raise ConfigError(f"--noise-std values must be in (0, 1]; got {self.noise_std}")
-        if not -1.0 < self.noise_mean < 1.0:
-            raise ConfigError(f"--noise-mean must be in (-1, 1); got {self.noise_mean}")
+        for name, stds in (("levels", self.levels), ("noise.std", [self.noise.std])):
+            if any(std <= 0 or std > 1 for std in stds):
+                raise ConfigError(f"{name}: noise standard deviations must be in (0, 1]; got {stds}", name)
+        if not -1.0 < self.noise.mean < 1.0:
+            raise ConfigError(f"noise.mean must be in (-1, 1); got {self.noise.mean}", "noise.mean")
         for name in ("gallery_size", "max_queries"):
             if getattr(self, name) < 0:
-                raise ConfigError(f"--{name.replace('_', '-')} must be >= 0")
-        if self.batch_size < 1 or self.matcher_size < 2 or self.matcher_blur < 0:
-            raise ConfigError("--batch-size must be >= 1, --matcher-size >= 2 and --matcher-blur >= 0")
+                raise ConfigError(f"{name} must be >= 0", name)
+        for name, value, low in (("batch_size", self.batch_size, 1), ("matcher_size", self.matcher_size, 2)):
+            if value < low:
+                raise ConfigError(f"{name} must be >= {low}; got {value}", name)
+        if self.matcher_blur < 0:
+            raise ConfigError(f"matcher_blur must be >= 0; got {self.matcher_blur}", "matcher_blur")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -70,6 +78,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     config = config_from_args(PrivacyAuditConfig, args)
+    levels = list(config.levels)
+    if not levels:
+        levels = [config.noise.std] if "noise.std" in given_options(PrivacyAuditConfig, args) else PAPER_STDS
+        config = dataclasses.replace(config, levels=list(levels))
     print(format_config(config))
     from meddenoise.fileio import atomic_write_json, atomic_write_text, ensure_writable_dir
     from meddenoise.privacy.audit import run_audit
@@ -83,8 +95,8 @@ def run(args: argparse.Namespace) -> int:
     out_dir = ensure_writable_dir(config.out, what="output folder (--out)")
     result = run_audit(
         config.data,
-        noise_stds=list(config.noise_std),
-        noise_mean=config.noise_mean,
+        noise=config.noise,
+        levels=list(config.levels),
         split=config.split,
         gallery_size=config.gallery_size,
         max_queries=config.max_queries,

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 
 from meddenoise.config import add_config_arguments, config_from_args, format_config
+from meddenoise.config import config_to_argv as options_to_argv
 from meddenoise.engine.config import TrainConfig
 
 DESCRIPTION = """Train a denoiser on obfuscated (noisy) copies of a prepared folder and write a run folder:
@@ -26,15 +26,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_config_arguments(parser, TrainConfig)
-    # The issue's spelling: `--noise 0.2` is the noise level (standard deviation).
-    parser.add_argument(
-        "--noise",
-        dest="noise_std",
-        type=float,
-        default=argparse.SUPPRESS,
-        metavar="STD",
-        help="alias of --noise-std",
-    )
     parser.set_defaults(func=run)
 
 
@@ -44,22 +35,7 @@ def config_to_argv(config: TrainConfig) -> list[str]:
     `--nproc` is left out: the workers do not need it, and torchrun's own parser would take it for an
     abbreviation of its --nproc-per-node.
     """
-    argv: list[str] = []
-    for field in dataclasses.fields(config):
-        if field.name == "nproc":
-            continue
-        value = getattr(config, field.name)
-        default = field.default if field.default is not dataclasses.MISSING else field.default_factory()
-        if value == default or value is None:
-            continue
-        flag = "--" + field.name.replace("_", "-")
-        if isinstance(value, bool):
-            argv.append(flag if value else "--no-" + flag[2:])
-        elif isinstance(value, (list, tuple)):
-            argv += [flag, *map(str, value)]
-        else:
-            argv += [flag, repr(value) if isinstance(value, float) else str(value)]
-    return argv
+    return options_to_argv(config, skip=("nproc",))
 
 
 def run(args: argparse.Namespace) -> int:

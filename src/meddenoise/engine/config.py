@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 from meddenoise.config import option
 from meddenoise.errors import ConfigError
+from meddenoise.noise.spec import NoiseSpec
 
-NOISE_MODES = ("fixed", "fresh")
 RESUME_CHOICES = ("no", "yes", "auto")
 # Saved configs and TOML files from before `--resume auto` hold a boolean.
 _RESUME_SPELLINGS = {True: "yes", False: "no", "true": "yes", "false": "no"}
@@ -45,21 +45,13 @@ class TrainConfig:
     )
     model_options: list[str] = option([], "extra model options KEY=VALUE (e.g. residual=true)")
     # -- obfuscation and target ----------------------------------------------------------------------------
-    noise_kind: str = option("gaussian", "noise operator (see meddenoise.noise)")
-    noise_mean: float = option(0.1, "mean of the additive Gaussian noise (0.1 in the paper)")
-    noise_std: float = option(0.2, "standard deviation of the noise: 0.1, 0.2, 0.3 in the paper")
-    noise_clamp: bool = option(True, "clamp noisy images to [0, 1]")
-    noise_mode: str = option(
-        "fixed",
-        "fixed: one obfuscated copy per image, as released (the paper); fresh: new noise every epoch",
-        choices=NOISE_MODES,
+    noise: NoiseSpec = option(
+        NoiseSpec(), "the obfuscation: noise of the training copies and of the validation and test inputs"
     )
-    noise_seed: int = option(0, "seed of the obfuscation noise (training copies, validation and test inputs)")
     target: str = option(
         "clean", "training target: clean (the paper) or a clean-free one (noise2noise, r2r, ...)"
     )
     target_options: list[str] = option([], "target options KEY=VALUE (e.g. correction=mean, gamma=2)")
-    noise_dose: float | None = option(None, "photons per pixel at full intensity (poisson noise kinds only)")
     # -- optimisation --------------------------------------------------------------------------------------
     epochs: int = option(50, "training epochs")
     batch_size: int = option(16, "images per device per step (global batch = this x devices)")
@@ -136,7 +128,7 @@ class TrainConfig:
         }
         for name, value in positive.items():
             if value < 1:
-                raise ConfigError(f"--{name.replace('_', '-')} must be >= 1; got {value}")
+                raise ConfigError(f"{name} must be >= 1; got {value}", name)
         non_negative = {
             "limit_train": self.limit_train,
             "limit_val": self.limit_val,
@@ -149,20 +141,21 @@ class TrainConfig:
             "weight_decay": self.weight_decay,
             "nproc": self.nproc,
             "depth": self.depth,
-            "noise_std": self.noise_std,
             "loader_workers": self.loader_workers,
         }
         for name, value in non_negative.items():
             if value < 0:
-                raise ConfigError(f"--{name.replace('_', '-')} must be >= 0; got {value}")
+                raise ConfigError(f"{name} must be >= 0; got {value}", name)
         if not self.dist_timeout > 0:
-            raise ConfigError(f"--dist-timeout must be a positive number of seconds; got {self.dist_timeout}")
+            raise ConfigError(
+                f"dist_timeout must be a positive number of seconds; got {self.dist_timeout}", "dist_timeout"
+            )
         if not self.lr > 0 or self.lr != self.lr or self.lr == float("inf"):
-            raise ConfigError(f"--lr must be a positive finite number; got {self.lr}")
+            raise ConfigError(f"lr must be a positive finite number; got {self.lr}", "lr")
         if not 0.0 <= self.ema_decay < 1.0:
-            raise ConfigError(f"--ema-decay must be in [0, 1); got {self.ema_decay}")
+            raise ConfigError(f"ema_decay must be in [0, 1); got {self.ema_decay}", "ema_decay")
         if self.base_channels < 1:
-            raise ConfigError(f"--base-channels must be >= 1; got {self.base_channels}")
+            raise ConfigError(f"base_channels must be >= 1; got {self.base_channels}", "base_channels")
         if self.pipeline == "reference":
             self._check_reference()
         from meddenoise.engine import private
@@ -170,9 +163,8 @@ class TrainConfig:
         private.check_config(self)
         for item in [*self.model_options, *self.target_options]:
             if "=" not in item:
-                raise ConfigError(
-                    f"--model-options and --target-options expect KEY=VALUE items; got {item!r}"
-                )
+                parameter = "model_options" if item in self.model_options else "target_options"
+                raise ConfigError(f"{parameter} expects KEY=VALUE items; got {item!r}", parameter)
 
     def _check_reference(self) -> None:
         """The seed code's modes only: fp32 or fp16 AMP, no compile, one fixed noisy copy, supervised."""
@@ -183,7 +175,7 @@ class TrainConfig:
                 "--pipeline reference reproduces the seed code: fp32 (--amp off) or its fp16 AMP "
                 "(--amp fp16), without --compile; use --pipeline fast for bf16 or torch.compile"
             )
-        if self.noise_mode != "fixed" or self.target != "clean":
+        if self.noise.mode != "fixed" or self.target != "clean":
             raise ConfigError(
                 "--pipeline reference trains like the seed code, on one fixed noisy copy per image against "
                 "the clean image: use --noise-mode fixed and --target clean (or --pipeline fast)"

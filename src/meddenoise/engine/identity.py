@@ -20,13 +20,7 @@ IDENTITY_FIELDS = (
     "norm",
     "deep_supervision",
     "model_options",
-    "noise_kind",
-    "noise_mean",
-    "noise_std",
-    "noise_clamp",
-    "noise_mode",
-    "noise_seed",
-    "noise_dose",
+    "noise",
     "target",
     "target_options",
     "batch_size",
@@ -50,18 +44,6 @@ def model_options(config: TrainConfig) -> dict[str, Any]:
     options.update({k: v for k, v in wanted.items() if k in accepted})
     options.update(parse_options(config.model_options))
     return options
-
-
-def noise_settings(config: TrainConfig) -> dict[str, Any]:
-    return {
-        "kind": config.noise_kind,
-        "mean": config.noise_mean,
-        "std": config.noise_std,
-        "clamp": config.noise_clamp,
-        "dose": config.noise_dose,
-        "mode": config.noise_mode,
-        "seed": config.noise_seed,
-    }
 
 
 def run_identity(config: TrainConfig, runtime: Runtime) -> dict[str, Any]:

@@ -259,7 +259,7 @@ class ReferenceValidation:
 
 def check_reference_config(config: Any) -> None:
     """The seed code trains one noisy copy per image (fixed noise) against the clean image; nothing else."""
-    if config.noise_mode != "fixed":
+    if config.noise.mode != "fixed":
         raise ConfigError(
             "--pipeline reference adds the noise once, up front, like the seed code: use --noise-mode fixed "
             "(or the fast pipeline for fresh noise)"
@@ -271,25 +271,13 @@ def check_reference_config(config: Any) -> None:
         )
 
 
-def noise_operator(config: Any) -> Any:
-    from meddenoise.noise import build_noise
-
-    return build_noise(
-        config.noise_kind,
-        mean=config.noise_mean,
-        std=config.noise_std,
-        clamp=config.noise_clamp,
-        dose=config.noise_dose,
-    )
-
-
 def make_train_batches(data: Any, config: Any, runtime: Any) -> ReferenceBatches:
     check_reference_config(config)
     dataset = build_host_dataset(
         data,
         config.train_split,
-        noise_operator(config),
-        noise_seed=config.noise_seed,
+        config.noise.build(),
+        noise_seed=config.noise.seed,
         limit=config.limit_train,
     )
     return ReferenceBatches(
@@ -305,7 +293,7 @@ def make_train_batches(data: Any, config: Any, runtime: Any) -> ReferenceBatches
 
 def make_validation(data: Any, config: Any, runtime: Any) -> Callable[[nn.Module], dict[str, float]]:
     dataset = build_host_dataset(
-        data, config.val_split, noise_operator(config), noise_seed=config.noise_seed, limit=config.limit_val
+        data, config.val_split, config.noise.build(), noise_seed=config.noise.seed, limit=config.limit_val
     )
     return ReferenceValidation(
         dataset, config.val_batch_size, runtime, loss_name=config.loss, workers=config.loader_workers

@@ -1,9 +1,10 @@
 """What the model learns to output: the clean image (the paper) or, in clean-free modes, another noisy view.
 
-The engine makes `copies` independently obfuscated copies of each clean batch with the noise operator (copy c
-uses seed `seed + 7919 * c`) and hands the target a `TargetBatch`. When the target says `needs_clean = False`
-the engine builds that batch with `clean=None`, so a clean-free method cannot peek at clean pixels even by
-mistake. Clean-free targets live in `meddenoise.privacy.targets` and register with the decorator here.
+The engine makes `copies` independently obfuscated copies of each clean batch with the noise operator
+(copy c uses `NoiseSpec.copy_seed(c)`) and hands the target a `TargetBatch`. When the target says
+`needs_clean = False` the engine builds that batch with `clean=None`, so a clean-free method cannot peek at
+clean pixels even by mistake. Clean-free targets live in `meddenoise.privacy.targets` and register with
+the decorator here.
 """
 
 from __future__ import annotations
@@ -17,10 +18,9 @@ import torch
 from torch import nn
 
 from meddenoise.errors import ConfigError
+from meddenoise.noise.spec import NoiseSpec
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-# A prime stride between the seeds of the copies, so copy c of one image never reuses another copy's noise.
-COPY_SEED_STRIDE = 7919
 PLUGIN_MODULES = ("meddenoise.privacy.targets",)
 
 
@@ -127,14 +127,14 @@ def make_target_batch(
     clean: torch.Tensor,
     image_keys: torch.Tensor,
     noise_op: Any,
+    noise: NoiseSpec,
     *,
-    seed: int,
     epoch: int,
-    mode: str,
 ) -> TargetBatch:
-    """Obfuscate a clean batch into the target's copies; clean pixels dropped unless needed."""
+    """Obfuscate a clean batch into the target's copies (`noise` says the seeds and mode); clean pixels
+    dropped unless needed."""
     noisy = [
-        noise_op(clean, image_keys, seed=seed + COPY_SEED_STRIDE * copy, epoch=epoch, mode=mode)
+        noise_op(clean, image_keys, seed=noise.copy_seed(copy), epoch=epoch, mode=noise.mode)
         for copy in range(target.copies)
     ]
     if not target.needs_clean:

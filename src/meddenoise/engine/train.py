@@ -24,7 +24,7 @@ from meddenoise.engine import checkpoint as ckpt
 from meddenoise.engine import distributed, private
 from meddenoise.engine.config import TrainConfig, parse_options
 from meddenoise.engine.ema import WeightAverage
-from meddenoise.engine.identity import check_identity, model_options, noise_settings, run_identity
+from meddenoise.engine.identity import check_identity, model_options, run_identity
 from meddenoise.engine.losses import build_loss
 from meddenoise.engine.pipelines import get_pipeline
 from meddenoise.engine.progress import Progress
@@ -78,17 +78,10 @@ class Trainer:
     # -- set-up ---------------------------------------------------------------------------------------------
     def _build_data_and_noise(self) -> None:
         from meddenoise.data.cache import load_prepared
-        from meddenoise.noise import build_noise
 
         config = self.config
         self.data = load_prepared(config.data)
-        self.noise = build_noise(
-            config.noise_kind,
-            mean=config.noise_mean,
-            std=config.noise_std,
-            clamp=config.noise_clamp,
-            dose=config.noise_dose,
-        )
+        self.noise = config.noise.build()
         target_options = parse_options(config.target_options)
         self.target = build_target(config.target, self.noise, seed=config.seed, **target_options)
         self.loss_fn = build_loss(config.loss)
@@ -192,7 +185,7 @@ class Trainer:
             "kind": kind,
             "model": self.config.model,
             "model_options": self.model_options,
-            "noise": noise_settings(self.config),
+            "noise": self.config.noise.to_dict(),
             "target": self.config.target,
             "weights": "ema" if self.ema is not None else "raw",
             "epoch": epoch,
@@ -280,9 +273,8 @@ class Trainer:
             self.runtime.to_device_batch(batch.clean),
             batch.image_keys,
             self.noise,
-            seed=self.config.noise_seed,
+            self.config.noise,
             epoch=self.progress.epoch,
-            mode=self.config.noise_mode,
         )
 
     def _stop_mid_epoch(self, run_started: float) -> str | None:
@@ -331,7 +323,7 @@ class Trainer:
             self.val_batches,
             self.noise,
             self.runtime,
-            noise_seed=self.config.noise_seed,
+            noise_seed=self.config.noise.seed,
             loss_name=self.config.loss,
         )
         return reduce_means(result)
@@ -345,7 +337,7 @@ class Trainer:
                 self.val_batches,
                 self.noise,
                 self.runtime,
-                noise_seed=config.noise_seed,
+                noise_seed=config.noise.seed,
                 loss_name=config.loss,
             )
         )
@@ -501,7 +493,7 @@ class Trainer:
             config.test_split,
             self.noise,
             self.runtime,
-            noise_seed=config.noise_seed,
+            noise_seed=config.noise.seed,
             batch_size=config.val_batch_size,
             loss_name=config.loss,
         )

@@ -15,6 +15,7 @@ from meddenoise.errors import MeddenoiseError
 from meddenoise.evaluation import files
 from meddenoise.evaluation.core import EvaluationTarget, score_denoiser, write_evaluation
 from meddenoise.evaluation.environment import describe_environment
+from meddenoise.noise.spec import NoiseSpec
 
 EVALUATION_DIR = "evaluation"
 
@@ -41,13 +42,13 @@ def describe_data(data: Any) -> dict[str, Any]:
 def make_target(
     data_dir: str | Path,
     split: str,
-    noise: dict[str, Any],
+    noise: NoiseSpec,
     device: torch.device,
     *,
     limit: int = 0,
 ) -> EvaluationTarget:
+    """The images of `split` and their fixed-noise inputs (whatever mode the run trained with)."""
     from meddenoise.data.cache import load_prepared
-    from meddenoise.noise import build_noise
 
     data = load_prepared(data_dir)
     indices = data.indices(split)
@@ -58,16 +59,8 @@ def make_target(
         # smallest keys), so a baseline run on a subset still appears in the report's figures.
         smallest = np.argsort(data.image_keys[indices], kind="stable")[:limit]
         indices = np.sort(indices[smallest])
-    noise_op = build_noise(
-        noise.get("kind", "gaussian"),
-        mean=noise.get("mean", 0.1),
-        std=noise["std"],
-        clamp=bool(noise.get("clamp", True)),
-        dose=noise.get("dose"),
-    )
-    recorded = {key: noise.get(key) for key in ("kind", "mean", "std", "clamp", "dose", "seed")}
-    recorded["kind"] = recorded["kind"] or "gaussian"
-    return EvaluationTarget(data, split, indices, noise_op, int(noise.get("seed", 0) or 0), recorded, device)
+    recorded = {key: getattr(noise, key) for key in ("kind", "mean", "std", "clamp", "dose", "seed")}
+    return EvaluationTarget(data, split, indices, noise.build(), noise.seed, recorded, device)
 
 
 def lpips_scorer(device: torch.device, weights: str | None = None) -> tuple[Any, dict[str, Any]]:
@@ -172,7 +165,8 @@ def evaluate_run(
         raise MeddenoiseError(
             f"prepared folder {data_dir} (recorded by the run) is gone; give one with --data"
         )
-    target = make_target(data_dir, split, metadata["noise"], torch_device, limit=limit)
+    noise = NoiseSpec.from_dict(metadata["noise"])
+    target = make_target(data_dir, split, noise, torch_device, limit=limit)
     if out_dir is None:
         same_data = own_data and Path(own_data).resolve() == data_dir.resolve()
         name = split if same_data else f"{split}-{data_dir.resolve().name}"
@@ -203,7 +197,7 @@ def evaluate_run(
     info = {
         **labels,
         "target": target_name,
-        **_target_traits(target_name, metadata["noise"], train_config.get("target_options") or []),
+        **_target_traits(target_name, noise, train_config.get("target_options") or []),
         "amp": run_summary.get("amp", ""),
         "world_size": int(run_summary["world_size"]) if run_summary.get("world_size") else None,
         "run_dir_relative": os.path.relpath(run_dir if run_dir.is_dir() else run_dir.parent, out_dir),
@@ -224,7 +218,7 @@ def evaluate_baseline(
     data_dir: str | Path,
     out_dir: str | Path,
     *,
-    noise: dict[str, Any],
+    noise: NoiseSpec,
     split: str = "test",
     tune_split: str = "val",
     device: str = "cpu",
@@ -254,8 +248,8 @@ def evaluate_baseline(
 
         tune_target = make_target(data_dir, tune_split, noise, torch_device, limit=tune_limit)
         _, clean, noisy = next(iterate_batches(tune_target, tune_target.count))  # (n, 1, H, W) each
-        tuned, tuning = tune_baseline(name, noisy, clean, noise["mean"], noise["std"], max_images=None)
-    baseline = build_baseline(name, noise["mean"], noise["std"], **tuned)
+        tuned, tuning = tune_baseline(name, noisy, clean, noise.mean, noise.std, max_images=None)
+    baseline = build_baseline(name, noise.mean, noise.std, **tuned)
     lpips_model, lpips_status = lpips_scorer(torch_device, lpips_weights)
     scores = score_denoiser(
         baseline.denoise, target, batch_size=batch_size, lpips_model=lpips_model, keep_samples=keep_samples
@@ -276,21 +270,13 @@ def evaluate_baseline(
     return write_evaluation(Path(out_dir), target, scores, info)
 
 
-def _target_traits(name: str, noise: dict[str, Any], options: list[str]) -> dict[str, Any]:
+def _target_traits(name: str, noise: NoiseSpec, options: list[str]) -> dict[str, Any]:
     """What the receiving site needed to train this run: obfuscated copies per image and whether clean
     images entered training (read from the registered target, so the report need not guess)."""
     from meddenoise.engine.targets import build_target
-    from meddenoise.noise import build_noise
 
-    noise_op = build_noise(
-        noise.get("kind", "gaussian"),
-        mean=noise.get("mean", 0.1),
-        std=noise.get("std", 0.2),
-        clamp=noise.get("clamp", True),
-        dose=noise.get("dose"),
-    )
     try:
-        target = build_target(name, noise_op)
+        target = build_target(name, noise.build())
     except MeddenoiseError:
         return {"target_options": list(options)}  # a target not registered here: leave the traits out
     return {

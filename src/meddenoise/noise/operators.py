@@ -9,17 +9,21 @@ identical on every device, process, rank and rerun, and whatever other images sh
 from __future__ import annotations
 
 import math
-import numbers
-import operator
 from typing import Any
 
 import torch
 
 from meddenoise.errors import ConfigError
 from meddenoise.noise import counter_rng
+from meddenoise.noise.spec import (
+    check_dose,
+    check_int,
+    check_kind,
+    check_mean,
+    check_mode,
+    check_std,
+)
 
-KINDS = ("gaussian", "poisson", "poisson_gaussian")
-MODES = ("fixed", "fresh")
 # Recorded with every description: a change to how bits become noise must change this name.
 GENERATOR = "threefry2x32-20; box-muller with series log/sincos; v1"
 
@@ -99,15 +103,15 @@ class NoiseOperator:
 
     def stream_key(self, seed: int, epoch: int | None, mode: str) -> tuple[int, int]:
         """The 64-bit key that, with an image key, determines the noise (host-side, no tensors)."""
-        seed = _check_int(seed, "seed")
-        if mode not in MODES:
-            raise ConfigError(f"noise mode must be one of {', '.join(MODES)}; got {mode!r}")
+        seed = check_int(seed, "noise.seed")
+        check_mode(mode)
         if mode == "fresh":
             if epoch is None:
                 raise ConfigError(
-                    "noise mode 'fresh' draws new noise each epoch, so it needs the epoch number"
+                    "noise mode 'fresh' draws new noise each epoch, so it needs the epoch number",
+                    "noise.mode",
                 )
-            epoch = _check_int(epoch, "epoch")
+            epoch = check_int(epoch, "epoch")
         else:
             epoch = None  # fixed noise must not change with the epoch
         return counter_rng.derive_key("meddenoise.noise", GENERATOR, self.noise_level, mode, epoch, seed)
@@ -137,8 +141,8 @@ class GaussianNoise(NoiseOperator):
 
     def __init__(self, mean: float = 0.1, std: float = 0.2, clamp: bool = True) -> None:
         super().__init__(clamp)
-        self.mean = _check_mean(mean)
-        self.std = _check_std(std)
+        self.mean = check_mean(mean)
+        self.std = check_std(std)
 
     @property
     def noise_level(self) -> str:
@@ -162,7 +166,7 @@ class PoissonNoise(NoiseOperator):
 
     def __init__(self, dose: float, clamp: bool = True) -> None:
         super().__init__(clamp)
-        self.dose = _check_dose(dose)
+        self.dose = check_dose(dose)
 
     @property
     def noise_level(self) -> str:
@@ -184,8 +188,8 @@ class PoissonGaussianNoise(PoissonNoise):
 
     def __init__(self, dose: float, mean: float = 0.0, std: float = 0.01, clamp: bool = True) -> None:
         super().__init__(dose, clamp)
-        self.mean = _check_mean(mean)
-        self.std = _check_std(std)
+        self.mean = check_mean(mean)
+        self.std = check_std(std)
 
     @property
     def noise_level(self) -> str:
@@ -256,41 +260,6 @@ def _check_inputs(clean: Any, image_keys: Any) -> torch.Tensor:
     return keys
 
 
-def _check_int(value: Any, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise ConfigError(f"noise {name} must be an integer; got {value!r}")
-    return operator.index(value)
-
-
-def _check_real(value: Any, what: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(float(value)):
-        raise ConfigError(f"{what} must be a finite number; got {value!r}")
-    return float(value)
-
-
-def _check_mean(mean: Any) -> float:
-    return _check_real(mean, "noise mean (--noise-mean)")
-
-
-def _check_std(std: Any) -> float:
-    value = _check_real(std, "noise standard deviation (--noise-std)")
-    if value < 0:
-        raise ConfigError(f"noise standard deviation (--noise-std) must be >= 0; got {value}")
-    return value
-
-
-def _check_dose(dose: Any) -> float:
-    if dose is None:
-        raise ConfigError(
-            "Poisson noise needs a dose (--noise-dose): the expected photon count per pixel at full "
-            "intensity, e.g. 1000"
-        )
-    value = _check_real(dose, "noise dose (--noise-dose)")
-    if value <= 0:
-        raise ConfigError(f"noise dose (--noise-dose) must be > 0 photons per pixel; got {value}")
-    return value
-
-
 def build_noise(
     kind: str = "gaussian",
     mean: float = 0.1,
@@ -305,11 +274,10 @@ def build_noise(
     (needed by the Poisson kinds, ignored by "gaussian"). Unknown options are errors.
     """
     if options:
-        raise ConfigError(f"unknown noise option(s): {', '.join(sorted(options))}")
-    if kind not in KINDS:
-        raise ConfigError(f"noise kind (--noise) must be one of {', '.join(KINDS)}; got {kind!r}")
+        raise ConfigError(f"unknown noise option(s): {', '.join(sorted(options))}", "noise")
+    check_kind(kind)
     if not isinstance(clamp, bool):
-        raise ConfigError(f"noise clamp must be true or false; got {clamp!r}")
+        raise ConfigError(f"noise.clamp must be true or false; got {clamp!r}", "noise.clamp")
     if kind == "gaussian":
         return GaussianNoise(mean=mean, std=std, clamp=clamp)
     if kind == "poisson":

@@ -22,8 +22,8 @@ import torch
 
 from meddenoise.data.split_claims import UNIT_IMAGE_UNKNOWN
 from meddenoise.engine.runtime import resolve_device
-from meddenoise.engine.targets import COPY_SEED_STRIDE
 from meddenoise.errors import ConfigError, DataError
+from meddenoise.noise.spec import NoiseSpec
 from meddenoise.privacy.matcher import (
     Matcher,
     features_of_rows,
@@ -181,19 +181,19 @@ def _measure_batch(
     clean: torch.Tensor,
     keys: torch.Tensor,
     noise_op: Any,
-    noise_mean: float,
-    seed: int,
+    noise: NoiseSpec,
     matcher: Matcher,
     denoisers: list[AuditedDenoiser],
 ) -> None:
     """Obfuscate one clean batch (B, 1, H, W) and record every per-image measurement of it."""
-    noisy = noise_op(clean, keys, seed=seed, mode="fixed")
-    second = noise_op(clean, keys, seed=seed + COPY_SEED_STRIDE, mode="fixed")
+    noisy = noise_op(clean, keys, seed=noise.copy_seed(0), mode="fixed")
+    second = noise_op(clean, keys, seed=noise.copy_seed(1), mode="fixed")
     acc.features.append(matcher.features(noisy).cpu())
+    mean = noise.mean if noise.kind != "poisson" else 0.0  # Poisson noise has mean zero
     for name, estimate in (
         ("obfuscated", noisy),
-        ("mean_removed", noisy - noise_mean),
-        ("two_copy_average", 0.5 * (noisy + second) - noise_mean),
+        ("mean_removed", noisy - mean),
+        ("two_copy_average", 0.5 * (noisy + second) - mean),
     ):
         psnr_values, ssim_values = _quality(estimate, clean)
         acc.add(f"{name}_psnr", psnr_values)
@@ -220,25 +220,22 @@ def audit_level(
     plan: AuditPlan,
     gallery_features: torch.Tensor,
     *,
-    noise_std: float,
-    noise_mean: float,
-    seed: int,
+    noise: NoiseSpec,
     matcher: Matcher,
     denoisers: list[AuditedDenoiser],
     reversal_skips: dict[str, str],
     device: torch.device,
     batch_size: int,
 ) -> dict[str, Any]:
-    from meddenoise.noise import build_noise
-
-    noise_op = build_noise("gaussian", mean=noise_mean, std=noise_std)
+    """The audit of one noise level (`noise`, used in fixed mode: what a releasing site publishes)."""
+    noise_op = noise.build()
     acc = _LevelAccumulator()
     for start in range(0, plan.query_rows.size, batch_size):
         rows = plan.query_rows[start : start + batch_size]
         clean = torch.from_numpy(np.ascontiguousarray(data.images[rows])).to(device).unsqueeze(1)
         clean = clean.float() / float(data.max_value)  # (B, H, W) integer -> (B, 1, H, W) in [0, 1]
         keys = torch.from_numpy(data.image_keys[rows]).to(device)
-        _measure_batch(acc, clean, keys, noise_op, noise_mean, seed, matcher, denoisers)
+        _measure_batch(acc, clean, keys, noise_op, noise, matcher, denoisers)
 
     query_features = torch.cat(acc.features).to(gallery_features.device)
     groups = [plan.groups[row] for row in plan.query_rows] if plan.groups else None
@@ -247,7 +244,7 @@ def audit_level(
     def summary(name: str) -> dict[str, Any]:
         return acc.summary(name, groups, unit)
 
-    result: dict[str, Any] = {"noise_std": noise_std, "noise_mean": noise_mean}
+    result: dict[str, Any] = {"noise_std": noise.std, "noise_mean": noise.mean}
     result["distortion"] = {
         name: {"psnr": summary(f"{name}_psnr"), "ssim": summary(f"{name}_ssim")}
         for name in ("obfuscated", "mean_removed", "two_copy_average")
@@ -290,8 +287,8 @@ def reidentification(plan: AuditPlan, query_features: torch.Tensor, gallery_feat
 def run_audit(
     data_dir: str | Path,
     *,
-    noise_stds: list[float],
-    noise_mean: float = 0.1,
+    noise: NoiseSpec | None = None,
+    levels: list[float] | None = None,
     split: str = "test",
     gallery_size: int = 0,
     max_queries: int = 0,
@@ -302,8 +299,22 @@ def run_audit(
     batch_size: int = 32,
     matcher: Matcher | None = None,
 ) -> dict[str, Any]:
-    """The whole audit as a JSON-ready dict (see the module docstring); `verdict.py` turns it into text."""
+    """The whole audit as a JSON-ready dict (see the module docstring); `verdict.py` turns it into text.
+
+    `noise` is the released obfuscation (its seed makes the noise; `seed` draws the queries and gallery);
+    `levels` are the noise standard deviations audited in turn (default: `noise.std` alone).
+    """
     from meddenoise.data.cache import load_prepared
+
+    noise = noise or NoiseSpec()
+    if noise.mode != "fixed":
+        raise ConfigError(
+            "the privacy audit measures released images, which carry fixed noise: noise.mode must be 'fixed'",
+            "noise.mode",
+        )
+    levels = [float(std) for std in (levels if levels is not None else [noise.std])]
+    if not levels:
+        raise ConfigError("give at least one noise level to audit", "levels")
 
     matcher = matcher or Matcher()
     torch_device = resolve_device(device)
@@ -336,23 +347,25 @@ def run_audit(
             data,
             plan,
             gallery_features,
-            noise_std=float(std),
-            noise_mean=noise_mean,
-            seed=seed,
+            noise=noise.with_std(std),
             matcher=matcher,
             denoisers=denoisers,
             reversal_skips=reversal_skips,
             device=torch_device,
             batch_size=batch_size,
         )
-        for std in noise_stds
+        for std in levels
     ]
     clean_query_features = features_of_rows(
         matcher, data.images, plan.query_rows, data.max_value, device=torch_device
     )
     settings = {
-        "noise_mean": noise_mean,
-        "noise_stds": [float(s) for s in noise_stds],
+        "noise_kind": noise.kind,
+        "noise_mean": noise.mean,
+        "noise_stds": levels,
+        "noise_dose": noise.dose,
+        "noise_clamp": noise.clamp,
+        "noise_seed": noise.seed,
         "seed": seed,
         "noise_mode": "fixed",
         "gallery_size": gallery_size,

@@ -217,6 +217,21 @@ def _patients_text(data: dict[str, Any]) -> str:
     return f"{data['patients']} patients"
 
 
+def _noise_words(settings: dict[str, Any]) -> str:
+    """'Gaussian noise (mean 0.1, clamped to [0, 1], fixed seed 0' from the audit settings (older audits
+    recorded only the Gaussian mean, and one seed for the noise and the sampling)."""
+    kind = settings.get("noise_kind", "gaussian")
+    parts = []
+    if kind != "gaussian":
+        parts.append(f"dose {settings.get('noise_dose')}")
+    if kind != "poisson":
+        parts.append(f"mean {settings['noise_mean']:g}")
+    parts.append("clamped to [0, 1]" if settings.get("noise_clamp", True) else "not clamped")
+    parts.append(f"fixed seed {settings.get('noise_seed', settings['seed'])}")
+    name = {"gaussian": "Gaussian", "poisson": "Poisson", "poisson_gaussian": "Poisson-Gaussian"}[kind]
+    return f"{name} noise ({', '.join(parts)}"
+
+
 def markdown_section(result: dict[str, Any], heading: str = "## Privacy audit of noise obfuscation") -> str:
     """A self-contained Markdown section (figures, verdict, method) that a report can include as is."""
     data, settings = result["data"], result["settings"]
@@ -225,8 +240,7 @@ def markdown_section(result: dict[str, Any], heading: str = "## Privacy audit of
         "",
         f"Data: `{data['folder']}` ({', '.join(data['sources'])}; {data['images']} images,"
         f" {_patients_text(data)}). Queries: {data['queries']} images of split `{data['split']}`,"
-        f" obfuscated with Gaussian noise (mean {settings['noise_mean']:g}, clamped to [0, 1], fixed seed"
-        f" {settings['seed']}). Gallery: {data['gallery']} clean images.",
+        f" obfuscated with {_noise_words(settings)}). Gallery: {data['gallery']} clean images.",
         "",
         "| " + " | ".join(TABLE_HEADER) + " |",
         "|" + "|".join("---:" for _ in TABLE_HEADER) + "|",
