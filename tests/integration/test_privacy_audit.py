@@ -101,6 +101,10 @@ def test_audit_measures_reversal_by_receiver_and_outsider(make_prepared, tiny_fi
     assert result["outsider_overlap"]["queries_seen_in_training"] == 0
     report = (out / "privacy_audit.md").read_text()
     assert "Reversal by the receiver's denoiser" in report and "Outsider check" in report
+    classical = level["reversal"]["classical"]  # the same queries through a filter tuned on other images
+    assert classical["psnr"]["count"] == level["reversal"]["receiver"]["psnr"]["count"]
+    assert classical["tuned_on"].endswith(("val images", "train images")) and classical["params"]["sigma"] > 0
+    assert "a Gaussian filter gives" in report
     # the check catches a so-called outsider that trained on the audited images (by pixel hash)
     assert (
         audit(

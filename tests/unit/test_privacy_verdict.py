@@ -71,3 +71,18 @@ def test_table_and_markdown_mark_skipped_parts():
     assert table[1].split()[-3:] == ["skip", "skip", "skip"]
     markdown = markdown_section(result)
     assert markdown.startswith("## Privacy audit") and "| 0.2 | 14.00 | 0.300 | 1.000 |" in markdown
+
+
+def test_restoration_claims_stand_beside_a_gaussian_filter_on_the_same_queries():
+    receiver = {"run": "r", "psnr": _summary(26.58), "ssim": _summary(0.8)}
+    classical = {"method": "gaussian", "params": {"sigma": 1.5}, "tuned_on": "16 val images",
+                 "psnr": _summary(26.94), "ssim": _summary(0.82)}  # fmt: skip
+    reversal = {"receiver": receiver, "outsider": {"skipped": "none"}, "classical": classical}
+    level = _level(0.2, 0.98, (0.9, 0.99), reversal=reversal)
+    text = " ".join(level_sentences(level, {}))
+    assert "a Gaussian filter gives 26.94 dB on the same queries (0.36 dB more" in text
+    assert "no more than a plain filter" in text
+    assert "Gaussian filter (sigma 1.5, tuned on 16 val images, no training): PSNR 26.94 dB" in text
+    summary = " ".join(summary_sentences(_result([level])))
+    assert "restores 26.58 dB PSNR" in summary and "a Gaussian filter gives 26.94 dB" in summary
+    assert format_table(_result([level])).splitlines()[1].split()[-1] == "26.94"

@@ -315,3 +315,32 @@ def test_training_curves_have_one_panel_per_model_and_one_line_per_noise_level(g
     for runs in panels.values():
         assert sorted(run.noise_std for run in runs) == [0.1, 0.2]  # first seed only, one line per level
         assert {run.seed for run in runs} == {0}
+
+
+def test_the_report_says_plainly_when_a_classical_method_beats_the_networks(tmp_path):
+    import os
+
+    patients = [f"p{i}" for i in range(12)]
+    run = tmp_path / "runs" / "unet"
+    run.mkdir(parents=True)
+    files.write_rows(run / "summary.csv", ["global_steps", "epochs_run", "train_seconds"], [
+        {"global_steps": 360, "epochs_run": 12, "train_seconds": 10.0}
+    ])  # fmt: skip
+    _evaluation_rows(run / "evaluation" / "test", "unet", [26.5] * 12, kind="network", patients=patients)
+    info = files.read_info(run / "evaluation" / "test")
+    info["run_dir_relative"] = os.path.relpath(run, run / "evaluation" / "test")
+    files.write_info(run / "evaluation" / "test", info)
+    _evaluation_rows(tmp_path / "b", "bm3d", [27.6] * 12, kind="baseline", patients=patients)
+    _evaluation_rows(tmp_path / "g", "gaussian", [26.9] * 12, kind="baseline", patients=patients)
+    markdown = build_report(tmp_path).markdown.read_text()
+    assert (
+        "**Classical methods win here.** At noise std 0.2 a classical method wins: BM3D reaches 27.60 dB"
+        in markdown
+    )
+    assert "26.50 dB for the best network (U-Net), on the same 12 test images" in markdown
+    assert "BM3D 27.60 > Gaussian filter 26.90 > U-Net 26.50" in markdown
+    assert "360 optimizer steps, 12 epochs" in markdown and "likely reason" in markdown
+
+
+def test_no_classical_verdict_when_a_network_wins(grid, report):
+    assert "Classical methods win here" not in report.markdown.read_text()

@@ -208,8 +208,8 @@ def _measure_batch(
 
 
 def _denoiser_info(denoiser: AuditedDenoiser) -> dict[str, Any]:
-    info: dict[str, Any] = {"run": denoiser.path}
-    for key in ("model", "model_name", "target", "noise"):
+    info: dict[str, Any] = {"run": denoiser.path} if denoiser.path else {}
+    for key in ("model", "model_name", "target", "noise", "method", "params", "tuned_on"):
         if key in denoiser.metadata:
             info[key] = denoiser.metadata[key]
     return info
@@ -230,6 +230,9 @@ def audit_level(
     """The audit of one noise level (`noise`, used in fixed mode: what a releasing site publishes)."""
     noise_op = noise.build()
     acc = _LevelAccumulator()
+    classical = classical_reference(data, noise_op, noise_mean, noise_std, seed, device)
+    if classical is not None:
+        denoisers = [*denoisers, classical]
     for start in range(0, plan.query_rows.size, batch_size):
         rows = plan.query_rows[start : start + batch_size]
         clean = torch.from_numpy(np.ascontiguousarray(data.images[rows])).to(device).unsqueeze(1)
@@ -255,6 +258,8 @@ def audit_level(
     reversal: dict[str, Any] = {}
     for role, reason in reversal_skips.items():
         reversal[role] = {"skipped": reason}
+    if classical is None:
+        reversal["classical"] = {"skipped": "no validation or training images to tune the Gaussian filter on"}
     for denoiser in denoisers:
         reversal[denoiser.role] = {
             **_denoiser_info(denoiser),
@@ -263,6 +268,36 @@ def audit_level(
         }
     result["reversal"] = reversal
     return result
+
+
+CLASSICAL_TUNE_IMAGES = 16
+
+
+def classical_reference(
+    data: Any, noise_op: Any, noise_mean: float, noise_std: float, seed: int, device: torch.device
+) -> AuditedDenoiser | None:
+    """A Gaussian filter tuned on up to 16 validation images (training images when there is no validation
+    split), never on the queries: every restoration claim of the audit stands beside what a filter anyone
+    can run restores on the same queries."""
+    from meddenoise.baselines.classical import build_baseline, tune_baseline
+
+    rows = data.indices("val")
+    if rows.size == 0:
+        rows = data.indices("train")
+    if rows.size == 0:
+        return None
+    rows = rows[:CLASSICAL_TUNE_IMAGES]
+    clean = torch.from_numpy(np.ascontiguousarray(data.images[rows])).to(device).unsqueeze(1)
+    clean = clean.float() / float(data.max_value)  # (n, H, W) integer -> (n, 1, H, W) in [0, 1]
+    noisy = noise_op(clean, torch.from_numpy(data.image_keys[rows]).to(device), seed=seed, mode="fixed")
+    params, _ = tune_baseline("gaussian", noisy, clean, noise_mean, noise_std, max_images=None)
+    baseline = build_baseline("gaussian", noise_mean, noise_std, **params)
+    metadata = {
+        "method": "gaussian",
+        "params": params,
+        "tuned_on": f"{rows.size} {data.splits[rows[0]]} images",
+    }
+    return AuditedDenoiser(role="classical", path="", model=baseline, metadata=metadata)
 
 
 def reidentification(plan: AuditPlan, query_features: torch.Tensor, gallery_features: torch.Tensor) -> dict:

@@ -91,9 +91,28 @@ def level_sentences(level: dict[str, Any], reference: dict[str, Any]) -> list[st
         gain = _mean(entry, "psnr") - _mean(released, "psnr")
         lines.append(
             f"Reversal by the {label}{_training_note(entry)}: PSNR {_mean(entry, 'psnr'):.2f} dB"
-            f" ({gain:+.2f} dB over the released image), SSIM {_mean(entry, 'ssim'):.3f}."
+            f" ({gain:+.2f} dB over the released image), SSIM {_mean(entry, 'ssim'):.3f}"
+            f"{_beside_classical(entry, level['reversal'].get('classical', {}))}."
+        )
+    classical = level["reversal"].get("classical", {})
+    if "psnr" in classical:
+        lines.append(
+            f"Reversal by a Gaussian filter (sigma {classical.get('params', {}).get('sigma', '?')}, tuned on"
+            f" {classical.get('tuned_on', 'other images')}, no training): PSNR {_mean(classical, 'psnr'):.2f}"
+            f" dB, SSIM {_mean(classical, 'ssim'):.3f} on the same queries."
         )
     return lines
+
+
+def _beside_classical(entry: dict[str, Any], classical: dict[str, Any]) -> str:
+    """'; a Gaussian filter gives 26.94 dB on the same queries[, as much or more: ...]'."""
+    if "psnr" not in classical:
+        return ""
+    difference = _mean(entry, "psnr") - _mean(classical, "psnr")
+    text = f"; a Gaussian filter gives {_mean(classical, 'psnr'):.2f} dB on the same queries"
+    if difference <= 0:
+        return text + f" ({-difference:.2f} dB more: the network restores no more than a plain filter here)"
+    return text + f" ({difference:.2f} dB less than the network)"
 
 
 def _training_note(entry: dict[str, Any]) -> str:
@@ -149,10 +168,17 @@ def summary_sentences(result: dict[str, Any]) -> list[str]:
                 f" ({_chance_pct(link['chance_top1'])})."
             )
     receiver = highest["reversal"].get("receiver", {})
+    classical = highest["reversal"].get("classical", {})
     if "psnr" in receiver:
         lines.append(
             f"Reversible: at std {highest['noise_std']:g} the receiver's denoiser restores"
-            f" {_mean(receiver, 'psnr'):.2f} dB PSNR (SSIM {_mean(receiver, 'ssim'):.3f})."
+            f" {_mean(receiver, 'psnr'):.2f} dB PSNR (SSIM {_mean(receiver, 'ssim'):.3f})"
+            f"{_beside_classical(receiver, classical)}."
+        )
+    elif "psnr" in classical:
+        lines.append(
+            f"Reversible without training: at std {highest['noise_std']:g} a Gaussian filter restores"
+            f" {_mean(classical, 'psnr'):.2f} dB PSNR (SSIM {_mean(classical, 'ssim'):.3f})."
         )
     return lines
 
@@ -178,6 +204,7 @@ TABLE_HEADER = (
     "chance@1",
     "recv PSNR",
     "outs PSNR",
+    "gauss PSNR",
 )
 
 
@@ -199,6 +226,7 @@ def table_rows(result: dict[str, Any]) -> list[tuple[str, ...]]:
                 _cell(reid, "chance_top1", ".4f"),
                 _cell(reversal.get("receiver", {}), "psnr", ".2f"),
                 _cell(reversal.get("outsider", {}), "psnr", ".2f"),
+                _cell(reversal.get("classical", {}), "psnr", ".2f"),
             )
         )
     return rows
@@ -251,7 +279,8 @@ def markdown_section(result: dict[str, Any], heading: str = "## Privacy audit of
         "PSNR/SSIM: released (obfuscated) image against the original. link@k: the query's original among the"
         " k best-matching gallery images. reid@k: an image of the same patient (own image excluded) among the"
         " k nearest. chance@1: the rate of a random ranking of the same gallery. recv/outs PSNR: the"
-        " receiver's / an outsider's denoiser output against the original.",
+        " receiver's / an outsider's denoiser output against the original. gauss PSNR: a Gaussian filter"
+        " (tuned on validation images, never on the queries) on the same queries.",
         "",
         "### Verdict",
         "",

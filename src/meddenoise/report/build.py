@@ -174,6 +174,9 @@ def tables_section(collection: Collection, tables_dir: Path) -> list[Block]:
     blocks += [Heading(2, "Baselines on the same test images (Table VI)")]
     baselines, tests = tables.table_baselines(collection)
     blocks += _table_blocks(baselines, "table6_baselines", tables_dir)
+    verdict = tables.classical_verdict(collection)
+    if verdict:
+        blocks.append(Paragraph("**Classical methods win here.** " + " ".join(verdict)))
     blocks += _table_blocks(tests, "table6_paired_tests", tables_dir)
     clean_free_table = table_clean_free(collection)
     if clean_free_table is not None:
@@ -241,7 +244,8 @@ def privacy_section(collection: Collection) -> list[Block]:
             [
                 "PSNR/SSIM: released image against the original; link@k: the original among the k best "
                 "matches; "
-                "reid@k: same patient among the k nearest other images; recv/outs PSNR: a denoiser's output."
+                "reid@k: same patient among the k nearest other images; recv/outs PSNR: a denoiser's output; "
+                "gauss PSNR: a Gaussian filter on the same queries."
             ],
         ),
         BulletList(summary_sentences(result)),

@@ -125,6 +125,8 @@ class RunHistory:
     train_seconds: float | None
     world_size: int | None
     device: str
+    global_steps: int | None = None  # optimizer steps of the whole run (summary.csv)
+    epochs_run: int | None = None
 
 
 def cluster_unit(data: dict[str, Any]) -> str:
@@ -177,12 +179,15 @@ def load_history(run_dir: Path) -> RunHistory:
         if all(t is not None for t in times):
             total = float(sum(times))
     world_size = _number(summary.get("world_size"))
+    steps, epochs_run = _number(summary.get("global_steps")), _number(summary.get("epochs_run"))
     return RunHistory(
         run_dir=run_dir,
         epochs=epochs,
         train_seconds=total,
         world_size=None if world_size is None else int(world_size),
         device=str(summary.get("device", "")),
+        global_steps=None if steps is None else int(steps),
+        epochs_run=None if epochs_run is None else int(epochs_run),
     )
 
 

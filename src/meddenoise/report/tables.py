@@ -537,6 +537,64 @@ def table_baselines(collection: Collection) -> tuple[TableResult, TableResult]:
     return TableResult(table, csv_rows), _tests_table(tests, unit)
 
 
+CLASSICAL_METHODS = ("noisy", "gaussian", "nlm", "bm3d")
+
+
+def classical_verdict(collection: Collection) -> list[str]:
+    """Plain sentences for every noise level where a classical method beats every network on the same
+    images, with the networks' training budget as the likely reason (and the ranking it is based on)."""
+    configurations = {key: pool_runs(runs) for key, runs in baseline_configurations(collection).items()}
+    sentences = []
+    for level in sorted({key[1] for key in configurations}):
+        order, count = ranking(configurations, level)
+        classical = [(m, v) for m, v in order if m.partition("+")[0] in CLASSICAL_METHODS and m != "noisy"]
+        networks = [(m, v) for m, v in order if m.partition("+")[0] not in CLASSICAL_METHODS]
+        if not classical or not networks or classical[0][1] <= networks[0][1]:
+            continue
+        (best_classical, classical_psnr), (best_network, network_psnr) = classical[0], networks[0]
+        sentences.append(
+            f"At noise std {level:g} a classical method wins: {method_label(best_classical)} reaches "
+            f"{classical_psnr:.2f} dB mean PSNR against {network_psnr:.2f} dB for the best network "
+            f"({method_label(best_network)}), on the same {count} test images (ranking: "
+            + " > ".join(f"{method_label(m)} {v:.2f}" for m, v in order if m != "noisy")
+            + f"). {_budget_text(collection, level)}"
+        )
+    return sentences
+
+
+def _budget_text(collection: Collection, level: float) -> str:
+    """The networks' training budget at `level` (optimizer steps, epochs, training images) from the runs'
+    summary files: the likely reason a network trails a classical filter."""
+    steps, epochs = set(), set()
+    for evaluation in collection.networks():
+        history = collection.history(evaluation)
+        if evaluation.noise_std == level and evaluation.strategy == "single" and history is not None:
+            if history.global_steps is not None:
+                steps.add(history.global_steps)
+            if history.epochs_run is not None:
+                epochs.add(history.epochs_run)
+    data = collection.plan.get("data") or next(
+        (e.info["data"] for e in collection.evaluations if e.info.get("data")), {}
+    )
+    images = (data.get("counts") or {}).get("train")
+
+    def span(values: set[int]) -> str:
+        return f"{min(values)}" if len(values) == 1 else f"{min(values)}-{max(values)}"
+
+    parts = []
+    if steps:
+        parts.append(f"{span(steps)} optimizer steps")
+    if epochs:
+        parts.append(f"{span(epochs)} epochs")
+    if images:
+        parts.append(f"{images} training images")
+    budget = ", ".join(parts) if parts else "a budget not recorded here"
+    return (
+        f"The networks were trained with {budget} (the paper: about 23,000 steps on 7,500 images); this "
+        "small training budget is the likely reason, not evidence that the networks cannot do better."
+    )
+
+
 def _tests_table(tests: list[dict[str, Any]], unit: str = "patient") -> TableResult:
     columns = [
         "Noise std",
