@@ -21,3 +21,7 @@ class ConfigError(MeddenoiseError):
 
 class DataError(MeddenoiseError):
     """Missing, corrupt or inconsistent input data (the message names the file)."""
+
+
+class DiskFullError(MeddenoiseError):
+    """Not enough free space (or a write the file system refused) in an output folder, named in the text."""

@@ -7,14 +7,19 @@ the destination; `os.replace` is atomic on POSIX file systems.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from meddenoise.errors import MeddenoiseError
+from meddenoise.errors import DiskFullError, MeddenoiseError
+
+# Errors of a write that the file system refused for lack of room (or quota, or file size limit).
+SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 
 def ensure_writable_dir(path: str | os.PathLike, what: str = "output folder") -> Path:
@@ -78,3 +83,50 @@ def read_json(path: str | os.PathLike, what: str = "file") -> Any:
         raise MeddenoiseError(f"{what} not found: {path}") from None
     except json.JSONDecodeError as exc:
         raise MeddenoiseError(f"{what} {path} is not valid JSON ({exc}); it may be corrupt") from None
+
+
+# ---- free space --------------------------------------------------------------------------------------------
+
+
+def format_size(num_bytes: float) -> str:
+    """Bytes for a message: GB from 10 MB up (as users think of disks), MB below."""
+    if num_bytes >= 10e6:
+        return f"{num_bytes / 1e9:.2f} GB"
+    return f"{num_bytes / 1e6:.1f} MB"
+
+
+def free_bytes(folder: str | os.PathLike) -> int:
+    return shutil.disk_usage(folder).free
+
+
+def require_free_space(folder: str | os.PathLike, needed: int, what: str) -> None:
+    """DiskFullError ("needs X GB in DIR, Y GB free") unless `folder`'s file system has `needed` bytes."""
+    free = free_bytes(folder)
+    if needed > free:
+        raise DiskFullError(
+            f"{what} needs {format_size(needed)} in {folder}, {format_size(free)} free; free some space or "
+            "choose another folder"
+        )
+
+
+def reserve_space(path: str | os.PathLike, size: int, what: str) -> None:
+    """Allocate the blocks of `path` up to `size` bytes now (posix_fallocate), so writing it later through a
+    memory map cannot hit a full disk (which kills the process with SIGBUS instead of raising an error)."""
+    fd = os.open(path, os.O_RDWR)
+    try:
+        os.posix_fallocate(fd, 0, size)
+    except OSError as exc:
+        if exc.errno in SPACE_ERRNOS:
+            folder = Path(path).parent
+            raise DiskFullError(
+                f"{what} needs {format_size(size)} in {folder}, {format_size(free_bytes(folder))} free; free "
+                "some space or choose another folder"
+            ) from None
+        if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+            raise
+    finally:
+        os.close(fd)
+
+
+def is_space_error(exc: BaseException) -> bool:
+    return isinstance(exc, OSError) and exc.errno in SPACE_ERRNOS

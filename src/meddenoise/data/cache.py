@@ -9,12 +9,15 @@ re-exported here because callers think of it as "the cache".
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
+import errno
 import hashlib
 import io
 import json
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -35,8 +38,8 @@ from meddenoise.data.manifest import (
 )
 from meddenoise.data.prepare_config import RUN_ONLY_FIELDS, PrepareConfig
 from meddenoise.data.splits import assign_splits
-from meddenoise.errors import DataError, MeddenoiseError
-from meddenoise.fileio import atomic_write_text, ensure_writable_dir
+from meddenoise.errors import DataError, DiskFullError, MeddenoiseError
+from meddenoise.fileio import atomic_write_text, ensure_writable_dir, format_size, free_bytes, is_space_error
 from meddenoise.locking import folder_lock
 
 __all__ = [
@@ -70,7 +73,17 @@ def prepare(source, config: PrepareConfig) -> PrepareResult:
     started = time.perf_counter()
     out = ensure_writable_dir(config.out, what="output folder (--out)")
     with folder_lock(out):
-        return _prepare_locked(source, config, out, started)
+        try:
+            return _prepare_locked(source, config, out, started)
+        except OSError as exc:
+            if not is_space_error(exc) and exc.errno not in (errno.EIO, errno.EROFS):
+                raise
+            # The writer has removed its partial files on the way out; say where and why it stopped.
+            raise DiskFullError(
+                f"writing the prepared folder {out} failed: {exc.strerror or exc}"
+                f"{f' ({exc.filename})' if exc.filename else ''}; its partial files were removed "
+                f"({format_size(free_bytes(out))} free now). Free some space and run prepare again"
+            ) from None
 
 
 def _prepare_locked(source, config: PrepareConfig, out: Path, started: float) -> PrepareResult:
@@ -169,8 +182,23 @@ def _render_into(out, source, records, splits, params, fingerprint, config) -> N
 _WORKER_STATE: dict[str, Any] = {}
 
 
-def _init_worker(source, options: dict[str, Any]) -> None:
+def _init_worker(source, options: dict[str, Any], parent: int) -> None:
+    _exit_with_parent(parent)
     _WORKER_STATE["source"], _WORKER_STATE["options"] = source, options
+
+
+def _exit_with_parent(parent: int) -> None:
+    """Have the kernel end this worker when the prepare process dies (Linux), so no orphan keeps decoding or
+    keeps the deleted partial file (mapped at fork) taking disk space."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: the pool's own shutdown is all there is
+        return
+    if os.getppid() != parent:  # the parent died before the request took effect
+        os._exit(1)
 
 
 def _process_chunk(chunk: list[tuple[int, Any]]) -> list[tuple]:
@@ -214,21 +242,23 @@ def _decode_into(out, source, records, splits, params, fingerprint, config) -> t
     skipped: list[tuple[str, str]] = []
     progress = tqdm(total=count, unit="img", desc="prepare", disable=config.quiet or not sys.stderr.isatty())
     try:
-        for index, image, bit_depth, shape, source_hash, error in _results(source, records, options, workers):
-            if image is None:
-                skipped.append((records[index].path, error))
-            else:
-                writer.put(index, image)
-                keep[index] = True
-                bit_depths[index], shapes[index], hashes[index] = bit_depth, shape, source_hash
-            progress.update(1)
+        # closing(): on an error the pool is shut down now, not whenever the generator is collected.
+        with contextlib.closing(_results(source, records, options, workers)) as results:
+            for index, image, bit_depth, shape, source_hash, error in results:
+                if image is None:
+                    skipped.append((records[index].path, error))
+                else:
+                    writer.put(index, image)
+                    keep[index] = True
+                    bit_depths[index], shapes[index], hashes[index] = bit_depth, shape, source_hash
+                progress.update(1)
+        skipped.sort()
+        _write_skipped(out, skipped)
     except BaseException:
         writer.abort()
         raise
     finally:
         progress.close()
-    skipped.sort()
-    _write_skipped(out, skipped)
     if not keep.any() or (config.strict and skipped):
         writer.abort()
         raise DataError(_skip_failure_message(out, skipped, count, config.strict))
@@ -259,7 +289,7 @@ def _results(source, records, options, workers):
         workers,
         mp_context=multiprocessing.get_context(),
         initializer=_init_worker,
-        initargs=(source, options),
+        initargs=(source, options, os.getpid()),
     )
     try:
         futures = {executor.submit(_process_chunk, chunk): chunk for chunk in _chunks(records, workers)}
@@ -274,7 +304,19 @@ def _results(source, records, options, workers):
                 ) from None
             yield from chunk_result
     finally:
-        executor.shutdown(wait=False, cancel_futures=True)
+        _end_pool(executor)
+
+
+def _end_pool(executor) -> None:
+    """Stop the workers now: after an error nobody wants the rest of their chunks (and a full disk wants its
+    space back). On a normal end they are idle and leave at once."""
+    processes = list((getattr(executor, "_processes", None) or {}).values())
+    executor.shutdown(wait=False, cancel_futures=True)
+    for process in processes:
+        if process.is_alive():
+            process.terminate()
+    for process in processes:
+        process.join(timeout=10)
 
 
 def _skip_failure_message(out: Path, skipped, count: int, strict: bool) -> str:

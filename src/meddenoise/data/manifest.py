@@ -28,7 +28,14 @@ from meddenoise import __version__
 from meddenoise.data.records import ImageRecord, image_key
 from meddenoise.data.splits import SPLIT_NAMES
 from meddenoise.errors import DataError, MeddenoiseError
-from meddenoise.fileio import atomic_write_json, atomic_write_text, ensure_writable_dir, read_json
+from meddenoise.fileio import (
+    atomic_write_json,
+    atomic_write_text,
+    ensure_writable_dir,
+    read_json,
+    require_free_space,
+    reserve_space,
+)
 
 FORMAT_VERSION = 1
 IMAGES_FILE = "images.npy"
@@ -107,12 +114,13 @@ class PreparedWriter:
         if count <= 0:
             raise DataError(f"no usable images to write to {out_dir}")
         self.folder = ensure_writable_dir(out_dir, what="output folder (--out)")
+        # Checked before the folder is touched, so a refused prepare leaves an earlier valid cache intact.
+        needed = count * height * width * np.dtype(dtype).itemsize + _bookkeeping_bytes(count)
+        require_free_space(self.folder, needed, what=f"the prepared images ({count} x {height} x {width})")
         invalidate_prepared(self.folder)
         self.dtype = dtype
         self.partial_path = self.folder / f"{PARTIAL_PREFIX}{os.getpid()}"
-        self.images = np.lib.format.open_memmap(
-            self.partial_path, mode="w+", dtype=np.dtype(dtype), shape=(count, height, width)
-        )
+        self.images = self._open_reserved(self.partial_path, np.dtype(dtype), (count, height, width))
 
     def commit(
         self,
@@ -140,8 +148,21 @@ class PreparedWriter:
 
         manifest_text = _manifest_text(images, records, splits, extra_columns)
         images_path = self.folder / IMAGES_FILE
-        os.replace(self.partial_path, images_path)
+        try:
+            self._commit_files(images_path, manifest_text, records, splits, params, fingerprint)
+        except BaseException:
+            # Nothing of this write is valid without the marker: leave no half of it taking space.
+            self.abort()
+            for name in (IMAGES_FILE, MANIFEST_FILE, MARKER_FILE):
+                with contextlib.suppress(FileNotFoundError):
+                    (self.folder / name).unlink()
+            raise
+        return self.folder
+
+    def _commit_files(self, images_path: Path, manifest_text: str, records, splits, params, fingerprint):
         atomic_write_text(self.folder / MANIFEST_FILE, manifest_text)
+        images = self.images
+        os.replace(self.partial_path, images_path)
         info = {
             "format_version": FORMAT_VERSION,
             "meddenoise_version": __version__,
@@ -164,7 +185,19 @@ class PreparedWriter:
         }
         atomic_write_json(self.folder / MARKER_FILE, info)  # the commit point: written last
         _fsync_dir(self.folder)
-        return self.folder
+
+    def _open_reserved(self, path: Path, dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarray:
+        """A new .npy memmap at `path` whose blocks are allocated up front (see `reserve_space`)."""
+        images = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
+        try:
+            what = f"the prepared images ({' x '.join(map(str, shape))})"
+            reserve_space(path, path.stat().st_size, what=what)
+        except BaseException:
+            del images
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+            raise
+        return images
 
     def promote_to_uint16(self) -> None:
         """Switch storage to uint16 (a 16-bit image arrived); earlier rows are scaled by 257 (exact)."""
@@ -172,7 +205,7 @@ class PreparedWriter:
             return
         old = self.images
         wide_path = self.partial_path.with_name(self.partial_path.name + "-u16")
-        wide = np.lib.format.open_memmap(wide_path, mode="w+", dtype=np.uint16, shape=old.shape)
+        wide = self._open_reserved(wide_path, np.dtype(np.uint16), old.shape)
         for start in range(0, old.shape[0], 256):
             wide[start : start + 256] = old[start : start + 256].astype(np.uint16) * 257
         del old, self.images
@@ -188,9 +221,11 @@ class PreparedWriter:
         self.images[index] = image
 
     def abort(self) -> None:
-        del self.images
-        with contextlib.suppress(FileNotFoundError):
-            self.partial_path.unlink()
+        """Remove this writer's temporary files (idempotent)."""
+        self.images = None
+        for suffix in ("", "-u16", "-compact"):
+            with contextlib.suppress(FileNotFoundError):
+                self.partial_path.with_name(self.partial_path.name + suffix).unlink()
 
     def _final_images(self, kept: np.ndarray) -> np.ndarray:
         """Flush the memmap to disk; when rows were dropped, rewrite the file without them (in chunks)."""
@@ -200,9 +235,7 @@ class PreparedWriter:
             _fsync_file(self.partial_path)
             return full
         compact_path = self.partial_path.with_name(self.partial_path.name + "-compact")
-        compact = np.lib.format.open_memmap(
-            compact_path, mode="w+", dtype=full.dtype, shape=(len(kept), *full.shape[1:])
-        )
+        compact = self._open_reserved(compact_path, full.dtype, (len(kept), *full.shape[1:]))
         for start in range(0, len(kept), 256):
             compact[start : start + 256] = full[kept[start : start + 256]]
         compact.flush()
@@ -232,6 +265,11 @@ def write_prepared(
     writer = PreparedWriter(out_dir, *images.shape, dtype=images.dtype.name)
     writer.images[:] = images
     return writer.commit(records, splits, params, extra_columns=extra_columns, fingerprint=fingerprint)
+
+
+def _bookkeeping_bytes(count: int) -> int:
+    """A generous estimate of manifest.csv, skipped.csv and prepare.json (a manifest row is ~150 bytes)."""
+    return 64 * 1024 + 512 * count
 
 
 def invalidate_prepared(folder: Path) -> None:
