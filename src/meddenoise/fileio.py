@@ -99,13 +99,17 @@ def free_bytes(folder: str | os.PathLike) -> int:
     return shutil.disk_usage(folder).free
 
 
-def require_free_space(folder: str | os.PathLike, needed: int, what: str) -> None:
+def require_free_space(
+    folder: str | os.PathLike,
+    needed: int,
+    what: str,
+    advice: str = "free some space or choose another folder",
+) -> None:
     """DiskFullError ("needs X GB in DIR, Y GB free") unless `folder`'s file system has `needed` bytes."""
     free = free_bytes(folder)
     if needed > free:
         raise DiskFullError(
-            f"{what} needs {format_size(needed)} in {folder}, {format_size(free)} free; free some space or "
-            "choose another folder"
+            f"{what} needs {format_size(needed)} in {folder}, {format_size(free)} free; {advice}"
         )
 
 

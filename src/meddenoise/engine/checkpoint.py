@@ -11,6 +11,7 @@ file: a kill between writing the two `last` files can never pair weights and opt
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import random
@@ -22,10 +23,12 @@ import torch
 from torch import nn
 
 from meddenoise.engine.runtime import strip_wrapper_prefixes, unwrap
-from meddenoise.errors import MeddenoiseError
-from meddenoise.fileio import atomic_write_bytes
+from meddenoise.errors import DiskFullError, MeddenoiseError
+from meddenoise.fileio import atomic_write_bytes, is_space_error, require_free_space
 
 FORMAT_VERSION = 1
+# Room left for the small files written beside a checkpoint (metrics, log, summary).
+CHECKPOINT_SPACE_MARGIN = 1 << 20
 METADATA_KEY = "meddenoise"
 CHECKPOINT_DIR = "checkpoints"
 
@@ -45,11 +48,15 @@ def plain_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return {key: value.detach().to("cpu").contiguous().clone() for key, value in state.items()}
 
 
-def save_weights(path: str | Path, model: nn.Module, metadata: dict[str, Any]) -> None:
+def weights_payload(model: nn.Module, metadata: dict[str, Any]) -> bytes:
+    """The bytes of a weights file (safetensors) of `model` with `metadata`."""
     from safetensors.torch import save
 
-    payload = save(plain_state_dict(model), metadata={METADATA_KEY: json.dumps(metadata, default=str)})
-    atomic_write_bytes(path, payload)
+    return save(plain_state_dict(model), metadata={METADATA_KEY: json.dumps(metadata, default=str)})
+
+
+def save_weights(path: str | Path, model: nn.Module, metadata: dict[str, Any]) -> None:
+    atomic_write_bytes(path, weights_payload(model, metadata))
 
 
 def load_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -101,10 +108,56 @@ def _python_state_to_plain(state: tuple) -> list:
     return [version, list(internal), gauss]
 
 
-def save_training_state(path: str | Path, state: dict[str, Any]) -> None:
+def training_state_payload(state: dict[str, Any]) -> bytes:
     buffer = io.BytesIO()
     torch.save({"format_version": FORMAT_VERSION, **state}, buffer)
-    atomic_write_bytes(path, buffer.getvalue())
+    return buffer.getvalue()
+
+
+def save_training_state(path: str | Path, state: dict[str, Any]) -> None:
+    atomic_write_bytes(path, training_state_payload(state))
+
+
+def write_checkpoint_files(run_dir: str | Path, files: list[tuple[Path, bytes]]) -> None:
+    """Write checkpoint files in the order given, each atomically, after checking that all of them fit.
+
+    The files are built in memory first, so the space they need is known exactly; each new file exists
+    beside the one it replaces until its rename, hence the whole size must be free.
+    """
+    folder = Path(run_dir) / CHECKPOINT_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    needed = sum(len(payload) for _, payload in files) + CHECKPOINT_SPACE_MARGIN
+    require_free_space(folder, needed, what="the checkpoint", advice=f"training stopped; {_kept(run_dir)}")
+    try:
+        for path, payload in files:
+            atomic_write_bytes(path, payload)
+    except OSError as exc:
+        failure = explain_write_failure(exc, run_dir)
+        if failure is None:
+            raise
+        raise failure from None
+
+
+def explain_write_failure(exc: BaseException, run_dir: str | Path) -> DiskFullError | None:
+    """A message for a run-folder write that failed for lack of space (or a refusing file system), saying
+    what was kept and how to continue; None for other errors."""
+    if not isinstance(exc, OSError) or not (is_space_error(exc) or exc.errno in (errno.EIO, errno.EROFS)):
+        return None
+    where = f" ({exc.filename})" if exc.filename else ""
+    reason = f"writing to the run folder {run_dir} failed: {exc.strerror or exc}{where}"
+    return DiskFullError(f"{reason}; training stopped; {_kept(run_dir)}")
+
+
+def _kept(run_dir: str | Path) -> str:
+    state = checkpoint_paths(run_dir)["last_state"]
+    if state.is_file():
+        kept = (
+            f"the previous checkpoint in {state.parent} is intact: free some space, then continue the run "
+            "with --resume (or --resume auto)"
+        )
+    else:
+        kept = "no checkpoint had been written yet: free some space, then start the run again"
+    return kept
 
 
 def load_training_state(path: str | Path, device: torch.device | str = "cpu") -> dict[str, Any]:

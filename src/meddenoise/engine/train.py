@@ -199,8 +199,10 @@ class Trainer:
     def evaluated_model(self) -> torch.nn.Module:
         return self.ema.module if self.ema is not None else unwrap(self.model)
 
-    def save_last(self) -> None:
-        """Write the last checkpoint (rank 0); called only after the loss was checked finite."""
+    def save_last(self, best: tuple[int, float] | None = None) -> None:
+        """Write the last checkpoint, and the best one when `best` = (epoch, val loss) is given (rank 0);
+        called only after the loss was checked finite. All files are checked for space first and written
+        best first, so a failure leaves the previous checkpoints consistent and resumable."""
         if not self.runtime.is_main:
             return
         state = {
@@ -213,14 +215,16 @@ class Trainer:
             "rng": ckpt.rng_states(),
             "identity": run_identity(self.config, self.runtime),
         }
-        ckpt.save_training_state(self.paths["last_state"], state)
+        files = []
+        if best is not None:
+            metadata = self._metadata("best", best[0], best[1])
+            files.append((self.paths["best_weights"], ckpt.weights_payload(self.evaluated_model(), metadata)))
+        files.append((self.paths["last_state"], ckpt.training_state_payload(state)))
         # Weights of a finished epoch belong to the epoch before the position; mid-epoch ones to the current.
         epoch = self.progress.epoch - (self.progress.step_in_epoch == 0)
-        ckpt.save_weights(self.paths["last_weights"], self.evaluated_model(), self._metadata("last", epoch))
-
-    def save_best(self, epoch: int, val_loss: float) -> None:
-        metadata = self._metadata("best", epoch, val_loss)
-        ckpt.save_weights(self.paths["best_weights"], self.evaluated_model(), metadata)
+        last = ckpt.weights_payload(self.evaluated_model(), self._metadata("last", epoch))
+        files.append((self.paths["last_weights"], last))
+        ckpt.write_checkpoint_files(self.out, files)
 
     # -- checks ---------------------------------------------------------------------------------------------
     def check_finite(self) -> None:
@@ -393,9 +397,7 @@ class Trainer:
         if self.runtime.is_main:
             self.history = [r for r in self.history if r["epoch"] != record["epoch"]] + [record]
             write_metrics(self.out / "metrics.jsonl", self.history)
-            if improved:
-                self.save_best(record["epoch"], val["loss"])
-            self.save_last()
+            self.save_last(best=(record["epoch"], val["loss"]) if improved else None)
         return record
 
     def _stop_after_epoch(self, run_started: float) -> str | None:
@@ -580,7 +582,7 @@ def fit(config: TrainConfig) -> Path:
         finished = True
         return trainer.out
     except Exception as exc:
-        failure = distributed.explain_failure(exc)  # a peer died or hung: say so instead of a gloo/NCCL trace
+        failure = distributed.explain_failure(exc) or ckpt.explain_write_failure(exc, config.out)
         if failure is None:
             raise
         raise failure from None
