@@ -45,6 +45,22 @@ class PrivacyAuditConfig:
     matcher_blur: float = option(
         1.0, "Gaussian blur sigma of the matcher, in pixels of the downsampled image"
     )
+    membership: bool = option(
+        False, "also attack the --run model: membership inference (loss threshold and reference models)"
+    )
+    reference_models: int = option(
+        4, "membership: reference models trained like the run (0: loss attack only)"
+    )
+    reference_epochs: int = option(0, "membership: epochs of each reference model (0: as the run)")
+    reference_split: str = option(
+        "val",
+        "membership: split the reference models train on (patients apart from both sets)",
+        choices=("train", "val", "test"),
+    )
+    nonmember_split: str = option(
+        "test", "membership: split of the non-members (held-out patients)", choices=("train", "val", "test")
+    )
+    membership_images: int = option(500, "membership: at most this many members and non-members (0: all)")
 
     def check(self) -> None:
         for name, stds in (("levels", self.levels), ("noise.std", [self.noise.std])):
@@ -60,6 +76,11 @@ class PrivacyAuditConfig:
                 raise ConfigError(f"{name} must be >= {low}; got {value}", name)
         if self.matcher_blur < 0:
             raise ConfigError(f"matcher_blur must be >= 0; got {self.matcher_blur}", "matcher_blur")
+        if self.membership and not self.run:
+            raise ConfigError("membership attacks a trained model: give its run folder in run", "run")
+        for name in ("reference_models", "reference_epochs", "membership_images"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0", name)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -107,11 +128,35 @@ def run(args: argparse.Namespace) -> int:
         batch_size=config.batch_size,
         matcher=Matcher(feature_size=config.matcher_size, blur_sigma=config.matcher_blur),
     )
+    text = markdown_section(result)
+    if config.membership:
+        from meddenoise.privacy.membership import markdown_lines, run_membership_audit
+
+        result["membership"] = run_membership_audit(
+            config.run,
+            data_dir=config.data,
+            out=out_dir / "membership",
+            reference_models=config.reference_models,
+            reference_epochs=config.reference_epochs,
+            reference_split=config.reference_split,
+            nonmember_split=config.nonmember_split,
+            max_images=config.membership_images,
+            seed=config.seed,
+            device=config.device,
+            batch_size=config.batch_size,
+        )
+        text += (
+            "\n## Membership inference on the trained model\n\n"
+            + "\n".join(markdown_lines(result["membership"]))
+            + "\n"
+        )
     result["config"] = config_to_dict(config)
     save_config(config, out_dir / "config.json")
     atomic_write_json(out_dir / "privacy_audit.json", result)
-    atomic_write_text(out_dir / "privacy_audit.md", markdown_section(result))
+    atomic_write_text(out_dir / "privacy_audit.md", text)
     print(format_table(result))
+    if config.membership:
+        print("\n".join(markdown_lines(result["membership"])))
     for level in result["levels"]:
         reid = level["reidentification"]
         if "skipped" in reid:

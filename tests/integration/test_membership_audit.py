@@ -1,0 +1,109 @@
+"""Membership inference sanity: a model overfit on a few images gives them away (AUC clearly above 0.5);
+a model that never saw the "members" scores chance (0.5 inside the patient-bootstrap interval)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+TINY = ["--model", "unet", "--base-channels", "16", "--depth", "2", "--norm", "group", "--quiet"]
+TINY += ["--device", "cpu", "--no-evaluate-test", "--patience", "0", "--noise-std", "0.2", "--lr", "3e-3"]
+
+
+def meddenoise(*args):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    completed = subprocess.run(
+        [sys.executable, "-m", "meddenoise", *map(str, args)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert completed.returncode == 0, (completed.stdout[-2000:], completed.stderr[-3000:])
+    return completed
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    from conftest import write_tiny_prepared
+
+    return write_tiny_prepared(tmp_path_factory.mktemp("mia") / "prepared", n=240, size=32, patients=80)
+
+
+def test_a_model_overfit_on_few_images_gives_its_members_away(data, tmp_path):
+    run = tmp_path / "overfit"
+    meddenoise(
+        "train",
+        "--data",
+        data,
+        "--out",
+        run,
+        *TINY,
+        "--epochs",
+        "150",
+        "--batch-size",
+        "8",
+        "--limit-train",
+        "8",
+    )
+    audit = tmp_path / "audit"
+    meddenoise(
+        "privacy-audit",
+        "--data",
+        data,
+        "--out",
+        audit,
+        "--run",
+        run,
+        "--membership",
+        "--noise-std",
+        "0.2",
+        "--reference-models",
+        "2",
+        "--reference-epochs",
+        "40",
+        "--max-queries",
+        "8",
+    )
+    result = json.loads((audit / "privacy_audit.json").read_text())["membership"]
+    assert result["members"]["images"] == 8  # only the images the run trained on (--limit-train)
+    for attack in ("loss_threshold", "calibrated"):
+        assert result[attack]["auc"] > 0.8, attack
+        assert result[attack]["auc_ci"][0] > 0.5, attack
+    assert (audit / "membership" / "reference1" / "checkpoints" / "best.safetensors").is_file()
+    assert "Membership inference" in (audit / "privacy_audit.md").read_text()
+
+
+def test_a_model_that_never_saw_the_members_scores_chance(data, tmp_path):
+    from meddenoise.privacy.membership import run_membership_audit
+
+    run = tmp_path / "outsider"
+    meddenoise(
+        "train",
+        "--data",
+        data,
+        "--out",
+        run,
+        *TINY,
+        "--epochs",
+        "30",
+        "--batch-size",
+        "8",
+        "--train-split",
+        "val",
+        "--val-split",
+        "val",
+    )
+    result = run_membership_audit(
+        run, out=tmp_path / "m", member_split="train", reference_models=0, device="cpu"
+    )
+    low, high = result["loss_threshold"]["auc_ci"]
+    assert result["members"]["split"] == "train" and result["members"]["images"] > 40
+    assert low <= 0.5 <= high, result["loss_threshold"]
+    assert "skipped" in result["calibrated"]

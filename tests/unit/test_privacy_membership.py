@@ -1,0 +1,49 @@
+"""Membership-inference statistics: AUC, TPR at a low false-positive rate, calibration, patient bootstrap."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from meddenoise.privacy import membership
+
+
+def test_auc_counts_ordered_pairs_and_half_the_ties():
+    assert membership.roc_auc(np.array([3.0, 4.0]), np.array([1.0, 2.0])) == 1.0
+    assert membership.roc_auc(np.array([1.0, 2.0]), np.array([3.0, 4.0])) == 0.0
+    assert membership.roc_auc(np.array([1.0, 3.0]), np.array([2.0, 2.0])) == 0.5
+    assert membership.roc_auc(np.array([2.0]), np.array([2.0])) == 0.5
+
+
+def test_tpr_at_low_fpr_uses_the_strictest_threshold_that_keeps_the_rate():
+    nonmembers = np.arange(200, dtype=float)  # 1% of 200 = 2 false positives allowed: threshold 197
+    members = np.array([196.0, 197.5, 198.5, 250.0])
+    tpr, achieved = membership.tpr_at_fpr(members, nonmembers)
+    assert achieved == pytest.approx(0.01) and tpr == 0.75
+    # fewer than 100 non-members: no false positive is allowed, the threshold is the top non-member
+    tpr, achieved = membership.tpr_at_fpr(np.array([5.0, 9.5, 11.0]), np.arange(10, dtype=float))
+    assert achieved == 0.0 and tpr == pytest.approx(2 / 3)
+
+
+def test_calibration_removes_per_image_difficulty():
+    rng = np.random.default_rng(0)
+    difficulty = rng.lognormal(0.0, 1.0, 400)  # some images are simply harder to denoise
+    is_member = np.arange(400) < 200
+    target = difficulty * np.where(is_member, 0.8, 1.0)  # members reconstructed 20% better
+    reference = difficulty * rng.lognormal(0.0, 0.05, (4, 400))
+    raw = membership.roc_auc(-target[is_member], -target[~is_member])
+    scores = membership.calibrated_scores(target, reference)
+    calibrated = membership.roc_auc(scores[is_member], scores[~is_member])
+    assert raw < 0.7 and calibrated > 0.95
+
+
+def test_the_patient_bootstrap_interval_covers_the_estimate_and_widens_with_fewer_patients():
+    rng = np.random.default_rng(1)
+    members, nonmembers = rng.normal(0.3, 1, 120), rng.normal(0, 1, 120)
+    many = [f"p{i % 40}" for i in range(120)]
+    few = [f"p{i % 4}" for i in range(120)]
+    auc = membership.roc_auc(members, nonmembers)
+    low, high = membership.patient_bootstrap_auc(members, many, nonmembers, many, resamples=300)
+    assert low < auc < high
+    low_few, high_few = membership.patient_bootstrap_auc(members, few, nonmembers, few, resamples=300)
+    assert high_few - low_few > high - low
