@@ -81,4 +81,5 @@ def test_a_batchnorm_model_is_refused_with_a_clear_error(dp_runs, tmp_path):
     data, _ = dp_runs
     completed = train(data, tmp_path / "bn", "--norm", "batch", "--dp-epsilon", "8")
     assert completed.returncode == 2
-    assert "--norm group" in completed.stderr and "Traceback" not in completed.stderr
+    assert "norm=group" in completed.stderr and "(--norm)" in completed.stderr
+    assert "Traceback" not in completed.stderr

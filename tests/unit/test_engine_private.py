@@ -22,23 +22,24 @@ def config(**changes) -> TrainConfig:
 @pytest.mark.parametrize(
     ("changes", "named"),
     [
-        ({"dp_noise_multiplier": 1.0}, "not both"),
-        ({"amp": "fp16"}, "--amp fp16"),
-        ({"grad_clip": 1.0}, "--grad-clip"),
-        ({"strategy": "dp"}, "--strategy dp"),
-        ({"dp_delta": 0.0}, "--dp-delta"),
-        ({"dp_max_grad_norm": 0.0}, "--dp-max-grad-norm"),
+        ({"dp_noise_multiplier": 1.0}, "dp_noise_multiplier"),
+        ({"amp": "fp16"}, "amp"),
+        ({"grad_clip": 1.0}, "grad_clip"),
+        ({"strategy": "dp"}, "strategy"),
+        ({"dp_delta": 0.0}, "dp_delta"),
+        ({"dp_max_grad_norm": 0.0}, "dp_max_grad_norm"),
     ],
 )
 def test_option_combinations_dp_sgd_cannot_honour_are_named(changes, named):
-    with pytest.raises(ConfigError, match=named.replace("-", r"\-")):
+    with pytest.raises(ConfigError) as caught:
         config(**changes).check()
+    assert caught.value.parameter == named
 
 
 def test_batchnorm_models_are_refused_with_the_flag_to_use():
     from meddenoise.models import build_model
 
-    with pytest.raises(ConfigError, match="--norm group"):
+    with pytest.raises(ConfigError, match="norm=group"):
         private.prepare_model(build_model("unet", base_channels=4, depth=2, norm="batch"))
     model = private.prepare_model(build_model("unet", base_channels=4, depth=2, norm="group"))
     assert not any(getattr(m, "inplace", False) for m in model.modules())

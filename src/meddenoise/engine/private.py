@@ -46,33 +46,33 @@ def enabled(config: TrainConfig) -> bool:
 
 
 def check_config(config: TrainConfig) -> None:
-    """Option combinations DP-SGD cannot honour, named by flag (called from TrainConfig.check)."""
-    if config.dp_epsilon < 0 or config.dp_noise_multiplier < 0:
-        raise ConfigError("--dp-epsilon and --dp-noise-multiplier must be >= 0")
+    """Option combinations DP-SGD cannot honour, named by parameter (called from TrainConfig.check)."""
+    for name in ("dp_epsilon", "dp_noise_multiplier"):
+        if getattr(config, name) < 0:
+            raise ConfigError(f"{name} must be >= 0; got {getattr(config, name)}", name)
     if not enabled(config):
         return
     if config.dp_epsilon > 0 and config.dp_noise_multiplier > 0:
         raise ConfigError(
-            "give either --dp-epsilon (the noise is derived from it) or --dp-noise-multiplier, not both"
+            "give either dp_epsilon (the noise is derived from it) or dp_noise_multiplier, not both",
+            "dp_noise_multiplier",
         )
     if not 0.0 < config.dp_delta < 1.0:
-        raise ConfigError(f"--dp-delta must be in (0, 1); got {config.dp_delta}")
+        raise ConfigError(f"dp_delta must be in (0, 1); got {config.dp_delta}", "dp_delta")
     if not config.dp_max_grad_norm > 0:
-        raise ConfigError(f"--dp-max-grad-norm must be > 0; got {config.dp_max_grad_norm}")
+        raise ConfigError(f"dp_max_grad_norm must be > 0; got {config.dp_max_grad_norm}", "dp_max_grad_norm")
     if config.dp_unit not in UNITS:
-        raise ConfigError(f"--dp-unit must be one of {', '.join(UNITS)}; got {config.dp_unit!r}")
-    conflicts = {
-        "--strategy dp": config.strategy == "dp",
-        "--pipeline reference": config.pipeline == "reference",
-        "--compile": config.compile,
-        "--amp fp16": config.amp == "fp16",
-        "--grad-clip (DP-SGD clips per unit with --dp-max-grad-norm)": config.grad_clip > 0,
-    }
-    named = [flag for flag, present in conflicts.items() if present]
-    if named:
-        raise ConfigError(
-            f"DP-SGD (--dp-epsilon / --dp-noise-multiplier) cannot be combined with {', '.join(named)}"
-        )
+        raise ConfigError(f"dp_unit must be one of {', '.join(UNITS)}; got {config.dp_unit!r}", "dp_unit")
+    conflicts = (
+        ("strategy", config.strategy == "dp", "DataParallel (use single or ddp)"),
+        ("pipeline", config.pipeline == "reference", "the reference pipeline"),
+        ("compile", config.compile, "torch.compile"),
+        ("amp", config.amp == "fp16", "fp16 loss scaling (use off or bf16)"),
+        ("grad_clip", config.grad_clip > 0, "grad_clip (DP-SGD clips per unit with dp_max_grad_norm)"),
+    )
+    for parameter, present, what in conflicts:
+        if present:
+            raise ConfigError(f"DP-SGD cannot be combined with {what}", parameter)
 
 
 def require_opacus() -> None:
@@ -80,7 +80,8 @@ def require_opacus() -> None:
         import opacus  # noqa: F401
     except ImportError:
         raise ConfigError(
-            "DP-SGD (--dp-epsilon / --dp-noise-multiplier) needs Opacus: pip install 'meddenoise[dp]'"
+            "DP-SGD (dp_epsilon / dp_noise_multiplier) needs Opacus: pip install 'meddenoise[dp]'",
+            "dp_epsilon",
         ) from None
 
 
@@ -94,7 +95,8 @@ def check_model(model: nn.Module) -> None:
         kinds = sorted({str(p).split(".")[0] for p in problems})
         raise ConfigError(
             f"the model is not compatible with DP-SGD ({len(problems)} layer(s): {'; '.join(kinds)}); "
-            "train with --norm group (GroupNorm instead of BatchNorm)"
+            "train with norm=group (GroupNorm instead of BatchNorm)",
+            "norm",
         )
 
 

@@ -247,7 +247,7 @@ def run_membership_audit(
     from meddenoise.data.cache import load_prepared
     from meddenoise.engine.checkpoint import load_trained_model
     from meddenoise.engine.runtime import resolve_device
-    from meddenoise.noise import build_noise
+    from meddenoise.noise.spec import NoiseSpec
 
     torch_device = resolve_device(device)
     model, metadata = load_trained_model(run_dir, device=torch_device)
@@ -258,26 +258,21 @@ def run_membership_audit(
         )
     data_dir = data_dir or run_config.get("data")
     if not data_dir or not Path(data_dir).exists():
-        raise ConfigError(f"--data: the run's prepared folder {data_dir!r} is not here; give --data")
+        raise ConfigError(f"the run's prepared folder {data_dir!r} is not here; give data", "data")
     data = load_prepared(data_dir)
     member_split = member_split or run_config.get("train_split", "train")
     if reference_split in (member_split, nonmember_split):
-        raise ConfigError("--reference-split must differ from the member and non-member splits")
+        raise ConfigError(
+            "reference_split must differ from the member and non-member splits", "reference_split"
+        )
     trained = data.indices(member_split)
     if run_config.get("limit_train"):
         trained = trained[: int(run_config["limit_train"])]
     sets = choose_sets(
         data, member_split, nonmember_split, max_images=max_images, seed=seed, trained_rows=trained
     )
-    noise = metadata.get("noise") or {}
-    noise_op = build_noise(
-        noise.get("kind", "gaussian"),
-        mean=noise.get("mean", 0.1),
-        std=noise.get("std", 0.2),
-        clamp=noise.get("clamp", True),
-        dose=noise.get("dose"),
-    )
-    noise_seed = int(noise.get("seed", 0))
+    noise = NoiseSpec.from_dict(metadata.get("noise") or {})
+    noise_op, noise_seed = noise.build(), noise.seed
 
     def errors_of(net: torch.nn.Module) -> tuple[np.ndarray, np.ndarray]:
         common = {"noise_seed": noise_seed, "device": torch_device, "batch_size": batch_size}
