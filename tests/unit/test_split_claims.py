@@ -77,7 +77,7 @@ def test_the_privacy_audit_does_not_say_patients_do_not_repeat_when_ids_are_unkn
 
     anonymous, _ = folders
     _prepare(anonymous, tmp_path / "a")
-    result = run_audit(tmp_path / "a", noise_stds=[0.2], split="all", device="cpu")
+    result = run_audit(tmp_path / "a", levels=[0.2], split="all", device="cpu")
     reason = result["levels"][0]["reidentification"]["skipped"]
     assert "patient ids are unknown" in reason and "do not repeat" not in reason
     assert "patient ids unknown: each image counted as its own patient" in markdown_section(result)

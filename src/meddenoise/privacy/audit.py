@@ -230,7 +230,7 @@ def audit_level(
     """The audit of one noise level (`noise`, used in fixed mode: what a releasing site publishes)."""
     noise_op = noise.build()
     acc = _LevelAccumulator()
-    classical = classical_reference(data, noise_op, noise_mean, noise_std, seed, device)
+    classical = classical_reference(data, noise_op, noise.mean, noise.std, noise.seed, device)
     if classical is not None:
         denoisers = [*denoisers, classical]
     for start in range(0, plan.query_rows.size, batch_size):
