@@ -25,3 +25,7 @@ class DataError(MeddenoiseError):
 
 class DiskFullError(MeddenoiseError):
     """Not enough free space (or a write the file system refused) in an output folder, named in the text."""
+
+
+class HostMemoryError(MeddenoiseError):
+    """Host memory (or address space) ran out, e.g. mapping or copying a prepared folder's images."""

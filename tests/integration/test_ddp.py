@@ -87,10 +87,21 @@ def ddp_runs(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("ddp")
     data = write_tiny_prepared(root / "prepared", n=22, size=32)  # 11 training images
-    runs = {name: root / name for name in ("ddp", "single", "manual", "manual_rank1")}
+    runs = {name: root / name for name in ("ddp", "ddp_stream", "single", "manual", "manual_rank1")}
     started = [
         subprocess.Popen(
             command(data, runs["ddp"], "--strategy", "ddp", "--nproc", "2", "--batch-size", "2"),
+            env=environment(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        ),
+        subprocess.Popen(
+            command(
+                data,
+                runs["ddp_stream"],
+                *("--strategy", "ddp", "--nproc", "2", "--batch-size", "2", "--data-placement", "stream"),
+            ),
             env=environment(),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -217,3 +228,29 @@ def test_resume_under_ddp_matches_the_uninterrupted_ddp_run(ddp_runs):
     reference, continued = weights(runs["ddp"]), weights(runs["manual"])
     for name, value in reference.items():
         assert torch.equal(continued[name], value), name
+    # The run stopped inside epoch 2 (step 4 of 3 + 3): the resumed epoch's loss and coverage must be the
+    # uninterrupted run's exactly, which needs every rank's sums in the checkpoint, not rank 0's alone.
+    resumed_metrics, reference_metrics = (
+        metrics_without_timings(runs["manual"]),
+        metrics_without_timings(runs["ddp"]),
+    )
+    assert [r["epoch"] for r in resumed_metrics] == [0, 1]
+    assert resumed_metrics == reference_metrics
+    assert all(r["train_images_each_once"] for r in resumed_metrics)
+
+
+TIMING_KEYS = {"train_seconds", "val_seconds", "images_per_second", "peak_memory_mb"}
+
+
+def metrics_without_timings(run_dir):
+    return [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in metrics(run_dir)]
+
+
+def test_streamed_ddp_equals_resident_ddp_bitwise(ddp_runs):
+    _, runs = ddp_runs
+    resident, streamed = weights(runs["ddp"]), weights(runs["ddp_stream"])
+    assert resident.keys() == streamed.keys()
+    for name, value in resident.items():
+        assert torch.equal(streamed[name], value), name
+    assert metrics_without_timings(runs["ddp_stream"]) == metrics_without_timings(runs["ddp"])
+    assert "data placement: stream" in (runs["ddp_stream"] / "train.log").read_text()

@@ -23,6 +23,9 @@ import torch
 
 from meddenoise.errors import DataError
 
+# Host staging per copy when a split is placed on a GPU (the whole split never sits in host memory at once).
+COPY_CHUNK_BYTES = 256 * 2**20
+
 
 @dataclasses.dataclass
 class CleanBatch:
@@ -53,6 +56,44 @@ def rank_part(start: int, end: int, rank: int, world_size: int) -> tuple[int, in
     """This rank's contiguous part of the global batch [start, end)."""
     size = end - start
     return start + rank * size // world_size, start + (rank + 1) * size // world_size
+
+
+def copy_rows(images: np.ndarray, rows: np.ndarray, device: torch.device) -> torch.Tensor:
+    """(n, 1, H, W) tensor on `device` of the memmap's `rows`; to a GPU in chunks, never a full host copy."""
+    if device.type == "cpu":
+        return torch.from_numpy(np.ascontiguousarray(images[rows])).unsqueeze(1)
+    dtype = torch.from_numpy(np.zeros(0, dtype=images.dtype)).dtype
+    placed = torch.empty((len(rows), 1, *images.shape[1:]), dtype=dtype, device=device)
+    chunk = max(1, COPY_CHUNK_BYTES // max(1, images[0].nbytes))
+    for start in range(0, len(rows), chunk):
+        part = np.ascontiguousarray(images[rows[start : start + chunk]])
+        placed[start : start + len(part)].copy_(torch.from_numpy(part).unsqueeze(1))
+    return placed
+
+
+def epoch_plan(
+    count: int,
+    batch_size: int,
+    rank: int,
+    world_size: int,
+    *,
+    seed: int,
+    epoch: int,
+    shuffle: bool = True,
+    start_step: int = 0,
+) -> Iterator[tuple[np.ndarray, int]]:
+    """(this rank's positions, global batch size) of each step of `epoch` from `start_step` on."""
+    order = epoch_order(count, seed, epoch) if shuffle else np.arange(count, dtype=np.int64)
+    for start, end in global_batch_bounds(count, batch_size * world_size, world_size)[start_step:]:
+        lo, hi = rank_part(start, end, rank, world_size)
+        yield order[lo:hi], end - start
+
+
+def shard_plan(count: int, batch_size: int, rank: int, world_size: int) -> Iterator[np.ndarray]:
+    """Positions of this rank's contiguous evaluation shard, in batches of at most `batch_size`."""
+    lo, hi = rank_part(0, count, rank, world_size)
+    for start in range(lo, hi, batch_size):
+        yield np.arange(start, min(start + batch_size, hi), dtype=np.int64)
 
 
 class DeviceBatches:
@@ -97,10 +138,9 @@ class DeviceBatches:
             raise DataError(
                 f"split {split!r} of {data.folder} has no images; choose another split or re-prepare"
             )
-        # (n, H, W) -> (n, 1, H, W)
-        images = torch.from_numpy(np.ascontiguousarray(data.images[rows])).unsqueeze(1)
+        images = copy_rows(data.images, rows, torch.device(device))
         keys = torch.from_numpy(data.image_keys[rows].copy())
-        batches = cls(images.to(device), keys.to(device), data.max_value, batch_size, **kwargs)
+        batches = cls(images, keys.to(device), data.max_value, batch_size, **kwargs)
         batches.rows = rows  # manifest rows, to report per-image results by image id
         return batches
 

@@ -15,6 +15,7 @@ import contextlib
 import csv
 import dataclasses
 import datetime
+import errno
 import hashlib
 import io
 import os
@@ -27,7 +28,7 @@ import numpy as np
 from meddenoise import __version__
 from meddenoise.data.records import ImageRecord, image_key
 from meddenoise.data.splits import SPLIT_NAMES
-from meddenoise.errors import DataError, MeddenoiseError
+from meddenoise.errors import DataError, HostMemoryError, MeddenoiseError
 from meddenoise.fileio import (
     atomic_write_json,
     atomic_write_text,
@@ -355,7 +356,11 @@ def load_prepared(folder: str | os.PathLike) -> PreparedData:
         raise DataError(f"{manifest_path} does not match {MARKER_FILE} (it was modified); {redo}")
     try:
         images = np.load(images_path, mmap_mode="r")
+    except MemoryError as exc:
+        raise HostMemoryError(_cannot_map(images_path, exc)) from None
     except (ValueError, OSError) as exc:
+        if isinstance(exc, OSError) and exc.errno == errno.ENOMEM:
+            raise HostMemoryError(_cannot_map(images_path, exc)) from None
         raise DataError(f"cannot read {images_path} ({exc}); {redo}") from None
     if list(images.shape) != info.get("shape") or images.dtype.name != info.get("dtype"):
         raise DataError(
@@ -375,6 +380,14 @@ def load_prepared(folder: str | os.PathLike) -> PreparedData:
         max_value=MAX_VALUES[images.dtype.name],
         params=info.get("params", {}),
         info=info,
+    )
+
+
+def _cannot_map(images_path: Path, exc: BaseException) -> str:
+    size = images_path.stat().st_size / 2**30
+    return (
+        f"not enough memory to map {images_path} ({size:.2f} GiB; {type(exc).__name__}: {exc}): the map "
+        "needs address space, not RAM, so check the process's limits (ulimit -v) and free memory"
     )
 
 

@@ -104,6 +104,13 @@ class TrainConfig:
         "benchmarks (host float32 dataset, DataLoader, loss.item() each step, CPU validation; fp32 or fp16)",
         choices=("fast", "reference"),
     )
+    data_placement: str = option(
+        "auto",
+        "where the images live: device (copied once to the training device), stream (read from disk by "
+        "index, a batch ahead, for splits larger than memory) or auto (device when the splits take at most "
+        "half the free memory, else stream); both give the same results",
+        choices=("auto", "device", "stream"),
+    )
     loader_workers: int = option(4, "--pipeline reference: DataLoader worker processes (4 in the seed code)")
     # -- checkpoints and logs ------------------------------------------------------------------------------
     checkpoint_every: int = option(0, "also checkpoint every N steps inside an epoch (0: at epoch ends only)")
@@ -158,6 +165,11 @@ class TrainConfig:
             raise ConfigError(f"base_channels must be >= 1; got {self.base_channels}", "base_channels")
         if self.pipeline == "reference":
             self._check_reference()
+            if self.data_placement != "auto":
+                raise ConfigError(
+                    "--data-placement applies to --pipeline fast (the reference pipeline keeps its own "
+                    "host dataset); drop --data-placement"
+                )
         from meddenoise.engine import private
 
         private.check_config(self)

@@ -1,6 +1,7 @@
 """Pipelines: how training batches reach the step (`--pipeline fast|reference`).
 
-The fast path gathers batches by index from device-resident images (`DeviceBatches`); the reference pipeline
+The fast path gathers batches by index from device-resident images (`DeviceBatches`) or streams them from the
+memory-mapped images (`StreamBatches`, see engine/placement.py); the reference pipeline
 (engine/reference.py) reproduces the seed code's habits so benchmarks can measure the difference.
 """
 
@@ -12,8 +13,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
-from meddenoise.data.loader import CleanBatch, DeviceBatches
+from meddenoise.data.loader import CleanBatch
 from meddenoise.engine import reference as reference_pipeline
+from meddenoise.engine.placement import make_batches
 from meddenoise.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -38,7 +40,8 @@ class Pipeline:
     """How batches reach the step and how often the host looks at the loss (for the reference comparison)."""
 
     name: str
-    make_train_batches: Callable[[Any, TrainConfig, Runtime], BatchSource]
+    # (data, config, runtime, placement "device" | "stream") -> the training batches
+    make_train_batches: Callable[[Any, TrainConfig, Runtime, str], BatchSource]
     read_loss_every_step: bool = False
     # The batches carry their noisy copy (`batch.noisy`, made on the host up front); the loop makes none.
     noisy_in_batches: bool = False
@@ -46,12 +49,16 @@ class Pipeline:
     make_validation: ValidationFactory | None = None
 
 
-def device_train_batches(data: Any, config: TrainConfig, runtime: Runtime) -> BatchSource:
-    return DeviceBatches.from_prepared(
+def device_train_batches(
+    data: Any, config: TrainConfig, runtime: Runtime, placement: str = "device"
+) -> BatchSource:
+    """Resident (`DeviceBatches`) or streamed (`StreamBatches`) training batches: the same plan either way."""
+    return make_batches(
         data,
         config.train_split,
         runtime.device,
         config.batch_size * runtime.replicas_per_process,
+        placement,
         limit=config.limit_train,
         rank=runtime.rank,
         world_size=runtime.world_size,

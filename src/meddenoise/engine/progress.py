@@ -1,6 +1,7 @@
 """`Progress`: where a run is and what its unfinished epoch has accumulated.
 
-All of it goes into the checkpoint, so a resumed run continues mid-epoch with the same sums.
+All of it goes into the checkpoint, so a resumed run continues mid-epoch with the same sums (under DDP,
+every rank's sums: see `to_state`).
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ import math
 from typing import Any
 
 import torch
+
+from meddenoise.engine import distributed
 
 
 @dataclasses.dataclass
@@ -50,11 +53,31 @@ class Progress:
             self.epochs_without_improvement += 1
         return improved
 
-    def to_state(self) -> dict[str, Any]:
+    def to_state(self, rank: int = 0, world_size: int = 1) -> dict[str, Any]:
+        """The checkpointed position and sums; under DDP a collective (every rank calls it, rank 0 saves it).
+
+        Each rank's loss sum is kept separately, so a resumed rank goes on adding to its own sum and the
+        epoch's all-reduced total is bitwise the uninterrupted one. Coverage counts are integers and summed
+        over ranks (exact in any order); rank 0 restores the sum, the other ranks start from zero.
+        """
         state = dataclasses.asdict(self)
+        if self.loss_sum is not None:
+            rank_sums = torch.zeros(world_size, dtype=torch.float64, device=self.loss_sum.device)
+            rank_sums[rank] = self.loss_sum  # adding exact zeros: the all-reduce copies each rank's sum
+            state["rank_loss_sums"] = distributed.all_reduce_sum(rank_sums)
+            state["seen"] = distributed.all_reduce_sum(self.seen.clone())
+            state["bad_steps"] = distributed.all_reduce_max(self.bad_steps.clone())
         return {k: (v.cpu() if isinstance(v, torch.Tensor) else v) for k, v in state.items()}
 
     @classmethod
-    def from_state(cls, state: dict[str, Any], device: torch.device) -> Progress:
+    def from_state(
+        cls, state: dict[str, Any], device: torch.device, rank: int = 0, world_size: int = 1
+    ) -> Progress:
+        state = dict(state)
+        rank_sums = state.pop("rank_loss_sums", None)
+        if rank_sums is not None and len(rank_sums) == world_size:
+            state["loss_sum"] = rank_sums[rank].clone()
+            if rank != 0 and state.get("seen") is not None:
+                state["seen"] = torch.zeros_like(state["seen"])  # rank 0 carries the summed coverage
         values = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in state.items()}
         return cls(**values)

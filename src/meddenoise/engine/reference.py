@@ -271,7 +271,8 @@ def check_reference_config(config: Any) -> None:
         )
 
 
-def make_train_batches(data: Any, config: Any, runtime: Any) -> ReferenceBatches:
+def make_train_batches(data: Any, config: Any, runtime: Any, placement: str = "") -> ReferenceBatches:
+    # `placement` does not apply: the seed code's pipeline always builds a host dataset
     check_reference_config(config)
     dataset = build_host_dataset(
         data,

@@ -19,9 +19,9 @@ from typing import Any
 import torch
 
 from meddenoise.config import config_to_dict, save_config
-from meddenoise.data.loader import CleanBatch, DeviceBatches
+from meddenoise.data.loader import CleanBatch
 from meddenoise.engine import checkpoint as ckpt
-from meddenoise.engine import distributed, private
+from meddenoise.engine import distributed, placement, private
 from meddenoise.engine.config import TrainConfig, parse_options
 from meddenoise.engine.ema import WeightAverage
 from meddenoise.engine.identity import check_identity, model_options, run_identity
@@ -102,16 +102,21 @@ class Trainer:
 
     def _build_batches(self) -> None:
         config, runtime = self.config, self.runtime
+        splits = [(config.train_split, config.limit_train), (config.val_split, config.limit_val)]
+        needed = placement.split_bytes(self.data, splits)
+        self.placement = placement.choose_placement(config.data_placement, needed, runtime.device)
         if self.private is not None:
             self.train_batches = self.private.make_batches(self.data)
             self.optimizer = self.private.make_optimizer(self.optimizer)
         else:
-            self.train_batches = self.pipeline.make_train_batches(self.data, config, runtime)
-        self.val_batches = DeviceBatches.from_prepared(
+            kind = self.placement.kind
+            self.train_batches = self.pipeline.make_train_batches(self.data, config, runtime, kind)
+        self.val_batches = placement.make_batches(
             self.data,
             config.val_split,
             runtime.device,
             config.val_batch_size,
+            self.placement.kind,
             limit=config.limit_val,
             rank=runtime.rank,
             world_size=runtime.world_size,
@@ -168,7 +173,10 @@ class Trainer:
                 raise MeddenoiseError("the checkpoint has no EMA weights; resume without --ema-decay")
             self.ema.load_state_dict(state["ema"])
         self.target.load_state_dict(state["target"])
-        self.progress = Progress.from_state(state["progress"], self.runtime.device)
+        runtime = self.runtime
+        self.progress = Progress.from_state(
+            state["progress"], runtime.device, runtime.rank, runtime.world_size
+        )
         ckpt.restore_rng_states(state["rng"])
         if self.runtime.is_main:
             # Records at or after the resumed epoch are recomputed (the kill may have come after writing).
@@ -200,9 +208,11 @@ class Trainer:
         return self.ema.module if self.ema is not None else unwrap(self.model)
 
     def save_last(self, best: tuple[int, float] | None = None) -> None:
-        """Write the last checkpoint, and the best one when `best` = (epoch, val loss) is given (rank 0);
-        called only after the loss was checked finite. All files are checked for space first and written
-        best first, so a failure leaves the previous checkpoints consistent and resumable."""
+        """Write the last checkpoint, and the best one when `best` = (epoch, val loss) is given (rank 0;
+        every rank calls it: the epoch's sums are gathered); called only after the loss was checked finite.
+        All files are checked for space first and written best first, so a failure leaves the previous
+        checkpoints consistent and resumable."""
+        progress_state = self.progress.to_state(self.runtime.rank, self.runtime.world_size)  # collective
         if not self.runtime.is_main:
             return
         state = {
@@ -211,7 +221,7 @@ class Trainer:
             "scaler": self.runtime.scaler.state_dict(),
             "ema": self.ema.state_dict() if self.ema is not None else None,
             "target": self.target.state_dict(),
-            "progress": self.progress.to_state(),
+            "progress": progress_state,
             "rng": ckpt.rng_states(),
             "identity": run_identity(self.config, self.runtime),
         }
@@ -397,7 +407,7 @@ class Trainer:
         if self.runtime.is_main:
             self.history = [r for r in self.history if r["epoch"] != record["epoch"]] + [record]
             write_metrics(self.out / "metrics.jsonl", self.history)
-            self.save_last(best=(record["epoch"], val["loss"]) if improved else None)
+        self.save_last(best=(record["epoch"], val["loss"]) if improved else None)
         return record
 
     def _stop_after_epoch(self, run_started: float) -> str | None:
@@ -489,6 +499,8 @@ class Trainer:
             self.log.info(f"no images in split {config.test_split!r}: test_metrics.csv not written")
             return None
         model, metadata = ckpt.load_trained_model(self.out, self.runtime.device)
+        needed = placement.split_bytes(self.data, [(config.test_split, 0)])
+        test_placement = placement.choose_placement(config.data_placement, needed, self.runtime.device)
         result = evaluate_split(
             model,
             self.data,
@@ -498,6 +510,7 @@ class Trainer:
             noise_seed=config.noise.seed,
             batch_size=config.val_batch_size,
             loss_name=config.loss,
+            placement=test_placement.kind,
         )
         rows = test_metric_rows(result, config, self.runtime.strategy)
         path = self.out / "test_metrics.csv"
@@ -518,6 +531,8 @@ def _is_out_of_memory(exc: BaseException) -> bool:
     )
     if out_of_memory_types and isinstance(exc, out_of_memory_types):
         return True
+    if placement.is_host_out_of_memory(exc):
+        return True
     text = str(exc)
     return isinstance(exc, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
 
@@ -527,9 +542,12 @@ def _build_trainer(config: TrainConfig, runtime: Runtime) -> Trainer:
         return Trainer(config, runtime)
     except Exception as exc:
         if _is_out_of_memory(exc):
+            where = "host memory" if placement.is_host_out_of_memory(exc) else str(runtime.device)
+            detail = f"{where}: {type(exc).__name__}: {str(exc)[:300]}"
             raise MeddenoiseError(
-                f"out of memory while placing the prepared images and the model on {runtime.device}; "
-                "use --limit-train / --limit-val, a smaller --base-channels, or prepare smaller images"
+                f"out of memory while placing the prepared images and the model on {runtime.device} "
+                f"({detail}); use --data-placement stream (batches are read from disk as needed), fewer "
+                "images (--limit-train / --limit-val), a smaller --base-channels, or prepare smaller images"
             ) from None
         raise
 
@@ -538,6 +556,12 @@ def _train(trainer: Trainer) -> str:
     try:
         return trainer.run()
     except Exception as exc:
+        if placement.is_host_out_of_memory(exc):
+            raise MeddenoiseError(
+                f"out of host memory during training ({type(exc).__name__}: {str(exc)[:300]}); use "
+                "--data-placement stream (batches are read from disk as needed) or fewer images "
+                "(--limit-train / --limit-val)"
+            ) from None
         if _is_out_of_memory(exc):
             config = trainer.config
             raise MeddenoiseError(
@@ -567,7 +591,8 @@ def fit(config: TrainConfig) -> Path:
             locked.enter_context(folder_lock(ensure_writable_dir(config.out, what="run folder (--out)")))
         trainer = _build_trainer(config, runtime)
         trainer.log.info(
-            f"runtime: {runtime.describe()}; global batch {config.batch_size * runtime.data_parallel_width}"
+            f"runtime: {runtime.describe()}; global batch {config.batch_size * runtime.data_parallel_width}; "
+            f"data placement: {trainer.placement.reason}"
         )
         if trainer.private is not None:
             trainer.log.info(trainer.private.describe())

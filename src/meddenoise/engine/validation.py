@@ -15,8 +15,10 @@ import torch
 from torch import nn
 
 from meddenoise.data.loader import DeviceBatches
+from meddenoise.data.streaming import StreamBatches
 from meddenoise.engine import distributed
 from meddenoise.engine.losses import per_image_loss
+from meddenoise.engine.placement import make_batches
 from meddenoise.engine.runtime import Runtime
 
 METRIC_NAMES = ("loss", "psnr", "ssim")
@@ -37,7 +39,7 @@ def _final_output(output: torch.Tensor | list[torch.Tensor]) -> torch.Tensor:
 @torch.no_grad()
 def evaluate_batches(
     model: nn.Module | None,
-    batches: DeviceBatches,
+    batches: DeviceBatches | StreamBatches,
     noise_op: Any,
     runtime: Runtime,
     *,
@@ -93,13 +95,15 @@ def evaluate_split(
     batch_size: int = 64,
     limit: int = 0,
     loss_name: str = "l1",
+    placement: str = "device",
 ) -> dict[str, np.ndarray]:
     """Per-image results of `model` on a whole split of a prepared folder, in this process (not sharded).
 
     Returns numpy arrays of equal length: `row` (manifest row), `image_id`, `patient_id`, `loss`, `psnr`,
-    `ssim`, plus `noisy_psnr` and `noisy_ssim` (the same metrics of the noisy input).
+    `ssim`, plus `noisy_psnr` and `noisy_ssim` (the same metrics of the noisy input). `placement`: `device`
+    (the split copied to the device once) or `stream` (read from disk batch by batch; same results).
     """
-    batches = DeviceBatches.from_prepared(data, split, runtime.device, batch_size, limit=limit, shuffle=False)
+    batches = make_batches(data, split, runtime.device, batch_size, placement, limit=limit, shuffle=False)
     denoised = evaluate_batches(model, batches, noise_op, runtime, noise_seed=noise_seed, loss_name=loss_name)
     noisy = evaluate_batches(None, batches, noise_op, runtime, noise_seed=noise_seed, loss_name=loss_name)
     rows = batches.rows[denoised.positions.cpu().numpy()]
