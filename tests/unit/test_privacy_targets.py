@@ -200,3 +200,31 @@ def test_tiny_run_beats_the_obfuscated_input(name, loss_fn, make_prepared):
         _psnr(denoised, clean_val),
     )
     assert restored > mean_removed + 2.0 > released + 2.0, (released, mean_removed, restored)
+
+
+@pytest.mark.parametrize("name", CLEAN_FREE)
+def test_ddp_ranks_draw_their_own_swaps_masks_and_recorruptions(name):
+    """Under DDP the trainer sets `target.rank`: ranks with one seed must not repeat each other's draws, and
+    the checkpointed state (seed, step count) is the same on every rank, so resuming restores each stream."""
+    noise_op = build_noise("gaussian", mean=0.1, std=0.2)
+    clean = torch.rand(4, 1, 16, 16, generator=torch.Generator().manual_seed(3))
+    keys = torch.arange(4, dtype=torch.int64)
+    batch = make_target_batch(build_target(name, noise_op), clean, keys, noise_op, NoiseSpec(seed=0), epoch=0)
+    model = _tiny_model().eval()
+
+    def draws(rank, steps=3, state=None):
+        target = build_target(name, noise_op, seed=5)
+        target.rank = rank
+        if state is not None:
+            target.load_state_dict(state)
+        with torch.no_grad():
+            values = [float(target.loss(model, batch, l2_loss)) for _ in range(steps)]
+        return values, target.state_dict()
+
+    rank0, state0 = draws(0)
+    rank1, state1 = draws(1)
+    assert rank0 != rank1
+    assert state0 == state1 == {"seed": 5, "calls": 3}
+    assert draws(1)[0] == rank1
+    first_two, state = draws(1, steps=2)
+    assert draws(1, steps=1, state=state)[0] == rank1[2:]

@@ -44,6 +44,7 @@ class TrainingTarget:
     name: str = ""
     needs_clean: bool = True
     copies: int = 1
+    rank: int = 0  # the DDP rank (set by the trainer): random targets draw per-rank numbers
 
     def __init__(self, noise_op: Any, **options: Any) -> None:
         if options:

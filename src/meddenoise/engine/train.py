@@ -84,6 +84,7 @@ class Trainer:
         self.noise = config.noise.build()
         target_options = parse_options(config.target_options)
         self.target = build_target(config.target, self.noise, seed=config.seed, **target_options)
+        self.target.rank = self.runtime.rank
         self.loss_fn = build_loss(config.loss)
 
     def _build_model(self) -> None:

@@ -34,6 +34,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -239,6 +240,7 @@ class _CleanFreeTarget(TrainingTarget):
         self.correction = correction
         self.resolved_correction: str | None = None if correction == "auto" else correction
         self.seed = int(seed)
+        self.calls = 0  # training steps drawn so far (the generator is reseeded from it each step)
         self._generators: dict[str, torch.Generator] = {}
 
     def link_for(self, loss_fn: LossFn) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -256,25 +258,31 @@ class _CleanFreeTarget(TrainingTarget):
         return link
 
     def generator(self, device: torch.device) -> torch.Generator:
-        """One generator per device, seeded once: a run's random swaps / masks / re-corruptions repeat."""
+        """The generator of one training step's swaps / masks / re-corruptions, on `device`.
+
+        Each call (one per step) reseeds it from (seed, rank, step count): under DDP every rank draws its own
+        numbers for its own images (one shared stream would repeat the same draws on every rank), and the
+        state to checkpoint is just the seed and the count, the same on all ranks.
+        """
         key = str(device)
         if key not in self._generators:
-            generator = torch.Generator(device=device)
-            generator.manual_seed(self.seed)
-            self._generators[key] = generator
-        return self._generators[key]
+            self._generators[key] = torch.Generator(device=device)
+        generator = self._generators[key]
+        entropy = np.random.SeedSequence([self.seed, self.rank, self.calls]).generate_state(1, np.uint64)[0]
+        generator.manual_seed(int(entropy))
+        self.calls += 1
+        return generator
 
     def state_dict(self) -> dict[str, object]:
-        return {f"generator:{key}": gen.get_state() for key, gen in self._generators.items()}
+        return {"seed": self.seed, "calls": self.calls}
 
     def load_state_dict(self, state: dict[str, object]) -> None:
-        for name, value in state.items():
-            if not name.startswith("generator:"):
-                raise ValueError(f"target {self.name!r} cannot restore state {name!r}")
-            device = torch.device(name.split(":", 1)[1])
-            if device.type == "cuda" and not torch.cuda.is_available():
-                continue  # resumed on a machine without that device: its stream starts afresh from the seed
-            self.generator(device).set_state(value)
+        unknown = set(state) - {"seed", "calls"}
+        if any(not name.startswith("generator:") for name in unknown):
+            raise ValueError(f"target {self.name!r} cannot restore state {sorted(unknown)}")
+        # Checkpoints from before per-step seeding hold generator states: the stream restarts from the seed.
+        self.seed = int(state.get("seed", self.seed))
+        self.calls = int(state.get("calls", 0))
 
     def _check_copies(self, batch: TargetBatch) -> None:
         if len(batch.noisy) < self.copies:
