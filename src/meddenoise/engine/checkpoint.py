@@ -199,12 +199,13 @@ def resolve_checkpoint(path: str | Path) -> Path:
 
 
 def load_trained_model(
-    path: str | Path, device: torch.device | str = "cpu"
+    path: str | Path, device: torch.device | str = "cpu", *, inference: bool = True
 ) -> tuple[nn.Module, dict[str, Any]]:
     """(model in eval mode on `device`, metadata) from a run folder (best checkpoint) or a checkpoint file.
 
     Metadata: `model`, `model_options`, `noise` (kind, mean, std, clamp, seed), `target`, `config` (the
-    training config), `epoch`, `global_step`, `weights` (raw or ema), `val_loss`.
+    training config), `epoch`, `global_step`, `weights` (raw or ema), `val_loss`. With `inference` (default)
+    the model is wrapped as its training method prescribes for denoising (`inference_model`).
     """
     from meddenoise.models import build_model
 
@@ -217,4 +218,23 @@ def load_trained_model(
     model = build_model(metadata["model"], **metadata.get("model_options", {}))
     load_state_into(model, tensors, checkpoint)
     metadata = {**metadata, "checkpoint": str(checkpoint)}
+    if inference:
+        model = inference_model(model, metadata)
     return model.to(device).eval(), metadata
+
+
+def inference_model(model: nn.Module, metadata: dict[str, Any]) -> nn.Module:
+    """The denoiser the run's training method prescribes at test time (R2R: an average over
+    re-corruptions, `--target-options samples=K`); the plain model for the others."""
+    target_name = metadata.get("target") or "clean"
+    if target_name == "clean":
+        return model
+    from meddenoise.engine.config import parse_options
+    from meddenoise.engine.targets import build_target
+    from meddenoise.noise.spec import NoiseSpec
+
+    config = metadata.get("config") or {}
+    options = parse_options(list(config.get("target_options") or []))
+    noise_op = NoiseSpec.from_dict(metadata.get("noise") or {}).build()
+    target = build_target(target_name, noise_op, seed=int(config.get("seed", 0)), **options)
+    return target.inference_model(model)

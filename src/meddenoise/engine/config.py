@@ -68,6 +68,13 @@ class TrainConfig:
     seed: int = option(0, "seed of initialisation, epoch order and target randomness")
     max_steps: int = option(0, "stop after this many optimizer steps (0: no limit)")
     time_limit: float = option(0.0, "stop training after this many seconds (0: no limit)")
+    selection: str = option(
+        "auto",
+        "best-checkpoint rule: clean (validation loss against clean images), released (the target's own "
+        "loss on held-out released copies only: what a receiving site can compute); auto: released for "
+        "clean-free targets, clean for supervised training",
+        choices=("auto", "clean", "released"),
+    )
     # -- differential privacy (DP-SGD with Opacus; docs/privacy.md) ----------------------------------------
     dp_epsilon: float = option(
         0.0, "train with DP-SGD spending this privacy budget epsilon over the planned steps (0: off)"

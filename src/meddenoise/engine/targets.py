@@ -9,9 +9,10 @@ the decorator here.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -53,6 +54,17 @@ class TrainingTarget:
 
     def loss(self, model: nn.Module, batch: TargetBatch, loss_fn: LossFn) -> torch.Tensor:
         raise NotImplementedError
+
+    def inference_model(self, model: nn.Module) -> nn.Module:
+        """What denoises at test time: the model itself, unless the method prescribes more (R2R averages
+        over re-corruptions)."""
+        return model
+
+    @contextlib.contextmanager
+    def held_out_draws(self) -> Iterator[None]:
+        """Within this block the target's random draws come from a stream fixed across epochs (for a
+        validation loss every epoch can be compared on), without moving the training stream."""
+        yield
 
     def state_dict(self) -> dict[str, Any]:
         """Random state to checkpoint (targets that draw random numbers override this for exact resume)."""

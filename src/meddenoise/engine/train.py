@@ -40,6 +40,7 @@ from meddenoise.engine.run_files import (
 )
 from meddenoise.engine.runtime import Runtime, build_runtime, set_cpu_threads_from_env, unwrap
 from meddenoise.engine.schedule import learning_rate
+from meddenoise.engine.selection import released_validation_loss, resolve_rule
 from meddenoise.engine.step import TrainStep, build_optimizer
 from meddenoise.engine.targets import TargetBatch, build_target, make_target_batch
 from meddenoise.engine.validation import evaluate_batches, evaluate_split, reduce_means
@@ -85,6 +86,7 @@ class Trainer:
         target_options = parse_options(config.target_options)
         self.target = build_target(config.target, self.noise, seed=config.seed, **target_options)
         self.target.rank = self.runtime.rank
+        self.selection = resolve_rule(config.selection, self.target)
         self.loss_fn = build_loss(config.loss)
 
     def _build_model(self) -> None:
@@ -334,14 +336,25 @@ class Trainer:
         if self.pipeline_validation is not None:
             return self.pipeline_validation(self.evaluated_model())
         result = evaluate_batches(
-            self.evaluated_model(),
+            self.target.inference_model(self.evaluated_model()),
             self.val_batches,
             self.noise,
             self.runtime,
             noise_seed=self.config.noise.seed,
             loss_name=self.config.loss,
         )
-        return reduce_means(result)
+        means = reduce_means(result)
+        if self.selection == "released":
+            means["selection_loss"] = released_validation_loss(
+                self.evaluated_model(),
+                self.val_batches,
+                self.target,
+                self.noise,
+                self.config.noise,
+                self.loss_fn,
+                self.runtime,
+            )
+        return means
 
     def validate_noisy_input(self) -> dict[str, float]:
         """Metrics of the noisy validation input itself (the PSNR a denoiser has to beat), logged once."""
@@ -386,6 +399,8 @@ class Trainer:
             "noisy_val_psnr": noisy["psnr"],
             "noisy_val_ssim": noisy["ssim"],
             "val_images": val["images"],
+            "selection": self.selection,
+            "val_selection_loss": val.get("selection_loss", val["loss"]),
             "train_seconds": seconds,
             "val_seconds": val_seconds,
             "images_per_second": images / seconds if seconds > 0 else float("nan"),
@@ -400,7 +415,7 @@ class Trainer:
         progress = self.progress
         finished = stop_reason is None
         record = self._epoch_record(finished, val_seconds, val, noisy)
-        improved = progress.record_validation(val["loss"], finished)
+        improved = progress.record_validation(val.get("selection_loss", val["loss"]), finished)
         if finished:
             progress.epoch += 1
             progress.step_in_epoch = 0
@@ -486,6 +501,7 @@ class Trainer:
             stop_reason=reason,
             noisy=noisy,
         )
+        row["selection"] = self.selection
         if self.private is not None:
             row.update(self.private.summary_fields(self.progress.global_step))
         atomic_write_text(self.out / "summary.csv", csv_text([row]))

@@ -31,8 +31,9 @@ Targets (registered with the engine's `register_target`):
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -42,6 +43,8 @@ from meddenoise.engine.targets import TargetBatch, TrainingTarget, register_targ
 from meddenoise.errors import ConfigError
 
 CORRECTIONS = ("auto", "expected-clamp", "mean", "none")
+# The "rank" of the held-out (validation) stream of random draws: no real rank reaches it.
+HELD_OUT_STREAM = 2**31 - 1
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 # Ordered pairs of 4-neighbours inside a 2 x 2 cell, positions numbered (0,0)=0, (0,1)=1, (1,0)=2, (1,1)=3
@@ -273,6 +276,15 @@ class _CleanFreeTarget(TrainingTarget):
         self.calls += 1
         return generator
 
+    @contextlib.contextmanager
+    def held_out_draws(self) -> Iterator[None]:
+        saved = (self.rank, self.calls)
+        self.rank, self.calls = HELD_OUT_STREAM, 0  # every validation pass draws the same numbers
+        try:
+            yield
+        finally:
+            self.rank, self.calls = saved
+
     def state_dict(self) -> dict[str, object]:
         return {"seed": self.seed, "calls": self.calls}
 
@@ -330,11 +342,21 @@ class RecorruptedToRecorruptedTarget(_CleanFreeTarget):
 
     copies = 1
 
-    def __init__(self, noise_op: object, *, alpha: float = 0.5, **options) -> None:
+    def __init__(self, noise_op: object, *, alpha: float = 0.5, samples: int = 8, **options) -> None:
         super().__init__(noise_op, **options)
         if alpha <= 0:
-            raise ConfigError(f"r2r alpha must be > 0; got {alpha}")
+            raise ConfigError(f"r2r alpha must be > 0; got {alpha}", "target_options")
+        if int(samples) != samples or samples < 0:
+            raise ConfigError(f"r2r samples must be an integer >= 0; got {samples}", "target_options")
         self.alpha = float(alpha)
+        self.samples = int(samples)
+
+    def inference_model(self, model: torch.nn.Module) -> torch.nn.Module:
+        """R2R's estimator: the mean of the model over `samples` re-corruptions y + alpha * std * z_k (the
+        inputs it was trained on); `samples=0` applies the model to y itself."""
+        if self.samples == 0:
+            return model
+        return RecorruptionAverage(model, self.noise_std * self.alpha, self.samples, self.seed)
 
     def loss(self, model: torch.nn.Module, batch: TargetBatch, loss_fn: LossFn) -> torch.Tensor:
         self._check_copies(batch)
@@ -342,3 +364,25 @@ class RecorruptedToRecorruptedTarget(_CleanFreeTarget):
         generator = self.generator(noisy.device)
         z = torch.randn(noisy.shape, generator=generator, device=generator.device, dtype=noisy.dtype)
         return recorrupted_loss(model, noisy, z, self.noise_std, self.alpha, self.link_for(loss_fn), loss_fn)
+
+
+class RecorruptionAverage(torch.nn.Module):
+    """Denoise by averaging the model over `samples` re-corrupted copies of the input (R2R inference).
+
+    The re-corruptions z_k are drawn from a generator seeded with (seed, k) at every call, so a result does
+    not depend on what was denoised before. Batch composition does not matter either: the draw is per call
+    shape, so a tiled or batched run sees the same noise for the same input only when the shapes match."""
+
+    def __init__(self, model: torch.nn.Module, scale: float, samples: int, seed: int = 0) -> None:
+        super().__init__()
+        self.model, self.scale, self.samples, self.seed = model, float(scale), int(samples), int(seed)
+
+    def forward(self, noisy: torch.Tensor) -> torch.Tensor:
+        generator = torch.Generator(device=noisy.device)
+        total = None
+        for k in range(self.samples):
+            generator.manual_seed(self.seed * 1_000_003 + k)
+            z = torch.randn(noisy.shape, generator=generator, device=noisy.device, dtype=noisy.dtype)
+            output = final_output(self.model(noisy + self.scale * z)).float()
+            total = output if total is None else total + output
+        return total / self.samples
