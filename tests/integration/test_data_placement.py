@@ -17,7 +17,14 @@ from meddenoise.engine.config import TrainConfig
 from meddenoise.engine.train import fit
 from meddenoise.errors import ConfigError, HostMemoryError, MeddenoiseError
 
-TIMING_KEYS = {"train_seconds", "val_seconds", "images_per_second", "peak_memory_mb"}
+TIMING_KEYS = {
+    "train_seconds",
+    "val_seconds",
+    "images_per_second",
+    "peak_memory_mb",
+    "cpu_seconds",
+    "load_average",
+}
 
 
 def tiny_config(data, out, **overrides) -> TrainConfig:

@@ -239,7 +239,14 @@ def test_resume_under_ddp_matches_the_uninterrupted_ddp_run(ddp_runs):
     assert all(r["train_images_each_once"] for r in resumed_metrics)
 
 
-TIMING_KEYS = {"train_seconds", "val_seconds", "images_per_second", "peak_memory_mb"}
+TIMING_KEYS = {
+    "train_seconds",
+    "val_seconds",
+    "images_per_second",
+    "peak_memory_mb",
+    "cpu_seconds",
+    "load_average",
+}
 
 
 def metrics_without_timings(run_dir):

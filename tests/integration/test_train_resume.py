@@ -14,7 +14,14 @@ import torch
 
 from meddenoise.engine.checkpoint import load_training_state, load_weights
 
-TIMING_KEYS = {"train_seconds", "val_seconds", "images_per_second", "peak_memory_mb"}
+TIMING_KEYS = {
+    "train_seconds",
+    "val_seconds",
+    "images_per_second",
+    "peak_memory_mb",
+    "cpu_seconds",
+    "load_average",
+}
 
 
 def train_command(data, out, *extra):
