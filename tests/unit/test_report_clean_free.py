@@ -148,3 +148,28 @@ def test_no_clean_free_run_means_no_section(tmp_path):
     collection = collect(tmp_path)
     assert table_clean_free(collection) is None
     assert clean_free_section(collection, None) == []
+
+
+def test_the_section_states_the_checkpoint_rule_each_run_recorded(tmp_path):
+    import os
+
+    rng = np.random.default_rng(1)
+    _write(tmp_path / "unet" / "evaluation", "unet", 0.1, 25 + rng.normal(0, 0.5, 10), copies=1)
+    for method, rule in (("unet+noise2noise", "released"), ("unet+r2r", "clean")):
+        run = tmp_path / method
+        run.mkdir()
+        files.write_rows(
+            run / "summary.csv", ["selection", "global_steps"], [{"selection": rule, "global_steps": 9}]
+        )
+        folder = run / "evaluation"
+        _write(folder, method, 0.1, 24 + rng.normal(0, 0.5, 10), copies=1)
+        info = files.read_info(folder)
+        files.write_info(folder, {**info, "run_dir_relative": os.path.relpath(run, folder)})
+    collection = collect(tmp_path)
+    text = render_markdown(clean_free_section(collection, table_clean_free(collection)))
+    assert (
+        "U-Net (noise2noise): the epoch with the lowest loss of the mode's own target on held-out released"
+        in text
+    )
+    assert "U-Net (r2r): the epoch with the lowest validation loss against clean validation images" in text
+    assert "best validation PSNR" not in text

@@ -207,6 +207,34 @@ def _settings_sentence(collection: Collection) -> str:
     return "Target options: " + "; ".join(options) + "." if options else ""
 
 
+SELECTION_TEXT = {
+    "released": "the epoch with the lowest loss of the mode's own target on held-out released (obfuscated) "
+    "validation copies, which a receiving site can compute: no clean image chose it",
+    "clean": "the epoch with the lowest validation loss against clean validation images, which a real "
+    "receiving site would not have",
+    "": "the epoch with the lowest validation loss against clean validation images (these runs do not "
+    "record their rule; runs made before the rule was recorded always used this one), which a real "
+    "receiving site would not have",
+}
+
+
+def _selection_sentence(collection: Collection) -> str:
+    """Which checkpoint of each clean-free run was tested, from the rule each run recorded."""
+    rules: dict[str, list[str]] = {}
+    for evaluation in collection.networks():
+        if evaluation.method.startswith(f"{SUPERVISED_MODEL}+") and evaluation.strategy == "single":
+            history = collection.history(evaluation)
+            rule = history.selection if history is not None else ""
+            rules.setdefault(rule if rule in SELECTION_TEXT else "", []).append(evaluation.method)
+    if len(rules) == 1:
+        return f"The checkpoint kept for testing is {SELECTION_TEXT[next(iter(rules))]}."
+    parts = [
+        f"{', '.join(sorted(set(method_label(m) for m in methods)))}: {SELECTION_TEXT[rule]}"
+        for rule, methods in sorted(rules.items())
+    ]
+    return "The checkpoint kept for testing is, per run: " + "; ".join(parts) + "."
+
+
 def clean_free_section(collection: Collection, table: TableResult | None) -> list[Block]:
     if table is None:
         return []
@@ -218,10 +246,7 @@ def clean_free_section(collection: Collection, table: TableResult | None) -> lis
             "and r2r (Recorrupted-to-Recorrupted) need a single copy. Each mode used the same network, "
             "epochs, batch size, learning rate and schedule as the supervised U-Net at that noise level. "
             "Clean images were used only for evaluation (validation scores and the test scores below); the "
-            "training step of these modes receives no clean tensor. One use of clean images remains that a "
-            "real receiving site would not have: the checkpoint kept for testing is the epoch with the "
-            "lowest validation loss, and that loss compares outputs with clean validation images, as for "
-            "every run of this report."
+            "training step of these modes receives no clean tensor. " + _selection_sentence(collection)
         ),
         table.table,
     ]

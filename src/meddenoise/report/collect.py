@@ -127,6 +127,8 @@ class RunHistory:
     device: str
     global_steps: int | None = None  # optimizer steps of the whole run (summary.csv)
     epochs_run: int | None = None
+    selection: str = ""  # the best-checkpoint rule the engine used ("clean", "released"; "" if not recorded)
+    summary: dict[str, str] = dataclasses.field(default_factory=dict)  # the row of summary.csv
 
 
 def cluster_unit(data: dict[str, Any]) -> str:
@@ -188,6 +190,8 @@ def load_history(run_dir: Path) -> RunHistory:
         device=str(summary.get("device", "")),
         global_steps=None if steps is None else int(steps),
         epochs_run=None if epochs_run is None else int(epochs_run),
+        selection=str(summary.get("selection", "")),
+        summary=dict(summary),
     )
 
 
