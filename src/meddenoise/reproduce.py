@@ -26,6 +26,7 @@ from meddenoise.evaluation import files
 from meddenoise.fileio import atomic_write_json, atomic_write_text, ensure_writable_dir, read_json
 from meddenoise.locking import folder_lock
 from meddenoise.noise.spec import NoiseSpec
+from meddenoise.rundir import RunDir
 
 PLAN_FILE = "reproduce.json"
 STRATEGIES = ("single", "dp", "ddp+amp")
@@ -336,8 +337,7 @@ def job_noise(job: Job, settings: ReproduceSettings) -> NoiseSpec:
 def run_network_job(job: Job, data_dir: Path, settings: ReproduceSettings) -> None:
     from meddenoise.evaluation.runs import evaluate_run
 
-    state = job.folder / "checkpoints" / "last.state.pt"
-    resume = state.is_file()
+    resume = RunDir(job.folder).has_training_state()
     if job.folder.exists() and not resume:
         shutil.rmtree(job.folder)  # killed before its first checkpoint: nothing to keep
     config = _train_config(job, data_dir, settings, resume)

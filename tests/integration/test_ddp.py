@@ -234,7 +234,7 @@ def test_resume_under_ddp_matches_the_uninterrupted_ddp_run(ddp_runs):
         metrics_without_timings(runs["manual"]),
         metrics_without_timings(runs["ddp"]),
     )
-    assert [r["epoch"] for r in resumed_metrics] == [0, 1]
+    assert [r["epoch"] for r in resumed_metrics] == [1, 2]
     assert resumed_metrics == reference_metrics
     assert all(r["train_images_each_once"] for r in resumed_metrics)
 

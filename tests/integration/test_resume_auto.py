@@ -27,11 +27,11 @@ def test_resume_auto_starts_fresh_then_continues(make_prepared, tmp_path, capsys
     data, out = make_prepared(n=16, size=16), tmp_path / "run"
     assert train(data, out, "--epochs", "1", "--resume", "auto") == 0
     assert "resumed from" not in capsys.readouterr().out
-    assert epochs_recorded(out) == [0]
+    assert epochs_recorded(out) == [1]
     # A requeued job relaunches the same command (here with a later end): it continues where it stopped.
     assert train(data, out, "--epochs", "2", "--resume", "auto") == 0
     assert "resumed from" in capsys.readouterr().out
-    assert epochs_recorded(out) == [0, 1]
+    assert epochs_recorded(out) == [1, 2]
     saved = json.loads((out / "config.json").read_text())["config"]
     assert saved["resume"] == "auto"
 
@@ -44,7 +44,7 @@ def test_strict_resume_spellings_keep_their_meaning(make_prepared, tmp_path, cap
     assert train(data, out, "--epochs", "1") == 2
     assert "already holds a run" in capsys.readouterr().err
     assert train(data, out, "--epochs", "2", "--resume", "yes") == 0
-    assert epochs_recorded(out) == [0, 1]
+    assert epochs_recorded(out) == [1, 2]
 
 
 @pytest.mark.parametrize(

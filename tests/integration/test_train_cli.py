@@ -15,6 +15,7 @@ from meddenoise.engine.config import TrainConfig
 from meddenoise.engine.targets import TrainingTarget, register_target
 from meddenoise.engine.train import fit
 from meddenoise.errors import MeddenoiseError
+from meddenoise.rundir import PER_IMAGE_COLUMNS
 
 TINY = ["--model", "unet", "--base-channels", "8", "--depth", "3", "--quiet"]
 
@@ -57,7 +58,8 @@ def test_training_beats_the_noisy_input_and_writes_the_run_folder(trained_run):
     for name in ("last.safetensors", "last.state.pt", "best.safetensors"):
         assert (out / "checkpoints" / name).is_file(), name
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [r["epoch"] for r in records] == list(range(6))
+    assert [r["epoch"] for r in records] == list(range(1, 7))  # from 1, as the console counts
+    assert "epoch 6/6" in (out / "train.log").read_text()
     last = records[-1]
     assert last["val_psnr"] > last["noisy_val_psnr"] + 3, (last["val_psnr"], last["noisy_val_psnr"])
     assert all(r["train_images_each_once"] for r in records)
@@ -86,15 +88,8 @@ def test_test_metrics_and_the_trained_model_can_be_reloaded(trained_run):
     data, out = trained_run
     with open(out / "test_metrics.csv") as handle:
         rows = list(csv.DictReader(handle))
-    assert rows and set(rows[0]) >= {
-        "image_id",
-        "patient_id",
-        "noise_std",
-        "model",
-        "strategy",
-        "psnr",
-        "ssim",
-    }
+    assert rows and tuple(rows[0]) == PER_IMAGE_COLUMNS  # the same schema as `meddenoise evaluate`
+    assert all(float(r["psnr"]) > 0 and float(r["noisy_psnr"]) > 0 and r["split"] == "test" for r in rows)
     model, metadata = load_trained_model(out)
     assert metadata["model"] == "unet" and metadata["noise"]["std"] == 0.2 and not model.training
     best_epoch = metadata["epoch"]
@@ -219,7 +214,7 @@ def test_early_stopping_ends_a_run_whose_validation_loss_stops_falling(make_prep
     )
     out = fit(config)
     row = summary(out)
-    assert row["stop_reason"] == "early_stopping" and row["epochs_run"] == "3" and row["best_epoch"] == "0"
+    assert row["stop_reason"] == "early_stopping" and row["epochs_run"] == "3" and row["best_epoch"] == "1"
     assert "early stopping: no lower validation loss for 2 epochs" in (out / "train.log").read_text()
 
 

@@ -25,21 +25,17 @@ from torch import nn
 from meddenoise.engine.runtime import strip_wrapper_prefixes, unwrap
 from meddenoise.errors import DiskFullError, MeddenoiseError
 from meddenoise.fileio import atomic_write_bytes, is_space_error, require_free_space
+from meddenoise.rundir import RunDir
 
 FORMAT_VERSION = 1
 # Room left for the small files written beside a checkpoint (metrics, log, summary).
 CHECKPOINT_SPACE_MARGIN = 1 << 20
 METADATA_KEY = "meddenoise"
-CHECKPOINT_DIR = "checkpoints"
 
 
 def checkpoint_paths(run_dir: str | Path) -> dict[str, Path]:
-    folder = Path(run_dir) / CHECKPOINT_DIR
-    return {
-        "last_weights": folder / "last.safetensors",
-        "last_state": folder / "last.state.pt",
-        "best_weights": folder / "best.safetensors",
-    }
+    run = RunDir(run_dir)
+    return {"last_weights": run.last_weights, "last_state": run.last_state, "best_weights": run.best_weights}
 
 
 def plain_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -124,7 +120,7 @@ def write_checkpoint_files(run_dir: str | Path, files: list[tuple[Path, bytes]])
     The files are built in memory first, so the space they need is known exactly; each new file exists
     beside the one it replaces until its rename, hence the whole size must be free.
     """
-    folder = Path(run_dir) / CHECKPOINT_DIR
+    folder = RunDir(run_dir).checkpoints
     folder.mkdir(parents=True, exist_ok=True)
     needed = sum(len(payload) for _, payload in files) + CHECKPOINT_SPACE_MARGIN
     require_free_space(folder, needed, what="the checkpoint", advice=f"training stopped; {_kept(run_dir)}")
@@ -188,11 +184,7 @@ def resolve_checkpoint(path: str | Path) -> Path:
     """A run folder means its best checkpoint (its last one if no best was written yet)."""
     path = Path(path)
     if path.is_dir():
-        paths = checkpoint_paths(path)
-        for candidate in (paths["best_weights"], paths["last_weights"]):
-            if candidate.is_file():
-                return candidate
-        raise MeddenoiseError(f"run folder {path} has no checkpoint ({CHECKPOINT_DIR}/best.safetensors)")
+        return RunDir(path).weights_for_inference()
     if not path.is_file():
         raise MeddenoiseError(f"checkpoint {path} not found (give a run folder or a .safetensors file)")
     return path
@@ -203,11 +195,13 @@ def load_trained_model(
 ) -> tuple[nn.Module, dict[str, Any]]:
     """(model in eval mode on `device`, metadata) from a run folder (best checkpoint) or a checkpoint file.
 
-    Metadata: `model`, `model_options`, `noise` (kind, mean, std, clamp, seed), `target`, `config` (the
-    training config), `epoch`, `global_step`, `weights` (raw or ema), `val_loss`. With `inference` (default)
-    the model is wrapped as its training method prescribes for denoising (`inference_model`).
+    Metadata: `model`, `model_spec` (`ModelSpec.to_dict()`), `model_options` (what `build_model` got),
+    `noise` (`NoiseSpec.to_dict()`), `target`, `config` (the training config), `epoch` (counted from 1),
+    `global_step`, `weights` (raw or ema), `val_loss`. The model is rebuilt by the registry's `build_model`.
+    With `inference` (default) the model is wrapped as its training method prescribes for denoising
+    (`inference_model`).
     """
-    from meddenoise.models import build_model
+    from meddenoise.models.spec import ModelSpec
 
     checkpoint = resolve_checkpoint(path)
     tensors, metadata = load_weights(checkpoint)
@@ -215,9 +209,11 @@ def load_trained_model(
         raise MeddenoiseError(
             f"{checkpoint} has no meddenoise metadata; was it written by `meddenoise train`?"
         )
-    model = build_model(metadata["model"], **metadata.get("model_options", {}))
+    model = ModelSpec.from_metadata(metadata).build()
     load_state_into(model, tensors, checkpoint)
     metadata = {**metadata, "checkpoint": str(checkpoint)}
+    if metadata.get("epochs_from") != 1 and isinstance(metadata.get("epoch"), int):
+        metadata["epoch"] += 1  # checkpoints written before epochs were counted from 1 in files
     if inference:
         model = inference_model(model, metadata)
     return model.to(device).eval(), metadata

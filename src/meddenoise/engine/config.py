@@ -4,10 +4,14 @@ batch 16 per device, 50 epochs, best checkpoint by validation loss, Gaussian obf
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from meddenoise.config import option
 from meddenoise.errors import ConfigError
 from meddenoise.noise.spec import NoiseSpec
+
+if TYPE_CHECKING:
+    from meddenoise.models.spec import ModelSpec
 
 RESUME_CHOICES = ("no", "yes", "auto")
 # Saved configs and TOML files from before `--resume auto` hold a boolean.
@@ -200,6 +204,19 @@ class TrainConfig:
                 "the clean image: use --noise-mode fixed and --target clean (or --pipeline fast)"
             )
         self.channels_last = False  # the seed code keeps torch's default memory format
+
+    def model_spec(self) -> ModelSpec:
+        """The network this config trains (`--model`, `--base-channels`, `--depth`, `--norm`, ...)."""
+        from meddenoise.models.spec import ModelSpec
+
+        return ModelSpec(
+            name=self.model,
+            base_channels=self.base_channels,
+            depth=self.depth,
+            norm=self.norm,
+            deep_supervision=self.deep_supervision,
+            options=parse_options(self.model_options),
+        )
 
 
 def parse_options(items: list[str]) -> dict[str, object]:

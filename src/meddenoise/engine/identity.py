@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from meddenoise.config import config_to_dict
-from meddenoise.engine.config import TrainConfig, parse_options
+from meddenoise.engine.config import TrainConfig
 from meddenoise.errors import MeddenoiseError
 
 if TYPE_CHECKING:
@@ -30,20 +30,6 @@ IDENTITY_FIELDS = (
     "train_split",
     "limit_train",
 )
-
-
-def model_options(config: TrainConfig) -> dict[str, Any]:
-    """The keyword arguments of `build_model` for this config (only the options the model has)."""
-    from meddenoise.models import get_model_entry
-
-    accepted = get_model_entry(config.model).defaults
-    options: dict[str, Any] = {"base_channels": config.base_channels}
-    wanted = {"norm": config.norm, "deep_supervision": config.deep_supervision}
-    if config.depth:
-        wanted["depth"] = config.depth
-    options.update({k: v for k, v in wanted.items() if k in accepted})
-    options.update(parse_options(config.model_options))
-    return options
 
 
 def run_identity(config: TrainConfig, runtime: Runtime) -> dict[str, Any]:

@@ -1,5 +1,5 @@
-"""The run folder's small files: train.log, metrics.jsonl, summary.csv, split.csv, test_metrics.csv, and the
-log line of an epoch.
+"""What goes into the run folder's small files (where they are: `meddenoise.rundir.RunDir`): the log,
+the split table, the summary row, the per-image test rows, and the log line of an epoch.
 
 Only rank 0 writes: the trainer calls these writers on rank 0 alone, and `RunLog` is silent on other ranks.
 Tables are rewritten atomically as a whole, so a killed run never leaves a truncated metrics file; the log is
@@ -10,19 +10,17 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from meddenoise.errors import DataError
 from meddenoise.fileio import atomic_write_text
+from meddenoise.rundir import SPLIT_COLUMNS
 
 if TYPE_CHECKING:
     from meddenoise.engine.config import TrainConfig
     from meddenoise.engine.runtime import Runtime
-
-SPLIT_COLUMNS = ("index", "image_id", "image_key", "patient_id", "group", "split", "content_hash")
 
 
 class RunLog:
@@ -68,16 +66,6 @@ def write_or_check_split(path: Path, records: list[dict[str, str]], data_folder:
             )
         return
     atomic_write_text(path, text)
-
-
-def read_metrics(path: Path) -> list[dict[str, Any]]:
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-
-
-def write_metrics(path: Path, records: list[dict[str, Any]]) -> None:
-    atomic_write_text(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
 
 
 def epoch_line(epoch: int, epochs: int, record: dict[str, Any]) -> str:
@@ -134,20 +122,33 @@ def summary_row(
     }
 
 
-def test_metric_rows(result: dict[str, Any], config: TrainConfig, strategy: str) -> list[dict[str, Any]]:
-    """Rows of test_metrics.csv from `evaluate_split`'s per-image arrays."""
-    return [
-        {
-            "image_id": result["image_id"][i],
-            "patient_id": result["patient_id"][i],
-            "noise_std": config.noise.std,
-            "noise_mean": config.noise.mean,
-            "model": config.model,
-            "strategy": strategy,
-            "psnr": float(result["psnr"][i]),
-            "ssim": float(result["ssim"][i]),
-            "noisy_psnr": float(result["noisy_psnr"][i]),
-            "noisy_ssim": float(result["noisy_ssim"][i]),
-        }
-        for i in range(len(result["row"]))
-    ]
+def test_metric_rows(
+    result: dict[str, Any], records: list[dict[str, str]], config: TrainConfig, strategy: str, split: str
+) -> list[dict[str, Any]]:
+    """Rows of test_metrics.csv (the per-image schema of `meddenoise.rundir`) from `evaluate_split`'s
+    per-image arrays."""
+    method = config.model if config.target == "clean" else f"{config.model}+{config.target}"
+    rows = []
+    for i, row_index in enumerate(result["row"].tolist()):
+        record = records[row_index]
+        rows.append(
+            {
+                "image_id": record["image_id"],
+                "patient_id": record["patient_id"],
+                "group": record.get("group") or record["patient_id"],
+                "split": split,
+                "noise_kind": config.noise.kind,
+                "noise_mean": config.noise.mean,
+                "noise_std": config.noise.std,
+                "method": method,
+                "model": config.model,
+                "strategy": strategy,
+                "seed": config.seed,
+                "head": "",
+                "psnr": float(result["psnr"][i]),
+                "ssim": float(result["ssim"][i]),
+                "noisy_psnr": float(result["noisy_psnr"][i]),
+                "noisy_ssim": float(result["noisy_ssim"][i]),
+            }
+        )
+    return rows

@@ -25,7 +25,7 @@ from meddenoise.engine import checkpoint as ckpt
 from meddenoise.engine import distributed, placement, private
 from meddenoise.engine.config import TrainConfig, parse_options
 from meddenoise.engine.ema import WeightAverage
-from meddenoise.engine.identity import check_identity, model_options, run_identity
+from meddenoise.engine.identity import check_identity, run_identity
 from meddenoise.engine.losses import build_loss
 from meddenoise.engine.pipelines import get_pipeline
 from meddenoise.engine.progress import Progress
@@ -33,10 +33,8 @@ from meddenoise.engine.run_files import (
     RunLog,
     csv_text,
     epoch_line,
-    read_metrics,
     summary_row,
     test_metric_rows,
-    write_metrics,
     write_or_check_split,
 )
 from meddenoise.engine.runtime import Runtime, build_runtime, set_cpu_threads_from_env, unwrap
@@ -48,6 +46,7 @@ from meddenoise.engine.validation import evaluate_batches, evaluate_split, reduc
 from meddenoise.errors import MeddenoiseError
 from meddenoise.fileio import atomic_write_text, ensure_writable_dir
 from meddenoise.locking import folder_lock
+from meddenoise.rundir import RunDir, write_per_image
 
 # Under DDP a time limit needs all ranks to agree; they compare clocks every this many steps.
 TIME_CHECK_INTERVAL = 20
@@ -61,12 +60,13 @@ class Trainer:
     def __init__(self, config: TrainConfig, runtime: Runtime) -> None:
         self.config, self.runtime = config, runtime
         self.out = Path(config.out)
+        self.run_dir = RunDir(self.out)
         self.paths = ckpt.checkpoint_paths(self.out)
         # On every rank: none may wait in a collective for one that failed.
         self.resuming = self._decide_resume()
         if runtime.is_main:
             ensure_writable_dir(self.out, what="run folder (--out)")
-        self.log = RunLog(self.out / "train.log", runtime.is_main)
+        self.log = RunLog(self.run_dir.log_file, runtime.is_main)
         self.pipeline = get_pipeline(config.pipeline)
         self.private = private.PrivateTraining(config, runtime) if private.enabled(config) else None
         self._build_data_and_noise()
@@ -91,12 +91,10 @@ class Trainer:
         self.loss_fn = build_loss(config.loss)
 
     def _build_model(self) -> None:
-        from meddenoise.models import build_model
-
         config = self.config
-        self.model_options = model_options(config)
+        self.model_spec = config.model_spec()
         torch.manual_seed(config.seed)  # identical initial weights on every rank and on resume
-        self.model = self.runtime.place(build_model(config.model, **self.model_options))
+        self.model = self.runtime.place(self.model_spec.build())
         if self.private is not None:
             private.prepare_model(self.model)
         self.ema = WeightAverage(self.model, config.ema_decay) if config.ema_decay > 0 else None
@@ -159,8 +157,8 @@ class Trainer:
 
     def write_run_files(self) -> None:
         if self.runtime.is_main:
-            save_config(self.config, self.out / "config.json")
-            write_or_check_split(self.out / "split.csv", self.data.records, self.config.data, self.resuming)
+            save_config(self.config, self.run_dir.config_file)
+            write_or_check_split(self.run_dir.split_file, self.data.records, self.config.data, self.resuming)
         distributed.barrier()
 
     def restore(self) -> None:
@@ -183,10 +181,9 @@ class Trainer:
         )
         ckpt.restore_rng_states(state["rng"])
         if self.runtime.is_main:
-            # Records at or after the resumed epoch are recomputed (the kill may have come after writing).
-            self.history = [
-                r for r in read_metrics(self.out / "metrics.jsonl") if r["epoch"] < self.progress.epoch
-            ]
+            # Records at or after the resumed epoch are recomputed (the kill may have come after writing);
+            # records count epochs from 1, the position from 0.
+            self.history = [r for r in self.run_dir.read_metrics() if r["epoch"] <= self.progress.epoch]
         p = self.progress
         self.log.info(f"resumed from {source}: epoch {p.epoch + 1}, step {p.step_in_epoch}")
 
@@ -195,12 +192,14 @@ class Trainer:
         return {
             "format_version": ckpt.FORMAT_VERSION,
             "kind": kind,
-            "model": self.config.model,
-            "model_options": self.model_options,
+            "model": self.model_spec.name,
+            "model_spec": self.model_spec.to_dict(),
+            "model_options": self.model_spec.build_options(),
             "noise": self.config.noise.to_dict(),
             "target": self.config.target,
             "weights": "ema" if self.ema is not None else "raw",
             "epoch": epoch,
+            "epochs_from": 1,
             "global_step": self.progress.global_step,
             "step_in_epoch": self.progress.step_in_epoch,
             "val_loss": val_loss,
@@ -234,8 +233,9 @@ class Trainer:
             metadata = self._metadata("best", best[0], best[1])
             files.append((self.paths["best_weights"], ckpt.weights_payload(self.evaluated_model(), metadata)))
         files.append((self.paths["last_state"], ckpt.training_state_payload(state)))
-        # Weights of a finished epoch belong to the epoch before the position; mid-epoch ones to the current.
-        epoch = self.progress.epoch - (self.progress.step_in_epoch == 0)
+        # Weights of a finished epoch belong to the epoch before the position; mid-epoch ones to the current
+        # (numbered from 1: the position's epoch p is epoch p + 1).
+        epoch = self.progress.epoch + (self.progress.step_in_epoch != 0)
         last = ckpt.weights_payload(self.evaluated_model(), self._metadata("last", epoch))
         files.append((self.paths["last_weights"], last))
         ckpt.write_checkpoint_files(self.out, files)
@@ -392,7 +392,7 @@ class Trainer:
         loss_sum, images, cpu_seconds = totals.tolist()
         seconds = progress.train_seconds
         return {
-            "epoch": progress.epoch,
+            "epoch": progress.epoch + 1,
             "partial_epoch": not finished,
             "steps": progress.step_in_epoch,
             "global_step": progress.global_step,
@@ -431,7 +431,7 @@ class Trainer:
             progress.start_epoch(len(self.train_batches), self.runtime.device)
         if self.runtime.is_main:
             self.history = [r for r in self.history if r["epoch"] != record["epoch"]] + [record]
-            write_metrics(self.out / "metrics.jsonl", self.history)
+            self.run_dir.write_metrics(self.history)
         self.save_last(best=(record["epoch"], val["loss"]) if improved else None)
         return record
 
@@ -506,7 +506,7 @@ class Trainer:
             self.config,
             self.runtime,
             self.history,
-            best_epoch=self.progress.best_epoch,
+            best_epoch=self.progress.best_epoch + 1,
             global_steps=self.progress.global_step,
             stop_reason=reason,
             noisy=noisy,
@@ -518,7 +518,7 @@ class Trainer:
         row["cpu_seconds"] = sum(r.get("cpu_seconds") or 0.0 for r in self.history)
         row["load_average_start"] = getattr(self, "load_average_start", None)
         row["load_average_end"] = load_average()
-        atomic_write_text(self.out / "summary.csv", csv_text([row]))
+        atomic_write_text(self.run_dir.summary_file, csv_text([row]))
 
     # -- after training -------------------------------------------------------------------------------------
     def evaluate_test(self) -> Path | None:
@@ -543,11 +543,11 @@ class Trainer:
             loss_name=config.loss,
             placement=test_placement.kind,
         )
-        rows = test_metric_rows(result, config, self.runtime.strategy)
-        path = self.out / "test_metrics.csv"
-        atomic_write_text(path, csv_text(rows))
+        rows = test_metric_rows(result, self.data.records, config, self.runtime.strategy, config.test_split)
+        path = self.run_dir.test_table_file
+        write_per_image(path, rows)
         self.log.info(
-            f"test ({len(rows)} images, best epoch {metadata['epoch'] + 1}): "
+            f"test ({len(rows)} images, best epoch {metadata['epoch']}): "
             f"PSNR {float(result['psnr'].mean()):.2f} dB (noisy {float(result['noisy_psnr'].mean()):.2f}), "
             f"SSIM {float(result['ssim'].mean()):.4f} -> {path}"
         )

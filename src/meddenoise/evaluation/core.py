@@ -16,6 +16,8 @@ import torch
 
 from meddenoise.evaluation import files
 
+# The per-image table also scores the noisy input itself: the floor a denoiser must beat, per image.
+NOISY_METRICS = ("noisy_psnr", "noisy_ssim")
 Denoise = Callable[[torch.Tensor], torch.Tensor]  # (B, 1, H, W) noisy in [0, 1] -> (B, 1, H, W)
 
 
@@ -93,7 +95,7 @@ def score_denoiser(
     from meddenoise.metrics import psnr, ssim, ssim_win3
 
     keep = set(sample_positions(target, keep_samples).tolist()) if keep_samples else set()
-    parts: dict[str, list[np.ndarray]] = {metric: [] for metric in files.METRICS}
+    parts: dict[str, list[np.ndarray]] = {metric: [] for metric in (*files.METRICS, *NOISY_METRICS)}
     kept: dict[str, list[np.ndarray]] = {"clean": [], "noisy": [], "denoised": []}
     seconds = 0.0
     with torch.no_grad():
@@ -107,6 +109,9 @@ def score_denoiser(
             parts["psnr"].append(psnr(output, clean).double().cpu().numpy())
             parts["ssim"].append(ssim(output, clean).double().cpu().numpy())
             parts["ssim_win3"].append(ssim_win3(output, clean).double().cpu().numpy())
+            noisy_view = noisy.float().clamp(0.0, 1.0)
+            parts["noisy_psnr"].append(psnr(noisy_view, clean).double().cpu().numpy())
+            parts["noisy_ssim"].append(ssim(noisy_view, clean).double().cpu().numpy())
             if lpips_model is not None:
                 parts["lpips"].append(lpips_model(output, clean).double().cpu().numpy())
             else:
@@ -151,7 +156,10 @@ def per_image_rows(
                 "strategy": labels.get("strategy", ""),
                 "seed": labels.get("seed"),
                 "head": head,
-                **{metric: float(scores.values[metric][position]) for metric in files.METRICS},
+                **{
+                    metric: float(scores.values[metric][position])
+                    for metric in (*files.METRICS, *NOISY_METRICS)
+                },
             }
         )
     return rows

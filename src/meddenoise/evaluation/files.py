@@ -17,18 +17,19 @@ The report reads these files only; it never re-runs a model.
 
 from __future__ import annotations
 
-import csv
 import io
 import math
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from meddenoise import rundir
 from meddenoise.errors import MeddenoiseError
 from meddenoise.fileio import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json
+from meddenoise.rundir import METRICS, PER_IMAGE_COLUMNS, format_value, write_rows
 
 FORMAT_VERSION = 1
 PER_IMAGE_FILE = "per_image.csv"
@@ -38,22 +39,6 @@ INFO_FILE = "evaluation.json"
 SAMPLES_FILE = "samples.npz"
 DONE_FILE = "DONE"
 
-METRICS = ("psnr", "ssim", "ssim_win3", "lpips")
-PER_IMAGE_COLUMNS = (
-    "image_id",
-    "patient_id",
-    "group",
-    "split",
-    "noise_kind",
-    "noise_mean",
-    "noise_std",
-    "method",
-    "model",
-    "strategy",
-    "seed",
-    "head",
-    *METRICS,
-)
 SUMMARY_COLUMNS = (
     "metric",
     "n",
@@ -69,33 +54,13 @@ SUMMARY_COLUMNS = (
 )
 
 
-def format_value(value: Any) -> str:
-    """CSV text of one cell: floats with full precision (repr), None/NaN as empty."""
-    if value is None:
-        return ""
-    if isinstance(value, (float, np.floating)):
-        value = float(value)
-        return "" if math.isnan(value) else repr(value)
-    if isinstance(value, (np.integer,)):
-        return str(int(value))
-    return str(value)
-
-
-def write_rows(path: str | os.PathLike, columns: Sequence[str], rows: Iterable[dict[str, Any]]) -> None:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(columns)
-    for row in rows:
-        writer.writerow([format_value(row.get(column)) for column in columns])
-    atomic_write_text(path, buffer.getvalue())
+__all__ = ["METRICS", "PER_IMAGE_COLUMNS", "format_value", "write_rows"]  # the per-image schema: rundir
 
 
 def read_rows(path: str | os.PathLike) -> list[dict[str, str]]:
-    try:
-        with open(path, encoding="utf-8", newline="") as handle:
-            return list(csv.DictReader(handle))
-    except FileNotFoundError:
-        raise MeddenoiseError(f"{path} not found; run `meddenoise evaluate` on that run first") from None
+    if not Path(path).is_file():
+        raise MeddenoiseError(f"{path} not found; run `meddenoise evaluate` on that run first")
+    return rundir.read_rows(path)
 
 
 def metric_values(rows: Sequence[dict[str, str]], metric: str) -> np.ndarray:

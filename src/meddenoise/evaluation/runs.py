@@ -3,6 +3,7 @@ the same images, writing evaluation folders (see `meddenoise.evaluation.files`).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from pathlib import Path
@@ -12,12 +13,10 @@ import numpy as np
 import torch
 
 from meddenoise.errors import MeddenoiseError
-from meddenoise.evaluation import files
 from meddenoise.evaluation.core import EvaluationTarget, score_denoiser, write_evaluation
 from meddenoise.evaluation.environment import describe_environment
 from meddenoise.noise.spec import NoiseSpec
-
-EVALUATION_DIR = "evaluation"
+from meddenoise.rundir import RunDir
 
 
 def describe_data(data: Any) -> dict[str, Any]:
@@ -79,12 +78,6 @@ def strategy_name(strategy: str, amp: str) -> str:
     return strategy if amp in ("", "off", None) else f"{strategy}+amp"
 
 
-def _read_run_summary(run_dir: Path) -> dict[str, str]:
-    path = run_dir / "summary.csv"
-    rows = files.read_rows(path) if path.is_file() else []
-    return rows[0] if rows else {}
-
-
 def _network_denoiser(model: torch.nn.Module, device: torch.device):
     def denoise(noisy: torch.Tensor) -> torch.Tensor:
         output = model(noisy.to(device))
@@ -104,16 +97,16 @@ def _head_results(
     """U-Net++: each head k as its own pruned network (only nodes with i + j <= k run): quality and speed."""
     from meddenoise.engine.checkpoint import load_weights
     from meddenoise.evaluation.core import per_image_rows
-    from meddenoise.models import build_model
+    from meddenoise.models.spec import ModelSpec
     from meddenoise.models.summary import count_active_parameters
 
     tensors, _ = load_weights(metadata["checkpoint"])
-    options = dict(metadata.get("model_options", {}))
-    options.pop("head", None)
-    full = build_model(model_name, **options)
+    spec = ModelSpec.from_metadata(metadata)
+    spec = dataclasses.replace(spec, options={k: v for k, v in spec.options.items() if k != "head"})
+    full = spec.build()
     heads, rows = [], []
     for head in range(1, int(getattr(full, "depth", 5))):
-        pruned = build_model(model_name, **options, head=head)
+        pruned = spec.build(head=head)
         pruned.load_state_dict(tensors)
         pruned = pruned.to(device).eval()
         sample = target.data.images[target.indices[:1]]
@@ -170,10 +163,10 @@ def evaluate_run(
     if out_dir is None:
         same_data = own_data and Path(own_data).resolve() == data_dir.resolve()
         name = split if same_data else f"{split}-{data_dir.resolve().name}"
-        out_dir = (run_dir if run_dir.is_dir() else run_dir.parent) / EVALUATION_DIR / name
+        out_dir = RunDir(run_dir if run_dir.is_dir() else run_dir.parent).evaluation_dir(name)
     out_dir = Path(out_dir)
 
-    run_summary = _read_run_summary(run_dir) if run_dir.is_dir() else {}
+    run_summary = RunDir(run_dir).read_summary() if run_dir.is_dir() else {}
     target_name = metadata.get("target", "clean")
     model_name = metadata["model"]
     labels = {

@@ -230,7 +230,7 @@ def audit_level(
     """The audit of one noise level (`noise`, used in fixed mode: what a releasing site publishes)."""
     noise_op = noise.build()
     acc = _LevelAccumulator()
-    classical = classical_reference(data, noise_op, noise.mean, noise.std, noise.seed, device)
+    classical = classical_reference(data, noise_op, noise, device)
     if classical is not None:
         denoisers = [*denoisers, classical]
     for start in range(0, plan.query_rows.size, batch_size):
@@ -274,7 +274,7 @@ CLASSICAL_TUNE_IMAGES = 16
 
 
 def classical_reference(
-    data: Any, noise_op: Any, noise_mean: float, noise_std: float, seed: int, device: torch.device
+    data: Any, noise_op: Any, noise: NoiseSpec, device: torch.device
 ) -> AuditedDenoiser | None:
     """A Gaussian filter tuned on up to 16 validation images (training images when there is no validation
     split), never on the queries: every restoration claim of the audit stands beside what a filter anyone
@@ -289,9 +289,9 @@ def classical_reference(
     rows = rows[:CLASSICAL_TUNE_IMAGES]
     clean = torch.from_numpy(np.ascontiguousarray(data.images[rows])).to(device).unsqueeze(1)
     clean = clean.float() / float(data.max_value)  # (n, H, W) integer -> (n, 1, H, W) in [0, 1]
-    noisy = noise_op(clean, torch.from_numpy(data.image_keys[rows]).to(device), seed=seed, mode="fixed")
-    params, _ = tune_baseline("gaussian", noisy, clean, noise_mean, noise_std, max_images=None)
-    baseline = build_baseline("gaussian", noise_mean, noise_std, **params)
+    noisy = noise_op(clean, torch.from_numpy(data.image_keys[rows]).to(device), seed=noise.seed, mode="fixed")
+    params, _ = tune_baseline("gaussian", noisy, clean, noise.mean, noise.std, max_images=None)
+    baseline = build_baseline("gaussian", noise.mean, noise.std, **params)
     metadata = {
         "method": "gaussian",
         "params": params,
@@ -461,25 +461,17 @@ def _outsider_overlap(data: Any, plan: AuditPlan, outsider_run_dir: str | None) 
     """
     if not outsider_run_dir:
         return None
-    import csv
+    from meddenoise.rundir import RunDir
 
-    from meddenoise.fileio import read_json
-
-    run = Path(outsider_run_dir)
-    split_file = run / "split.csv"
+    run = RunDir(outsider_run_dir)
+    split_file = run.split_file
     if not split_file.is_file():
         return {
             "checked": False,
             "reason": f"{split_file} not found; cannot check the outsider's training set",
         }
-    train_split = "train"
-    if (run / "config.json").is_file():
-        saved = read_json(run / "config.json", what="run config")
-        train_split = (
-            (saved.get("config") or {}).get("train_split", "train") if isinstance(saved, dict) else "train"
-        )
-    with open(split_file, newline="", encoding="utf-8") as handle:
-        rows = list(csv.DictReader(handle))
+    train_split = run.train_split_name()
+    rows = run.read_split()
     column = "content_hash" if rows and "content_hash" in rows[0] else "image_id"
     if not rows or column not in rows[0] or "split" not in rows[0]:
         return {"checked": False, "reason": f"{split_file} has no content_hash/image_id and split columns"}

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from meddenoise.errors import ConfigError, DataError
+from meddenoise.rundir import RunDir
 
 # 1% false positives: the operating point that matters for an attacker (Carlini et al. 2022).
 LOW_FPR = 0.01
@@ -199,7 +200,8 @@ def train_reference_models(
     for index in range(count):
         folder = out / f"reference{index}"
         folders.append(folder)
-        if (folder / "checkpoints" / "best.safetensors").is_file() and (folder / "summary.csv").is_file():
+        run = RunDir(folder)
+        if run.best_weights.is_file() and run.summary_file.is_file():
             continue
         if folder.exists():
             import shutil

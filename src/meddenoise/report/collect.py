@@ -7,7 +7,6 @@ Nothing here computes a metric; it only loads files written by `evaluate`, the t
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,6 +17,7 @@ import numpy as np
 from meddenoise.errors import MeddenoiseError
 from meddenoise.evaluation import files
 from meddenoise.fileio import read_json
+from meddenoise.rundir import RunDir
 
 PLAN_FILE = "reproduce.json"
 
@@ -144,20 +144,6 @@ def load_evaluation(folder: Path) -> Evaluation:
     return Evaluation(folder=folder, info=info, rows=rows)
 
 
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    records = []
-    if not path.is_file():
-        return records
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if not line.strip():
-            continue
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:  # a line cut by a killed writer; the ones before it are still good
-            break
-    return records
-
-
 def _number(value: Any) -> float | None:
     try:
         number = float(value)
@@ -172,9 +158,9 @@ def load_history(run_dir: Path) -> RunHistory:
     The training time is the engine's `train_seconds`: the training loop summed over epochs, validation
     excluded; when summary.csv is missing (a run still going), the per-epoch `train_seconds` are summed.
     """
-    epochs = [row for row in read_jsonl(run_dir / "metrics.jsonl") if row.get("epoch") is not None]
-    summary_path = run_dir / "summary.csv"
-    summary = files.read_rows(summary_path)[0] if summary_path.is_file() else {}
+    run = RunDir(run_dir)
+    epochs = [row for row in run.read_metrics() if row.get("epoch") is not None]
+    summary = run.read_summary()
     total = _number(summary.get("train_seconds"))
     if total is None and epochs:
         times = [_number(row.get("train_seconds")) for row in epochs]

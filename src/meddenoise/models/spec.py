@@ -1,0 +1,64 @@
+"""`ModelSpec`: which network a run trains and with which options, as one value.
+
+Training builds its model from it, checkpoints store it (`to_dict()`), and loading a trained model rebuilds
+it through the registry's `build_model` (`ModelSpec.from_metadata(...).build()`), so there is no second way
+to construct a network.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    name: str = "unet"
+    base_channels: int = 64
+    depth: int = 0  # 0: the model's own default
+    norm: str = "batch"
+    deep_supervision: bool = True
+    options: dict[str, Any] = dataclasses.field(default_factory=dict)  # any other constructor option
+
+    def build_options(self) -> dict[str, Any]:
+        """Keyword arguments of `build_model(self.name, ...)`: only the options this model has, so one spec
+        type serves U-Net (depth, norm), U-Net++ (also deep supervision) and DnCNN (neither)."""
+        from meddenoise.models.registry import get_model_entry
+
+        accepted = get_model_entry(self.name).defaults
+        options: dict[str, Any] = {"base_channels": self.base_channels}
+        wanted: dict[str, Any] = {"norm": self.norm, "deep_supervision": self.deep_supervision}
+        if self.depth:
+            wanted["depth"] = self.depth
+        options.update({key: value for key, value in wanted.items() if key in accepted})
+        options.update(self.options)
+        return options
+
+    def build(self, **overrides: Any) -> Any:
+        """The network (an `nn.Module`), through the registry; `overrides` e.g. `head=2` for a pruned
+        U-Net++."""
+        from meddenoise.models.registry import build_model
+
+        return build_model(self.name, **{**self.build_options(), **overrides})
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> ModelSpec:
+        known = {field.name for field in dataclasses.fields(cls)}
+        return cls(**{key: value for key, value in values.items() if key in known})
+
+    @classmethod
+    def from_metadata(cls, metadata: dict[str, Any]) -> ModelSpec:
+        """From checkpoint metadata: its `model_spec`, or (older checkpoints) `model` and the resolved
+        `model_options` it was built with."""
+        if isinstance(metadata.get("model_spec"), dict):
+            return cls.from_dict(metadata["model_spec"])
+        options = dict(metadata.get("model_options") or {})
+        fields = {
+            key: options.pop(key)
+            for key in ("base_channels", "depth", "norm", "deep_supervision")
+            if key in options
+        }
+        return cls(name=metadata["model"], **fields, options=options)

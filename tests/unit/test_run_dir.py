@@ -1,0 +1,70 @@
+"""`RunDir` owns the run folder's layout; `ModelSpec` is the one description of a run's network."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from meddenoise.engine import checkpoint as ckpt
+from meddenoise.errors import MeddenoiseError
+from meddenoise.models import build_model
+from meddenoise.models.spec import ModelSpec
+from meddenoise.rundir import PER_IMAGE_COLUMNS, RunDir, read_rows, write_per_image
+
+
+def test_layout_and_readers(tmp_path):
+    run = RunDir(tmp_path)
+    assert (
+        run.metrics_file == tmp_path / "metrics.jsonl" and run.best_weights.parent == tmp_path / "checkpoints"
+    )
+    assert run.evaluation_dir("test") == tmp_path / "evaluation" / "test"
+    assert (run.read_metrics(), run.read_summary(), run.read_config()) == ([], {}, {})
+    assert not run.has_training_state()
+    with pytest.raises(MeddenoiseError, match="no checkpoint"):
+        run.weights_for_inference()
+    run.write_metrics([{"epoch": 1, "val_loss": 0.5}, {"epoch": 2, "val_loss": 0.4}])
+    assert [r["epoch"] for r in run.read_metrics()] == [1, 2]
+
+
+def test_runs_that_counted_epochs_from_zero_are_renumbered(tmp_path):
+    (tmp_path / "metrics.jsonl").write_text('{"epoch": 0}\n{"epoch": 1}\n')
+    assert [r["epoch"] for r in RunDir(tmp_path).read_metrics()] == [1, 2]
+
+
+def test_per_image_tables_have_one_schema(tmp_path):
+    write_per_image(tmp_path / "t.csv", [{"image_id": "a", "psnr": 30.5, "lpips": None}])
+    (row,) = read_rows(tmp_path / "t.csv")
+    assert tuple(row) == PER_IMAGE_COLUMNS and row["psnr"] == "30.5" and row["lpips"] == ""
+
+
+def test_model_spec_builds_through_the_registry_and_round_trips():
+    spec = ModelSpec("unetpp", base_channels=4, depth=3, norm="group", deep_supervision=False)
+    torch.manual_seed(0)
+    model = spec.build()
+    torch.manual_seed(0)
+    same = build_model("unetpp", base_channels=4, depth=3, norm="group", deep_supervision=False)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), same.state_dict().values()))
+    assert ModelSpec.from_dict(spec.to_dict()) == spec
+    dncnn = ModelSpec("dncnn", base_channels=4, depth=3, options={"num_layers": 3})
+    # DnCNN has no depth or deep supervision: those are left out
+    assert dncnn.build_options() == {"base_channels": 4, "norm": "batch", "num_layers": 3}
+
+
+def test_checkpoints_store_the_spec_and_old_ones_still_load(tmp_path):
+    spec = ModelSpec("unet", base_channels=4, depth=3, norm="group")
+    model = spec.build()
+    metadata = {"model": "unet", "model_spec": spec.to_dict(), "epoch": 2, "epochs_from": 1}
+    ckpt.save_weights(tmp_path / "new.safetensors", model, metadata)
+    loaded, meta = ckpt.load_trained_model(tmp_path / "new.safetensors")
+    assert meta["epoch"] == 2 and ModelSpec.from_metadata(meta) == spec
+    # written before ModelSpec: the resolved build_model options, epochs counted from 0
+    old = {"model": "unet", "model_options": spec.build_options(), "epoch": 1}
+    ckpt.save_weights(tmp_path / "old.safetensors", model, old)
+    loaded_old, meta_old = ckpt.load_trained_model(tmp_path / "old.safetensors")
+    assert meta_old["epoch"] == 2 and ModelSpec.from_metadata(meta_old) == spec
+    x = torch.rand(1, 1, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), loaded_old(x))
+    assert json.loads(json.dumps(spec.to_dict())) == spec.to_dict()
