@@ -81,7 +81,7 @@ def test_by_source_is_one_site_per_source(tmp_path):
     for site, source in zip(sites, ["hospital-a", "hospital-b"]):
         rows = site_rows(site, data.records, data.splits, "all")
         assert {data.records[r]["source"] for r in rows} == {source}
-    with pytest.raises(ConfigError, match="--sites 2"):
+    with pytest.raises(ConfigError, match="sites = 2"):
         partition_folder(data, str(folder), 3, "by-source")
 
 
@@ -116,11 +116,11 @@ def test_site_folders_are_named_after_the_folders(tmp_path, make_prepared):
 
 
 def test_config_checks_name_the_option():
-    with pytest.raises(ConfigError, match="either --site-data"):
+    with pytest.raises(ConfigError, match="either site_data"):
         config_from_mapping(FederatedConfig, {"out": "o", "data": "d", "site_data": ["a"], "sites": 1})
-    with pytest.raises(ConfigError, match="--sites"):
+    with pytest.raises(ConfigError, match="sites must be"):
         config_from_mapping(FederatedConfig, {"out": "o", "data": "d"})
-    with pytest.raises(ConfigError, match="--fraction"):
+    with pytest.raises(ConfigError, match="fraction"):
         config_from_mapping(FederatedConfig, {"out": "o", "data": "d", "sites": 2, "fraction": 0})
     with pytest.raises(ConfigError, match="lr"):
         config_from_mapping(FederatedConfig, {"out": "o", "data": "d", "sites": 2, "lr": -1})

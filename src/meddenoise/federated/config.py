@@ -13,6 +13,7 @@ from typing import Any
 from meddenoise.config import config_to_dict, option
 from meddenoise.engine.config import TrainConfig
 from meddenoise.errors import ConfigError
+from meddenoise.noise.spec import NoiseSpec
 
 PARTITIONS = ("iid", "by-source", "dirichlet")
 STRATEGIES = ("fedavg", "fedprox", "fedadam", "fedyogi")
@@ -36,13 +37,7 @@ LOCAL_TRAIN_FIELDS = (
     "norm",
     "deep_supervision",
     "model_options",
-    "noise_kind",
-    "noise_mean",
-    "noise_std",
-    "noise_clamp",
-    "noise_mode",
-    "noise_seed",
-    "noise_dose",
+    "noise",
     "target",
     "target_options",
     "batch_size",
@@ -113,13 +108,7 @@ class FederatedConfig:
     norm: str = _same_as_train("norm")
     deep_supervision: bool = _same_as_train("deep_supervision")
     model_options: list[str] = _same_as_train("model_options")
-    noise_kind: str = _same_as_train("noise_kind")
-    noise_mean: float = _same_as_train("noise_mean")
-    noise_std: float = _same_as_train("noise_std")
-    noise_clamp: bool = _same_as_train("noise_clamp")
-    noise_mode: str = _same_as_train("noise_mode")
-    noise_seed: int = _same_as_train("noise_seed")
-    noise_dose: float | None = _same_as_train("noise_dose")
+    noise: NoiseSpec = _same_as_train("noise")
     target: str = _same_as_train("target")
     target_options: list[str] = _same_as_train("target_options")
     batch_size: int = _same_as_train("batch_size")
@@ -145,25 +134,28 @@ class FederatedConfig:
 
     def check(self) -> None:
         if self.site_data and self.data:
-            raise ConfigError("give either --site-data A B ... (one folder per site) or --data DIR --sites K")
+            raise ConfigError(
+                "give either site_data (one folder per site) or data with sites, not both", "data"
+            )
         if not self.site_data and self.sites < 1:
-            raise ConfigError(f"--sites must be >= 1 with --data (or in deployment); got {self.sites}")
+            raise ConfigError(f"sites must be >= 1 with data (or in deployment); got {self.sites}", "sites")
         if self.site_data and self.sites not in (0, len(self.site_data)):
             raise ConfigError(
-                f"--sites {self.sites} does not match the {len(self.site_data)} folders of --site-data"
+                f"sites = {self.sites} does not match the {len(self.site_data)} folders of site_data", "sites"
             )
         for name in ("rounds", "local_epochs", "batch_size", "val_batch_size", "sim_cpus"):
             if getattr(self, name) < 1:
-                raise ConfigError(f"--{name.replace('_', '-')} must be >= 1; got {getattr(self, name)}")
+                raise ConfigError(f"{name} must be >= 1; got {getattr(self, name)}", name)
         for name in ("local_steps", "proximal_mu", "limit_train", "limit_val", "sim_memory_mb"):
             if getattr(self, name) < 0:
-                raise ConfigError(f"--{name.replace('_', '-')} must be >= 0; got {getattr(self, name)}")
+                raise ConfigError(f"{name} must be >= 0; got {getattr(self, name)}", name)
         if not 0.0 < self.fraction <= 1.0:
-            raise ConfigError(f"--fraction must be in (0, 1]; got {self.fraction}")
+            raise ConfigError(f"fraction must be in (0, 1]; got {self.fraction}", "fraction")
         if not self.alpha > 0:
-            raise ConfigError(f"--alpha must be > 0; got {self.alpha}")
-        if self.server_lr <= 0 or self.server_tau <= 0:
-            raise ConfigError("--server-lr and --server-tau must be > 0")
+            raise ConfigError(f"alpha must be > 0; got {self.alpha}", "alpha")
+        for name in ("server_lr", "server_tau"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{name} must be > 0; got {getattr(self, name)}", name)
         # The shared fields are checked by TrainConfig's own rules (lr, choices, KEY=VALUE items, ...).
         local_train_config(self, data=self.data or (self.site_data or [""])[0] or "(sites)", out=self.out)
 
@@ -177,6 +169,7 @@ def local_train_config(config: FederatedConfig, *, data: str, out: str) -> Train
     from meddenoise.config import config_from_mapping
 
     values = {name: getattr(config, name) for name in LOCAL_TRAIN_FIELDS}
+    values["noise"] = config.noise.to_dict()
     values.update(data=data, out=out, evaluate_test=False, patience=0, quiet=True, epochs=config.rounds)
     return config_from_mapping(TrainConfig, values, source="federated options")
 

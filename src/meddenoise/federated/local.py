@@ -62,7 +62,6 @@ class LocalSite:
         from meddenoise.engine.losses import build_loss
         from meddenoise.engine.runtime import build_runtime, set_cpu_threads_from_env
         from meddenoise.models import build_model
-        from meddenoise.noise import build_noise
 
         set_cpu_threads_from_env()
         self.site, self.recipe = site, recipe
@@ -76,13 +75,7 @@ class LocalSite:
         for split, limit in limits.items():
             rows = site_rows(site, self.data.records, self.data.splits, split)
             self.rows[split] = rows[:limit] if limit else rows
-        self.noise = build_noise(
-            config.noise_kind,
-            mean=config.noise_mean,
-            std=config.noise_std,
-            clamp=config.noise_clamp,
-            dose=config.noise_dose,
-        )
+        self.noise = config.noise.build()
         self.loss_fn = build_loss(config.loss)
         self.model = self.runtime.place(build_model(config.model, **model_options(config)))
         self._batches: dict[str, DeviceBatches] = {}
@@ -180,9 +173,8 @@ class LocalSite:
                 runtime.to_device_batch(batch.clean),
                 batch.image_keys,
                 self.noise,
-                seed=config.noise_seed,
+                config.noise,
                 epoch=epoch,
-                mode=config.noise_mode,
             )
             lr = learning_rate(
                 first_step + offset,
@@ -220,7 +212,7 @@ class LocalSite:
             self.batches(split),
             self.noise,
             self.runtime,
-            noise_seed=self.config.noise_seed,
+            noise_seed=self.config.noise.seed,
             loss_name=self.config.loss,
         )
         means = reduce_means(result)

@@ -98,6 +98,7 @@ class FederatedServer:
         """What every site is told: the local-training settings (no data locations: sites know their own)."""
         config = self.config
         train = {name: getattr(config, name) for name in LOCAL_TRAIN_FIELDS}
+        train["noise"] = config.noise.to_dict()
         return {
             "train": json.loads(json.dumps(train)),
             "local_epochs": config.local_epochs,
@@ -181,14 +182,14 @@ class FederatedServer:
         return ckpt.plain_state_dict(model)
 
     def _metadata(self, kind: str, server_round: int, val_loss: float | None) -> dict[str, Any]:
-        from meddenoise.engine.identity import model_options, noise_settings
+        from meddenoise.engine.identity import model_options
 
         return {
             "format_version": ckpt.FORMAT_VERSION,
             "kind": kind,
             "model": self.train_config.model,
             "model_options": model_options(self.train_config),
-            "noise": noise_settings(self.train_config),
+            "noise": self.train_config.noise.to_dict(),
             "target": self.train_config.target,
             "weights": "raw",
             "epoch": server_round - 1,
@@ -200,35 +201,35 @@ class FederatedServer:
             "federated": config_to_dict(self.config),
         }
 
-    def _save_weights(self, path: Path, state: dict[str, torch.Tensor], metadata: dict[str, Any]) -> None:
+    def _weights_payload(self, state: dict[str, torch.Tensor], metadata: dict[str, Any]) -> bytes:
         from meddenoise.models import build_model
 
         model = build_model(metadata["model"], **metadata["model_options"])
         ckpt.load_state_into(model, state, "the aggregated global model")
-        ckpt.save_weights(path, model, metadata)
+        return ckpt.weights_payload(model, metadata)
 
     def save_round(
         self, server_round: int, state: dict[str, torch.Tensor], strategy: Any, val_loss: float
     ) -> None:
+        files = []
         if val_loss < self.best_val_loss:
             self.best_val_loss, self.best_round = val_loss, server_round
-            self._save_weights(
-                self.paths["best_weights"], state, self._metadata("best", server_round, val_loss)
-            )
-        self._save_weights(self.paths["last_weights"], state, self._metadata("last", server_round, val_loss))
-        # The state file is the commit point of a round: metrics.jsonl is rewritten from it, after it.
-        ckpt.save_training_state(
-            self.paths["last_state"],
-            {
-                "round": server_round,
-                "model": {k: v.contiguous() for k, v in state.items()},
-                "strategy": strategy_state(strategy),
-                "best_val_loss": self.best_val_loss,
-                "best_round": self.best_round,
-                "history": json.dumps(self.history),
-                "identity": json.dumps(self._identity(), sort_keys=True),
-            },
-        )
+            metadata = self._metadata("best", server_round, val_loss)
+            files.append((self.paths["best_weights"], self._weights_payload(state, metadata)))
+        last = self._weights_payload(state, self._metadata("last", server_round, val_loss))
+        files.append((self.paths["last_weights"], last))
+        # The state file is the commit point of a round (written last); metrics.jsonl follows from it.
+        server_state = {
+            "round": server_round,
+            "model": {k: v.contiguous() for k, v in state.items()},
+            "strategy": strategy_state(strategy),
+            "best_val_loss": self.best_val_loss,
+            "best_round": self.best_round,
+            "history": json.dumps(self.history),
+            "identity": json.dumps(self._identity(), sort_keys=True),
+        }
+        files.append((self.paths["last_state"], ckpt.training_state_payload(server_state)))
+        ckpt.write_checkpoint_files(self.out, files)
         write_metrics(self.out / "metrics.jsonl", self.history)
 
     def restore(self, strategy: Any) -> dict[str, torch.Tensor]:
@@ -426,8 +427,8 @@ class FederatedServer:
             "device": self.train_config.device,
             "amp": self.train_config.amp,
             "target": self.train_config.target,
-            "noise_std": self.train_config.noise_std,
-            "noise_mean": self.train_config.noise_mean,
+            "noise_std": self.train_config.noise.std,
+            "noise_mean": self.train_config.noise.mean,
             "sites": len({s for r in self.history for s in r["sites"]}),
             "rounds_run": len(self.history),
             "best_round": self.best_round,

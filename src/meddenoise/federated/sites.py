@@ -81,7 +81,9 @@ def partition_folder(
     records = data.records
     patients = sorted({row["patient_id"] for row in records})
     if sites > len(patients):
-        raise ConfigError(f"--sites {sites}: {folder} has only {len(patients)} patients to share out")
+        raise ConfigError(
+            f"sites = {sites}: {folder} has only {len(patients)} patients to share out", "sites"
+        )
     if partition == "iid":
         groups = _iid(patients, sites, seed)
     elif partition == "by-source":
@@ -89,7 +91,7 @@ def partition_folder(
     elif partition == "dirichlet":
         groups = _dirichlet(data, patients, sites, alpha, seed, folder)
     else:
-        raise ConfigError(f"--partition must be iid, by-source or dirichlet; got {partition!r}")
+        raise ConfigError(f"partition must be iid, by-source or dirichlet; got {partition!r}", "partition")
     names = [f"site{i + 1}" for i in range(sites)]
     if partition == "by-source":
         names = [f"site{i + 1}-{source}" for i, source in enumerate(_sources(records))]
@@ -109,8 +111,9 @@ def _by_source(records: list[dict[str, str]], sites: int, folder: str) -> list[l
     sources = _sources(records)
     if sites != len(sources):
         raise ConfigError(
-            f"--partition by-source makes one site per source; {folder} has {len(sources)} source(s) "
-            f"({', '.join(sources)}), so use --sites {len(sources)}"
+            f"partition by-source makes one site per source; {folder} has {len(sources)} source(s) "
+            f"({', '.join(sources)}), so use sites = {len(sources)}",
+            "sites",
         )
     by_patient: dict[str, set[str]] = defaultdict(set)
     for row in records:
@@ -192,10 +195,11 @@ def choose_test_site(sites: list[Site], test_site: str) -> list[Site]:
         index = names.index(test_site)
     else:
         raise ConfigError(
-            f"--test-site {test_site!r} is not one of the sites ({', '.join(names)}) or 1..{len(sites)}"
+            f"test_site {test_site!r} is not one of the sites ({', '.join(names)}) or 1..{len(sites)}",
+            "test_site",
         )
     if len(sites) < 2:
-        raise ConfigError("--test-site needs at least two sites (one must train)")
+        raise ConfigError("test_site needs at least two sites (one must train)", "test_site")
     return [dataclasses.replace(s, role="test") if i == index else s for i, s in enumerate(sites)]
 
 
