@@ -59,7 +59,7 @@ def test_prepare_then_info(tmp_path, tiny_folder, capsys):
 
 def test_config_file_and_cli_override(tmp_path, tiny_folder):
     (tmp_path / "prep.toml").write_text(
-        f'source = "folder"\nroot = "{tiny_folder}"\nsize = 64\nquiet = true\n'
+        f'source = "folder"\nroot = "{tiny_folder}"\nsize = 64\nquiet = true\nallow_empty_split = true\n'
     )
     done = meddenoise("prepare", "--config", "prep.toml", "--size", "16", "--out", "c", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
@@ -164,7 +164,8 @@ def test_nih_csv_that_misses_files_and_names_absent_ones_is_reported(tmp_path, i
     rows = ["Image Index,Patient ID,View Position", "00000001_000.png,1,PA", "00000002_000.png,2,PA"]
     (root / "Data_Entry_2017.csv").write_text("\n".join([*rows, "00000099_000.png,99,PA"]) + "\n")
     out = tmp_path / "prepared"
-    assert main(["prepare", "--source", "nih", "--root", str(root), "--out", str(out), "--size", "16"]) == 0
+    argv = ["prepare", "--source", "nih", "--root", str(root), "--out", str(out), "--size", "16"]
+    assert main([*argv, "--allow-empty-split"]) == 0
     printed = capsys.readouterr().out
     assert "images: 2 of 16x16" in printed
     assert "note: 1 PNG file(s) are not in the CSV and are left out: 00000001_001.png" in printed

@@ -27,7 +27,13 @@ import numpy as np
 
 from meddenoise.config import config_to_dict
 from meddenoise.data import split_claims
-from meddenoise.data.decode import UnreadableImage, fit_square, resize_quantized, stretch_minmax
+from meddenoise.data.decode import (
+    DEFAULT_MAX_PIXELS,
+    UnreadableImage,
+    fit_square,
+    resize_quantized,
+    stretch_minmax,
+)
 from meddenoise.data.manifest import (
     MANIFEST_COLUMNS,
     PreparedData,
@@ -37,7 +43,7 @@ from meddenoise.data.manifest import (
     write_prepared,
 )
 from meddenoise.data.prepare_config import RUN_ONLY_FIELDS, PrepareConfig
-from meddenoise.data.splits import assign_splits
+from meddenoise.data.splits import SPLIT_NAMES, assign_splits
 from meddenoise.errors import DataError, DiskFullError, MeddenoiseError
 from meddenoise.fileio import atomic_write_text, ensure_writable_dir, format_size, free_bytes, is_space_error
 from meddenoise.locking import folder_lock
@@ -95,9 +101,11 @@ def _prepare_locked(source, config: PrepareConfig, out: Path, started: float) ->
     fingerprint = input_fingerprint(source, records)
     reusable = None if config.force else _reusable(out, params, fingerprint)
     if reusable is not None:
+        check_split_counts(reusable.get("counts", {}), config, out)
         return PrepareResult(out, True, reusable, _read_skipped(out), notes, time.perf_counter() - started, 0)
 
     splits = assign_splits(records, config.fractions, config.seed, config.split_by)
+    check_split_counts(_counts(splits), config, out)  # before decoding, when the split alone decides
     if callable(getattr(source, "render", None)):
         skipped, workers = [], 1
         _render_into(out, source, records, splits, params, fingerprint, config)
@@ -110,6 +118,8 @@ def _prepare_locked(source, config: PrepareConfig, out: Path, started: float) ->
 def preprocessing_params(source, config: PrepareConfig, record_count: int) -> dict[str, Any]:
     """Everything that determines the prepared images (the reuse key, stored in prepare.json)."""
     params = {k: v for k, v in config_to_dict(config).items() if k not in RUN_ONLY_FIELDS}
+    if params.get("max_pixels") == DEFAULT_MAX_PIXELS:
+        del params["max_pixels"]  # so caches made before the option existed stay reusable
     if getattr(source, "root", None) is not None:
         params["root"] = str(source.root)
     params["record_count"] = record_count
@@ -262,6 +272,11 @@ def _decode_into(out, source, records, splits, params, fingerprint, config) -> t
     if not keep.any() or (config.strict and skipped):
         writer.abort()
         raise DataError(_skip_failure_message(out, skipped, count, config.strict))
+    try:  # skipped files can empty a split the assignment had filled
+        check_split_counts(_counts([s for s, kept in zip(splits, keep) if kept]), config, out, skipped)
+    except DataError:
+        writer.abort()
+        raise
     extra = {
         "bit_depth": bit_depths,
         "original_height": [s[0] for s in shapes],
@@ -317,6 +332,33 @@ def _end_pool(executor) -> None:
             process.terminate()
     for process in processes:
         process.join(timeout=10)
+
+
+def _counts(splits) -> dict[str, int]:
+    return {name: sum(1 for s in splits if s == name) for name in SPLIT_NAMES}
+
+
+def check_split_counts(counts: dict[str, int], config: PrepareConfig, out: Path, skipped=()) -> None:
+    """An empty train split is an error; so is an empty val or test split with a non-zero fraction, unless
+    `allow_empty_split` (--allow-empty-split)."""
+    empty = [
+        name
+        for name, fraction in zip(SPLIT_NAMES, config.fractions)
+        if counts.get(name, 0) == 0 and (name == "train" or (fraction > 0 and not config.allow_empty_split))
+    ]
+    if not empty:
+        return
+    total = sum(counts.values())
+    cause = f" after skipping {len(skipped)} unreadable file(s)" if skipped else ""
+    advice = "add images or patients, or change --fractions"
+    if empty != ["train"]:
+        advice += "; --allow-empty-split accepts an empty val or test split (never an empty train split)"
+    raise DataError(
+        f"the {' and '.join(empty)} split{'s' if len(empty) > 1 else ''} of {out} would be empty: "
+        f"{total} image(s) in "
+        f"{', '.join(f'{n} {counts.get(n, 0)}' for n in SPLIT_NAMES)}{cause} with --fractions "
+        f"{' '.join(f'{f:g}' for f in config.fractions)}, split by {config.split_by}; {advice}"
+    )
 
 
 def _skip_failure_message(out: Path, skipped, count: int, strict: bool) -> str:

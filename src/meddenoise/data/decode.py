@@ -19,6 +19,9 @@ import numpy as np
 from meddenoise.errors import DataError
 
 MIN_SIDE = 16
+# Pillow's own default (Image.MAX_IMAGE_PIXELS, about 89.5 megapixels): above it an image is refused unless
+# the caller raises the limit (--max-pixels). Checked from the header, before any pixel is decoded.
+DEFAULT_MAX_PIXELS = 89_478_485
 
 
 @dataclasses.dataclass
@@ -50,12 +53,41 @@ def read_file_bytes(path: str) -> bytes:
     return data
 
 
-def decode_pil_bytes(data: bytes, path: str) -> DecodedImage:
-    """Decode PNG/JPEG/TIFF/... bytes with Pillow into one channel (see the module rules)."""
-    from PIL import Image, UnidentifiedImageError
+def check_pixel_count(width: int, height: int, path: str, max_pixels: int) -> None:
+    """Refuse an image larger than `max_pixels` (from its header, before decoding: a decompression bomb
+    would otherwise allocate gigabytes)."""
+    if max_pixels and width * height > max_pixels:
+        raise UnreadableImage(
+            f"{path} is {width}x{height} pixels ({width * height / 1e6:.1f} megapixels), above the limit of "
+            f"{max_pixels / 1e6:.1f} megapixels (max_pixels, --max-pixels); refused before decoding"
+        )
+
+
+def _open_unchecked(data: bytes):
+    """Image.open without Pillow's global bomb check, which `check_pixel_count` replaces (and which would
+    ignore a limit the user raised)."""
+    import warnings
+
+    from PIL import Image
+
+    previous = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            return Image.open(io.BytesIO(data))
+    finally:
+        Image.MAX_IMAGE_PIXELS = previous
+
+
+def decode_pil_bytes(data: bytes, path: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedImage:
+    """Decode PNG/JPEG/TIFF/... bytes with Pillow into one channel (see the module rules); images above
+    `max_pixels` pixels are refused from their header."""
+    from PIL import UnidentifiedImageError
 
     try:
-        image = Image.open(io.BytesIO(data))
+        image = _open_unchecked(data)
+        check_pixel_count(*image.size, path, max_pixels)
         frames = getattr(image, "n_frames", 1)
         if frames > 1:
             raise UnreadableImage(f"{path} has {frames} frames (an image stack); expected one radiograph")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 
 from meddenoise.config import option
+from meddenoise.data.decode import DEFAULT_MAX_PIXELS
 from meddenoise.errors import ConfigError
 
 SOURCE_CHOICES = ("default", "nih", "folder")
@@ -16,7 +17,7 @@ RESIZE_FILTERS = ("lanczos", "box", "bilinear")
 NORMALIZE_CHOICES = ("type", "minmax")
 PATIENT_FROM_CHOICES = ("auto", "folder", "file")
 # Fields that do not change the prepared images, so changing them never forces a rebuild.
-RUN_ONLY_FIELDS = ("out", "strict", "workers", "quiet", "force", "device")
+RUN_ONLY_FIELDS = ("out", "strict", "workers", "quiet", "force", "device", "allow_empty_split")
 
 
 @dataclasses.dataclass
@@ -58,14 +59,21 @@ class PrepareConfig:
     device: str = option("auto", "device for rendering the default source (auto: cuda if available)")
     workers: int = option(0, "decoding processes (0: all available cores)")
     strict: bool = option(False, "fail when any image cannot be read, instead of skipping it")
+    max_pixels: int = option(
+        DEFAULT_MAX_PIXELS,
+        "skip images with more pixels than this, checked before decoding (Pillow's default limit; 0: none)",
+    )
+    allow_empty_split: bool = option(
+        False, "accept a val or test split left empty (too few images or patients); train never may be"
+    )
     force: bool = option(False, "rebuild even if an up-to-date cache exists")
     quiet: bool = option(False, "no progress bar")
 
     def check(self) -> None:
         if not 16 <= self.size <= 8192:
             raise ConfigError(f"--size must be between 16 and 8192 pixels; got {self.size}")
-        if self.count < 0 or self.workers < 0 or self.nih_folders < 0:
-            raise ConfigError("--count, --workers and --nih-folders cannot be negative")
+        if self.count < 0 or self.workers < 0 or self.nih_folders < 0 or self.max_pixels < 0:
+            raise ConfigError("--count, --workers, --nih-folders and --max-pixels cannot be negative")
         from meddenoise.data.splits import check_fractions
 
         self.fractions = list(check_fractions(self.fractions))

@@ -33,6 +33,7 @@ def build_source(config: Any):
             view_position="" if config.view_position == "any" else config.view_position,
             nih_folders=config.nih_folders,
             csv_path=config.csv,
+            max_pixels=config.max_pixels,
         )
     if config.source == "folder":
         from meddenoise.data.sources.folder import FolderSource
@@ -43,6 +44,7 @@ def build_source(config: Any):
             seed=config.seed,
             patient_from=config.patient_from,
             exclude=[config.out],
+            max_pixels=config.max_pixels,
         )
     if config.source == "default":
         return _build_rendered(config)

@@ -11,7 +11,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from meddenoise.data.decode import DecodedImage, UnreadableImage, check_shape, read_file_bytes
+from meddenoise.data.decode import (
+    DEFAULT_MAX_PIXELS,
+    DecodedImage,
+    UnreadableImage,
+    check_pixel_count,
+    check_shape,
+    read_file_bytes,
+)
 
 DECODER_HINT = (
     "install a pydicom decoder for it (pip install pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg, "
@@ -52,15 +59,18 @@ def read_patient_id(path: str) -> str:
     return str(getattr(dataset, "PatientID", "") or "").strip()
 
 
-def decode_dicom(path: str) -> DecodedImage:
+def decode_dicom(path: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedImage:
     import hashlib
 
     dataset, data = read_dataset(path)
     if "PixelData" not in dataset:
         raise UnreadableImage(f"{path} has no pixel data (a DICOMDIR, report or other non-image object)")
-    frames = int(getattr(dataset, "NumberOfFrames", 1) or 1)
+    frames = _int_tag(dataset, "NumberOfFrames", 1, path)
     if frames > 1:
         raise UnreadableImage(f"{path} has {frames} frames (a multi-frame DICOM); expected one radiograph")
+    # From the header: compressed pixel data can be small on disk and huge once decoded.
+    width, height = _int_tag(dataset, "Columns", 0, path), _int_tag(dataset, "Rows", 0, path)
+    check_pixel_count(width, height, path, max_pixels)
     stored = _stored_pixels(dataset, path)
     bits_stored = int(getattr(dataset, "BitsStored", 8) or 8)
     photometric = str(getattr(dataset, "PhotometricInterpretation", "MONOCHROME2")).upper()
@@ -74,6 +84,13 @@ def decode_dicom(path: str) -> DecodedImage:
     pixels = np.clip(pixels, 0.0, 1.0).astype(np.float32)
     check_shape(pixels, path)
     return DecodedImage(pixels, 16 if bits_stored > 8 else 8, hashlib.sha256(data).hexdigest()[:32])
+
+
+def _int_tag(dataset, keyword: str, default: int, path: str) -> int:
+    try:
+        return int(getattr(dataset, keyword, default) or default)
+    except (TypeError, ValueError):
+        raise UnreadableImage(f"{path} has an invalid {keyword} tag") from None
 
 
 def _stored_pixels(dataset, path: str) -> np.ndarray:

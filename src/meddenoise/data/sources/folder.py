@@ -21,7 +21,13 @@ from collections import Counter
 from pathlib import Path
 
 from meddenoise.data import split_claims
-from meddenoise.data.decode import DecodedImage, decode_pil_bytes, has_dicom_preamble, read_file_bytes
+from meddenoise.data.decode import (
+    DEFAULT_MAX_PIXELS,
+    DecodedImage,
+    decode_pil_bytes,
+    has_dicom_preamble,
+    read_file_bytes,
+)
 from meddenoise.data.prepare_config import PATIENT_FROM_CHOICES
 from meddenoise.data.records import ImageRecord, select_subset
 from meddenoise.data.sources import resolve_root
@@ -38,14 +44,14 @@ def nih_patient_from_name(file_name: str) -> str | None:
     return str(int(match.group(1))) if match else None
 
 
-def decode_file(path: str) -> DecodedImage:
+def decode_file(path: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedImage:
     """Decode one image file by its content: DICOM when it has the DICM marker or a DICOM extension."""
     suffix = Path(path).suffix.lower()
     if suffix in DICOM_EXTENSIONS or (suffix not in PIL_EXTENSIONS and has_dicom_preamble(path)):
         from meddenoise.data.sources.dicom import decode_dicom
 
-        return decode_dicom(path)
-    return decode_pil_bytes(read_file_bytes(path), path)
+        return decode_dicom(path, max_pixels)
+    return decode_pil_bytes(read_file_bytes(path), path, max_pixels)
 
 
 RULE_ORIGINS = {
@@ -59,12 +65,21 @@ RULE_ORIGINS = {
 class FolderSource:
     name = "folder"
 
-    def __init__(self, root: str, count: int = 0, seed: int = 0, patient_from: str = "auto", exclude=()):
+    def __init__(
+        self,
+        root: str,
+        count: int = 0,
+        seed: int = 0,
+        patient_from: str = "auto",
+        exclude=(),
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+    ):
         if patient_from not in PATIENT_FROM_CHOICES:
             raise ConfigError(f"--patient-from must be one of {', '.join(PATIENT_FROM_CHOICES)}")
         self.root = resolve_root(root, self.name)
         self.count, self.seed, self.patient_from = count, seed, patient_from
         self.exclude = {Path(p).expanduser().resolve() for p in exclude if p}
+        self.max_pixels = max_pixels
         self.notes: list[str] = []
 
     def records(self) -> list[ImageRecord]:
@@ -98,7 +113,7 @@ class FolderSource:
         return records
 
     def decode(self, record: ImageRecord) -> DecodedImage:
-        return decode_file(record.path)
+        return decode_file(record.path, self.max_pixels)
 
     def _scan(self) -> tuple[list[Path], list[str]]:
         images: list[Path] = []

@@ -17,7 +17,7 @@ import csv
 from pathlib import Path
 
 from meddenoise.data import split_claims
-from meddenoise.data.decode import DecodedImage, decode_pil_bytes, read_file_bytes
+from meddenoise.data.decode import DEFAULT_MAX_PIXELS, DecodedImage, decode_pil_bytes, read_file_bytes
 from meddenoise.data.records import ImageRecord, select_subset
 from meddenoise.data.sources import resolve_root
 from meddenoise.data.sources.folder import nih_patient_from_name
@@ -44,8 +44,10 @@ class NihSource:
         view_position: str = "",
         nih_folders: int = 0,
         csv_path: str = "",
+        max_pixels: int = DEFAULT_MAX_PIXELS,
     ):
         self.root = resolve_root(root, self.name)
+        self.max_pixels = max_pixels
         self.count, self.seed = count, seed
         self.view_position = view_position.upper()
         self.nih_folders = nih_folders
@@ -91,7 +93,7 @@ class NihSource:
         return [ImageRecord(n, rows[n][0], self.name, str(files[n]), rows[n][0]) for n in chosen]
 
     def decode(self, record: ImageRecord) -> DecodedImage:
-        return decode_pil_bytes(read_file_bytes(record.path), record.path)
+        return decode_pil_bytes(read_file_bytes(record.path), record.path, self.max_pixels)
 
     def _image_folders(self) -> list[Path]:
         kaggle = sorted(p for p in self.root.glob("images_[0-9][0-9][0-9]") if p.is_dir())
