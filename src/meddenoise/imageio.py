@@ -25,7 +25,13 @@ from typing import Any
 
 import numpy as np
 
-from meddenoise.data.decode import UnreadableImage, decode_pil_bytes, has_dicom_preamble, read_file_bytes
+from meddenoise.data.decode import (
+    DEFAULT_MAX_PIXELS,
+    UnreadableImage,
+    decode_pil_bytes,
+    has_dicom_preamble,
+    read_file_bytes,
+)
 from meddenoise.fileio import atomic_write_bytes
 
 RASTER_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"})
@@ -57,16 +63,17 @@ def is_image_candidate(path: Path) -> bool:
     return path.suffix.lower() in RASTER_EXTENSIONS or is_dicom(path)
 
 
-def read_image(path: str | Path) -> LoadedImage:
-    """Decode one file; raises `UnreadableImage` (a DataError) naming it when it cannot be used."""
+def read_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> LoadedImage:
+    """Decode one file; raises `UnreadableImage` (a DataError) naming it when it cannot be used, including
+    when it has more than `max_pixels` pixels (checked before decoding)."""
     path = Path(path)
     if is_dicom(path):
         from meddenoise.data.sources.dicom import decode_dicom, read_dataset
 
-        decoded = decode_dicom(str(path))
+        decoded = decode_dicom(str(path), max_pixels)
         dataset, _ = read_dataset(str(path))
         return LoadedImage(path, decoded.pixels.astype(np.float32), "dicom", dataset)
-    decoded = decode_pil_bytes(read_file_bytes(str(path)), str(path))
+    decoded = decode_pil_bytes(read_file_bytes(str(path)), str(path), max_pixels)
     pixels = decoded.pixels
     if pixels.dtype == np.uint8:
         return LoadedImage(path, pixels.astype(np.float32) / 255.0, "png8")

@@ -91,7 +91,7 @@ def test_folder_in_folder_out_keeps_bit_depth_and_skips_bad_files(checkpoint, in
             "--no-progress",
         ]
     )
-    assert status == 0
+    assert status == 1  # one input (broken.png) failed
     eight = Image.open(out / "eight.png")
     assert eight.mode == "L" and eight.size == (52, 40)
     sixteen = Image.open(out / "sub" / "sixteen.png")
@@ -105,7 +105,7 @@ def test_folder_in_folder_out_keeps_bit_depth_and_skips_bad_files(checkpoint, in
     assert not np.array_equal(written.pixel_array, original.pixel_array)
     summary = json.loads((out / "denoise_summary.json").read_text())
     assert len(summary["written"]) == 3
-    assert [s["file"] for s in summary["skipped"]] == [str(inputs / "broken.png")]
+    assert [s["file"] for s in summary["failed"]] == [str(inputs / "broken.png")]
     assert "broken.png" in capsys.readouterr().out
 
 

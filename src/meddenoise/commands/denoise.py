@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import sys
 from pathlib import Path
 from typing import Any
 
 from meddenoise.config import add_config_arguments, config_from_args, config_to_dict, option
+from meddenoise.data.decode import DEFAULT_MAX_PIXELS
 from meddenoise.errors import ConfigError, DataError, MeddenoiseError
 
 DESCRIPTION = """Denoise obfuscated images with a trained model and write them with the same bit depth.
@@ -16,8 +18,12 @@ DESCRIPTION = """Denoise obfuscated images with a trained model and write them w
 Inputs are files or folders (walked recursively; the folder structure is kept under --out). PNG/JPEG/TIFF come
 out as PNG of the same bit depth (8 or 16); DICOM comes out as DICOM with all tags kept (rescale and window
 included) and a new SOP Instance UID. Images of any size are processed in overlapping tiles, so memory depends
-on --tile, not on the image. Unreadable files are skipped and listed at the end (and in
-denoise_summary.json)."""
+on --tile, not on the image; images above --max-pixels are refused from their header, before decoding.
+
+A file that fails (unreadable, too large, a DICOM that cannot be handled, an output that cannot be written)
+is listed with its reason and the batch goes on; the list is printed at the end and kept in
+denoise_summary.json. Exit status: 0 when every file was denoised, 1 when some failed, 2 when none could be
+(or on a usage error)."""
 
 
 @dataclasses.dataclass
@@ -31,6 +37,10 @@ class DenoiseConfig:
     tile: int = option(512, "tile side in pixels for tiled inference")
     overlap: int = option(64, "overlap between tiles in pixels (blended with a cosine window)")
     batch_tiles: int = option(4, "tiles per forward pass")
+    max_pixels: int = option(
+        DEFAULT_MAX_PIXELS,
+        "refuse images with more pixels than this, before decoding them (Pillow's default limit; 0: none)",
+    )
     progress: bool = option(True, "show a progress bar")
 
     def check(self) -> None:
@@ -38,6 +48,8 @@ class DenoiseConfig:
             raise ConfigError("give at least one input file or folder")
         if self.tile < 8 or not 0 <= self.overlap < self.tile or self.batch_tiles < 1:
             raise ConfigError("--tile must be >= 8, --overlap in [0, tile) and --batch-tiles >= 1")
+        if self.max_pixels < 0:
+            raise ConfigError(f"--max-pixels cannot be negative; got {self.max_pixels}")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -96,15 +108,17 @@ def denoise_files(config: DenoiseConfig) -> dict[str, Any]:
         f"{metadata.get('noise', {}).get('kind', '')} std {metadata.get('noise', {}).get('std')}) "
         f"from {Path(metadata['checkpoint']).name}"
     )
-    written, skipped, notes, targets = [], [], [], set()
+    written, failed, notes, targets = [], [], [], set()
     for path, relative in tqdm(inputs, desc="denoise", unit="image", disable=not config.progress):
+        stage = "read"
         try:
-            image = read_image(path)
+            image = read_image(path, config.max_pixels)
             target = out_dir / relative.parent / output_name(relative, image.kind)
             if target.resolve() == path.resolve():
                 raise DataError(f"{path}: the output would overwrite the input; choose another --out")
             if target in targets:
                 raise DataError(f"{path}: another input already wrote {target} (same name, other extension)")
+            stage = "denoise"
             pixels = torch.from_numpy(image.pixels)[None, None]  # (H, W) -> (1, 1, H, W), stays on the host
             output = denoise_tiled(
                 model,
@@ -114,9 +128,10 @@ def denoise_files(config: DenoiseConfig) -> dict[str, Any]:
                 batch_tiles=config.batch_tiles,
                 device=device,
             )
+            stage = "write"
             result_path, note = write_image(image, output[0, 0].clamp(0, 1).numpy(), target, description)
-        except DataError as exc:  # UnreadableImage is a DataError: skip this file, go on
-            skipped.append({"file": str(path), "reason": str(exc)})
+        except Exception as exc:  # one bad file must not stop the batch: list it and go on
+            failed.append({"file": str(path), "stage": stage, "reason": _reason(exc, path, stage)})
             continue
         targets.add(target)
         written.append({"input": str(path), "output": str(result_path), "bit_depth": image.bit_depth})
@@ -126,11 +141,22 @@ def denoise_files(config: DenoiseConfig) -> dict[str, Any]:
         "config": config_to_dict(config),
         "checkpoint": metadata["checkpoint"],
         "written": written,
-        "skipped": skipped,
+        "failed": failed,
         "notes": notes,
     }
     atomic_write_json(out_dir / "denoise_summary.json", summary)
     return summary
+
+
+def _reason(exc: Exception, path: Path, stage: str) -> str:
+    """One line naming the file: our own errors already do; others get the stage and the exception type."""
+    if isinstance(exc, MeddenoiseError):
+        return str(exc)
+    if isinstance(exc, OSError) and stage == "write":
+        where = f": {exc.filename}" if exc.filename else ""
+        return f"{path}: cannot write the output ({exc.strerror or exc}{where})"
+    first_line = (str(exc).strip().splitlines() or [""])[0][:300]
+    return f"{path}: failed to {stage} ({type(exc).__name__}: {first_line})"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -138,13 +164,19 @@ def run(args: argparse.Namespace) -> int:
     summary = denoise_files(config)
     for note in summary["notes"]:
         print(f"note: {note['file']}: {note['note']}")
-    if summary["skipped"]:
-        print(f"skipped {len(summary['skipped'])} file(s):")
-        for item in summary["skipped"]:
+    failed = summary["failed"]
+    if failed:
+        print(f"failed on {len(failed)} file(s):")
+        for item in failed:
             print(f"  {item['reason']}")
     print(f"wrote {len(summary['written'])} image(s) to {config.out}")
     if not summary["written"]:
-        raise MeddenoiseError(
-            f"no image could be denoised ({len(summary['skipped'])} skipped; reasons above)"
+        raise MeddenoiseError(f"no image could be denoised ({len(failed)} failed; reasons above)")
+    if failed:
+        print(
+            f"{len(failed)} of {len(failed) + len(summary['written'])} file(s) failed (listed above and in "
+            f"{Path(config.out) / 'denoise_summary.json'}); exit status 1",
+            file=sys.stderr,
         )
+        return 1
     return 0
