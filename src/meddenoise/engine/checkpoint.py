@@ -157,13 +157,12 @@ def _kept(run_dir: str | Path) -> str:
 
 
 def load_training_state(path: str | Path, device: torch.device | str = "cpu") -> dict[str, Any]:
+    from meddenoise.safe_load import load_plain
+
     path = Path(path)
     if not path.is_file():
         raise MeddenoiseError(f"no training state to resume at {path}; start without --resume")
-    try:
-        state = torch.load(path, map_location=device, weights_only=True)
-    except Exception as exc:  # torch raises several types for corrupt or foreign files
-        raise MeddenoiseError(f"cannot read training state {path} ({type(exc).__name__}: {exc})") from None
+    state = load_plain(path, "training state", map_location=device)
     if not isinstance(state, dict) or state.get("format_version") != FORMAT_VERSION:
         raise MeddenoiseError(f"{path} is not a meddenoise training state (format {FORMAT_VERSION})")
     return state
@@ -201,15 +200,13 @@ def load_trained_model(
     With `inference` (default) the model is wrapped as its training method prescribes for denoising
     (`inference_model`).
     """
-    from meddenoise.models.spec import ModelSpec
-
     checkpoint = resolve_checkpoint(path)
     tensors, metadata = load_weights(checkpoint)
     if "model" not in metadata:
         raise MeddenoiseError(
             f"{checkpoint} has no meddenoise metadata; was it written by `meddenoise train`?"
         )
-    model = ModelSpec.from_metadata(metadata).build()
+    model = build_checked_model(metadata, tensors, checkpoint)
     load_state_into(model, tensors, checkpoint)
     metadata = {**metadata, "checkpoint": str(checkpoint)}
     if metadata.get("epochs_from") != 1 and isinstance(metadata.get("epoch"), int):
@@ -234,3 +231,48 @@ def inference_model(model: nn.Module, metadata: dict[str, Any]) -> nn.Module:
     noise_op = NoiseSpec.from_dict(metadata.get("noise") or {}).build()
     target = build_target(target_name, noise_op, seed=int(config.get("seed", 0)), **options)
     return target.inference_model(model)
+
+
+def build_checked_model(
+    metadata: dict[str, Any], tensors: dict[str, torch.Tensor], source: str | Path
+) -> nn.Module:
+    """The model the metadata describes, built only after its shapes were checked against the file's tensors.
+
+    The metadata is text anyone can edit: options asking for a huge model would otherwise allocate gigabytes
+    before `load_state_dict` notices. The model is first built on the "meta" device (shapes, no memory), with
+    every integer option capped by what the file holds, and must have exactly the file's tensor names and
+    shapes.
+    """
+    from meddenoise.models.spec import ModelSpec
+
+    refuse = f"{source} was refused before building its model"
+    try:
+        spec = ModelSpec.from_metadata(metadata)
+        name, options = spec.name, spec.build_options()
+    except (MeddenoiseError, KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise MeddenoiseError(f"{refuse}: its metadata does not describe a model ({exc})") from None
+    cap = max([64, len(tensors), *(max(t.shape, default=1) for t in tensors.values())])
+    for key, value in options.items():
+        if isinstance(value, int) and not isinstance(value, bool) and abs(value) > cap:
+            raise MeddenoiseError(
+                f"{refuse}: model option {key}={value} is larger than anything its {len(tensors)} tensors "
+                f"hold (at most {cap}); the metadata does not describe these weights"
+            )
+    try:
+        with torch.device("meta"):
+            skeleton = spec.build()
+    except (MeddenoiseError, RuntimeError, ValueError, TypeError, OverflowError) as exc:
+        raise MeddenoiseError(f"{refuse}: its metadata does not describe a valid model ({exc})") from None
+    expected = {key: tuple(value.shape) for key, value in skeleton.state_dict().items()}
+    found = {key: tuple(value.shape) for key, value in strip_wrapper_prefixes(tensors).items()}
+    if expected != found:
+        differences = [
+            f"{key}: model {expected.get(key, 'absent')}, file {found.get(key, 'absent')}"
+            for key in sorted(set(expected) | set(found))
+            if expected.get(key) != found.get(key)
+        ]
+        raise MeddenoiseError(
+            f"{refuse}: its metadata ({name} {options}) does not match its tensors "
+            f"({len(differences)} difference(s), e.g. {'; '.join(differences[:3])})"
+        )
+    return spec.build()

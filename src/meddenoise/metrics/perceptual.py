@@ -105,10 +105,13 @@ lpips_available = lpips_status
 
 
 def _load_state(path: Path, what: str) -> dict[str, torch.Tensor]:
+    from meddenoise.errors import MeddenoiseError
+    from meddenoise.safe_load import load_plain
+
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # a corrupt or foreign file: any unpickling error says the same to the user
-        raise MetricUnavailable(f"LPIPS unavailable: cannot read {what} {path}: {exc}") from None
+        state = load_plain(path, what)
+    except MeddenoiseError as exc:  # a corrupt or foreign file
+        raise MetricUnavailable(f"LPIPS unavailable: {exc}") from None
     if not isinstance(state, dict):
         raise MetricUnavailable(f"LPIPS unavailable: {what} {path} is not a state dict")
     return state
