@@ -58,10 +58,8 @@ class LocalSite:
 
     def __init__(self, site: Site, recipe: dict[str, Any]) -> None:
         from meddenoise.data.cache import load_prepared
-        from meddenoise.engine.identity import model_options
         from meddenoise.engine.losses import build_loss
         from meddenoise.engine.runtime import build_runtime, set_cpu_threads_from_env
-        from meddenoise.models import build_model
 
         set_cpu_threads_from_env()
         self.site, self.recipe = site, recipe
@@ -77,7 +75,7 @@ class LocalSite:
             self.rows[split] = rows[:limit] if limit else rows
         self.noise = config.noise.build()
         self.loss_fn = build_loss(config.loss)
-        self.model = self.runtime.place(build_model(config.model, **model_options(config)))
+        self.model = self.runtime.place(config.model_spec().build())
         self._batches: dict[str, DeviceBatches] = {}
 
     # -- data -----------------------------------------------------------------------------------------------

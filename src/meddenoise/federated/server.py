@@ -24,7 +24,7 @@ import torch
 
 from meddenoise.config import config_to_dict, save_config
 from meddenoise.engine import checkpoint as ckpt
-from meddenoise.engine.run_files import RunLog, csv_text, write_metrics
+from meddenoise.engine.run_files import RunLog, csv_text
 from meddenoise.errors import MeddenoiseError
 from meddenoise.federated.client import (
     ARRAYS_RECORD,
@@ -37,6 +37,7 @@ from meddenoise.federated.config import LOCAL_TRAIN_FIELDS, FederatedConfig, loc
 from meddenoise.federated.sites import Site
 from meddenoise.federated.strategies import build_strategy, restore_strategy_state, strategy_state
 from meddenoise.fileio import atomic_write_json, atomic_write_text, ensure_writable_dir
+from meddenoise.rundir import RunDir
 
 # Settings that may change when a run is resumed (the rest must match the original run).
 RESUMABLE_FIELDS = ("rounds", "resume", "quiet", "evaluate_test", "sim_cpus", "sim_memory_mb", "device")
@@ -74,10 +75,11 @@ class FederatedServer:
         self.sites = sites  # known in simulation; in deployment the sites describe themselves
         self.sequential_sites = sequential_sites
         self.out = Path(config.out)
+        self.run_dir = RunDir(self.out)
         self.paths = ckpt.checkpoint_paths(self.out)
         self._check_fresh_or_resumable()
         ensure_writable_dir(self.out, what="run folder (--out)")
-        self.log = RunLog(self.out / "train.log", True)
+        self.log = RunLog(self.run_dir.log_file, True)
         data = config.data or (config.site_data[0] if config.site_data else "")
         self.train_config = local_train_config(config, data=data, out=str(self.out))
         self.recipe_json = json.dumps(self._recipe(), sort_keys=True)
@@ -174,25 +176,23 @@ class FederatedServer:
 
     # -- weights and checkpoints ---------------------------------------------------------------------------
     def initial_weights(self) -> dict[str, torch.Tensor]:
-        from meddenoise.engine.identity import model_options
-        from meddenoise.models import build_model
-
         torch.manual_seed(self.config.seed)  # the same initial weights as `meddenoise train --seed`
-        model = build_model(self.train_config.model, **model_options(self.train_config))
+        model = self.train_config.model_spec().build()
         return ckpt.plain_state_dict(model)
 
     def _metadata(self, kind: str, server_round: int, val_loss: float | None) -> dict[str, Any]:
-        from meddenoise.engine.identity import model_options
-
+        spec = self.train_config.model_spec()
         return {
             "format_version": ckpt.FORMAT_VERSION,
             "kind": kind,
             "model": self.train_config.model,
-            "model_options": model_options(self.train_config),
+            "model_spec": spec.to_dict(),
+            "model_options": spec.build_options(),
+            "epochs_from": 1,
             "noise": self.train_config.noise.to_dict(),
             "target": self.train_config.target,
             "weights": "raw",
-            "epoch": server_round - 1,
+            "epoch": server_round,  # a round stands for an epoch in evaluate and the report (from 1)
             "round": server_round,
             "global_step": server_round,
             "val_loss": val_loss,
@@ -202,9 +202,9 @@ class FederatedServer:
         }
 
     def _weights_payload(self, state: dict[str, torch.Tensor], metadata: dict[str, Any]) -> bytes:
-        from meddenoise.models import build_model
+        from meddenoise.models.spec import ModelSpec
 
-        model = build_model(metadata["model"], **metadata["model_options"])
+        model = ModelSpec.from_metadata(metadata).build()
         ckpt.load_state_into(model, state, "the aggregated global model")
         return ckpt.weights_payload(model, metadata)
 
@@ -230,7 +230,7 @@ class FederatedServer:
         }
         files.append((self.paths["last_state"], ckpt.training_state_payload(server_state)))
         ckpt.write_checkpoint_files(self.out, files)
-        write_metrics(self.out / "metrics.jsonl", self.history)
+        self.run_dir.write_metrics(self.history)
 
     def restore(self, strategy: Any) -> dict[str, torch.Tensor]:
         source = self.paths["last_state"]
@@ -253,7 +253,7 @@ class FederatedServer:
         from flwr.app import ArrayRecord, ConfigRecord
 
         config = self.config
-        save_config(config, self.out / "config.json")
+        save_config(config, self.run_dir.config_file)
         described = self.describe_sites(grid)
         self._write_sites(described)
         train_nodes = sorted(
@@ -345,7 +345,7 @@ class FederatedServer:
         images = sum(s["train_images"] for s in trained)
         return {
             "round": server_round,
-            "epoch": server_round - 1,
+            "epoch": server_round,
             "sites": sorted(s for s, v in per_site.items() if "train_loss" in v),
             "train_loss": sum(s["train_loss"] * s["train_images"] for s in trained) / max(1, images),
             "train_images": images,
@@ -416,7 +416,7 @@ class FederatedServer:
         table = sorted(described.values(), key=lambda d: d["name"])
         atomic_write_json(self.out / "sites.json", {"sites": table})
         if self.sites is not None:
-            atomic_write_text(self.out / "split.csv", _split_table(self.sites))
+            atomic_write_text(self.run_dir.split_file, _split_table(self.sites))
 
     def _write_summary(self, noisy: dict[str, float], test: dict[str, Any] | None) -> None:
         best = next((r for r in self.history if r["round"] == self.best_round), {})
@@ -446,7 +446,7 @@ class FederatedServer:
             "megabytes_sent": sum(r["bytes_sent"] for r in self.history) / 1e6,
             "megabytes_received": sum(r["bytes_received"] for r in self.history) / 1e6,
         }
-        atomic_write_text(self.out / "summary.csv", csv_text([row]))
+        atomic_write_text(self.run_dir.summary_file, csv_text([row]))
 
 
 def _weighted(rows: list[dict[str, Any]], weight: str, names: tuple[str, ...]) -> dict[str, float]:
@@ -463,8 +463,8 @@ def _weighted(rows: list[dict[str, Any]], weight: str, names: tuple[str, ...]) -
 def _split_table(sites: list[Site]) -> str:
     """split.csv of the run: every image a site holds, with the site and the split it plays there."""
     from meddenoise.data.cache import load_prepared
-    from meddenoise.engine.run_files import SPLIT_COLUMNS
     from meddenoise.federated.sites import site_rows
+    from meddenoise.rundir import SPLIT_COLUMNS
 
     rows = []
     for site in sites:
