@@ -11,8 +11,10 @@ from __future__ import annotations
 import contextlib
 import datetime
 import os
+import secrets
 import subprocess
 import sys
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -78,23 +80,66 @@ def init_process_group(
         raise MeddenoiseError(
             "this torch build has no NCCL; DDP on GPUs needs it (or use --device cpu for gloo)"
         )
-    kwargs = {"device_id": device} if device.type == "cuda" else {}
+    kwargs: dict = {"device_id": device} if device.type == "cuda" else {}
+    timeout = datetime.timedelta(seconds=_timeout_seconds)
     try:
+        if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
+            kwargs["store"] = _round_store(place, timeout)
+        else:
+            kwargs["init_method"] = "env://"
         dist.init_process_group(
-            backend=backend,
-            init_method="env://",
-            rank=place.rank,
-            world_size=place.world_size,
-            timeout=datetime.timedelta(seconds=_timeout_seconds),
-            **kwargs,
+            backend=backend, rank=place.rank, world_size=place.world_size, timeout=timeout, **kwargs
         )
-    except (RuntimeError, ValueError, TimeoutError) as exc:
+    except (RuntimeError, ValueError, TimeoutError, dist.DistError) as exc:
         address = f"{os.environ.get('MASTER_ADDR')}:{os.environ.get('MASTER_PORT')}"
         raise MeddenoiseError(
             f"could not join the process group at {address} as rank {place.rank}/{place.world_size} within "
             f"{_timeout_seconds:g} s (--dist-timeout) ({_first_line(exc)}); check that every node uses the "
             "same --rdzv-endpoint and --nnodes, that the port is reachable and the other processes started"
         ) from None
+
+
+def _round_store(place: ProcessPlace, timeout: datetime.timedelta) -> dist.Store:
+    """A key space of torchrun's shared store that belongs to this round of workers alone.
+
+    torchrun's c10d rendezvous lets the workers use the agent's TCPStore (MASTER_ADDR:MASTER_PORT), which
+    lives as long as the agents: after a restart it still holds the previous round's keys, e.g. the
+    addresses of dead gloo pairs, and torch separates rounds by TORCHELASTIC_RESTART_COUNT, which each node
+    counts for itself (a node restarted because another one failed does not count). Restarted workers then
+    read stale addresses ("Gloo connectFullMesh failed") or wait for keys written under another count.
+
+    Here rank 0 draws a fresh session id and hands it to every other rank through a handshake that stale
+    keys cannot satisfy: a rank posts a fresh nonce and waits for an answer under a key containing it; it
+    then confirms under a key containing the session. The group is built in the session's prefix.
+    """
+    host, port = os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])
+    store = dist.TCPStore(host, port, place.world_size, is_master=False, timeout=timeout)
+    base = dist.PrefixStore(f"meddenoise/{os.environ.get('TORCHELASTIC_RUN_ID', 'run')}", store)
+    deadline = time.monotonic() + timeout.total_seconds()
+    if place.rank == 0:
+        session = secrets.token_hex(8)
+        answered: dict[int, str] = {}
+        waiting = set(range(1, place.world_size))
+        while waiting:
+            for rank in sorted(waiting):
+                if base.check([f"ready/{session}/{rank}"]):
+                    waiting.discard(rank)
+                elif base.check([f"hello/{rank}"]):
+                    nonce = base.get(f"hello/{rank}").decode()
+                    if answered.get(rank) != nonce:  # a stale nonce gets an answer nobody reads
+                        base.set(f"answer/{rank}/{nonce}", session)
+                        answered[rank] = nonce
+            if waiting and time.monotonic() > deadline:
+                raise TimeoutError(f"rank(s) {sorted(waiting)} did not join this round")
+            if waiting:
+                time.sleep(0.02)
+    else:
+        nonce = secrets.token_hex(8)
+        base.set(f"hello/{place.rank}", nonce)
+        base.wait([f"answer/{place.rank}/{nonce}"], timeout)
+        session = base.get(f"answer/{place.rank}/{nonce}").decode()
+        base.set(f"ready/{session}/{place.rank}", "1")
+    return dist.PrefixStore(f"meddenoise/session/{session}", store)
 
 
 def is_initialized() -> bool:
