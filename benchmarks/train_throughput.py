@@ -1,10 +1,10 @@
-"""Benchmark 1: training throughput (images/s) and model FLOP utilisation, the seed code's pipeline vs ours.
+"""Benchmark 1: training throughput (images/s) and model FLOP utilisation, the paper's pipeline vs ours.
 
 Same model, batch, optimizer (Adam), loss (L1) and device for every configuration:
 
   reference_fp32  float32 noisy/clean dataset in host memory, DataLoader (workers, pinned memory), a
-                  host-to-device copy and `loss.item()` every step, fp32 (the seed code's single-GPU mode)
-  reference_amp   the same under fp16 autocast + GradScaler (the seed code's AMP mode)
+                  host-to-device copy and `loss.item()` every step, fp32 (the paper's code's single-GPU mode)
+  reference_amp   the same under fp16 autocast + GradScaler (the paper's code's AMP mode)
   ours_bf16_cl    uint8 images resident on the device, batches gathered by index, noise made on the device,
                   bf16 autocast, channels_last (CUDA only), no per-step host synchronisation
   ours_compile    ours_bf16_cl + torch.compile
@@ -46,11 +46,11 @@ CONFIGS = {
     "reference_amp": {"pipeline": "reference", "amp": "fp16", "channels_last": False, "compile": False},
     "ours_bf16_cl": {"pipeline": "fast", "amp": "bf16", "channels_last": True, "compile": False},
     "ours_compile": {"pipeline": "fast", "amp": "bf16", "channels_last": True, "compile": True},
-    # Not one of the issue's four: the fast path in fp32, the like-for-like comparison on CPUs without bf16.
+    # Not one of the four targets: the fast path in fp32, the like-for-like comparison on CPUs without bf16.
     "ours_fp32": {"pipeline": "fast", "amp": "off", "channels_last": True, "compile": False},
 }
 DEFAULT_CONFIGS = ["reference_fp32", "reference_amp", "ours_bf16_cl", "ours_compile"]
-TARGETS_IMAGES_PER_S = {"unet": 1400, "unetpp": 450}  # one H100 at 256 x 256 (issue 6)
+TARGETS_IMAGES_PER_S = {"unet": 1400, "unetpp": 450}  # one H100 at 256 x 256 (the target)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -104,7 +104,7 @@ def time_configuration(
         nonlocal loss_sum
         if settings["pipeline"] == "reference":
             target_batch = TargetBatch([batch.noisy], batch.clean, batch.image_keys)
-            loss_sum += step(target_batch, 1.0, 1e-3).item()  # the seed code's per-step read
+            loss_sum += step(target_batch, 1.0, 1e-3).item()  # the paper's code's per-step read
         else:
             target_batch = make_target_batch(
                 target,

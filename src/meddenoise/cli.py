@@ -44,10 +44,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def command_parser(parser: argparse.ArgumentParser, command: str) -> argparse.ArgumentParser:
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction) and command in action.choices:
-            return action.choices[command]
+def command_parser(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.ArgumentParser:
+    """The (sub)parser of the command that `args` selected, e.g. the parser of `data info`."""
+    descended = True
+    while descended:
+        descended = False
+        for action in parser._actions:
+            if not isinstance(action, argparse._SubParsersAction):
+                continue
+            chosen = getattr(args, action.dest, None)
+            if chosen in action.choices:
+                parser, descended = action.choices[chosen], True
+                break
     return parser
 
 
@@ -69,7 +77,10 @@ def flag_of(parser: argparse.ArgumentParser, parameter: str | None) -> str | Non
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        # argparse would report these with the top-level usage; the command's own usage is the helpful one.
+        command_parser(parser, args).error(f"unrecognized arguments: {' '.join(unknown)}")
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
@@ -77,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         result = args.func(args)
     except MeddenoiseError as exc:
         message = str(exc)
-        flag = flag_of(command_parser(parser, args.command), getattr(exc, "parameter", None))
+        flag = flag_of(command_parser(parser, args), getattr(exc, "parameter", None))
         if flag and flag not in message:
             message += f" ({flag})"
         print(f"meddenoise {args.command}: error: {message}", file=sys.stderr)

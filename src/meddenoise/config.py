@@ -376,3 +376,20 @@ def format_config(config: Any) -> str:
         else:
             lines.append(f"  {key} = {value!r}")
     return "\n".join(lines)
+
+
+# -- options every command spells the same way (a test compares them across all parsers) -------------------
+def quiet_option(default: bool = False) -> Any:
+    return option(default, "no progress bars or library chatter (for logs)")
+
+
+def print_config_option() -> Any:
+    return option(False, "print the effective configuration first (it is always saved with the outputs)")
+
+
+def seed_option(default: int = 0) -> Any:
+    return option(default, "seed of the command's random choices (the noise has its own: --noise-seed)")
+
+
+def run_option(help: str = "run folder written by `meddenoise train` (or a .safetensors checkpoint)") -> Any:
+    return option("", help, required=True)

@@ -99,7 +99,7 @@ PRESETS: dict[str, Preset] = {
         multi_device_noise_stds=(0.1,),
         cpu_ddp=True,
         baseline_limits={"bm3d": 32},
-        # Every clean-free target at every level, with the supervised U-Net's settings (issue 7).
+        # Every clean-free target at every level, with the supervised U-Net's settings.
         privacy_queries=100,
     ),
     "paper": Preset(

@@ -54,8 +54,8 @@ def test_denoise_lists_every_failing_file_and_finishes_the_batch(checkpoint, tmp
     image_files.png(inputs / "d_good.png", rng.integers(0, 256, (40, 40), dtype=np.uint8))
     image_files.png(inputs / "e_unwritable.png", rng.integers(0, 256, (40, 40), dtype=np.uint8))
     (out / "e_unwritable.png").mkdir(parents=True)  # a folder where the output file should go
-    argv = ["denoise", str(inputs), "--checkpoint", str(checkpoint), "--out", str(out), "--tile", "32"]
-    status = main([*argv, "--overlap", "8", "--device", "cpu", "--no-progress"])
+    argv = ["denoise", str(inputs), "--run", str(checkpoint), "--out", str(out), "--tile", "32"]
+    status = main([*argv, "--overlap", "8", "--device", "cpu", "--quiet"])
     printed = capsys.readouterr()
     assert status == 1, printed.err
     summary = json.loads((out / "denoise_summary.json").read_text())

@@ -78,7 +78,7 @@ def test_folder_in_folder_out_keeps_bit_depth_and_skips_bad_files(checkpoint, in
         [
             "denoise",
             str(inputs),
-            "--checkpoint",
+            "--run",
             str(checkpoint),
             "--out",
             str(out),
@@ -88,7 +88,7 @@ def test_folder_in_folder_out_keeps_bit_depth_and_skips_bad_files(checkpoint, in
             "8",
             "--device",
             "cpu",
-            "--no-progress",
+            "--quiet",
         ]
     )
     assert status == 1  # one input (broken.png) failed
@@ -129,13 +129,13 @@ def test_only_unreadable_inputs_is_a_clean_error(checkpoint, tmp_path, capsys):
         [
             "denoise",
             str(bad),
-            "--checkpoint",
+            "--run",
             str(checkpoint),
             "--out",
             str(tmp_path / "o"),
             "--device",
             "cpu",
-            "--no-progress",
+            "--quiet",
         ]
     )
     assert status == 2
@@ -144,7 +144,7 @@ def test_only_unreadable_inputs_is_a_clean_error(checkpoint, tmp_path, capsys):
 
 def test_missing_input_is_a_clean_error(checkpoint, tmp_path, capsys):
     status = main(
-        ["denoise", str(tmp_path / "nothing"), "--checkpoint", str(checkpoint), "--out", str(tmp_path / "o")]
+        ["denoise", str(tmp_path / "nothing"), "--run", str(checkpoint), "--out", str(tmp_path / "o")]
     )
     assert status == 2
     assert "does not exist" in capsys.readouterr().err

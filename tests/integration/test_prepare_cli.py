@@ -100,7 +100,8 @@ def test_unwritable_out_and_not_prepared_folder(tmp_path, tiny_folder):
                       "--quiet", cwd=tmp_path)  # fmt: skip
     assert done.returncode == 2 and "cannot create output folder" in done.stderr
     info = meddenoise("data", "info", str(tiny_folder), cwd=tmp_path)
-    assert info.returncode == 2 and "not a complete prepared folder" in info.stderr
+    assert info.returncode == 2 and "holds image files, not a prepared folder" in info.stderr
+    assert f"meddenoise prepare --source folder --root {tiny_folder} --out NEW_FOLDER" in info.stderr
 
 
 def test_help_explains_every_option(tmp_path):

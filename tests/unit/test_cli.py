@@ -91,3 +91,74 @@ def test_user_errors_and_interrupts_become_messages_and_exit_codes(
 def test_no_command_prints_the_overview(capsys):
     assert cli.main([]) == 2
     assert "COMMAND" in capsys.readouterr().out
+
+
+def _command_parsers():
+    """Every leaf command's parser, by its name as typed (`data info`), walked from the real CLI."""
+    found = {}
+
+    def walk(parser, prefix):
+        subparsers = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        if not subparsers:
+            found[prefix.strip()] = parser
+        for action in subparsers:
+            for name, child in action.choices.items():
+                walk(child, f"{prefix} {name}")
+
+    walk(cli.build_parser(), "")
+    return found
+
+
+def _option(parser, flag):
+    for action in parser._actions:
+        if flag in action.option_strings:
+            return (tuple(action.option_strings), action.help, repr(action.default), action.nargs)
+    return None
+
+
+def test_every_command_shares_one_vocabulary():
+    parsers = _command_parsers()
+    assert len(parsers) >= 10, sorted(parsers)
+    for flag in ("--quiet", "--print-config"):
+        spellings = {name: _option(parser, flag) for name, parser in parsers.items()}
+        assert None not in spellings.values(), {k for k, v in spellings.items() if v is None}
+        assert len(set(spellings.values())) == 1, spellings
+    seeds = {name: _option(p, "--seed") for name, p in parsers.items() if _option(p, "--seed")}
+    assert {"prepare", "train", "privacy-audit"} <= set(seeds) and len(set(seeds.values())) == 1, seeds
+    for name, parser in parsers.items():
+        flags = {flag for action in parser._actions for flag in action.option_strings}
+        # one name for a trained run, one set of noise flags
+        assert not flags & {"--checkpoint", "--run-dir", "--noise", "--clamp", "--no-clamp"}, (name, flags)
+    for name in ("evaluate", "denoise", "privacy-audit"):
+        assert _option(parsers[name], "--run") is not None, name
+    groups = {
+        name: [(a.option_strings, a.help, a.default, a.choices) for a in group._group_actions]
+        for name, parser in parsers.items()
+        for group in parser._action_groups
+        if group.title == "noise options"
+    }
+    assert set(groups) >= {"train", "obfuscate", "privacy-audit", "data info"}
+    assert len({repr(group) for group in groups.values()}) == 1
+
+
+def test_unknown_options_are_reported_with_the_commands_own_usage(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["obfuscate", "--data", "d", "--no-such-flag"])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err
+    assert (
+        error.startswith("usage: meddenoise obfuscate") and "unrecognized arguments: --no-such-flag" in error
+    )
+    with pytest.raises(SystemExit):
+        cli.main(["data", "info", "d", "--no-such-flag"])
+    assert capsys.readouterr().err.startswith("usage: meddenoise data info")
+
+
+def test_train_on_a_folder_of_images_suggests_preparing_it_into_a_new_folder(tmp_path, capsys):
+    raw = tmp_path / "scans"
+    raw.mkdir()
+    (raw / "a.png").write_bytes(b"not really a png")
+    assert cli.main(["train", "--data", str(raw), "--out", str(tmp_path / "run")]) == 2
+    error = capsys.readouterr().err
+    assert f"meddenoise prepare --source folder --root {raw} --out NEW_FOLDER" in error
+    assert f"--out {raw}`" not in error

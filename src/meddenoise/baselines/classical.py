@@ -13,7 +13,7 @@ Names (`BASELINES`):
 
 The obfuscation noise has a known, non-zero mean (0.1 by default): these filters assume zero-mean noise, so by
 default (`subtract_mean=True`) the known mean is subtracted first and the result is clipped to [0, 1] before
-filtering (as the issue asks for BM3D; applied to all three filters so that they are compared alike). Outputs
+filtering (the usual practice for BM3D; applied to all three filters so that they are compared alike). Outputs
 are clipped to [0, 1]. The filters run in float64 numpy on the CPU; results come back on the input's device
 and dtype.
 """

@@ -7,7 +7,15 @@ import dataclasses
 from pathlib import Path
 from typing import ClassVar
 
-from meddenoise.config import add_config_arguments, config_from_args, given_options, option
+from meddenoise.config import (
+    add_config_arguments,
+    config_from_args,
+    format_config,
+    given_options,
+    option,
+    print_config_option,
+    quiet_option,
+)
 from meddenoise.errors import ConfigError, DataError
 from meddenoise.noise.spec import PAPER_STDS, NoiseSpec
 
@@ -27,6 +35,8 @@ class DataInfoConfig:
         [], "noise standard deviations, one column each (default: --noise-std if given, else 0.1 0.2 0.3)"
     )
     sheet: bool = option(True, "write the contact sheet")
+    quiet: bool = quiet_option()
+    print_config: bool = print_config_option()
 
     def check(self) -> None:
         if self.samples < 1:
@@ -56,6 +66,8 @@ def run_info(args: argparse.Namespace) -> int:
     if not config.levels:
         given = "noise.std" in given_options(DataInfoConfig, args)
         config = dataclasses.replace(config, levels=[config.noise.std] if given else list(PAPER_STDS))
+    if config.print_config:
+        print(format_config(config))
     data = load_prepared(config.folder)
     print(describe(data))
     if config.sheet:

@@ -7,9 +7,19 @@ import argparse
 import dataclasses
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-from meddenoise.config import add_config_arguments, config_from_args, config_to_dict, option
+from meddenoise.config import (
+    add_config_arguments,
+    config_from_args,
+    config_to_dict,
+    format_config,
+    option,
+    print_config_option,
+    quiet_option,
+    run_option,
+    save_config,
+)
 from meddenoise.data.decode import DEFAULT_MAX_PIXELS
 from meddenoise.errors import ConfigError, DataError, MeddenoiseError
 
@@ -28,8 +38,10 @@ denoise_summary.json. Exit status: 0 when every file was denoised, 1 when some f
 
 @dataclasses.dataclass
 class DenoiseConfig:
-    checkpoint: str = option(
-        "", "run folder (uses its best checkpoint) or a .safetensors file", required=True
+    LEGACY_KEYS: ClassVar[dict[str, str]] = {"checkpoint": "run"}
+
+    run: str = run_option(
+        "run folder written by `meddenoise train` (its best checkpoint) or a .safetensors file"
     )
     out: str = option("", "output folder", required=True)
     inputs: list[str] = option([], "image files and/or folders", cli=False)
@@ -41,7 +53,8 @@ class DenoiseConfig:
         DEFAULT_MAX_PIXELS,
         "refuse images with more pixels than this, before decoding them (Pillow's default limit; 0: none)",
     )
-    progress: bool = option(True, "show a progress bar")
+    quiet: bool = quiet_option()
+    print_config: bool = print_config_option()
 
     def check(self) -> None:
         if not self.inputs:
@@ -91,8 +104,8 @@ def collect_inputs(inputs: list[str]) -> list[tuple[Path, Path]]:
 def denoise_files(config: DenoiseConfig) -> dict[str, Any]:
     """Denoise every input; returns the summary (also written to OUT/denoise_summary.json)."""
     import torch
-    from tqdm import tqdm
 
+    from meddenoise.console import progress
     from meddenoise.engine.checkpoint import load_trained_model
     from meddenoise.engine.runtime import resolve_device
     from meddenoise.fileio import atomic_write_json, ensure_writable_dir
@@ -102,14 +115,14 @@ def denoise_files(config: DenoiseConfig) -> dict[str, Any]:
     inputs = collect_inputs(config.inputs)
     out_dir = ensure_writable_dir(config.out, what="output folder (--out)")
     device = resolve_device(config.device)
-    model, metadata = load_trained_model(config.checkpoint, device)
+    model, metadata = load_trained_model(config.run, device)
     description = (
         f"denoised by meddenoise ({metadata.get('model')}, trained with noise "
         f"{metadata.get('noise', {}).get('kind', '')} std {metadata.get('noise', {}).get('std')}) "
         f"from {Path(metadata['checkpoint']).name}"
     )
     written, failed, notes, targets = [], [], [], set()
-    for path, relative in tqdm(inputs, desc="denoise", unit="image", disable=not config.progress):
+    for path, relative in progress(inputs, quiet=config.quiet, desc="denoise", unit="image"):
         stage = "read"
         try:
             image = read_image(path, config.max_pixels)
@@ -145,6 +158,7 @@ def denoise_files(config: DenoiseConfig) -> dict[str, Any]:
         "notes": notes,
     }
     atomic_write_json(out_dir / "denoise_summary.json", summary)
+    save_config(config, out_dir / "config.json")
     return summary
 
 
@@ -161,6 +175,8 @@ def _reason(exc: Exception, path: Path, stage: str) -> str:
 
 def run(args: argparse.Namespace) -> int:
     config = config_from_args(DenoiseConfig, args)
+    if config.print_config:
+        print(format_config(config), flush=True)
     summary = denoise_files(config)
     for note in summary["notes"]:
         print(f"note: {note['file']}: {note['note']}")

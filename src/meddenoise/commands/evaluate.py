@@ -4,8 +4,18 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+from typing import ClassVar
 
-from meddenoise.config import add_config_arguments, config_from_args, format_config, option, save_config
+from meddenoise.config import (
+    add_config_arguments,
+    config_from_args,
+    format_config,
+    option,
+    print_config_option,
+    quiet_option,
+    run_option,
+    save_config,
+)
 
 DESCRIPTION = """Evaluate the best checkpoint of a run on a split of its own prepared folder (or of
 another one with
@@ -19,9 +29,9 @@ quality and speed."""
 
 @dataclasses.dataclass
 class EvaluateConfig:
-    run_dir: str = option(
-        "", "run folder (or a .safetensors checkpoint inside one)", required=True, cli=False
-    )
+    LEGACY_KEYS: ClassVar[dict[str, str]] = {"run_dir": "run"}
+
+    run: str = run_option()
     data: str = option("", "prepared folder to evaluate on (default: the run's own)")
     split: str = option("test", "split to evaluate", choices=("train", "val", "test", "all"))
     device: str = option("auto", "device: auto (CUDA if present), cpu, cuda or cuda:N")
@@ -31,6 +41,8 @@ class EvaluateConfig:
     heads: bool = option(True, "U-Net++: also evaluate each pruned head")
     lpips_weights: str = option("", "AlexNet LPIPS weights file (default: look in the torch hub cache)")
     limit: int = option(0, "evaluate only N images of the split, the same N for every run (0: all)")
+    quiet: bool = quiet_option()
+    print_config: bool = print_config_option()
 
 
 def format_summary(summary: dict, missing_reason: str = "") -> str:
@@ -56,19 +68,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("run_dir", metavar="RUN_DIR", help="run folder written by `meddenoise train`")
+    parser.add_argument(
+        "run", nargs="?", default=argparse.SUPPRESS, metavar="RUN_DIR", help="the same as --run RUN_DIR"
+    )
     add_config_arguments(parser, EvaluateConfig)
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     config = config_from_args(EvaluateConfig, args)
-    print(format_config(config))
+    if config.print_config:
+        print(format_config(config))
     from meddenoise.evaluation import files
     from meddenoise.evaluation.runs import evaluate_run
 
     folder = evaluate_run(
-        config.run_dir,
+        config.run,
         data_dir=config.data or None,
         split=config.split,
         device=config.device,
@@ -78,6 +93,7 @@ def run(args: argparse.Namespace) -> int:
         heads=config.heads,
         lpips_weights=config.lpips_weights or None,
         limit=config.limit,
+        quiet=config.quiet,
     )
     save_config(config, folder / "config.json")
     info = files.read_info(folder)

@@ -41,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     if not (config.data or config.site_data):
         raise ConfigError("give --site-data A B ... (one prepared folder per site) or --data DIR --sites K")
     require_flower()
-    if not config.quiet:
+    if config.print_config:
         print(format_config(config), flush=True)
     out = run_federated(config)
     print(f"federated run finished: {out}", flush=True)

@@ -6,7 +6,15 @@ import argparse
 from dataclasses import dataclass
 from typing import Any
 
-from meddenoise.config import add_config_arguments, config_from_args, config_to_dict, option
+from meddenoise.config import (
+    add_config_arguments,
+    config_from_args,
+    config_to_dict,
+    format_config,
+    option,
+    print_config_option,
+    quiet_option,
+)
 from meddenoise.errors import ConfigError
 
 
@@ -15,6 +23,8 @@ class ModelsConfig:
     size: int = option(256, "side of the square image the FLOPs are counted for, in pixels")
     base_channels: int = option(64, "channels of the first level (U-Nets double them per level; DnCNN width)")
     out: str = option("", "also write the table as JSON to this file")
+    quiet: bool = quiet_option()
+    print_config: bool = print_config_option()
 
     def check(self) -> None:
         if self.size < 8:
@@ -76,6 +86,8 @@ def run(args: argparse.Namespace) -> int:
     from meddenoise.fileio import atomic_write_json
 
     config = config_from_args(ModelsConfig, args)
+    if config.print_config:
+        print(format_config(config))
     rows = summary_rows(config)
     print(format_table(rows, config))
     if config.out:

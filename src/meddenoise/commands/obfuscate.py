@@ -27,6 +27,8 @@ from meddenoise.config import (
     format_config,
     given_options,
     option,
+    print_config_option,
+    quiet_option,
 )
 from meddenoise.errors import ConfigError, DataError
 from meddenoise.fileio import atomic_write_bytes, atomic_write_json, atomic_write_text, ensure_writable_dir
@@ -72,6 +74,8 @@ class ObfuscateConfig:
     )
     batch_size: int = option(64, "images obfuscated per batch")
     device: str = option("auto", "where the noise is made: auto, cpu, cuda or cuda:N (same result on each)")
+    quiet: bool = quiet_option()
+    print_config: bool = print_config_option()
 
     def check(self) -> None:
         if self.batch_size < 1:
@@ -143,7 +147,8 @@ def _export(config: ObfuscateConfig, chosen_seed: bool) -> int:
     ensure_writable_dir(private_map.parent, what="folder of --private-map")
 
     hidden = dataclasses.replace(config.noise, seed="<secret>")  # not checked again: only printed
-    print(format_config(dataclasses.replace(config, noise=hidden)), flush=True)
+    if config.print_config:
+        print(format_config(dataclasses.replace(config, noise=hidden)), flush=True)
 
     plan = ExportPlan(
         rows=rows,
@@ -208,7 +213,8 @@ def unique_random_ids(count: int) -> list[str]:
 def write_images(config, plan: ExportPlan, data, operator, out: Path, device) -> None:
     import numpy as np
     import torch
-    from tqdm import tqdm
+
+    from meddenoise.console import progress
 
     for folder in plan.folders:
         ensure_writable_dir(out / folder, what="export folder")
@@ -216,7 +222,7 @@ def write_images(config, plan: ExportPlan, data, operator, out: Path, device) ->
     order = list(range(len(plan.rows)))
     secrets.SystemRandom().shuffle(order)
     batches = [order[start : start + config.batch_size] for start in range(0, len(order), config.batch_size)]
-    for batch in tqdm(batches, desc="obfuscate", unit="batch", disable=None):
+    for batch in progress(batches, quiet=config.quiet, desc="obfuscate", unit="batch"):
         rows = plan.rows[batch]
         pixels = torch.from_numpy(np.ascontiguousarray(data.images[rows])).to(device)  # (B, H, W) integer
         clean = pixels.unsqueeze(1).float() / float(data.max_value)  # (B, H, W) -> (B, 1, H, W) in [0, 1]

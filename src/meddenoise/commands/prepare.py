@@ -32,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
     from meddenoise.data.sources import build_source
 
     config = config_from_args(PrepareConfig, args)
-    if not config.quiet:
+    if config.print_config:
         print(format_config(config), flush=True)
     if config.source == "default":
         from meddenoise.engine.runtime import resolve_device

@@ -13,7 +13,10 @@ from meddenoise.config import (
     format_config,
     given_options,
     option,
+    print_config_option,
+    quiet_option,
     save_config,
+    seed_option,
 )
 from meddenoise.errors import ConfigError
 from meddenoise.noise.spec import PAPER_STDS, NoiseSpec
@@ -38,13 +41,15 @@ class PrivacyAuditConfig:
         0, "clean images in the matcher's gallery, always including the queries' originals; 0 = the whole set"
     )
     max_queries: int = option(1000, "audit at most this many query images (seeded sample); 0 = all")
-    seed: int = option(0, "seed of the query and gallery sampling (the noise has --noise-seed)")
+    seed: int = seed_option()  # the query and gallery sampling
     device: str = option("auto", "device for matching and denoising: auto, cpu, cuda, cuda:N")
     batch_size: int = option(32, "images per batch when obfuscating and denoising")
     matcher_size: int = option(32, "side of the matcher's downsampled image, in pixels")
     matcher_blur: float = option(
         1.0, "Gaussian blur sigma of the matcher, in pixels of the downsampled image"
     )
+    quiet: bool = quiet_option()
+    print_config: bool = print_config_option()
     membership: bool = option(
         False, "also attack the --run model: membership inference (loss threshold and reference models)"
     )
@@ -103,7 +108,8 @@ def run(args: argparse.Namespace) -> int:
     if not levels:
         levels = [config.noise.std] if "noise.std" in given_options(PrivacyAuditConfig, args) else PAPER_STDS
         config = dataclasses.replace(config, levels=list(levels))
-    print(format_config(config))
+    if config.print_config:
+        print(format_config(config))
     from meddenoise.fileio import atomic_write_json, atomic_write_text, ensure_writable_dir
     from meddenoise.privacy.audit import run_audit
     from meddenoise.privacy.matcher import Matcher
@@ -127,6 +133,7 @@ def run(args: argparse.Namespace) -> int:
         device=config.device,
         batch_size=config.batch_size,
         matcher=Matcher(feature_size=config.matcher_size, blur_sigma=config.matcher_blur),
+        quiet=config.quiet,
     )
     text = markdown_section(result)
     if config.membership:

@@ -5,7 +5,15 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-from meddenoise.config import add_config_arguments, config_from_args, option
+from meddenoise.config import (
+    add_config_arguments,
+    config_from_args,
+    format_config,
+    option,
+    print_config_option,
+    quiet_option,
+    save_config,
+)
 
 
 @dataclasses.dataclass
@@ -15,6 +23,8 @@ class ReportConfig:
     split: str = option(
         "test", "which split's evaluations to report", choices=("train", "val", "test", "all")
     )
+    quiet: bool = quiet_option()
+    print_config: bool = print_config_option()
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -33,6 +43,9 @@ def run(args: argparse.Namespace) -> int:
     from meddenoise.report.build import build_report
 
     config = config_from_args(ReportConfig, args)
+    if config.print_config:
+        print(format_config(config))
     report = build_report(config.folder, config.out or None, split=config.split)
+    save_config(config, report.markdown.parent / "report_config.json")
     print(f"wrote {report.markdown} and {report.html} ({len(report.figures)} figures)")
     return 0

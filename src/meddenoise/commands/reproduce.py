@@ -6,7 +6,15 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-from meddenoise.config import add_config_arguments, config_from_args, format_config, option, save_config
+from meddenoise.config import (
+    add_config_arguments,
+    config_from_args,
+    format_config,
+    option,
+    print_config_option,
+    quiet_option,
+    save_config,
+)
 from meddenoise.errors import ConfigError
 
 PRESET_NAMES = ("smoke", "quick", "paper")
@@ -36,7 +44,8 @@ class ReproduceConfig:
     device: str = option("auto", "device for training and evaluation: auto, cpu, cuda, cuda:N")
     epochs: int = option(0, "override the preset's epochs (0: keep)")
     lpips_weights: str = option("", "AlexNet LPIPS weights file (default: the torch hub cache, else n/a)")
-    quiet: bool = option(True, "no per-run progress bars")
+    quiet: bool = quiet_option()
+    print_config: bool = print_config_option()
 
     def check(self) -> None:
         if self.seeds < 1:
@@ -63,7 +72,8 @@ def run(args: argparse.Namespace) -> int:
     from meddenoise.reproduce import PRESETS, ReproduceSettings, reproduce
 
     config = config_from_args(ReproduceConfig, args)
-    print(format_config(config), flush=True)
+    if config.print_config:
+        print(format_config(config), flush=True)
     out = ensure_writable_dir(config.out, what="output folder (--out)")
     settings = ReproduceSettings(
         preset=PRESETS[config.preset],

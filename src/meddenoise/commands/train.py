@@ -49,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
         return distributed.launch_torchrun(nproc, ["train", *config_to_argv(config)])
     from meddenoise.engine.train import fit
 
-    if int(os.environ.get("RANK", "0")) == 0:
+    if config.print_config and int(os.environ.get("RANK", "0")) == 0:
         print(format_config(config), flush=True)
     fit(config)
     return 0

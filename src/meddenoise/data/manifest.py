@@ -18,6 +18,7 @@ import datetime
 import errno
 import hashlib
 import io
+import itertools
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -327,6 +328,15 @@ def read_prepare_info(folder: str | os.PathLike) -> dict[str, Any] | None:
     return info if isinstance(info, dict) else None
 
 
+RAW_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".dcm", ".dicom")
+
+
+def _holds_images(folder: Path, look_at: int = 2000) -> bool:
+    """Whether a folder (or its subfolders) holds image files: then it is raw data, not a prepared folder."""
+    files = (path for path in folder.rglob("*") if path.is_file())
+    return any(path.suffix.lower() in RAW_IMAGE_SUFFIXES for path in itertools.islice(files, look_at))
+
+
 def load_prepared(folder: str | os.PathLike) -> PreparedData:
     """Open a prepared folder after checking that it is complete and consistent (else DataError naming it)."""
     folder = Path(folder)
@@ -336,6 +346,11 @@ def load_prepared(folder: str | os.PathLike) -> PreparedData:
             f"prepared folder {folder} does not exist; create it with `meddenoise prepare --out ...`"
         )
     if not (folder / MARKER_FILE).is_file():
+        if _holds_images(folder):
+            raise DataError(
+                f"{folder} holds image files, not a prepared folder; prepare them first into a new folder: "
+                f"`meddenoise prepare --source folder --root {folder} --out NEW_FOLDER`, then use NEW_FOLDER"
+            )
         raise DataError(
             f"{folder} is not a complete prepared folder (no {MARKER_FILE}: never finished?); {redo}"
         )

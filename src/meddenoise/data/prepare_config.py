@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from meddenoise.config import option
+from meddenoise.config import option, print_config_option, quiet_option, seed_option
 from meddenoise.data.decode import DEFAULT_MAX_PIXELS
 from meddenoise.errors import ConfigError
 
@@ -17,7 +17,16 @@ RESIZE_FILTERS = ("lanczos", "box", "bilinear")
 NORMALIZE_CHOICES = ("type", "minmax")
 PATIENT_FROM_CHOICES = ("auto", "folder", "file")
 # Fields that do not change the prepared images, so changing them never forces a rebuild.
-RUN_ONLY_FIELDS = ("out", "strict", "workers", "quiet", "force", "device", "allow_empty_split")
+RUN_ONLY_FIELDS = (
+    "out",
+    "strict",
+    "workers",
+    "quiet",
+    "print_config",
+    "force",
+    "device",
+    "allow_empty_split",
+)
 
 
 @dataclasses.dataclass
@@ -33,7 +42,7 @@ class PrepareConfig:
         choices=SPLIT_BY_CHOICES,
     )
     fractions: list[float] = option(list(DEFAULT_FRACTIONS), "train, val, test fractions (sum to 1)")
-    seed: int = option(0, "seed for image selection, splits and the rendered default")
+    seed: int = seed_option()  # image selection, splits and the rendered default
     fit: str = option(
         "crop",
         "how non-square images become square: centre crop, pad with black, or stretch",
@@ -67,7 +76,8 @@ class PrepareConfig:
         False, "accept a val or test split left empty (too few images or patients); train never may be"
     )
     force: bool = option(False, "rebuild even if an up-to-date cache exists")
-    quiet: bool = option(False, "no progress bar")
+    quiet: bool = quiet_option()
+    print_config: bool = print_config_option()
 
     def check(self) -> None:
         if not 16 <= self.size <= 8192:

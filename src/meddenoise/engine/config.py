@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from meddenoise.config import option
+from meddenoise.config import option, print_config_option, quiet_option, seed_option
 from meddenoise.errors import ConfigError
 from meddenoise.noise.spec import NoiseSpec
 
@@ -69,7 +69,7 @@ class TrainConfig:
     grad_clip: float = option(0.0, "clip the gradient norm to this value (0: off)")
     ema_decay: float = option(0.0, "keep an exponential moving average of the weights (e.g. 0.999; 0: off)")
     patience: int = option(10, "stop after this many epochs without a lower validation loss (0: never)")
-    seed: int = option(0, "seed of initialisation, epoch order and target randomness")
+    seed: int = seed_option()  # initialisation, epoch order, target randomness
     max_steps: int = option(0, "stop after this many optimizer steps (0: no limit)")
     time_limit: float = option(0.0, "stop training after this many seconds (0: no limit)")
     selection: str = option(
@@ -111,7 +111,7 @@ class TrainConfig:
     )
     pipeline: str = option(
         "fast",
-        "fast: device-resident data, no per-step host sync; reference: the seed code's pipeline, for "
+        "fast: device-resident data, no per-step host sync; reference: the paper's code's pipeline, for "
         "benchmarks (host float32 dataset, DataLoader, loss.item() each step, CPU validation; fp32 or fp16)",
         choices=("fast", "reference"),
     )
@@ -122,7 +122,9 @@ class TrainConfig:
         "half the free memory, else stream); both give the same results",
         choices=("auto", "device", "stream"),
     )
-    loader_workers: int = option(4, "--pipeline reference: DataLoader worker processes (4 in the seed code)")
+    loader_workers: int = option(
+        4, "--pipeline reference: DataLoader worker processes (4 in the paper's code)"
+    )
     # -- checkpoints and logs ------------------------------------------------------------------------------
     checkpoint_every: int = option(0, "also checkpoint every N steps inside an epoch (0: at epoch ends only)")
     resume: str = option(
@@ -132,7 +134,8 @@ class TrainConfig:
         choices=RESUME_CHOICES,
         bare="yes",
     )
-    quiet: bool = option(False, "no progress bar (for logs)")
+    quiet: bool = quiet_option()
+    print_config: bool = print_config_option()
 
     def __post_init__(self) -> None:
         key = self.resume.lower() if isinstance(self.resume, str) else self.resume
@@ -190,20 +193,20 @@ class TrainConfig:
                 raise ConfigError(f"{parameter} expects KEY=VALUE items; got {item!r}", parameter)
 
     def _check_reference(self) -> None:
-        """The seed code's modes only: fp32 or fp16 AMP, no compile, one fixed noisy copy, supervised."""
+        """The paper's code's modes only: fp32 or fp16 AMP, no compile, one fixed noisy copy, supervised."""
         if self.amp == "auto":
-            self.amp = "off"  # the seed code's single-GPU mode
+            self.amp = "off"  # the paper's code's single-GPU mode
         if self.amp == "bf16" or self.compile:
             raise ConfigError(
-                "--pipeline reference reproduces the seed code: fp32 (--amp off) or its fp16 AMP "
+                "--pipeline reference reproduces the paper's code: fp32 (--amp off) or its fp16 AMP "
                 "(--amp fp16), without --compile; use --pipeline fast for bf16 or torch.compile"
             )
         if self.noise.mode != "fixed" or self.target != "clean":
             raise ConfigError(
-                "--pipeline reference trains like the seed code, on one fixed noisy copy per image against "
+                "--pipeline reference trains like the paper's, on one fixed noisy copy per image against "
                 "the clean image: use --noise-mode fixed and --target clean (or --pipeline fast)"
             )
-        self.channels_last = False  # the seed code keeps torch's default memory format
+        self.channels_last = False  # the paper's code keeps torch's default memory format
 
     def model_spec(self) -> ModelSpec:
         """The network this config trains (`--model`, `--base-channels`, `--depth`, `--norm`, ...)."""

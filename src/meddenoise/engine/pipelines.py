@@ -2,7 +2,7 @@
 
 The fast path gathers batches by index from device-resident images (`DeviceBatches`) or streams them from the
 memory-mapped images (`StreamBatches`, see engine/placement.py); the reference pipeline
-(engine/reference.py) reproduces the seed code's habits so benchmarks can measure the difference.
+(engine/reference.py) reproduces the paper's code's habits so benchmarks can measure the difference.
 """
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ def device_train_batches(
 
 PIPELINES: dict[str, Pipeline] = {
     "fast": Pipeline("fast", device_train_batches),
-    # The seed code's habits, for benchmarks (engine/reference.py): host dataset, DataLoader, per-step sync.
+    # The paper's habits, for benchmarks (engine/reference.py): host dataset, DataLoader, per-step sync.
     "reference": Pipeline(
         "reference",
         reference_pipeline.make_train_batches,

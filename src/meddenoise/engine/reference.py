@@ -1,12 +1,12 @@
 """The seed repository's way of feeding and validating a model, to measure ours against it on one machine.
 
-`--pipeline reference`. The seed code (github.com/Suadey/medical-image-denoising-ddp, the paper's code) trains
+`--pipeline reference`. The paper's code (github.com/Suadey/medical-image-denoising-ddp) trains
 like most PyTorch denoising code does; this module reproduces those habits:
 
 - the dataset is a `torch.utils.data.Dataset` over float32 clean AND noisy images held in host memory, the
   noise added on the host once, up front (with our noise operator in `fixed` mode, so the noisy pairs are
   exactly the ones the fast path makes on the device);
-- a `DataLoader` with worker processes (4 in the seed code) and pinned memory collates each batch on the host,
+- a `DataLoader` with worker processes (4 in the paper's) and pinned memory collates each batch on the host,
   and the loop copies it to the device every step;
 - the loop reads `loss.item()` every step (a host synchronisation; `Pipeline.read_loss_every_step`);
 - precision is fp32, or fp16 autocast + GradScaler for the seed's DDP+AMP mode (no bf16, channels_last or
@@ -16,7 +16,7 @@ like most PyTorch denoising code does; this module reproduces those habits:
 
 Kept the same as the fast path, so that only the pipeline differs: model, loss, optimizer, seed; the batches
 (the epoch permutation and rank shards of `DeviceBatches`, given to the DataLoader as its batch sampler); the
-SSIM definition (scikit-image with the Gaussian 11 x 11 window, i.e. `metrics.ssim`; the seed code's 3 x 3
+SSIM definition (scikit-image with the Gaussian 11 x 11 window, i.e. `metrics.ssim`; the paper's code's 3 x 3
 variant costs about the same per image). Not reproduced: the engine uses fused Adam on CUDA where the seed
 code uses the default (foreach) kernel, a difference of well under a millisecond per step.
 """
@@ -147,7 +147,7 @@ class ReferenceBatches:
         return steps
 
     def loader(self, batch_indices: list[list[int]]) -> DataLoader:
-        # A new loader (and new worker processes) every epoch, as the seed code's non-persistent loader does.
+        # A new loader (and new worker processes) every epoch, as the paper's non-persistent loader does.
         return DataLoader(
             self.dataset, batch_sampler=batch_indices, num_workers=self.workers, pin_memory=self.pin_memory
         )
@@ -188,7 +188,7 @@ def per_image_skimage_scores(prediction: np.ndarray, clean: np.ndarray) -> tuple
 
 
 class ReferenceValidation:
-    """The seed code's validation: model on the device batch by batch, then per-image PSNR / SSIM on the CPU.
+    """The paper's validation: model on the device batch by batch, then per-image PSNR / SSIM on the CPU.
 
     Call with the (plain or wrapped) model; returns the same dictionary as `validation.reduce_means`
     (`loss`, `psnr`, `ssim`, `images`), reduced over DDP ranks as sums and counts.
@@ -258,21 +258,21 @@ class ReferenceValidation:
 
 
 def check_reference_config(config: Any) -> None:
-    """The seed code trains one noisy copy per image (fixed noise) against the clean image; nothing else."""
+    """The paper's code trains one noisy copy per image (fixed noise) against the clean image only."""
     if config.noise.mode != "fixed":
         raise ConfigError(
-            "--pipeline reference adds the noise once, up front, like the seed code: use --noise-mode fixed "
+            "--pipeline reference adds the noise once, up front, like the paper's: use --noise-mode fixed "
             "(or the fast pipeline for fresh noise)"
         )
     if config.target != "clean":
         raise ConfigError(
-            f"--pipeline reference trains the supervised 'clean' target only (the seed code's); got --target "
+            f"--pipeline reference trains the supervised 'clean' target only (the paper's); got --target "
             f"{config.target}: use --pipeline fast"
         )
 
 
 def make_train_batches(data: Any, config: Any, runtime: Any, placement: str = "") -> ReferenceBatches:
-    # `placement` does not apply: the seed code's pipeline always builds a host dataset
+    # `placement` does not apply: the paper's code's pipeline always builds a host dataset
     check_reference_config(config)
     dataset = build_host_dataset(
         data,

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from meddenoise.console import progress
 from meddenoise.evaluation import files
 
 # The per-image table also scores the noisy input itself: the floor a denoiser must beat, per image.
@@ -86,6 +87,7 @@ def score_denoiser(
     batch_size: int = 16,
     lpips_model: Any = None,
     keep_samples: int = 0,
+    quiet: bool = True,
 ) -> Scores:
     """Run `denoise` over the target's images and compute PSNR, SSIM, SSIM (win 3) and LPIPS per image.
 
@@ -99,7 +101,11 @@ def score_denoiser(
     kept: dict[str, list[np.ndarray]] = {"clean": [], "noisy": [], "denoised": []}
     seconds = 0.0
     with torch.no_grad():
-        for positions, clean, noisy in iterate_batches(target, batch_size):
+        batches = iterate_batches(target, batch_size)
+        total = math.ceil(target.count / batch_size)
+        for positions, clean, noisy in progress(
+            batches, quiet=quiet, desc="evaluate", unit="batch", total=total
+        ):
             _synchronize(target.device)
             started = time.perf_counter()
             output = denoise(noisy)

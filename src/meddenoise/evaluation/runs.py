@@ -137,6 +137,7 @@ def evaluate_run(
     heads: bool = True,
     lpips_weights: str | None = None,
     limit: int = 0,
+    quiet: bool = True,
 ) -> Path:
     """Evaluate the run's best checkpoint on `split` of its own data (or `data_dir`) with the run's
     fixed noise.
@@ -180,6 +181,7 @@ def evaluate_run(
     scores = score_denoiser(
         _network_denoiser(model, torch_device),
         target,
+        quiet=quiet,
         batch_size=batch_size,
         lpips_model=lpips_model,
         keep_samples=keep_samples,
@@ -221,6 +223,7 @@ def evaluate_baseline(
     limit: int = 0,
     tune_limit: int = 16,
     params: dict[str, Any] | None = None,
+    quiet: bool = True,
 ) -> Path:
     """Evaluate a classical baseline (noisy, gaussian, nlm, bm3d) on the same images and noise as the
     networks.
@@ -245,7 +248,12 @@ def evaluate_baseline(
     baseline = build_baseline(name, noise.mean, noise.std, **tuned)
     lpips_model, lpips_status = lpips_scorer(torch_device, lpips_weights)
     scores = score_denoiser(
-        baseline.denoise, target, batch_size=batch_size, lpips_model=lpips_model, keep_samples=keep_samples
+        baseline.denoise,
+        target,
+        batch_size=batch_size,
+        lpips_model=lpips_model,
+        keep_samples=keep_samples,
+        quiet=quiet,
     )
     info = {
         "kind": "baseline",

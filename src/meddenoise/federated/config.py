@@ -10,7 +10,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from meddenoise.config import config_to_dict, option
+from meddenoise.config import config_to_dict, option, print_config_option, quiet_option
 from meddenoise.engine.config import TrainConfig
 from meddenoise.errors import ConfigError
 from meddenoise.noise.spec import NoiseSpec
@@ -130,7 +130,8 @@ class FederatedConfig:
         True, "evaluate the best global model on the global test set at the end (per-site aggregates)"
     )
     resume: bool = option(False, "continue the run in --out from its last completed round")
-    quiet: bool = option(False, "hide Flower's and Ray's own messages (warnings included)")
+    quiet: bool = quiet_option()  # also hides Flower's and Ray's own messages
+    print_config: bool = print_config_option()
 
     def check(self) -> None:
         if self.site_data and self.data:

@@ -30,7 +30,7 @@ PIXEL_METRICS: dict[str, MetricInfo] = {
     "psnr": MetricInfo("psnr", psnr, True, "dB", "PSNR, data range 1 (+inf for identical images)"),
     "ssim": MetricInfo("ssim", ssim, True, "", "SSIM of Wang et al. (11x11 Gaussian window, sigma 1.5)"),
     "ssim_win3": MetricInfo(
-        "ssim_win3", ssim_win3, True, "", "the seed code's SSIM (skimage win_size=3, uniform window)"
+        "ssim_win3", ssim_win3, True, "", "the paper's code's SSIM (skimage win_size=3, uniform window)"
     ),
 }
 LPIPS_INFO = MetricInfo(

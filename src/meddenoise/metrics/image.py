@@ -1,4 +1,4 @@
-"""Full-reference image metrics, batched in torch on the tensors' device: PSNR, SSIM and the seed code's SSIM.
+"""Full-reference image metrics, batched in torch on the tensors' device: PSNR, SSIM and the paper's SSIM.
 
 Every function takes `(pred, target)`, two floating tensors of shape (B, 1, H, W) with values in [0, 1], and
 returns a float64 tensor of shape (B,) on the same device: one value per image, so that evaluation can write
@@ -66,7 +66,7 @@ def ssim(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 def ssim_win3(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """The seed code's SSIM per image: uniform 3 x 3 window, sample covariance (N - 1 = 8), float64 (B,).
+    """The paper's code's SSIM per image: uniform 3 x 3 window, sample covariance (N - 1 = 8), float64 (B,).
 
     Matches scikit-image's `structural_similarity(win_size=3, data_range=1)`. This is NOT Wang et al.'s SSIM:
     a 3 x 3 window measures structure at the scale of single pixels, so noise dominates it, and the unbiased

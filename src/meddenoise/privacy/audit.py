@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from meddenoise.console import progress
 from meddenoise.data.split_claims import UNIT_IMAGE_UNKNOWN
 from meddenoise.engine.runtime import resolve_device
 from meddenoise.errors import ConfigError, DataError
@@ -333,6 +334,7 @@ def run_audit(
     device: str = "auto",
     batch_size: int = 32,
     matcher: Matcher | None = None,
+    quiet: bool = True,
 ) -> dict[str, Any]:
     """The whole audit as a JSON-ready dict (see the module docstring); `verdict.py` turns it into text.
 
@@ -389,7 +391,7 @@ def run_audit(
             device=torch_device,
             batch_size=batch_size,
         )
-        for std in levels
+        for std in progress(levels, quiet=quiet, desc="privacy audit", unit="level")
     ]
     clean_query_features = features_of_rows(
         matcher, data.images, plan.query_rows, data.max_value, device=torch_device
