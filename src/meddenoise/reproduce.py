@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from meddenoise.config import option, print_config_option, quiet_option, save_config
 from meddenoise.errors import ConfigError, MeddenoiseError
 from meddenoise.evaluation import files
 from meddenoise.fileio import atomic_write_json, atomic_write_text, ensure_writable_dir, read_json
@@ -116,6 +117,42 @@ PRESETS: dict[str, Preset] = {
 }
 
 
+PRESET_NAMES = tuple(PRESETS)
+
+
+@dataclasses.dataclass
+class ReproduceConfig:
+    """Every option of `meddenoise reproduce`; `reproduce(config)` runs it."""
+
+    preset: str = option("quick", "grid size: smoke, quick or paper", choices=PRESET_NAMES)
+    out: str = option("", "output folder (runs, baselines, report)", required=True)
+    seeds: int = option(1, "train each configuration this many times (seeds 0..K-1); tables show the spread")
+    resume: bool = option(
+        False, "continue a reproduction in --out: keep finished configurations, resume runs"
+    )
+    data: str = option("", "use this prepared folder instead of preparing the preset's data")
+    data_root: str = option("", "folder of the source images (paper preset: the NIH ChestX-ray14 root)")
+    device: str = option("auto", "device for training and evaluation: auto, cpu, cuda, cuda:N")
+    epochs: int = option(0, "override the preset's epochs (0: keep)")
+    lpips_weights: str = option("", "AlexNet LPIPS weights file (default: the torch hub cache, else n/a)")
+    quiet: bool = quiet_option()
+    print_config: bool = print_config_option()
+
+    def check(self) -> None:
+        if self.seeds < 1:
+            raise ConfigError(f"seeds must be >= 1; got {self.seeds}", "seeds")
+        if self.epochs < 0:
+            raise ConfigError(f"epochs must be >= 0; got {self.epochs}", "epochs")
+
+    @property
+    def grid(self) -> Preset:
+        return PRESETS[self.preset]
+
+    @property
+    def folder(self) -> Path:
+        return Path(self.out)
+
+
 @dataclasses.dataclass
 class Job:
     """One unit of the grid: train+evaluate a configuration, or evaluate a classical baseline."""
@@ -144,7 +181,7 @@ def gpu_count() -> int:
 def strategy_overrides(strategy: str, gpus: int, preset: Preset) -> tuple[dict[str, Any] | None, str, int]:
     """(TrainConfig overrides or None if it cannot run here, label or skip reason, torchrun processes)."""
     if strategy == "single":
-        return {"strategy": "single", "amp": "off"}, "single", 0
+        return dict(SINGLE_DEVICE), "single", 0
     if strategy == "dp":
         if gpus >= 2:
             return {"strategy": "dp", "amp": "off"}, "dp", 0
@@ -174,6 +211,14 @@ def strategy_overrides(strategy: str, gpus: int, preset: Preset) -> tuple[dict[s
     )
 
 
+SINGLE_DEVICE = {"strategy": "single", "amp": "off"}
+
+
+def train_overrides(preset: Preset, model: str, seed: int, extra: dict[str, Any]) -> dict[str, Any]:
+    """TrainConfig values of one network job: the preset's, the model's, then the job's own."""
+    return {**preset.train, **preset.model_train.get(model, {}), "model": model, "seed": seed, **extra}
+
+
 def plan_jobs(preset: Preset, out: Path, seeds: int, gpus: int) -> tuple[list[Job], list[dict[str, str]]]:
     """Every job of the grid, in run order, and what is skipped with the reason."""
     from meddenoise.engine.targets import list_targets
@@ -199,14 +244,7 @@ def plan_jobs(preset: Preset, out: Path, seeds: int, gpus: int) -> tuple[list[Jo
         for seed in range(seeds):
             for model in (*preset.models, *preset.learned):
                 name = f"{model}_{std_tag(noise_std)}_single_seed{seed}"
-                overrides = {
-                    **preset.train,
-                    **preset.model_train.get(model, {}),
-                    "model": model,
-                    "seed": seed,
-                    "strategy": "single",
-                    "amp": "off",
-                }
+                overrides = train_overrides(preset, model, seed, SINGLE_DEVICE)
                 jobs.append(
                     Job(name, "network", out / "runs" / name, noise_std, model, "single", seed, overrides)
                 )
@@ -221,13 +259,7 @@ def plan_jobs(preset: Preset, out: Path, seeds: int, gpus: int) -> tuple[list[Jo
             for seed in range(seeds):
                 for model in preset.models:
                     name = f"{model}_{std_tag(noise_std)}_{label}_seed{seed}"
-                    overrides = {
-                        **preset.train,
-                        **preset.model_train.get(model, {}),
-                        "model": model,
-                        "seed": seed,
-                        **runtime,
-                    }
+                    overrides = train_overrides(preset, model, seed, runtime)
                     jobs.append(
                         Job(
                             name,
@@ -258,59 +290,44 @@ def plan_jobs(preset: Preset, out: Path, seeds: int, gpus: int) -> tuple[list[Jo
             continue
         for noise_std in free_levels:
             name = f"unet-{target}_{std_tag(noise_std)}_single_seed0"
-            overrides = {
-                **preset.train,
-                **preset.model_train.get("unet", {}),
-                "model": "unet",
-                "seed": 0,
-                "strategy": "single",
-                "amp": "off",
-                "target": target,
-            }
+            overrides = train_overrides(preset, "unet", 0, {**SINGLE_DEVICE, "target": target})
             jobs.append(
                 Job(name, "network", out / "runs" / name, noise_std, f"unet+{target}", "single", 0, overrides)
             )
     return jobs, skipped
 
 
-@dataclasses.dataclass
-class ReproduceSettings:
-    preset: Preset
-    out: Path
-    seeds: int = 1
-    resume: bool = False
-    data: str = ""
-    data_root: str = ""
-    device: str = "auto"
-    epochs: int = 0
-    lpips_weights: str = ""
-    quiet: bool = False
-
-
-def _prepare(settings: ReproduceSettings) -> Path:
+def _prepare(settings: ReproduceConfig) -> Path:
     """The prepared folder: --data as given, else OUT/data prepared with the preset's options (reused
     if valid)."""
     if settings.data:
         return Path(settings.data)
-    from meddenoise.cli import main as cli_main
+    from meddenoise.config import config_from_mapping
+    from meddenoise.data.cache import prepare
+    from meddenoise.data.prepare_config import PrepareConfig
+    from meddenoise.data.sources import build_source
 
-    options = dict(settings.preset.prepare)
+    options = dict(settings.grid.prepare)
     if options.get("source") in ("nih", "folder") and not settings.data_root:
         raise ConfigError(
-            f"the {settings.preset.name} preset reads {options['source']} images: give their folder with "
+            f"the {settings.grid.name} preset reads {options['source']} images: give their folder with "
             "--data-root (or a prepared folder with --data)"
         )
-    argv = ["prepare", "--out", str(settings.out / "data"), "--quiet"]
+    folder = settings.folder / "data"
+    values = {**options, "out": str(folder), "quiet": True}
     if settings.data_root:
-        argv += ["--root", settings.data_root]
-    for key, value in options.items():
-        argv += [f"--{key.replace('_', '-')}", str(value)]
-    if cli_main(argv) != 0:
-        raise MeddenoiseError(f"preparing {settings.out / 'data'} failed (messages above)")
-    return settings.out / "data"
+        values["root"] = settings.data_root
+    config = config_from_mapping(PrepareConfig, values, source=f"preset {settings.grid.name}")
+    ensure_writable_dir(folder, what="prepared folder")
+    with folder_lock(folder):
+        result = prepare(build_source(config), config)
+        save_config(config, folder / "config.json")
+    state = "reused" if result.reused else f"prepared in {result.seconds:.1f} s"
+    print(f"data: {result.info['shape'][0]} images in {folder} ({state})", flush=True)
+    return folder
 
 
-def _train_config(job: Job, data_dir: Path, settings: ReproduceSettings, resume: bool):
+def _train_config(job: Job, data_dir: Path, settings: ReproduceConfig, resume: bool):
     from meddenoise.config import config_from_mapping
     from meddenoise.engine.config import TrainConfig
 
@@ -326,15 +343,15 @@ def _train_config(job: Job, data_dir: Path, settings: ReproduceSettings, resume:
         values["epochs"] = settings.epochs
     if settings.device != "auto" and values.get("device", "auto") == "auto":
         values["device"] = settings.device
-    return config_from_mapping(TrainConfig, values, source=f"preset {settings.preset.name}")
+    return config_from_mapping(TrainConfig, values, source=f"preset {settings.grid.name}")
 
 
-def job_noise(job: Job, settings: ReproduceSettings) -> NoiseSpec:
+def job_noise(job: Job, settings: ReproduceConfig) -> NoiseSpec:
     """The paper's obfuscation at the job's level: Gaussian, the preset's mean, clamped, fixed, seed 0."""
-    return NoiseSpec(mean=settings.preset.noise_mean, std=job.noise_std)
+    return NoiseSpec(mean=settings.grid.noise_mean, std=job.noise_std)
 
 
-def run_network_job(job: Job, data_dir: Path, settings: ReproduceSettings) -> None:
+def run_network_job(job: Job, data_dir: Path, settings: ReproduceConfig) -> None:
     from meddenoise.evaluation.runs import evaluate_run
 
     resume = RunDir(job.folder).has_training_state()
@@ -342,10 +359,9 @@ def run_network_job(job: Job, data_dir: Path, settings: ReproduceSettings) -> No
         shutil.rmtree(job.folder)  # killed before its first checkpoint: nothing to keep
     config = _train_config(job, data_dir, settings, resume)
     if config.strategy == "ddp":
-        from meddenoise.commands.train import config_to_argv
-        from meddenoise.engine import distributed
+        from meddenoise.engine.launch import fit_with_torchrun
 
-        distributed.launch_torchrun(job.nproc, ["train", *config_to_argv(config)])
+        fit_with_torchrun(config, job.nproc)
     else:
         from meddenoise.engine.train import fit
 
@@ -353,12 +369,13 @@ def run_network_job(job: Job, data_dir: Path, settings: ReproduceSettings) -> No
     evaluate_run(
         job.folder,
         device=settings.device,
-        keep_samples=settings.preset.samples,
+        keep_samples=settings.grid.samples,
         lpips_weights=settings.lpips_weights or None,
+        quiet=settings.quiet,
     )
 
 
-def run_baseline_job(job: Job, data_dir: Path, settings: ReproduceSettings) -> None:
+def run_baseline_job(job: Job, data_dir: Path, settings: ReproduceConfig) -> None:
     from meddenoise.evaluation.runs import evaluate_baseline
 
     evaluate_baseline(
@@ -367,10 +384,11 @@ def run_baseline_job(job: Job, data_dir: Path, settings: ReproduceSettings) -> N
         job.folder,
         noise=job_noise(job, settings),
         device="cpu",
-        keep_samples=settings.preset.samples,
+        keep_samples=settings.grid.samples,
         lpips_weights=settings.lpips_weights or None,
-        limit=settings.preset.baseline_limits.get(job.method, 0),
-        tune_limit=settings.preset.tune_limit,
+        limit=settings.grid.baseline_limits.get(job.method, 0),
+        tune_limit=settings.grid.tune_limit,
+        quiet=settings.quiet,
     )
 
 
@@ -420,17 +438,17 @@ def merge_audits(per_level: list[dict[str, Any]], outsider_reason: str) -> dict[
     return merged
 
 
-def run_privacy_audit(data_dir: Path, jobs: list[Job], settings: ReproduceSettings) -> str | None:
+def run_privacy_audit(data_dir: Path, jobs: list[Job], settings: ReproduceConfig) -> str | None:
     """Audit every noise level into OUT/privacy, the receiver's reversal by the supervised U-Net trained at
     that level; returns why it was skipped, or None."""
     from meddenoise.privacy.audit import run_audit
     from meddenoise.privacy.verdict import markdown_section
 
-    folder = settings.out / "privacy"
+    folder = settings.folder / "privacy"
     if files.is_done(folder):
         return None
     per_level = []
-    for noise_std in settings.preset.noise_stds:
+    for noise_std in settings.grid.noise_stds:
         receiver = receiver_run(jobs, noise_std)
         print(f"privacy audit at std {noise_std:g}", flush=True)
         # One audit per level: `run_audit` takes one receiver run, and each level has its own denoiser.
@@ -438,10 +456,11 @@ def run_privacy_audit(data_dir: Path, jobs: list[Job], settings: ReproduceSettin
             per_level.append(
                 run_audit(
                     data_dir,
-                    noise=NoiseSpec(mean=settings.preset.noise_mean, std=noise_std),
-                    max_queries=settings.preset.privacy_queries,
+                    noise=NoiseSpec(mean=settings.grid.noise_mean, std=noise_std),
+                    max_queries=settings.grid.privacy_queries,
                     run_dir=str(receiver.folder) if receiver is not None else None,
                     device=settings.device,
+                    quiet=settings.quiet,
                 )
             )
         except MeddenoiseError as exc:
@@ -468,60 +487,62 @@ def describe_plan(preset: Preset, data: dict[str, Any], given: bool) -> str:
     )
 
 
-def _load_plan(settings: ReproduceSettings) -> dict[str, Any]:
-    path = settings.out / PLAN_FILE
+def _load_plan(settings: ReproduceConfig) -> dict[str, Any]:
+    path = settings.folder / PLAN_FILE
     if not path.is_file():
         return {}
     if not settings.resume:
         raise ConfigError(
-            f"{settings.out} already holds a reproduction; add --resume to continue it (finished "
+            f"{settings.folder} already holds a reproduction; add --resume to continue it (finished "
             f"configurations "
             "are kept) or choose another --out"
         )
     plan = read_json(path, what="reproduction plan")
-    if plan.get("preset") != settings.preset.name:
+    if plan.get("preset") != settings.grid.name:
         raise ConfigError(
-            f"{settings.out} holds a '{plan.get('preset')}' reproduction, not '{settings.preset.name}'; "
+            f"{settings.folder} holds a '{plan.get('preset')}' reproduction, not '{settings.grid.name}'; "
             "use the same --preset or another --out"
         )
     return plan
 
 
-def reproduce(settings: ReproduceSettings) -> Path:
+def reproduce(settings: ReproduceConfig) -> Path:
     """Run (or continue) the grid and build the report; returns the report's Markdown path."""
-    ensure_writable_dir(settings.out, what="output folder (--out)")
-    with folder_lock(settings.out):  # one reproduction per folder (its jobs lock their own folders too)
+    ensure_writable_dir(settings.folder, what="output folder (--out)")
+    with folder_lock(settings.folder):  # one reproduction per folder (its jobs lock their own folders too)
         return _reproduce(settings)
 
 
-def _reproduce(settings: ReproduceSettings) -> Path:
+def _reproduce(settings: ReproduceConfig) -> Path:
     from meddenoise.evaluation.environment import describe_environment
     from meddenoise.evaluation.runs import describe_data
 
     started = time.perf_counter()
     previous = _load_plan(settings)
+    save_config(settings, settings.folder / "config.json")  # the effective options, before anything runs
     data_dir = _prepare(settings)
     from meddenoise.data.cache import load_prepared
 
     data = load_prepared(data_dir)
     gpus = gpu_count()
-    jobs, skipped = plan_jobs(settings.preset, settings.out, settings.seeds, gpus)
+    jobs, skipped = plan_jobs(settings.grid, settings.folder, settings.seeds, gpus)
     data_info = describe_data(data)
     plan: dict[str, Any] = {
-        "preset": settings.preset.name,
-        "description": describe_plan(settings.preset, data_info, bool(settings.data)),
-        "preset_settings": dataclasses.asdict(settings.preset),
+        "preset": settings.grid.name,
+        "description": describe_plan(settings.grid, data_info, bool(settings.data)),
+        "preset_settings": dataclasses.asdict(settings.grid),
         "seeds": settings.seeds,
         "environment": describe_environment(),
         "data": data_info,
         "skipped": skipped,
         "failed": [],
         "jobs": [
-            {"name": j.name, "kind": j.kind, "folder": str(j.folder.relative_to(settings.out))} for j in jobs
+            {"name": j.name, "kind": j.kind, "folder": str(j.folder.relative_to(settings.folder))}
+            for j in jobs
         ],
         "wall_seconds_before": previous.get("wall_seconds", 0.0),
     }
-    atomic_write_json(settings.out / PLAN_FILE, plan)
+    atomic_write_json(settings.folder / PLAN_FILE, plan)
     for index, job in enumerate(jobs, start=1):
         if files.is_done(job.folder):
             print(f"[{index}/{len(jobs)}] {job.name}: done earlier, skipped", flush=True)
@@ -541,17 +562,17 @@ def _reproduce(settings: ReproduceSettings) -> Path:
         seconds = time.perf_counter() - job_started
         files.mark_done(job.folder, f"{seconds:.1f} s")
         print(f"  done in {seconds:.1f} s", flush=True)
-    if settings.preset.privacy:
+    if settings.grid.privacy:
         reason = run_privacy_audit(data_dir, jobs, settings)
         if reason:
             plan["privacy_skipped"] = reason
             plan["failed"].append({"what": "privacy audit", "reason": reason})
     else:
-        plan["privacy_skipped"] = f"the {settings.preset.name} preset does not run it"
+        plan["privacy_skipped"] = f"the {settings.grid.name} preset does not run it"
     plan["skipped"] = skipped
     plan["wall_seconds"] = round(previous.get("wall_seconds", 0.0) + time.perf_counter() - started, 1)
-    atomic_write_json(settings.out / PLAN_FILE, plan)
+    atomic_write_json(settings.folder / PLAN_FILE, plan)
     from meddenoise.report.build import build_report
 
-    report = build_report(settings.out)
+    report = build_report(settings.folder)
     return report.markdown

@@ -212,9 +212,15 @@ def test_torchrun_command_relaunches_this_package():
 def test_config_round_trips_through_the_relaunch_command_line():
     import argparse
 
-    from meddenoise.commands.train import config_to_argv, register
+    from meddenoise.commands.train import register
     from meddenoise.config import config_from_args
     from meddenoise.engine.config import TrainConfig
+    from meddenoise.engine.launch import worker_argv
+
+    def config_to_argv(config):
+        command, *options = worker_argv(config)
+        assert command == "train"
+        return options
 
     parser = argparse.ArgumentParser()
     register(parser.add_subparsers())

@@ -6,7 +6,6 @@ import argparse
 import os
 
 from meddenoise.config import add_config_arguments, config_from_args, format_config
-from meddenoise.config import config_to_argv as options_to_argv
 from meddenoise.engine.config import TrainConfig
 
 DESCRIPTION = """Train a denoiser on obfuscated (noisy) copies of a prepared folder and write a run folder:
@@ -29,24 +28,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
-def config_to_argv(config: TrainConfig) -> list[str]:
-    """Command-line options that rebuild `config` for the workers (fields left at their default are omitted).
-
-    `--nproc` is left out: the workers do not need it, and torchrun's own parser would take it for an
-    abbreviation of its --nproc-per-node.
-    """
-    return options_to_argv(config, skip=("nproc",))
-
-
 def run(args: argparse.Namespace) -> int:
     from meddenoise.engine import distributed
+    from meddenoise.engine.launch import fit_with_torchrun
     from meddenoise.engine.runtime import default_process_count
 
     config = config_from_args(TrainConfig, args)
     if config.strategy == "ddp" and not distributed.launched_by_torchrun():
         nproc = config.nproc or default_process_count(config.device)
         print(f"launching {nproc} DDP worker(s) with torchrun", flush=True)
-        return distributed.launch_torchrun(nproc, ["train", *config_to_argv(config)])
+        return fit_with_torchrun(config, nproc)
     from meddenoise.engine.train import fit
 
     if config.print_config and int(os.environ.get("RANK", "0")) == 0:
