@@ -58,10 +58,10 @@ def test_short_space_is_refused_before_decoding_and_keeps_the_earlier_cache(
 
 
 def test_a_reservation_the_disk_refuses_is_a_clear_error(tmp_path, xrays, monkeypatch, capsys):
-    def no_room(fd, offset, length):
+    def no_room(fd, size):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr("meddenoise.fileio.os.posix_fallocate", no_room)
+    monkeypatch.setattr("meddenoise.fileio._allocate", no_room)
     out = tmp_path / "cache"
     assert main(prepare_argv(xrays, out, "--workers", "1")) == 2
     assert f"needs 0.0 MB in {out}" in capsys.readouterr().err
