@@ -38,6 +38,17 @@ def run(args: argparse.Namespace) -> int:
     from meddenoise.federated import require_flower, run_federated
 
     config = config_from_args(FederatedConfig, args)
+    if config.flower_app:
+        from meddenoise.federated import require_flower
+        from meddenoise.federated.deployment import write_flower_app
+
+        require_flower(simulation=False)
+        path = write_flower_app(config, config.flower_app)
+        print(
+            f"wrote {path}; start the SuperLink and one SuperNode per site, then: flwr run {path.parent} "
+            "CONNECTION --stream (docs/federated.md)"
+        )
+        return 0
     if not (config.data or config.site_data):
         raise ConfigError("give --site-data A B ... (one prepared folder per site) or --data DIR --sites K")
     require_flower()

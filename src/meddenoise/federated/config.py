@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from meddenoise.config import config_to_dict, option, print_config_option, quiet_option
@@ -19,6 +20,7 @@ PARTITIONS = ("iid", "by-source", "dirichlet")
 STRATEGIES = ("fedavg", "fedprox", "fedadam", "fedyogi")
 LOCAL_OPTIMIZER_STATES = ("reset", "keep")
 
+DEPLOYMENT_DATA = "(sites)"
 _TRAIN_FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 
 
@@ -98,6 +100,11 @@ class FederatedConfig:
         "between rounds, on the site (lost when the federation restarts)",
         choices=LOCAL_OPTIMIZER_STATES,
     )
+    flower_app: str = option(
+        "",
+        "deployment: write a Flower App folder here (for `flwr run`, with these options) and exit; sites "
+        "then run SuperNodes with their own data (docs/federated.md)",
+    )
     # -- simulation ----------------------------------------------------------------------------------------
     sim_cpus: int = option(1, "simulation: CPUs given to Ray (sites run one after another with 1)")
     sim_memory_mb: int = option(0, "simulation: memory limit of Ray's object store in MB (0: Ray's default)")
@@ -158,7 +165,19 @@ class FederatedConfig:
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} must be > 0; got {getattr(self, name)}", name)
         # The shared fields are checked by TrainConfig's own rules (lr, choices, KEY=VALUE items, ...).
-        local_train_config(self, data=self.data or (self.site_data or [""])[0] or "(sites)", out=self.out)
+        local_train_config(self, data=self.reference_data, out=self.out)
+
+    @property
+    def reference_data(self) -> str:
+        """The prepared folder `evaluate` uses by default: the partitioned folder, the held-out or first site
+        folder, or "(sites)" in deployment, where the server never sees a folder."""
+        if self.data:
+            return self.data
+        if self.site_data and self.test_site:
+            for index, folder in enumerate(self.site_data):
+                if self.test_site in (str(index + 1), Path(folder).resolve().name):
+                    return folder
+        return self.site_data[0] if self.site_data else DEPLOYMENT_DATA
 
     @property
     def site_count(self) -> int:

@@ -40,7 +40,16 @@ from meddenoise.fileio import atomic_write_json, atomic_write_text, ensure_writa
 from meddenoise.rundir import RunDir
 
 # Settings that may change when a run is resumed (the rest must match the original run).
-RESUMABLE_FIELDS = ("rounds", "resume", "quiet", "evaluate_test", "sim_cpus", "sim_memory_mb", "device")
+RESUMABLE_FIELDS = (
+    "rounds",
+    "resume",
+    "quiet",
+    "evaluate_test",
+    "sim_cpus",
+    "sim_memory_mb",
+    "device",
+    "flower_app",
+)
 NODE_WAIT_SECONDS = 600.0
 REPLY_TIMEOUT_SECONDS = 24 * 3600.0
 
@@ -80,8 +89,7 @@ class FederatedServer:
         self._check_fresh_or_resumable()
         ensure_writable_dir(self.out, what="run folder (--out)")
         self.log = RunLog(self.run_dir.log_file, True)
-        data = config.data or (config.site_data[0] if config.site_data else "")
-        self.train_config = local_train_config(config, data=data, out=str(self.out))
+        self.train_config = local_train_config(config, data=config.reference_data, out=str(self.out))
         self.recipe_json = json.dumps(self._recipe(), sort_keys=True)
         self.history: list[dict[str, Any]] = []
         self.best_val_loss, self.best_round, self.start_round = math.inf, 0, 1

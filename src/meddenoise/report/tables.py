@@ -515,7 +515,7 @@ def table_baselines(collection: Collection) -> tuple[TableResult, TableResult]:
                 }
             )
         display.append(cells)
-    full = max(len(pooled.image_ids) for pooled in configurations.values())
+    full = max((len(pooled.image_ids) for pooled in configurations.values()), default=0)
     notes = [
         "All methods on the same test images with the same fixed noise; networks trained on one device. "
         "Bold: highest mean PSNR at that noise level, ranked on the images every method of that level was "
