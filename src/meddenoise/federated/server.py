@@ -44,6 +44,7 @@ RESUMABLE_FIELDS = (
     "rounds",
     "resume",
     "quiet",
+    "print_config",
     "evaluate_test",
     "sim_cpus",
     "sim_memory_mb",
