@@ -181,7 +181,7 @@ def test_a_site_reads_only_its_own_images(make_prepared, tmp_path, monkeypatch):
     app = make_client_app(sites)
     everyone = original_load(data)
     for index, site in enumerate(sites):
-        own_rows = {i for i, row in enumerate(everyone.records) if row["patient_id"] in set(site.patients)}
+        own_rows = {i for i, row in enumerate(everyone.records) if row["group"] in set(site.groups)}
         context = Context(1, 10 + index, {"partition-id": index, "num-partitions": 3}, RecordDict(), {})
         reads.clear()
         messages = [

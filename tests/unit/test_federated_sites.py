@@ -48,15 +48,15 @@ def test_partitions_keep_patients_whole_and_cover_everyone(make_prepared, partit
 
 def test_iid_sites_are_near_equal_in_patients(make_prepared):
     data = load_prepared(make_prepared(n=60, patients=21))
-    sizes = [len(s.patients) for s in partition_folder(data, "x", 3, "iid")]
+    sizes = [len(s.groups) for s in partition_folder(data, "x", 3, "iid")]
     assert sizes == [7, 7, 7]
 
 
 def test_small_alpha_makes_uneven_sites(make_prepared):
     folder = make_prepared(n=120, patients=40)
     data = load_prepared(folder)
-    uneven = [len(s.patients) for s in partition_folder(data, str(folder), 3, "dirichlet", alpha=0.1, seed=0)]
-    even = [len(s.patients) for s in partition_folder(data, str(folder), 3, "dirichlet", alpha=100.0, seed=0)]
+    uneven = [len(s.groups) for s in partition_folder(data, str(folder), 3, "dirichlet", alpha=0.1, seed=0)]
+    even = [len(s.groups) for s in partition_folder(data, str(folder), 3, "dirichlet", alpha=100.0, seed=0)]
     assert max(uneven) - min(uneven) > max(even) - min(even)
 
 
@@ -87,7 +87,7 @@ def test_by_source_is_one_site_per_source(tmp_path):
 
 def test_by_source_refuses_a_patient_in_two_sources(tmp_path):
     folder = _two_source_folder(tmp_path, shared_patient=True)
-    with pytest.raises(DataError, match="split the patient"):
+    with pytest.raises(DataError, match="would split it across sites"):
         partition_folder(load_prepared(folder), str(folder), 2, "by-source")
 
 
@@ -100,7 +100,7 @@ def test_held_out_test_site_gives_all_its_images_to_test(make_prepared):
     assert len(site_rows(held, data.records, data.splits, "train")) == 0
     assert len(site_rows(held, data.records, data.splits, "val")) == 0
     assert len(site_rows(held, data.records, data.splits, "test")) == len(
-        site_rows(Site(held.name, held.data, held.patients), data.records, data.splits, "all")
+        site_rows(Site(held.name, held.data, held.groups), data.records, data.splits, "all")
     )
     with pytest.raises(ConfigError, match="not one of the sites"):
         choose_test_site(sites, "site9")
@@ -144,3 +144,19 @@ def test_without_flower_the_command_says_how_to_install(monkeypatch, make_prepar
     code = cli.main(["federated", "--data", str(data), "--sites", "2", "--out", str(tmp_path / "run")])
     assert code == 2
     assert "pip install 'meddenoise[federated]'" in capsys.readouterr().err
+
+
+def test_partition_unit_is_the_split_group(tmp_path):
+    """The rendered default is one CT (one patient) in many pose groups: sites get whole groups."""
+    records = [ImageRecord(f"img{i}", "one-ct", "default", f"x/{i}", f"pose{i // 3:02d}") for i in range(36)]
+    splits = [["train", "val", "test"][(i // 3) % 3] for i in range(36)]
+    folder = write_prepared(tmp_path / "poses", np.zeros((36, 8, 8), np.uint8), records, splits, {"s": 1})
+    data = load_prepared(folder)
+    sites = partition_folder(data, str(folder), 3, "iid")
+    group_sets = [set(s.groups) for s in sites]
+    assert sum(len(g) for g in group_sets) == 12 and set().union(*group_sets) == {
+        f"pose{k:02d}" for k in range(12)
+    }
+    for site in sites:
+        rows = site_rows(site, data.records, data.splits, "all")
+        assert {data.records[r]["group"] for r in rows} == set(site.groups)

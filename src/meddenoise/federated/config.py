@@ -68,9 +68,9 @@ class FederatedConfig:
     sites: int = option(0, "with --data: number of sites to partition the folder into")
     partition: str = option(
         "iid",
-        "with --data: iid (patients dealt at random), by-source (one site per source), dirichlet (site "
-        "shares of each stratum drawn from Dirichlet(alpha); strata are sources, or brightness quartiles "
-        "of patients when there is one source). A patient is never split across sites",
+        "with --data: iid (split groups, i.e. patients, dealt at random), by-source (one site per source), "
+        "dirichlet (site shares of each stratum drawn from Dirichlet(alpha); strata are sources, or "
+        "brightness quartiles of the groups with one source). A group (patient) is never split across sites",
         choices=PARTITIONS,
     )
     alpha: float = option(0.5, "dirichlet partition: concentration (0.1: very uneven sites, 100: near iid)")

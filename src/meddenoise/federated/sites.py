@@ -1,7 +1,9 @@
 """Sites: who holds which images. Either one prepared folder per site (`--site-data A B C`), or one folder
-partitioned into K sites by patient (`--data DIR --sites K --partition ...`), never splitting a patient.
+partitioned into K sites (`--data DIR --sites K --partition ...`) by the folder's split unit, its `group`
+column: the patient for real data (so a patient is never split across sites), the pose group for the
+rendered default (one CT, hence one patient, rendered in many poses).
 
-A `Site` is a description (name, folder, patients), small enough to travel to a simulated site; the pixels
+A `Site` is a description (name, folder, groups), small enough to travel to a simulated site; the pixels
 are read only by the site itself (`meddenoise.federated.local`). Each site keeps the prepared folder's
 patient-level train / validation / test splits; a held-out test site (`--test-site`) contributes all of its
 images to the global test set and never trains.
@@ -27,19 +29,19 @@ BRIGHTNESS_STRATA = 4
 class Site:
     name: str
     data: str  # prepared folder
-    patients: tuple[str, ...] | None = None  # None: every image of the folder belongs to the site
+    groups: tuple[str, ...] | None = None  # split units (`group` column); None: the whole folder
     role: str = "train"  # train | test (held out: never trains, all its images are global test images)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "data": self.data, "patients": self.patients, "role": self.role}
+        return {"name": self.name, "data": self.data, "groups": self.groups, "role": self.role}
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> Site:
-        patients = values.get("patients")
+        groups = values.get("groups")
         return cls(
             name=str(values["name"]),
             data=str(values["data"]),
-            patients=tuple(patients) if patients is not None else None,
+            groups=tuple(groups) if groups is not None else None,
             role=str(values.get("role", "train")),
         )
 
@@ -54,9 +56,9 @@ def site_rows(site: Site, records: list[dict[str, str]], splits: np.ndarray, spl
     if split is None:
         return np.zeros(0, dtype=np.int64)
     mine = np.ones(len(records), dtype=bool)
-    if site.patients is not None:
-        members = set(site.patients)
-        mine = np.array([row["patient_id"] in members for row in records], dtype=bool)
+    if site.groups is not None:
+        members = set(site.groups)
+        mine = np.array([row["group"] in members for row in records], dtype=bool)
     if split != "all":
         mine &= splits == split
     return np.flatnonzero(mine).astype(np.int64)
@@ -77,30 +79,30 @@ def sites_from_folders(folders: list[str]) -> list[Site]:
 def partition_folder(
     data: Any, folder: str, sites: int, partition: str, *, alpha: float = 0.5, seed: int = 0
 ) -> list[Site]:
-    """Split the patients of one loaded prepared folder into `sites` sites (see the module docstring)."""
+    """Split the groups (patients) of one loaded prepared folder into `sites` sites (module docstring)."""
     records = data.records
-    patients = sorted({row["patient_id"] for row in records})
-    if sites > len(patients):
+    units = sorted({row["group"] for row in records})
+    if sites > len(units):
         raise ConfigError(
-            f"sites = {sites}: {folder} has only {len(patients)} patients to share out", "sites"
+            f"sites = {sites}: {folder} has only {len(units)} groups (patients) to share out", "sites"
         )
     if partition == "iid":
-        groups = _iid(patients, sites, seed)
+        groups = _iid(units, sites, seed)
     elif partition == "by-source":
         groups = _by_source(records, sites, folder)
     elif partition == "dirichlet":
-        groups = _dirichlet(data, patients, sites, alpha, seed, folder)
+        groups = _dirichlet(data, units, sites, alpha, seed, folder)
     else:
         raise ConfigError(f"partition must be iid, by-source or dirichlet; got {partition!r}", "partition")
     names = [f"site{i + 1}" for i in range(sites)]
     if partition == "by-source":
         names = [f"site{i + 1}-{source}" for i, source in enumerate(_sources(records))]
-    return [Site(name=n, data=str(folder), patients=tuple(sorted(g))) for n, g in zip(names, groups)]
+    return [Site(name=n, data=str(folder), groups=tuple(sorted(g))) for n, g in zip(names, groups)]
 
 
-def _iid(patients: list[str], sites: int, seed: int) -> list[list[str]]:
-    order = np.random.default_rng([seed, 0x5173]).permutation(len(patients))
-    return [[patients[i] for i in order[k::sites]] for k in range(sites)]
+def _iid(units: list[str], sites: int, seed: int) -> list[list[str]]:
+    order = np.random.default_rng([seed, 0x5173]).permutation(len(units))
+    return [[units[i] for i in order[k::sites]] for k in range(sites)]
 
 
 def _sources(records: list[dict[str, str]]) -> list[str]:
@@ -115,20 +117,20 @@ def _by_source(records: list[dict[str, str]], sites: int, folder: str) -> list[l
             f"({', '.join(sources)}), so use sites = {len(sources)}",
             "sites",
         )
-    by_patient: dict[str, set[str]] = defaultdict(set)
+    by_unit: dict[str, set[str]] = defaultdict(set)
     for row in records:
-        by_patient[row["patient_id"]].add(row["source"])
-    split_patients = [p for p, s in by_patient.items() if len(s) > 1]
-    if split_patients:
+        by_unit[row["group"]].add(row["source"])
+    mixed = [u for u, s in by_unit.items() if len(s) > 1]
+    if mixed:
         raise DataError(
-            f"{folder}: patient {split_patients[0]} has images from several sources, so a by-source "
-            "partition would split the patient across sites; use --partition iid or dirichlet"
+            f"{folder}: group (patient) {mixed[0]} has images from several sources, so a by-source "
+            "partition would split it across sites; use --partition iid or dirichlet"
         )
-    return [sorted(p for p, s in by_patient.items() if source in s) for source in sources]
+    return [sorted(u for u, s in by_unit.items() if source in s) for source in sources]
 
 
-def _strata(data: Any, patients: list[str]) -> list[int]:
-    """A stratum per patient: its source when the folder mixes sources, else its brightness quartile.
+def _strata(data: Any, units: list[str]) -> list[int]:
+    """A stratum per group (patient): its source when the folder mixes sources, else its brightness quartile.
 
     Denoising has no class label to skew; what differs between hospitals is the kind of image (scanner,
     exposure, population), which sources capture and brightness stands in for within one source.
@@ -137,36 +139,36 @@ def _strata(data: Any, patients: list[str]) -> list[int]:
     sources = _sources(records)
     first_source = {}
     for row in records:
-        first_source.setdefault(row["patient_id"], row["source"])
+        first_source.setdefault(row["group"], row["source"])
     if len(sources) > 1:
-        return [sources.index(first_source[p]) for p in patients]
+        return [sources.index(first_source[u]) for u in units]
     sums: dict[str, float] = defaultdict(float)
     counts: dict[str, int] = defaultdict(int)
     for start in range(0, len(records), 256):
         block = np.asarray(data.images[start : start + 256], dtype=np.float64)  # (b, H, W)
         means = block.reshape(block.shape[0], -1).mean(axis=1)
         for offset, value in enumerate(means):
-            patient = records[start + offset]["patient_id"]
-            sums[patient] += float(value)
-            counts[patient] += 1
-    brightness = np.array([sums[p] / counts[p] for p in patients])
-    strata = min(BRIGHTNESS_STRATA, len(patients))
+            unit = records[start + offset]["group"]
+            sums[unit] += float(value)
+            counts[unit] += 1
+    brightness = np.array([sums[u] / counts[u] for u in units])
+    strata = min(BRIGHTNESS_STRATA, len(units))
     ranks = np.argsort(np.argsort(brightness, kind="stable"), kind="stable")
-    return [int(r * strata // len(patients)) for r in ranks]
+    return [int(r * strata // len(units)) for r in ranks]
 
 
 def _dirichlet(
-    data: Any, patients: list[str], sites: int, alpha: float, seed: int, folder: str
+    data: Any, units: list[str], sites: int, alpha: float, seed: int, folder: str
 ) -> list[list[str]]:
-    strata = _strata(data, patients)
+    strata = _strata(data, units)
     splits_of = defaultdict(set)
     for row in data.records:
-        splits_of[row["patient_id"]].add(row["split"])
+        splits_of[row["group"]].add(row["split"])
     rng = np.random.default_rng([seed, 0xD1C])
     for _ in range(DIRICHLET_ATTEMPTS):
         groups: list[list[str]] = [[] for _ in range(sites)]
         for stratum in sorted(set(strata)):
-            members = [p for p, s in zip(patients, strata) if s == stratum]
+            members = [u for u, s in zip(units, strata) if s == stratum]
             members = [members[i] for i in rng.permutation(len(members))]
             shares = rng.dirichlet(np.full(sites, alpha))
             bounds = np.round(np.cumsum(shares) * len(members)).astype(int)
@@ -215,6 +217,6 @@ def describe_sites(sites: list[Site]) -> list[dict[str, Any]]:
             rows = site_rows(site, data.records, data.splits, split)
             row[f"{split}_images"] = int(len(rows))
             row[f"{split}_patients"] = len({data.records[r]["patient_id"] for r in rows})
-        row["patients"] = list(site.patients) if site.patients is not None else None
+        row["groups"] = list(site.groups) if site.groups is not None else None
         described.append(row)
     return described
