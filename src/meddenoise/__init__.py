@@ -1,3 +1,38 @@
-"""meddenoise: train, evaluate and audit deep denoisers for medical images."""
+"""meddenoise: train, evaluate and audit deep denoisers for medical images.
+
+    from meddenoise import prepare, fit, TrainConfig, NoiseSpec, ModelSpec, evaluate_run
+
+The names are loaded on first use, so `import meddenoise` (and `meddenoise --help`) stays fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
+
+# public name -> module that defines it
+_PUBLIC = {
+    "prepare": "meddenoise.api",
+    "fit": "meddenoise.engine.train",
+    "TrainConfig": "meddenoise.engine.config",
+    "NoiseSpec": "meddenoise.noise.spec",
+    "ModelSpec": "meddenoise.models.spec",
+    "build_model": "meddenoise.models.registry",
+    "build_noise": "meddenoise.noise.operators",
+    "load_trained_model": "meddenoise.engine.checkpoint",
+    "evaluate_run": "meddenoise.evaluation.runs",
+}
+
+__all__ = ["__version__", *_PUBLIC]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _PUBLIC:
+        return getattr(importlib.import_module(_PUBLIC[name]), name)
+    raise AttributeError(f"module 'meddenoise' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

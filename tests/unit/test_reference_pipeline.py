@@ -167,7 +167,14 @@ def test_train_with_pipeline_reference_matches_the_fast_path_epoch_by_epoch(prep
         assert theirs["train_images"] == ours["train_images"] and theirs["train_images_each_once"]
     assert fast[-1]["train_loss"] < fast[0]["train_loss"]
     saved = json.loads((tmp_path / "reference" / "config.json").read_text())["config"]
-    assert saved["pipeline"] == "reference" and saved["amp"] == "off" and saved["channels_last"] is False
+    assert saved["pipeline"] == "reference" and saved["amp"] == "auto"  # the options as given, unchanged
+    summary = (tmp_path / "reference" / "summary.csv").read_text().splitlines()
+    assert dict(zip(summary[0].split(","), summary[1].split(",")))["amp"] == "off"  # what the runtime used
+    from meddenoise.config import config_from_mapping
+    from meddenoise.engine.config import TrainConfig
+
+    config = config_from_mapping(TrainConfig, {**saved, "pipeline": "reference"})
+    assert config.runtime_precision() == ("off", False) and config.amp == "auto" and config.channels_last
 
 
 @pytest.mark.parametrize(

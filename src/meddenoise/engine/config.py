@@ -194,8 +194,6 @@ class TrainConfig:
 
     def _check_reference(self) -> None:
         """The paper's code's modes only: fp32 or fp16 AMP, no compile, one fixed noisy copy, supervised."""
-        if self.amp == "auto":
-            self.amp = "off"  # the paper's code's single-GPU mode
         if self.amp == "bf16" or self.compile:
             raise ConfigError(
                 "--pipeline reference reproduces the paper's code: fp32 (--amp off) or its fp16 AMP "
@@ -206,7 +204,14 @@ class TrainConfig:
                 "--pipeline reference trains like the paper's, on one fixed noisy copy per image against "
                 "the clean image: use --noise-mode fixed and --target clean (or --pipeline fast)"
             )
-        self.channels_last = False  # the paper's code keeps torch's default memory format
+
+    def runtime_precision(self) -> tuple[str, bool]:
+        """(amp, channels_last) the runtime uses: as given, except that the reference pipeline runs like the
+        paper's code, in fp32 unless fp16 is asked for and in torch's default memory format. (`check()`
+        validates and never changes a value; this is where such defaults are decided.)"""
+        if self.pipeline == "reference":
+            return ("off" if self.amp == "auto" else self.amp), False
+        return self.amp, self.channels_last
 
     def model_spec(self) -> ModelSpec:
         """The network this config trains (`--model`, `--base-channels`, `--depth`, `--norm`, ...)."""

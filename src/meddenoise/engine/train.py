@@ -12,6 +12,7 @@ sums), identity.py (what must match to resume), run_files.py (logs and tables), 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import time
 from pathlib import Path
@@ -19,7 +20,7 @@ from typing import Any
 
 import torch
 
-from meddenoise.config import config_to_dict, save_config
+from meddenoise.config import config_to_dict, save_config, validate_config
 from meddenoise.data.loader import CleanBatch
 from meddenoise.engine import checkpoint as ckpt
 from meddenoise.engine import distributed, placement, private
@@ -614,11 +615,13 @@ def load_average() -> float | None:
 def fit(config: TrainConfig) -> Path:
     """Train as configured and return the run folder (see docs/training.md for what it holds)."""
     set_cpu_threads_from_env()
+    config = validate_config(dataclasses.replace(config))  # a config built in Python is checked here too
+    amp, channels_last = config.runtime_precision()
     runtime = build_runtime(
         strategy=config.strategy,
         device=config.device,
-        amp=config.amp,
-        channels_last=config.channels_last,
+        amp=amp,
+        channels_last=channels_last,
         compile=config.compile,
         sync_bn=config.sync_bn,
         dist_timeout=config.dist_timeout,
