@@ -29,11 +29,9 @@ from meddenoise.config import config_from_mapping
 from meddenoise.data.cache import load_prepared
 from meddenoise.data.loader import DeviceBatches
 from meddenoise.engine.config import TrainConfig
-from meddenoise.engine.identity import model_options
 from meddenoise.engine.losses import build_loss
 from meddenoise.engine.step import build_optimizer
 from meddenoise.engine.train import fit
-from meddenoise.models import build_model
 
 TARGET_RATIO = 1.05
 
@@ -88,7 +86,7 @@ def bare_epochs(config: TrainConfig, repeats: int) -> list[float]:
     for batch in batches.epoch(0):
         pairs.append((noise(batch.clean, batch.image_keys, seed=0, mode="fixed"), batch.clean))
     torch.manual_seed(config.seed)
-    model = build_model(config.model, **model_options(config))
+    model = config.model_spec().build()
     optimizer = build_optimizer(model, "adam", config.lr, 0.0, torch.device("cpu"))
     loss_fn = build_loss("l1")
     model.train()
