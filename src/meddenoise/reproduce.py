@@ -57,6 +57,11 @@ class Preset:
     samples: int = 3
     tune_limit: int = 16
     data_note: str = ""  # the preset's own data, named only when the run really used it
+    # Multi-device timing protocols (Table V): "paper" keeps the batch per device (the global batch grows
+    # with the devices, so fewer optimizer steps); "controlled" keeps the global batch and the steps equal
+    # to one device's, so only the strategy differs.
+    protocols: tuple[str, ...] = ("paper", "controlled")
+    timing_repeats: int = 2  # each compared configuration is trained this often, one-device and multi in turn
 
 
 _TINY_UNET = {"base_channels": 4, "depth": 3}
@@ -99,6 +104,7 @@ PRESETS: dict[str, Preset] = {
         model_train={"dncnn": {"base_channels": 12, "model_options": ["num_layers=6"], "depth": 0}},
         multi_device_noise_stds=(0.1,),
         cpu_ddp=True,
+        protocols=("controlled",),
         baseline_limits={"bm3d": 32},
         # Every clean-free target at every level, with the supervised U-Net's settings.
         privacy_queries=100,
@@ -166,6 +172,8 @@ class Job:
     seed: int = 0
     train_overrides: dict[str, Any] = dataclasses.field(default_factory=dict)
     nproc: int = 0
+    protocol: str = ""  # multi-device runs: "paper" or "controlled"
+    repeat: int = 0  # timing repeats (kind "timing": trained only, for Table V's median)
 
 
 def std_tag(noise_std: float) -> str:
@@ -255,24 +263,23 @@ def plan_jobs(preset: Preset, out: Path, seeds: int, gpus: int) -> tuple[list[Jo
         if runtime is None:
             skipped.append({"what": f"strategy {strategy}", "reason": label})
             continue
-        for noise_std in multi_levels:
-            for seed in range(seeds):
-                for model in preset.models:
-                    name = f"{model}_{std_tag(noise_std)}_{label}_seed{seed}"
-                    overrides = train_overrides(preset, model, seed, runtime)
-                    jobs.append(
-                        Job(
-                            name,
-                            "network",
-                            out / "runs" / name,
-                            noise_std,
-                            model,
-                            label,
-                            seed,
-                            overrides,
-                            nproc,
+        # DataParallel is one process that splits its batch over the devices: its global batch and steps are
+        # one device's already, so it has one protocol (the report derives it from the recorded steps).
+        for protocol in preset.protocols if nproc else ("",):
+            protocol_overrides, reason = protocol_settings(protocol, preset, nproc)
+            if protocol_overrides is None:
+                skipped.append({"what": f"strategy {label}, {protocol} protocol", "reason": reason})
+                continue
+            suffix = "" if protocol in ("paper", "") else f"-{protocol}"
+            for noise_std in multi_levels:
+                for seed in range(seeds):
+                    for model in preset.models:
+                        name = f"{model}_{std_tag(noise_std)}_{label}{suffix}_seed{seed}"
+                        overrides = train_overrides(preset, model, seed, {**runtime, **protocol_overrides})
+                        job = Job(
+                            name, "network", out / "runs" / name, noise_std, model, label, seed, overrides
                         )
-                    )
+                        jobs.append(dataclasses.replace(job, nproc=nproc, protocol=protocol))
         left_out = [s for s in preset.noise_stds if s not in multi_levels]
         if left_out:
             skipped.append(
@@ -294,7 +301,55 @@ def plan_jobs(preset: Preset, out: Path, seeds: int, gpus: int) -> tuple[list[Jo
             jobs.append(
                 Job(name, "network", out / "runs" / name, noise_std, f"unet+{target}", "single", 0, overrides)
             )
-    return jobs, skipped
+    return interleave_timing(jobs, preset, out), skipped
+
+
+def protocol_settings(protocol: str, preset: Preset, nproc: int) -> tuple[dict[str, Any] | None, str]:
+    """TrainConfig overrides of a multi-device timing protocol, or None and why it cannot run."""
+    if protocol in ("paper", ""):
+        return {}, ""
+    batch = int(preset.train.get("batch_size", 16))
+    if protocol == "controlled" and nproc > 0 and batch % nproc == 0:
+        # the same global batch split over the devices: the same optimizer steps as one device
+        return {"batch_size": batch // nproc}, ""
+    return None, f"a global batch of {batch} does not split evenly over {nproc} devices"
+
+
+def _single_of(jobs: list[Job], job: Job) -> int | None:
+    """Position of the one-device run that `job` (a multi-device run) is compared with."""
+    for position, other in enumerate(jobs):
+        same = other.method == job.method and other.seed == job.seed
+        if same and other.strategy == "single" and math.isclose(other.noise_std, job.noise_std):
+            return position
+    return None
+
+
+def interleave_timing(jobs: list[Job], preset: Preset, out: Path) -> list[Job]:
+    """Each multi-device run right after its one-device run (so both see the machine in the same state),
+    then `timing_repeats - 1` more such pairs trained for their time only (OUT/timing/, not evaluated)."""
+    multi = [j for j in jobs if j.kind == "network" and j.strategy != "single"]
+    ordered = [j for j in jobs if j not in multi]
+    for job in multi:
+        anchor = _single_of(ordered, job)
+        position = len(ordered) if anchor is None else anchor + 1
+        while position < len(ordered) and ordered[position].strategy not in ("single", ""):
+            position += 1  # after the multi-device runs already placed behind the same anchor
+        ordered.insert(position, job)
+    pairs = [
+        (ordered[_single_of(ordered, j)], j)
+        for j in multi
+        if j.seed == 0 and _single_of(ordered, j) is not None
+    ]
+    for repeat in range(1, preset.timing_repeats):
+        done: set[str] = set()
+        for single, job in pairs:
+            for member in (job,) if single.name in done else (single, job):
+                done.add(member.name)
+                name = f"{member.name}_repeat{repeat}"
+                overrides = {**member.train_overrides, "evaluate_test": False}
+                timing = dataclasses.replace(member, name=name, kind="timing", folder=out / "timing" / name)
+                ordered.append(dataclasses.replace(timing, train_overrides=overrides, repeat=repeat))
+    return ordered
 
 
 def _prepare(settings: ReproduceConfig) -> Path:
@@ -351,9 +406,37 @@ def job_noise(job: Job, settings: ReproduceConfig) -> NoiseSpec:
     return NoiseSpec(mean=settings.grid.noise_mean, std=job.noise_std)
 
 
+def timing_entries(jobs: list[Job], out: Path) -> list[dict[str, Any]]:
+    """The runs Table V times (one-device and multi-device, every repeat), for the report."""
+    compared = {(j.method, j.noise_std) for j in jobs if j.kind == "network" and j.strategy != "single"}
+    return [
+        {
+            "folder": str(j.folder.relative_to(out)),
+            "method": j.method,
+            "noise_std": j.noise_std,
+            "strategy": j.strategy,
+            "protocol": j.protocol,
+            "repeat": j.repeat,
+        }
+        for j in jobs
+        if j.kind in ("network", "timing") and j.seed == 0 and (j.method, j.noise_std) in compared
+    ]
+
+
 def run_network_job(job: Job, data_dir: Path, settings: ReproduceConfig) -> None:
     from meddenoise.evaluation.runs import evaluate_run
 
+    train_job(job, data_dir, settings)
+    evaluate_run(
+        job.folder,
+        device=settings.device,
+        keep_samples=settings.grid.samples,
+        lpips_weights=settings.lpips_weights or None,
+        quiet=settings.quiet,
+    )
+
+
+def train_job(job: Job, data_dir: Path, settings: ReproduceConfig) -> None:
     resume = RunDir(job.folder).has_training_state()
     if job.folder.exists() and not resume:
         shutil.rmtree(job.folder)  # killed before its first checkpoint: nothing to keep
@@ -366,13 +449,6 @@ def run_network_job(job: Job, data_dir: Path, settings: ReproduceConfig) -> None
         from meddenoise.engine.train import fit
 
         fit(config)
-    evaluate_run(
-        job.folder,
-        device=settings.device,
-        keep_samples=settings.grid.samples,
-        lpips_weights=settings.lpips_weights or None,
-        quiet=settings.quiet,
-    )
 
 
 def run_baseline_job(job: Job, data_dir: Path, settings: ReproduceConfig) -> None:
@@ -540,6 +616,7 @@ def _reproduce(settings: ReproduceConfig) -> Path:
             {"name": j.name, "kind": j.kind, "folder": str(j.folder.relative_to(settings.folder))}
             for j in jobs
         ],
+        "timing": timing_entries(jobs, settings.folder),
         "wall_seconds_before": previous.get("wall_seconds", 0.0),
     }
     atomic_write_json(settings.folder / PLAN_FILE, plan)
@@ -552,6 +629,8 @@ def _reproduce(settings: ReproduceConfig) -> Path:
         try:
             if job.kind == "network":
                 run_network_job(job, data_dir, settings)
+            elif job.kind == "timing":
+                train_job(job, data_dir, settings)
             else:
                 run_baseline_job(job, data_dir, settings)
         except Exception as exc:  # noqa: BLE001 - one broken job must not stop the grid; it is recorded

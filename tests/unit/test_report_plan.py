@@ -19,9 +19,26 @@ def test_quick_on_cpu_runs_ddp_on_gloo_and_skips_dp_with_a_reason():
             assert f"{model}_std{std}_single_seed0" in names
         for baseline in ("noisy", "gaussian", "nlm", "bm3d"):
             assert f"{baseline}_std{std}" in names
-    ddp = [job for job in jobs if job.strategy == "ddp"]
-    assert sorted(job.name for job in ddp) == ["unet_std0.1_ddp_seed0", "unetpp_std0.1_ddp_seed0"]
+    ddp = [job for job in jobs if job.strategy == "ddp" and job.kind == "network"]
+    # the controlled protocol: the same global batch (4 per process x 2) and steps as one device's 8
+    assert sorted(job.name for job in ddp) == [
+        "unet_std0.1_ddp-controlled_seed0",
+        "unetpp_std0.1_ddp-controlled_seed0",
+    ]
     assert all(job.nproc == 2 and job.train_overrides["amp"] == "off" for job in ddp)
+    assert all(job.train_overrides["batch_size"] == 4 and job.protocol == "controlled" for job in ddp)
+    # interleaved: each DDP run right after its one-device run; then one more timed pair per model
+    assert names[names.index("unet_std0.1_single_seed0") + 1] == "unet_std0.1_ddp-controlled_seed0"
+    timing = [job for job in jobs if job.kind == "timing"]
+    assert [job.name for job in timing] == [
+        "unet_std0.1_single_seed0_repeat1",
+        "unet_std0.1_ddp-controlled_seed0_repeat1",
+        "unetpp_std0.1_single_seed0_repeat1",
+        "unetpp_std0.1_ddp-controlled_seed0_repeat1",
+    ]
+    assert all(
+        job.train_overrides["evaluate_test"] is False and "timing" in job.folder.parts for job in timing
+    )
     assert not any(job.strategy == "dp" for job in jobs)
     reasons = {item["what"]: item["reason"] for item in skipped}
     assert "DataParallel needs at least 2 GPUs" in reasons["strategy dp"]
@@ -41,6 +58,11 @@ def test_paper_on_two_gpus_runs_every_strategy_at_every_level_with_fp16_ddp():
         job.train_overrides["epochs"] == 50 and job.train_overrides["base_channels"] == 64 for job in ddp
     )
     assert not [item for item in skipped if item["what"].startswith("strategy")]
+    # both Table V protocols: batch 16 per device (the paper) and 8 per device (global 16, as one device)
+    assert {(job.protocol, job.train_overrides["batch_size"]) for job in ddp} == {
+        ("paper", 16),
+        ("controlled", 8),
+    }
 
 
 def test_one_gpu_skips_both_multi_device_strategies():

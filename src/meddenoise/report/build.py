@@ -18,7 +18,7 @@ from typing import Any
 from meddenoise.evaluation import files
 from meddenoise.evaluation.environment import describe_hardware
 from meddenoise.fileio import atomic_write_text, ensure_writable_dir, read_json
-from meddenoise.report import figures, tables
+from meddenoise.report import figures, scaling, tables
 from meddenoise.report.clean_free import clean_free_section, table_clean_free
 from meddenoise.report.collect import Collection, collect, method_label
 from meddenoise.report.document import Block, BulletList, Figure, Heading, Paragraph, Table, render_markdown
@@ -170,7 +170,10 @@ def tables_section(collection: Collection, tables_dir: Path) -> list[Block]:
     blocks += [Heading(2, "Configurations (Table IV)")]
     blocks += _table_blocks(tables.table_configurations(collection), "table4_configurations", tables_dir)
     blocks += [Heading(2, "Speed-up of DP and DDP+AMP (Table V)")]
-    blocks += _table_blocks(tables.table_speedup(collection, skipped), "table5_speedup", tables_dir)
+    speedup, speedup_sentences = scaling.table_speedup(collection, skipped)
+    blocks += _table_blocks(speedup, "table5_speedup", tables_dir)
+    if speedup_sentences:
+        blocks.append(BulletList(speedup_sentences))
     blocks += [Heading(2, "Baselines on the same test images (Table VI)")]
     baselines, tests = tables.table_baselines(collection)
     blocks += _table_blocks(baselines, "table6_baselines", tables_dir)

@@ -49,11 +49,14 @@ def method_sort_key(method: str) -> tuple[int, str]:
 
 
 def strategy_label(strategy: str) -> str:
-    return STRATEGY_LABELS.get(strategy, strategy)
+    base, _, protocol = strategy.partition("/")
+    label = STRATEGY_LABELS.get(base, base)
+    return f"{label} ({protocol})" if protocol else label
 
 
 def strategy_sort_key(strategy: str) -> tuple[int, str]:
-    return (STRATEGY_ORDER.index(strategy) if strategy in STRATEGY_ORDER else len(STRATEGY_ORDER), strategy)
+    base = strategy.partition("/")[0]
+    return (STRATEGY_ORDER.index(base) if base in STRATEGY_ORDER else len(STRATEGY_ORDER), strategy)
 
 
 @dataclasses.dataclass
@@ -63,6 +66,14 @@ class Evaluation:
     folder: Path
     info: dict[str, Any]
     rows: list[dict[str, str]]
+    protocol: str = ""  # multi-device runs: "paper" or "controlled" (from the recorded steps), else ""
+
+    @property
+    def setup(self) -> str:
+        """The strategy, with the timing protocol when a multi-device run's is known."""
+        return (
+            f"{self.strategy}/{self.protocol}" if self.protocol in ("paper", "controlled") else self.strategy
+        )
 
     @property
     def kind(self) -> str:
@@ -129,6 +140,7 @@ class RunHistory:
     epochs_run: int | None = None
     selection: str = ""  # the best-checkpoint rule the engine used ("clean", "released"; "" if not recorded)
     summary: dict[str, str] = dataclasses.field(default_factory=dict)  # the row of summary.csv
+    batch_size: int | None = None  # per device, from the run's config.json
 
 
 def cluster_unit(data: dict[str, Any]) -> str:
@@ -178,7 +190,13 @@ def load_history(run_dir: Path) -> RunHistory:
         epochs_run=None if epochs_run is None else int(epochs_run),
         selection=str(summary.get("selection", "")),
         summary=dict(summary),
+        batch_size=_integer(run.read_config().get("batch_size")),
     )
+
+
+def _integer(value: Any) -> int | None:
+    number = _number(value)
+    return None if number is None else int(number)
 
 
 @dataclasses.dataclass
@@ -190,6 +208,7 @@ class Collection:
     histories: dict[Path, RunHistory]
     plan: dict[str, Any]
     ignored: list[Path] = dataclasses.field(default_factory=list)  # evaluations of other data
+    timing: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # plan's timed runs + "history"
 
     def networks(self) -> list[Evaluation]:
         return [e for e in self.evaluations if e.kind == "network"]
@@ -242,7 +261,32 @@ def collect(root: str | Path, *, split: str = "test") -> Collection:
         run_dir = evaluation.run_dir
         if run_dir is not None and run_dir not in histories and run_dir.is_dir():
             histories[run_dir] = load_history(run_dir)
-    return Collection(root=root, evaluations=evaluations, histories=histories, plan=plan, ignored=ignored)
+    _set_protocols(evaluations, histories)
+    timing = []
+    for entry in plan.get("timing") or []:
+        folder = root / entry["folder"]
+        if folder.is_dir():
+            timing.append({**entry, "history": histories.get(folder.resolve()) or load_history(folder)})
+    return Collection(
+        root=root, evaluations=evaluations, histories=histories, plan=plan, ignored=ignored, timing=timing
+    )
+
+
+def _set_protocols(evaluations: list[Evaluation], histories: dict[Path, RunHistory]) -> None:
+    """Tell the timing protocols of multi-device runs apart by their optimizer steps against the one-device
+    run of the same model, noise level and seed: equal = controlled, fewer = paper (global batch grew)."""
+    single_steps = {}
+    for evaluation in evaluations:
+        history = histories.get(evaluation.run_dir) if evaluation.run_dir else None
+        if evaluation.strategy == "single" and history is not None and history.global_steps is not None:
+            single_steps[(evaluation.method, evaluation.noise_std, evaluation.seed)] = history.global_steps
+    for evaluation in evaluations:
+        history = histories.get(evaluation.run_dir) if evaluation.run_dir else None
+        if evaluation.kind != "network" or evaluation.strategy in ("single", "") or history is None:
+            continue
+        single = single_steps.get((evaluation.method, evaluation.noise_std, evaluation.seed))
+        if single is not None and history.global_steps is not None:
+            evaluation.protocol = "controlled" if history.global_steps == single else "paper"
 
 
 def _data_folder(evaluation: Evaluation) -> str:

@@ -159,8 +159,9 @@ def format_seconds(seconds: float | None) -> str:
 
 
 def _configurations(collection: Collection, strategy_filter) -> dict[tuple, list[Evaluation]]:
+    """(method, noise_std, setup) -> seed runs; the setup is the strategy with its timing protocol."""
     chosen = [e for e in collection.evaluations if strategy_filter(e)]
-    return group_by(chosen, "method", "noise_std", "strategy")
+    return group_by(chosen, "method", "noise_std", "setup")
 
 
 def _seed_spread(pooled: Pooled, metric: str) -> str:
@@ -353,59 +354,6 @@ def table_configurations(collection: Collection) -> TableResult:
         "engine's recorded wall time of the training loop (validation excluded)."
     ]
     table = Table(columns, display, "Table IV. Quality and training time per configuration", notes)
-    return TableResult(table, csv_rows)
-
-
-def table_speedup(collection: Collection, skipped: Sequence[dict[str, str]] = ()) -> TableResult:
-    """Table V: training-time reduction of DP and DDP+AMP against one device, per model and noise level."""
-    configurations = _configurations(collection, lambda e: e.kind == "network" and e.method in PAPER_MODELS)
-    columns = ["Model", "Noise std", "Setup", "PSNR (dB)", "SSIM", "LPIPS", "TT (s)", "TS (%)", "Speed-up"]
-    display, csv_rows = [], []
-    groups: dict[tuple, list[str]] = {}
-    for method, noise_std, strategy in configurations:
-        groups.setdefault((method, noise_std), []).append(strategy)
-    for method, noise_std in sorted(groups, key=lambda k: (method_sort_key(k[0]), k[1])):
-        baseline = _mean_train_seconds(collection, configurations.get((method, noise_std, "single"), []))
-        for strategy in sorted(groups[(method, noise_std)], key=strategy_sort_key):
-            runs = configurations[(method, noise_std, strategy)]
-            pooled = pool_runs(runs)
-            seconds = _mean_train_seconds(collection, runs)
-            reduction = speedup = None
-            if baseline and seconds:
-                reduction = 100.0 * (1.0 - seconds / baseline)
-                speedup = baseline / seconds
-            means = {m: float(np.mean(pooled.values[m])) for m in QUALITY_METRICS}
-            display.append(
-                [
-                    method_label(method),
-                    f"{noise_std:g}",
-                    strategy_label(strategy),
-                    format_mean(means["psnr"], "psnr", extra_digit=True),
-                    format_mean(means["ssim"], "ssim"),
-                    format_mean(means["lpips"], "lpips"),
-                    format_seconds(seconds),
-                    "n/a" if reduction is None else f"{reduction:.2f}%",
-                    "n/a" if speedup is None else f"{speedup:.2f}x",
-                ]
-            )
-            csv_rows.append(
-                {
-                    "method": method,
-                    "noise_std": noise_std,
-                    "strategy": strategy,
-                    "train_seconds": seconds,
-                    "time_saving_percent": reduction,
-                    "speedup": speedup,
-                }
-            )
-    notes = [
-        "TS (time saving) = 100 x (1 - TT / TT of one device), the paper's definition; speed-up = "
-        "TT of one device / TT. Timings compare only within one machine under the same load."
-    ]
-    notes += [f"Not run: {item['what']}: {item['reason']}" for item in skipped]
-    table = Table(
-        columns, display, "Table V. Training-time saving of DP and DDP+AMP against one device", notes
-    )
     return TableResult(table, csv_rows)
 
 

@@ -1,0 +1,97 @@
+"""Table V believes a speed-up only when the runs allow it: an impossible speed-up, a run that did not
+learn and a change of load are flagged, and flagged figures never reach a summary sentence."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+
+from meddenoise.evaluation import files
+from meddenoise.report.build import build_report
+from meddenoise.report.collect import collect
+from meddenoise.report.document import BulletList, find_table
+from meddenoise.report.scaling import table_speedup
+
+IMAGES = [f"img{i:02d}" for i in range(8)]
+
+
+def _run(root, name, *, seconds, steps, world, batch, load, psnr=None, method="unet", std=0.1):
+    """An engine run folder (summary.csv, config.json) and, when `psnr` is given, its evaluation."""
+    run = root / "runs" / name
+    run.mkdir(parents=True)
+    row = {"world_size": world, "train_seconds": seconds, "global_steps": steps,
+           "cpu_seconds": seconds * world, "load_average_start": load}  # fmt: skip
+    files.write_rows(run / "summary.csv", list(row), [row])
+    (run / "config.json").write_text(json.dumps({"config": {"batch_size": batch}}))
+    if psnr is not None:
+        _evaluation(run / "evaluation" / "test", method, std, psnr, "ddp" if world > 1 else "single", run)
+    return run
+
+
+def _evaluation(folder, method, std, psnr, strategy, run=None, kind="network"):
+    folder.mkdir(parents=True)
+    rows = [{"image_id": i, "patient_id": i, "method": method, "strategy": strategy, "noise_std": std,
+             "psnr": psnr + 0.01 * k, "ssim": 0.5} for k, i in enumerate(IMAGES)]  # fmt: skip
+    files.write_rows(folder / files.PER_IMAGE_FILE, files.PER_IMAGE_COLUMNS, rows)
+    info = {"kind": kind, "method": method, "strategy": strategy, "seed": 0, "split": "test",
+            "noise": {"mean": 0.1, "std": std}, "data": {"folder": "d", "source": "folder"}}  # fmt: skip
+    if run is not None:
+        info["run_dir_relative"] = os.path.relpath(run, folder)
+    files.write_info(folder, info)
+
+
+def _plan(root, entries):
+    (root / "reproduce.json").write_text(json.dumps({"timing": entries}))
+
+
+def test_impossible_speedup_and_unconverged_run_are_flagged_and_never_summarised(tmp_path):
+    _evaluation(tmp_path / "baselines" / "noisy", "noisy", 0.1, 17.06, "", kind="baseline")
+    # U-Net: the single run was slowed by other load (57 s) and the DDP run never learned (17.65 dB)
+    _run(tmp_path, "unet_single", seconds=57.4, steps=100, world=1, batch=8, load=3.0, psnr=25.74)
+    _run(tmp_path, "unet_ddp", seconds=15.7, steps=50, world=2, batch=8, load=0.3, psnr=17.65)
+    # U-Net++: an honest controlled comparison on a quiet machine, two repeats each
+    for repeat, (single, ddp) in enumerate(((20.0, 12.0), (21.0, 12.5))):
+        quality = {"psnr": 26.0} if repeat == 0 else {}
+        _run(tmp_path, f"unetpp_single_{repeat}", seconds=single, steps=100, world=1, batch=8, load=0.2,
+             method="unetpp", psnr=quality.get("psnr"))  # fmt: skip
+        _run(tmp_path, f"unetpp_ddp_{repeat}", seconds=ddp, steps=100, world=2, batch=4, load=0.25,
+             method="unetpp", psnr=quality.get("psnr") and 25.8)  # fmt: skip
+    entries = [
+        {"folder": "runs/unet_single", "method": "unet", "noise_std": 0.1, "strategy": "single"},
+        {"folder": "runs/unet_ddp", "method": "unet", "noise_std": 0.1, "strategy": "ddp"},
+    ]
+    for repeat in (0, 1):
+        for strategy in ("single", "ddp"):
+            folder = f"runs/unetpp_{strategy}_{repeat}"
+            entries.append({"folder": folder, "method": "unetpp", "noise_std": 0.1, "strategy": strategy})
+    _plan(tmp_path, entries)
+    result, sentences = table_speedup(collect(tmp_path))
+    rows = {(row[0], row[2]): row for row in result.table.rows}
+    column = result.table.columns.index
+    unet_ddp = rows[("U-Net", "DDP")]
+    assert unet_ddp[column("Speed-up")] == f"{57.4 / 15.7:.2f}x"
+    flags = unet_ddp[column("Flags")]
+    assert (
+        "timing disturbed" in flags
+        and "did not converge: not comparable" in flags
+        and "load changed" in flags
+    )
+    assert unet_ddp[column("Protocol")].startswith("paper") and unet_ddp[column("Global batch")] == "16"
+    honest = rows[("U-Net++", "DDP")]
+    assert honest[column("Flags")] == "" and honest[column("Protocol")].startswith("controlled")
+    assert honest[column("TT (s): median [min-max]")] == "12.2 [12.0-12.5, 2 runs]"
+    assert honest[column("Speed-up")] == f"{np.median([20.0, 21.0]) / np.median([12.0, 12.5]):.2f}x"
+    summary = " ".join(sentences)
+    assert "U-Net++ at std 0.1" in summary and "medians of 2 and 2 runs" in summary
+    assert "3.66" not in summary and "U-Net at std" not in summary  # the flagged figure is not claimed
+    assert "1 speed-up figure(s) carry a flag" in summary
+
+    report = build_report(tmp_path)
+    table = find_table(report.blocks, "Table V")
+    assert any("did not converge" in note for note in table.notes)
+    bullets = [
+        b for b in report.blocks if isinstance(b, BulletList) and any("speed-up" in i for i in b.items)
+    ]
+    assert bullets and not any("3.66" in item for item in bullets[0].items)
