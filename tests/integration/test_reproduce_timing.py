@@ -30,7 +30,10 @@ def test_interleaved_repeated_timing_reaches_table_five(tmp_path, make_prepared,
         privacy=False,
     )
     monkeypatch.setattr(reproduce, "gpu_count", lambda: 0)
-    settings = reproduce.ReproduceSettings(preset=preset, out=tmp_path / "out", data=str(data), device="cpu")
+    monkeypatch.setitem(reproduce.PRESETS, preset.name, preset)
+    settings = reproduce.ReproduceConfig(
+        preset=preset.name, out=str(tmp_path / "out"), data=str(data), device="cpu"
+    )
     report = reproduce.reproduce(settings)
     assert (
         tmp_path / "out" / "timing" / "unet_std0.2_ddp-controlled_seed0_repeat1" / "summary.csv"
