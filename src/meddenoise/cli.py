@@ -26,6 +26,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "federated",
     "privacy_audit",
     "evaluate",
+    "baselines",
     "denoise",
     "reproduce",
     "report",
