@@ -271,3 +271,43 @@ def test_train_help_lists_every_option(capsys):
         "--nproc",
     ):
         assert flag in text
+
+
+def test_config_check_validates_without_changing_values():
+    from meddenoise.config import config_from_mapping, validate_config
+    from meddenoise.engine.config import TrainConfig
+
+    values = {"data": "d", "out": "o", "pipeline": "reference", "amp": "auto", "channels_last": True}
+    config = config_from_mapping(TrainConfig, values)
+    before = dataclasses.asdict(config)
+    validate_config(config)
+    assert dataclasses.asdict(config) == before and config.amp == "auto" and config.channels_last
+    assert config.runtime_precision() == ("off", False)  # the reference runs like the paper's code
+    fast = config_from_mapping(TrainConfig, {**values, "pipeline": "fast", "amp": "bf16"})
+    assert fast.runtime_precision() == ("bf16", True)
+
+
+def test_one_place_decides_when_training_stops():
+    from types import SimpleNamespace
+
+    from meddenoise.engine.train import Trainer
+
+    def trainer(epoch=0, step=0, without=0, **config):
+        options = {"epochs": 3, "max_steps": 0, "patience": 0, "time_limit": 0.0, **config}
+        progress = SimpleNamespace(epoch=epoch, global_step=step, epochs_without_improvement=without)
+        fake = SimpleNamespace(config=SimpleNamespace(**options), progress=progress)
+        fake.time_is_up = lambda started, at_epoch_end=False: bool(options["time_limit"])
+        return fake
+
+    def stop(fake, at, earlier=None):
+        return Trainer.should_stop(fake, 0.0, at, earlier)
+
+    assert stop(trainer(), "start") is None and stop(trainer(), "step") is None
+    assert stop(trainer(epoch=3), "start") == "epochs" and stop(trainer(epoch=3), "epoch_end") == "epochs"
+    assert stop(trainer(epoch=3), "step") is None  # the epoch count is looked at between epochs only
+    assert stop(trainer(step=10, max_steps=10), "step") == "max_steps"
+    assert stop(trainer(time_limit=1.0), "step") == "time_limit"
+    assert stop(trainer(time_limit=1.0), "start") is None
+    assert stop(trainer(without=2, patience=2), "step") is None
+    assert stop(trainer(without=2, patience=2), "epoch_end", earlier="time_limit") == "early_stopping"
+    assert stop(trainer(epoch=1), "epoch_end", earlier="time_limit") == "time_limit"

@@ -16,6 +16,7 @@ import torch
 from meddenoise.data.loader import CleanBatch
 from meddenoise.engine import reference as reference_pipeline
 from meddenoise.engine.placement import make_batches
+from meddenoise.engine.targets import TargetBatch, make_target_batch
 from meddenoise.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -35,16 +36,48 @@ class BatchSource(Protocol):
 ValidationFactory = Callable[[Any, "TrainConfig", "Runtime"], Callable[[torch.nn.Module], dict[str, float]]]
 
 
+def obfuscated_on_device(trainer: Any, batch: CleanBatch) -> TargetBatch:
+    """The fast path: the target's noisy copies made on the device from the clean batch (clean pixels kept
+    only if the target may see them)."""
+    if batch.clean.shape[0] == 0:  # DP-SGD's Poisson sampling can draw nobody for this rank
+        return TargetBatch([batch.clean] * trainer.target.copies, None, batch.image_keys)
+    return make_target_batch(
+        trainer.target,
+        trainer.runtime.to_device_batch(batch.clean),
+        batch.image_keys,
+        trainer.noise,
+        trainer.config.noise,
+        epoch=trainer.progress.epoch,
+    )
+
+
+def noisy_from_host(trainer: Any, batch: CleanBatch) -> TargetBatch:
+    """The reference: the batch carries its noisy copy, made on the host once, up front."""
+    return TargetBatch([trainer.runtime.to_device_batch(batch.noisy)], batch.clean, batch.image_keys)
+
+
+def loss_stays_on_device(loss: torch.Tensor) -> torch.Tensor:
+    return loss
+
+
+def loss_read_every_step(loss: torch.Tensor) -> torch.Tensor:
+    """The reference's `loss.item()` after every step: a host synchronisation per step."""
+    return torch.tensor(loss.item(), device=loss.device)
+
+
 @dataclasses.dataclass(frozen=True)
 class Pipeline:
-    """How batches reach the step and how often the host looks at the loss (for the reference comparison)."""
+    """How batches reach the step and how often the host looks at the loss (for the reference comparison).
+
+    The training loop calls the hooks without asking which pipeline it runs."""
 
     name: str
     # (data, config, runtime, placement "device" | "stream") -> the training batches
     make_train_batches: Callable[[Any, TrainConfig, Runtime, str], BatchSource]
-    read_loss_every_step: bool = False
-    # The batches carry their noisy copy (`batch.noisy`, made on the host up front); the loop makes none.
-    noisy_in_batches: bool = False
+    # (trainer, clean batch) -> what the target trains on, on the device
+    target_batch: Callable[[Any, CleanBatch], TargetBatch] = obfuscated_on_device
+    # the step's loss -> the loss the loop sums (the reference reads it on the host every step)
+    keep_loss: Callable[[torch.Tensor], torch.Tensor] = loss_stays_on_device
     # Replaces the device-side validation when set (the reference scores per image on the CPU).
     make_validation: ValidationFactory | None = None
 
@@ -73,16 +106,11 @@ PIPELINES: dict[str, Pipeline] = {
     "reference": Pipeline(
         "reference",
         reference_pipeline.make_train_batches,
-        read_loss_every_step=True,
-        noisy_in_batches=True,
+        target_batch=noisy_from_host,
+        keep_loss=loss_read_every_step,
         make_validation=reference_pipeline.make_validation,
     ),
 }
-
-
-def register_pipeline(pipeline: Pipeline) -> Pipeline:
-    PIPELINES[pipeline.name] = pipeline
-    return pipeline
 
 
 def get_pipeline(name: str) -> Pipeline:

@@ -8,7 +8,7 @@ like most PyTorch denoising code does; this module reproduces those habits:
   exactly the ones the fast path makes on the device);
 - a `DataLoader` with worker processes (4 in the paper's) and pinned memory collates each batch on the host,
   and the loop copies it to the device every step;
-- the loop reads `loss.item()` every step (a host synchronisation; `Pipeline.read_loss_every_step`);
+- the loop reads `loss.item()` every step (a host synchronisation; `Pipeline.keep_loss`);
 - precision is fp32, or fp16 autocast + GradScaler for the seed's DDP+AMP mode (no bf16, channels_last or
   torch.compile; `TrainConfig.check` enforces it);
 - validation runs the model batch by batch, then copies every output to the CPU and scores it one image at a

@@ -21,7 +21,6 @@ from typing import Any
 import torch
 
 from meddenoise.config import config_to_dict, save_config, validate_config
-from meddenoise.data.loader import CleanBatch
 from meddenoise.engine import checkpoint as ckpt
 from meddenoise.engine import distributed, placement, private
 from meddenoise.engine.config import TrainConfig, parse_options
@@ -42,7 +41,7 @@ from meddenoise.engine.runtime import Runtime, build_runtime, set_cpu_threads_fr
 from meddenoise.engine.schedule import learning_rate
 from meddenoise.engine.selection import released_validation_loss, resolve_rule
 from meddenoise.engine.step import TrainStep, build_optimizer
-from meddenoise.engine.targets import TargetBatch, build_target, make_target_batch
+from meddenoise.engine.targets import build_target
 from meddenoise.engine.validation import evaluate_batches, evaluate_split, reduce_means
 from meddenoise.errors import MeddenoiseError
 from meddenoise.fileio import atomic_write_text, ensure_writable_dir
@@ -126,7 +125,8 @@ class Trainer:
             shuffle=False,
         )
         make_validation = self.pipeline.make_validation
-        self.pipeline_validation = make_validation(self.data, config, runtime) if make_validation else None
+        # the reference pipeline brings its own validation (host-side, per image); the fast one runs on device
+        self.validation = make_validation(self.data, config, runtime) if make_validation else self._validate
         self.steps_per_epoch = self.train_batches.steps_per_epoch()
 
     def _decide_resume(self) -> bool:
@@ -280,35 +280,31 @@ class Trainer:
         )
 
     # -- the loop -------------------------------------------------------------------------------------------
-    def _target_batch(self, batch: CleanBatch) -> TargetBatch:
-        """The noisy copies (and the clean image, if the target may see it) of a batch, on the device."""
-        if self.pipeline.noisy_in_batches:
-            noisy = self.runtime.to_device_batch(batch.noisy)  # the reference made it on the host, up front
-            return TargetBatch([noisy], batch.clean, batch.image_keys)
-        if batch.clean.shape[0] == 0:  # DP-SGD's Poisson sampling can draw nobody for this rank
-            return TargetBatch([batch.clean] * self.target.copies, None, batch.image_keys)
-        return make_target_batch(
-            self.target,
-            self.runtime.to_device_batch(batch.clean),
-            batch.image_keys,
-            self.noise,
-            self.config.noise,
-            epoch=self.progress.epoch,
-        )
+    def should_stop(self, run_started: float, at: str, earlier: str | None = None) -> str | None:
+        """Why training stops now, or None: the one place that decides. `at` is "start" (before an epoch),
+        "step" (after a step inside an epoch) or "epoch_end" (after validation, with `earlier` the reason an
+        epoch was cut short, if it was)."""
+        config, progress = self.config, self.progress
+        if at == "epoch_end" and config.patience and progress.epochs_without_improvement >= config.patience:
+            return "early_stopping"
+        if earlier:
+            return earlier
+        if config.max_steps and progress.global_step >= config.max_steps:
+            return "max_steps"
+        if at != "start" and self.time_is_up(run_started, at_epoch_end=at == "epoch_end"):
+            return "time_limit"
+        if at != "step" and progress.epoch >= config.epochs:
+            return "epochs"
+        return None
 
-    def _stop_mid_epoch(self, run_started: float) -> str | None:
-        """After a step that did not end the epoch: periodic checks, a mid-epoch checkpoint, or a stop."""
+    def _between_steps(self) -> None:
+        """After a step that did not end the epoch: the periodic finite check and mid-epoch checkpoints."""
         config, progress = self.config, self.progress
         if progress.global_step % FINITE_CHECK_INTERVAL == 0:
             self.check_finite()
         if config.checkpoint_every and progress.global_step % config.checkpoint_every == 0:
             self.check_finite()
             self.save_last()
-        if config.max_steps and progress.global_step >= config.max_steps:
-            return "max_steps"
-        if self.time_is_up(run_started):
-            return "time_limit"
-        return None
 
     def train_epoch(self, step: TrainStep, run_started: float, bar: Any) -> str | None:
         """Train from the current position to the epoch's end; returns why it stopped early, if it did."""
@@ -318,17 +314,17 @@ class Trainer:
         cpu_started = time.process_time()  # this process's CPU time: load from others does not inflate it
         for batch in self.train_batches.epoch(progress.epoch, progress.step_in_epoch):
             share = batch.clean.shape[0] * world / batch.global_size
-            loss = step(self._target_batch(batch), share, self._learning_rate(progress.global_step))
-            if self.pipeline.read_loss_every_step:
-                loss = torch.tensor(loss.item(), device=loss.device)  # the reference pipeline's per-step sync
-            progress.record_step(loss, batch.positions)
+            lr = self._learning_rate(progress.global_step)
+            loss = step(self.pipeline.target_batch(self, batch), share, lr)
+            progress.record_step(self.pipeline.keep_loss(loss), batch.positions)
             if bar is not None:
                 bar.update(1)
             if progress.step_in_epoch == self.steps_per_epoch:
                 continue  # the epoch's end: checks, checkpoint and stop decisions come after validation
             # The clock is saved before a possible mid-epoch checkpoint, so a resumed epoch keeps its time.
             progress.train_seconds = time.perf_counter() - epoch_started
-            stop_reason = self._stop_mid_epoch(run_started)
+            self._between_steps()
+            stop_reason = self.should_stop(run_started, "step")
             if stop_reason:
                 self.epoch_cpu_seconds = time.process_time() - cpu_started
                 return stop_reason
@@ -338,10 +334,11 @@ class Trainer:
         return None
 
     def validate(self) -> dict[str, float]:
-        if self.pipeline_validation is not None:
-            return self.pipeline_validation(self.evaluated_model())
+        return self.validation(self.evaluated_model())
+
+    def _validate(self, model: torch.nn.Module) -> dict[str, float]:
         result = evaluate_batches(
-            self.target.inference_model(self.evaluated_model()),
+            self.target.inference_model(model),
             self.val_batches,
             self.noise,
             self.runtime,
@@ -436,14 +433,6 @@ class Trainer:
         self.save_last(best=(record["epoch"], val["loss"]) if improved else None)
         return record
 
-    def _stop_after_epoch(self, run_started: float) -> str | None:
-        config, progress = self.config, self.progress
-        if config.max_steps and progress.global_step >= config.max_steps:
-            return "max_steps"
-        if self.time_is_up(run_started, at_epoch_end=True):
-            return "time_limit"
-        return None
-
     def run(self) -> str:
         """Train until --epochs, --max-steps, --time-limit or early stopping; returns the stop reason."""
         config, runtime, progress = self.config, self.runtime, self.progress
@@ -464,31 +453,26 @@ class Trainer:
         self.load_average_start = load_average()
         run_started = time.perf_counter()
         bar = self._progress_bar()
-        stop_reason: str | None = None
+        stop_reason = self.should_stop(run_started, "start")
         try:
-            while progress.epoch < config.epochs and stop_reason is None:
-                if config.max_steps and progress.global_step >= config.max_steps:
-                    stop_reason = "max_steps"
-                    break
+            while stop_reason is None:
                 runtime.reset_peak_memory()
-                stop_reason = self.train_epoch(step, run_started, bar)
+                cut_short = self.train_epoch(step, run_started, bar)
                 self.check_finite()
                 val_started = time.perf_counter()
                 val = self.validate()
                 val_seconds = time.perf_counter() - val_started
                 epoch_shown = progress.epoch + 1
-                record = self.end_epoch(stop_reason, val_seconds, val, noisy)
+                record = self.end_epoch(cut_short, val_seconds, val, noisy)
                 self.log.info(epoch_line(epoch_shown, config.epochs, record))
-                stop_reason = stop_reason or self._stop_after_epoch(run_started)
-                if config.patience and progress.epochs_without_improvement >= config.patience:
-                    stop_reason = "early_stopping"
-                    self.log.info(f"early stopping: no lower validation loss for {config.patience} epochs")
+                stop_reason = self.should_stop(run_started, "epoch_end", earlier=cut_short)
         finally:
             if bar is not None:
                 bar.close()
-        reason = stop_reason or "epochs"
-        self._write_summary(reason, noisy)
-        return reason
+        if stop_reason == "early_stopping":
+            self.log.info(f"early stopping: no lower validation loss for {config.patience} epochs")
+        self._write_summary(stop_reason, noisy)
+        return stop_reason
 
     def _progress_bar(self) -> Any:
         if not self.runtime.is_main or self.config.quiet:
