@@ -148,3 +148,51 @@ def test_missing_input_is_a_clean_error(checkpoint, tmp_path, capsys):
     )
     assert status == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_inputs_unlike_the_training_inputs_are_flagged_per_file(make_prepared, tiny_fit, tmp_path, capsys):
+    from meddenoise.data.cache import load_prepared
+    from meddenoise.noise.spec import NoiseSpec
+
+    data_dir = make_prepared(n=24, size=32, patients=12)
+    run = tiny_fit(data_dir, tmp_path / "run", epochs=1)
+    data = load_prepared(data_dir)
+    rows = data.indices("test")[:1]
+    clean = torch.from_numpy(data.images[rows].astype(np.float32) / 255.0).unsqueeze(1)
+    noisy = NoiseSpec(std=0.2).build()(clean, torch.from_numpy(data.image_keys[rows]), seed=0, mode="fixed")
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    _write_png(inputs / "like.png", (noisy[0, 0].numpy() * 255).round().astype(np.uint8))
+    _write_png(inputs / "bright.png", np.full((32, 32), 245, np.uint8))  # another site's overexposed image
+    out = tmp_path / "out"
+    assert main(["denoise", str(inputs), "--run", str(run), "--out", str(out), "--device", "cpu"]) == 0
+    printed = capsys.readouterr().out
+    assert "warning: " + str(inputs / "bright.png") + " is unlike the model's training inputs" in printed
+    assert "mean intensity 0.961 is outside the training inputs'" in printed
+    assert str(inputs / "like.png") + " is unlike" not in printed
+    summary = json.loads((out / "denoise_summary.json").read_text())
+    assert [item["file"] for item in summary["unlike_training"]] == [str(inputs / "bright.png")]
+    assert summary["training_input_profile"]["of"] == "noisy training inputs"
+    assert len(summary["written"]) == 2  # a warning, not a refusal
+
+
+def test_a_checkpoint_without_a_profile_says_inputs_are_not_checked(checkpoint, tmp_path, capsys):
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    _write_png(inputs / "a.png", np.full((16, 16), 100, np.uint8))
+    assert (
+        main(
+            [
+                "denoise",
+                str(inputs),
+                "--run",
+                str(checkpoint),
+                "--out",
+                str(tmp_path / "o"),
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
+    assert "inputs not checked" in capsys.readouterr().out

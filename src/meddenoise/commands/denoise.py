@@ -121,7 +121,10 @@ def denoise_files(config: DenoiseConfig) -> dict[str, Any]:
         f"{metadata.get('noise', {}).get('kind', '')} std {metadata.get('noise', {}).get('std')}) "
         f"from {Path(metadata['checkpoint']).name}"
     )
-    written, failed, notes, targets = [], [], [], set()
+    from meddenoise.engine.input_profile import compare
+
+    profile = metadata.get("input_profile")
+    written, failed, notes, targets, unlike = [], [], [], set(), []
     for path, relative in progress(inputs, quiet=config.quiet, desc="denoise", unit="image"):
         stage = "read"
         try:
@@ -131,6 +134,10 @@ def denoise_files(config: DenoiseConfig) -> dict[str, Any]:
                 raise DataError(f"{path}: the output would overwrite the input; choose another --out")
             if target in targets:
                 raise DataError(f"{path}: another input already wrote {target} (same name, other extension)")
+            stage = "check"
+            reasons = compare(profile, image.pixels)
+            if reasons:
+                unlike.append({"file": str(path), "reasons": reasons})
             stage = "denoise"
             pixels = torch.from_numpy(image.pixels)[None, None]  # (H, W) -> (1, 1, H, W), stays on the host
             output = denoise_tiled(
@@ -156,6 +163,9 @@ def denoise_files(config: DenoiseConfig) -> dict[str, Any]:
         "written": written,
         "failed": failed,
         "notes": notes,
+        "unlike_training": unlike,
+        "training_input_profile": profile
+        or "not recorded in this checkpoint (trained before input profiles were kept): inputs not checked",
     }
     atomic_write_json(out_dir / "denoise_summary.json", summary)
     save_config(config, out_dir / "config.json")
@@ -180,6 +190,16 @@ def run(args: argparse.Namespace) -> int:
     summary = denoise_files(config)
     for note in summary["notes"]:
         print(f"note: {note['file']}: {note['note']}")
+    for item in summary["unlike_training"]:
+        print(f"warning: {item['file']} is unlike the model's training inputs: {'; '.join(item['reasons'])}")
+    if summary["unlike_training"]:
+        print(
+            f"warning: {len(summary['unlike_training'])} input(s) differ from what the model was trained on "
+            "(another site, exposure or noise level?); check their outputs closely (listed in "
+            "denoise_summary.json)"
+        )
+    if isinstance(summary["training_input_profile"], str):
+        print(f"note: {summary['training_input_profile']}")
     failed = summary["failed"]
     if failed:
         print(f"failed on {len(failed)} file(s):")

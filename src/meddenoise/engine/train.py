@@ -26,6 +26,7 @@ from meddenoise.engine import distributed, placement, private
 from meddenoise.engine.config import TrainConfig, parse_options
 from meddenoise.engine.ema import WeightAverage
 from meddenoise.engine.identity import check_identity, run_identity
+from meddenoise.engine.input_profile import training_profile
 from meddenoise.engine.losses import build_loss
 from meddenoise.engine.pipelines import get_pipeline
 from meddenoise.engine.progress import Progress
@@ -89,6 +90,7 @@ class Trainer:
         self.target.rank = self.runtime.rank
         self.selection = resolve_rule(config.selection, self.target)
         self.loss_fn = build_loss(config.loss)
+        self.input_profile = training_profile(self.data, config.train_split, self.noise, config.noise.seed)
 
     def _build_model(self) -> None:
         config = self.config
@@ -206,6 +208,7 @@ class Trainer:
             "val_loss": val_loss,
             "strategy": self.runtime.strategy,
             "config": config_to_dict(self.config),
+            "input_profile": self.input_profile,  # what `denoise` compares new inputs with
         }
 
     def evaluated_model(self) -> torch.nn.Module:
