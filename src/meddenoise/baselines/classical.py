@@ -30,8 +30,10 @@ import numpy as np
 import torch
 
 from meddenoise.errors import ConfigError
+from meddenoise.registry import Registry
 
-BASELINES = ("noisy", "gaussian", "nlm", "bm3d")
+Filter = Callable[[np.ndarray, float, Mapping[str, Any]], np.ndarray]
+FILTERS: Registry[Filter] = Registry("baseline", parameter="baseline")
 DEFAULT_PARAMS: dict[str, dict[str, Any]] = {
     "noisy": {},
     "gaussian": {"sigma": 1.0},
@@ -90,12 +92,9 @@ def _bm3d(images: np.ndarray, noise_std: float, params: Mapping[str, Any]) -> np
     )
 
 
-_FILTERS: dict[str, Callable[[np.ndarray, float, Mapping[str, Any]], np.ndarray]] = {
-    "noisy": _identity,
-    "gaussian": _gaussian,
-    "nlm": _nlm,
-    "bm3d": _bm3d,
-}
+for _name, _filter in (("noisy", _identity), ("gaussian", _gaussian), ("nlm", _nlm), ("bm3d", _bm3d)):
+    FILTERS.add(_name, _filter)
+BASELINES = tuple(FILTERS.names())
 
 
 @dataclass
@@ -116,7 +115,7 @@ class ClassicalBaseline:
         images = noisy.detach()[:, 0].to("cpu", torch.float64).numpy()  # (B, 1, H, W) -> (B, H, W)
         if self.subtract_mean:
             images = np.clip(images - self.noise_mean, 0.0, 1.0)
-        denoised = np.clip(_FILTERS[self.name](images, self.noise_std, self.params), 0.0, 1.0)
+        denoised = np.clip(FILTERS.get(self.name)(images, self.noise_std, self.params), 0.0, 1.0)
         return torch.from_numpy(np.ascontiguousarray(denoised)).unsqueeze(1).to(noisy.device, noisy.dtype)
 
     __call__ = denoise
@@ -137,8 +136,7 @@ def build_baseline(
 ) -> ClassicalBaseline:
     """A baseline by name; unspecified parameters take DEFAULT_PARAMS[name]. Unknown names/params:
     ConfigError."""
-    if name not in _FILTERS:
-        raise ConfigError(f"unknown baseline {name!r}; choose one of {', '.join(BASELINES)}")
+    FILTERS.get(name)
     unknown = sorted(set(params) - set(DEFAULT_PARAMS[name]))
     if unknown:
         allowed = ", ".join(DEFAULT_PARAMS[name]) or "none"
@@ -171,9 +169,8 @@ def tune_baseline(
         raise ValueError(f"noisy {tuple(noisy_val.shape)} and clean {tuple(clean_val.shape)} differ in shape")
     if max_images is not None:
         noisy_val, clean_val = noisy_val[:max_images], clean_val[:max_images]
+    FILTERS.get(name)
     grid = DEFAULT_GRIDS[name] if grid is None else grid
-    if name not in _FILTERS:
-        raise ConfigError(f"unknown baseline {name!r}; choose one of {', '.join(BASELINES)}")
     keys = list(grid)
     table: list[dict[str, Any]] = []
     best: tuple[float, dict[str, Any]] | None = None

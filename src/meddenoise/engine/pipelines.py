@@ -17,7 +17,7 @@ from meddenoise.data.loader import CleanBatch
 from meddenoise.engine import reference as reference_pipeline
 from meddenoise.engine.placement import make_batches
 from meddenoise.engine.targets import TargetBatch, make_target_batch
-from meddenoise.errors import ConfigError
+from meddenoise.registry import Registry
 
 if TYPE_CHECKING:
     from meddenoise.engine.config import TrainConfig
@@ -100,20 +100,20 @@ def device_train_batches(
     )
 
 
-PIPELINES: dict[str, Pipeline] = {
-    "fast": Pipeline("fast", device_train_batches),
+PIPELINES: Registry[Pipeline] = Registry("pipeline", parameter="pipeline")
+for _pipeline in (
+    Pipeline("fast", device_train_batches),
     # The paper's habits, for benchmarks (engine/reference.py): host dataset, DataLoader, per-step sync.
-    "reference": Pipeline(
+    Pipeline(
         "reference",
         reference_pipeline.make_train_batches,
         target_batch=noisy_from_host,
         keep_loss=loss_read_every_step,
         make_validation=reference_pipeline.make_validation,
     ),
-}
+):
+    PIPELINES.add(_pipeline.name, _pipeline)
 
 
 def get_pipeline(name: str) -> Pipeline:
-    if name not in PIPELINES:
-        raise ConfigError(f"--pipeline must be one of {', '.join(PIPELINES)}; got {name!r}")
-    return PIPELINES[name]
+    return PIPELINES.get(name)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import importlib
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -20,6 +19,7 @@ from torch import nn
 
 from meddenoise.errors import ConfigError
 from meddenoise.noise.spec import NoiseSpec
+from meddenoise.registry import Registry
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 PLUGIN_MODULES = ("meddenoise.privacy.targets",)
@@ -75,45 +75,31 @@ class TrainingTarget:
             raise ValueError(f"target {self.name!r} keeps no state but the checkpoint has {sorted(state)}")
 
 
-_TARGETS: dict[str, type[TrainingTarget]] = {}
+TARGETS: Registry[type[TrainingTarget]] = Registry(
+    "training target", parameter="target", plugins=PLUGIN_MODULES
+)
 
 
 def register_target(name: str) -> Callable[[type[TrainingTarget]], type[TrainingTarget]]:
     """Class decorator: make a `TrainingTarget` subclass available as `--target NAME`."""
 
     def decorator(cls: type[TrainingTarget]) -> type[TrainingTarget]:
-        if name in _TARGETS and _TARGETS[name] is not cls:
-            raise ValueError(f"training target {name!r} is registered twice")
         if not (isinstance(cls, type) and issubclass(cls, TrainingTarget)):
             raise TypeError(f"target {name!r} must subclass TrainingTarget")
+        TARGETS.add(name, cls)
         cls.name = name
-        _TARGETS[name] = cls
         return cls
 
     return decorator
 
 
-def _load_plugins() -> None:
-    for module_name in PLUGIN_MODULES:
-        try:
-            importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            # Only a missing plugin module is optional; an import error inside it is a bug to surface.
-            if exc.name != module_name:
-                raise
-
-
 def list_targets() -> list[str]:
-    _load_plugins()
-    return list(_TARGETS)
+    return TARGETS.names()
 
 
 def build_target(name: str, noise_op: Any, **options: Any) -> TrainingTarget:
     """Build a registered target, e.g. `build_target("noise2noise", noise_op, seed=0)`."""
-    _load_plugins()
-    if name not in _TARGETS:
-        raise ConfigError(f"unknown training target {name!r} (--target); available: {', '.join(_TARGETS)}")
-    return _TARGETS[name](noise_op, **options)
+    return TARGETS.get(name)(noise_op, **options)
 
 
 @register_target("clean")

@@ -19,6 +19,7 @@ from typing import Any
 from torch import nn
 
 from meddenoise.errors import ConfigError
+from meddenoise.registry import Registry
 
 Builder = Callable[..., nn.Module]
 
@@ -33,7 +34,7 @@ class ModelEntry:
     variants: tuple[tuple[str, dict[str, Any]], ...] = field(default=())
 
 
-_REGISTRY: dict[str, ModelEntry] = {}
+MODELS: Registry[ModelEntry] = Registry("model", parameter="model")
 
 
 def register_model(
@@ -43,8 +44,6 @@ def register_model(
     become the model's documented options and the first line of its own docstring the description."""
 
     def decorator(builder: Builder) -> Builder:
-        if name in _REGISTRY:
-            raise ValueError(f"model name {name!r} is registered twice")
         signature = inspect.signature(builder)
         defaults = {
             key: parameter.default
@@ -53,7 +52,7 @@ def register_model(
         }
         # `__doc__`, not `inspect.getdoc`: a class without a docstring would inherit its base class's.
         description = inspect.cleandoc(builder.__doc__ or name).splitlines()[0]
-        _REGISTRY[name] = ModelEntry(name, builder, description, defaults, tuple(variants))
+        MODELS.add(name, ModelEntry(name, builder, description, defaults, tuple(variants)))
         return builder
 
     return decorator
@@ -61,15 +60,11 @@ def register_model(
 
 def list_models() -> list[str]:
     """Registered model names, in registration order."""
-    return list(_REGISTRY)
+    return MODELS.names()
 
 
 def get_model_entry(name: str) -> ModelEntry:
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        known = ", ".join(_REGISTRY) or "(none)"
-        raise ConfigError(f"unknown model {name!r}; registered models: {known}") from None
+    return MODELS.get(name)
 
 
 def build_model(name: str, base_channels: int = 64, **options: Any) -> nn.Module:

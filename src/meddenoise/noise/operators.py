@@ -9,6 +9,7 @@ identical on every device, process, rank and rerun, and whatever other images sh
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -23,6 +24,7 @@ from meddenoise.noise.spec import (
     check_mode,
     check_std,
 )
+from meddenoise.registry import Registry
 
 # Recorded with every description: a change to how bits become noise must change this name.
 GENERATOR = "threefry2x32-20; box-muller with series log/sincos; v1"
@@ -278,8 +280,14 @@ def build_noise(
     check_kind(kind)
     if not isinstance(clamp, bool):
         raise ConfigError(f"noise.clamp must be true or false; got {clamp!r}", "noise.clamp")
-    if kind == "gaussian":
-        return GaussianNoise(mean=mean, std=std, clamp=clamp)
-    if kind == "poisson":
-        return PoissonNoise(dose=dose, clamp=clamp)
-    return PoissonGaussianNoise(dose=dose, mean=mean, std=std, clamp=clamp)
+    return OPERATORS.get(kind)(mean=mean, std=std, clamp=clamp, dose=dose)
+
+
+# kind -> builder(mean, std, clamp, dose); the names are NoiseSpec KINDS (kept torch-free for the CLI)
+OPERATORS: Registry[Callable[..., NoiseOperator]] = Registry("noise kind", parameter="noise.kind")
+OPERATORS.add("gaussian", lambda mean, std, clamp, dose: GaussianNoise(mean=mean, std=std, clamp=clamp))
+OPERATORS.add("poisson", lambda mean, std, clamp, dose: PoissonNoise(dose=dose, clamp=clamp))
+OPERATORS.add(
+    "poisson_gaussian",
+    lambda mean, std, clamp, dose: PoissonGaussianNoise(dose=dose, mean=mean, std=std, clamp=clamp),
+)

@@ -12,45 +12,55 @@ Source modules are imported on demand, so listing the names costs nothing.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from meddenoise.data.prepare_config import SOURCE_CHOICES
 from meddenoise.errors import ConfigError
+from meddenoise.registry import Registry
 
 DEFAULT_RENDER_COUNT = 2000
 
 
+# name -> builder(PrepareConfig) -> source; the names are PrepareConfig's `source` choices (a test checks)
+SOURCES: Registry[Callable[[Any], Any]] = Registry("data source", parameter="source")
+
+
 def build_source(config: Any):
     """The source named by a `PrepareConfig` (meddenoise.data.cache), with its options."""
-    if config.source == "nih":
-        from meddenoise.data.sources.nih import NihSource
-
-        return NihSource(
-            root=config.root,
-            count=config.count,
-            seed=config.seed,
-            view_position="" if config.view_position == "any" else config.view_position,
-            nih_folders=config.nih_folders,
-            csv_path=config.csv,
-            max_pixels=config.max_pixels,
-        )
-    if config.source == "folder":
-        from meddenoise.data.sources.folder import FolderSource
-
-        return FolderSource(
-            root=config.root,
-            count=config.count,
-            seed=config.seed,
-            patient_from=config.patient_from,
-            exclude=[config.out],
-            max_pixels=config.max_pixels,
-        )
-    if config.source == "default":
-        return _build_rendered(config)
-    raise ConfigError(f"unknown --source {config.source!r}; choose one of {', '.join(SOURCE_CHOICES)}")
+    return SOURCES.get(config.source)(config)
 
 
+@SOURCES.register("nih")
+def _build_nih(config: Any):
+    from meddenoise.data.sources.nih import NihSource
+
+    return NihSource(
+        root=config.root,
+        count=config.count,
+        seed=config.seed,
+        view_position="" if config.view_position == "any" else config.view_position,
+        nih_folders=config.nih_folders,
+        csv_path=config.csv,
+        max_pixels=config.max_pixels,
+    )
+
+
+@SOURCES.register("folder")
+def _build_folder(config: Any):
+    from meddenoise.data.sources.folder import FolderSource
+
+    return FolderSource(
+        root=config.root,
+        count=config.count,
+        seed=config.seed,
+        patient_from=config.patient_from,
+        exclude=[config.out],
+        max_pixels=config.max_pixels,
+    )
+
+
+@SOURCES.register("default")
 def _build_rendered(config: Any):
     try:
         from meddenoise.data.sources.rendered import RenderedChestSource
