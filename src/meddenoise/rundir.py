@@ -8,6 +8,7 @@
     RUN/test_metrics.csv             the best checkpoint on the test split, per image (PER_IMAGE_COLUMNS)
     RUN/checkpoints/last.safetensors, last.state.pt, best.safetensors
     RUN/evaluation/<name>/           evaluation folders (`meddenoise.evaluation.files`)
+    RUN/tensorboard/                 with `--log tensorboard`: the epoch records as TensorBoard scalars
 
 The engine writes through it, and evaluate, the report, the privacy audit, reproduce and denoise read
 through it. Per-image tables, of training's test pass and of `meddenoise evaluate`, share one schema.
@@ -125,6 +126,10 @@ class RunDir:
     @property
     def test_table_file(self) -> Path:
         return self.path / self.TEST_TABLE
+
+    @property
+    def tensorboard_dir(self) -> Path:
+        return self.path / "tensorboard"
 
     @property
     def checkpoints(self) -> Path:

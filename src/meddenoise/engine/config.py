@@ -134,6 +134,12 @@ class TrainConfig:
         choices=RESUME_CHOICES,
         bare="yes",
     )
+    log: list[str] = option(
+        [],
+        "extra training logs besides metrics.jsonl (always written): tensorboard (event files in "
+        "RUN/tensorboard/; needs pip install 'meddenoise[tensorboard]')",
+        choices=("tensorboard",),
+    )
     quiet: bool = quiet_option()
     print_config: bool = print_config_option()
 

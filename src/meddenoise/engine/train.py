@@ -25,6 +25,7 @@ from meddenoise.engine import checkpoint as ckpt
 from meddenoise.engine import distributed, placement, private
 from meddenoise.engine.config import TrainConfig, parse_options
 from meddenoise.engine.ema import WeightAverage
+from meddenoise.engine.event_log import TensorBoardLog, summary_writer_class
 from meddenoise.engine.identity import check_identity, run_identity
 from meddenoise.engine.input_profile import training_profile
 from meddenoise.engine.losses import build_loss
@@ -68,6 +69,11 @@ class Trainer:
         if runtime.is_main:
             ensure_writable_dir(self.out, what="run folder (--out)")
         self.log = RunLog(self.run_dir.log_file, runtime.is_main)
+        self.event_log = None
+        if "tensorboard" in config.log:
+            summary_writer_class()  # on every rank: a missing package stops all of them, before training
+            if runtime.is_main:
+                self.event_log = TensorBoardLog(self.run_dir.tensorboard_dir)
         self.pipeline = get_pipeline(config.pipeline)
         self.private = private.PrivateTraining(config, runtime) if private.enabled(config) else None
         self._build_data_and_noise()
@@ -433,6 +439,8 @@ class Trainer:
         if self.runtime.is_main:
             self.history = [r for r in self.history if r["epoch"] != record["epoch"]] + [record]
             self.run_dir.write_metrics(self.history)
+            if self.event_log is not None:
+                self.event_log.epoch(record)
         self.save_last(best=(record["epoch"], val["loss"]) if improved else None)
         return record
 
@@ -472,6 +480,8 @@ class Trainer:
         finally:
             if bar is not None:
                 bar.close()
+            if self.event_log is not None:
+                self.event_log.close()
         if stop_reason == "early_stopping":
             self.log.info(f"early stopping: no lower validation loss for {config.patience} epochs")
         self._write_summary(stop_reason, noisy)
