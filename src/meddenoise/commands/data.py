@@ -57,6 +57,116 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     info.add_argument("folder", help="the prepared folder (written by `meddenoise prepare`)")
     add_config_arguments(info, DataInfoConfig)
     info.set_defaults(func=run_info)
+    leaks = data_commands.add_parser(
+        "leaks",
+        help="likely same-patient image pairs across splits (for folders without patient ids)",
+        description="Score every clean image against the images of the other splits with the privacy "
+        "audit's matcher and list likely same-patient pairs: their count (with a threshold calibrated on a "
+        "prepared folder with known patient ids, --calibrate, or given, --threshold) and a contact sheet of "
+        "the top pairs. Without a threshold the pairs are ranked for inspection and no count is claimed. "
+        "Writes FOLDER/leaks.json and FOLDER/leaks_sheet.png (or under --out).",
+    )
+    leaks.add_argument("folder", help="the prepared folder (written by `meddenoise prepare`)")
+    add_config_arguments(leaks, DataLeaksConfig)
+    leaks.set_defaults(func=run_leaks)
+
+
+@dataclasses.dataclass
+class DataLeaksConfig:
+    folder: str = option("", "the prepared folder", required=True, cli=False)
+    calibrate: str = option(
+        "", "prepared folder with known patient ids (repeat studies) to calibrate the threshold on"
+    )
+    threshold: float = option(0.0, "matcher score at or above which a pair is a suspect (0: calibrate)")
+    precision: float = option(0.9, "calibration: share of pairs above the threshold that must be one patient")
+    top: int = option(8, "pairs shown in the contact sheet")
+    out: str = option("", "output folder for leaks.json and leaks_sheet.png (default: FOLDER)")
+    device: str = option("cpu", "device for the matcher")
+
+    def check(self) -> None:
+        if not 0.0 < self.precision <= 1.0:
+            raise ConfigError(f"--precision must be in (0, 1]; got {self.precision}")
+        if not -1.0 <= self.threshold <= 1.0:
+            raise ConfigError(f"--threshold is a correlation in [-1, 1]; got {self.threshold}")
+        if self.top < 0:
+            raise ConfigError("--top must be >= 0")
+
+
+def run_leaks(args: argparse.Namespace) -> int:
+    from meddenoise.data.cache import load_prepared
+    from meddenoise.fileio import atomic_write_json, ensure_writable_dir
+    from meddenoise.privacy.leaks import find_leaks
+
+    config = config_from_args(DataLeaksConfig, args)
+    data = load_prepared(config.folder)
+    calibration = load_prepared(config.calibrate) if config.calibrate and not config.threshold else None
+    result = find_leaks(
+        data,
+        threshold=config.threshold or None,
+        calibration_data=calibration,
+        precision=config.precision,
+        device=config.device,
+    )
+    out = ensure_writable_dir(config.out or data.folder, what="output folder (--out)")
+    atomic_write_json(out / "leaks.json", result)
+    print(describe_leaks(result))
+    if config.top and result["pairs"]:
+        _save_pairs(data, result["pairs"][: config.top], out / "leaks_sheet.png")
+        print(
+            f"contact sheet of the top {min(config.top, len(result['pairs']))} pairs: "
+            f"{out / 'leaks_sheet.png'}"
+        )
+    print(f"wrote {out / 'leaks.json'}")
+    return 0
+
+
+def describe_leaks(result: dict) -> str:
+    calibration = result.get("calibration") or {}
+    if result["threshold"] is None:
+        reason = (
+            f"the calibration data gave no threshold reaching precision {calibration['precision']:g}"
+            if calibration
+            else "no --calibrate folder with known patient ids and no --threshold"
+        )
+        return (
+            f"{result['folder']}: no calibrated threshold ({reason}); the {len(result['pairs'])} most "
+            "similar cross-split pairs are listed for inspection, and no count of same-patient pairs is "
+            "claimed"
+        )
+    how = result["threshold_source"]
+    if calibration:
+        how += (
+            f" ({calibration['images']} images of {calibration['patients']} patients: precision "
+            f"{calibration['achieved_precision']:.2f}, recall {calibration['recall']:.2f})"
+        )
+    return (
+        f"{result['folder']}: {result['suspects']} likely same-patient pair(s) across splits at matcher "
+        f"score >= {result['threshold']:.4f} ({how}); {result['suspect_images_in_test']} test image(s) "
+        "involved. Test scores on such images may be optimistic; `meddenoise prepare --group-similar "
+        f"{result['threshold']:.4f}` keeps such images in one split."
+    )
+
+
+def _save_pairs(data, pairs, out: Path) -> None:
+    """Two columns (image a, image b) per listed pair, a row each, labelled with splits and score."""
+    import numpy as np
+    from PIL import Image, ImageDraw
+
+    from meddenoise.fileio import atomic_open
+
+    height, width = data.images.shape[1:]
+    label, gap = 14, 4
+    sheet = Image.new("L", (2 * width + gap, len(pairs) * (height + label + gap)), color=0)
+    draw = ImageDraw.Draw(sheet)
+    for row, pair in enumerate(pairs):
+        top = row * (height + label + gap)
+        draw.text((2, top), f"{pair['split_a']}/{pair['split_b']} {pair['score']:.3f}", fill=255)
+        for column, key in enumerate(("row_a", "row_b")):
+            pixels = np.asarray(data.images[pair[key]], dtype=np.float64) / data.max_value
+            image = Image.fromarray((pixels * 255 + 0.5).astype(np.uint8), "L")
+            sheet.paste(image, (column * (width + gap), top + label))
+    with atomic_open(out, "wb") as handle:
+        sheet.save(handle, format="PNG")
 
 
 def run_info(args: argparse.Namespace) -> int:
@@ -104,6 +214,16 @@ def describe(data) -> str:
         rows = [row for row in data.records if row["split"] == split]
         patients, groups = len({row["patient_id"] for row in rows}), len({row["group"] for row in rows})
         lines.append(f"  {split:<6} {len(rows):>8} {patients:>9} {groups:>7}")
+    similar = data.folder / "similar_groups.json"
+    if similar.is_file():
+        import json
+
+        found = json.loads(similar.read_text(encoding="utf-8"))
+        lines.append(
+            f"  similar images grouped (--group-similar {found['threshold']:g}): "
+            f"{found['joined_components']} group(s), {found['images_in_joined_components']} images kept "
+            "together"
+        )
     if split_claims.optimistic(unit):
         lines.append("  note: " + split_claims.split_sentence({**params, "split_unit": unit}))
     return "\n".join(lines)

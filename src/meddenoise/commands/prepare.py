@@ -42,9 +42,27 @@ def run(args: argparse.Namespace) -> int:
     out = ensure_writable_dir(config.out, what="output folder (--out)")
     with folder_lock(out):  # held until config.json is written too
         result = prepare(source, config)
+        if config.group_similar and not result.reused:
+            _group_similar(result, config)
         save_config(config, Path(result.folder) / "config.json")
     print(format_summary(result, config))
     return 0
+
+
+def _group_similar(result, config: PrepareConfig) -> None:
+    """Rewrite the splits so that images the matcher joins at --group-similar share one (privacy.leaks)."""
+    from meddenoise.data.manifest import read_prepare_info
+    from meddenoise.privacy.leaks import regroup_prepared
+
+    regrouped = regroup_prepared(
+        result.folder, config.group_similar, fractions=config.fractions, seed=config.seed
+    )
+    result.info = read_prepare_info(result.folder) or result.info
+    result.notes.append(
+        f"--group-similar {config.group_similar:g}: {regrouped['joined_components']} group(s) of similar "
+        f"images ({regrouped['images_in_joined_components']} images) kept in one split each; "
+        f"{regrouped['images_moved_to_another_split']} image(s) changed split"
+    )
 
 
 def format_summary(result, config: PrepareConfig) -> str:

@@ -64,6 +64,11 @@ class PrepareConfig:
         "first sub-folder (folder) or none (file)",
         choices=PATIENT_FROM_CHOICES,
     )
+    group_similar: float = option(
+        0.0,
+        "keep images whose matcher score reaches this threshold in one split (likely the same patient when "
+        "ids are unknown; calibrate it with `meddenoise data leaks --calibrate`); 0: off",
+    )
     render_option: list[str] = option([], "default source only: KEY=VALUE options of the renderer")
     device: str = option("auto", "device for rendering the default source (auto: cuda if available)")
     workers: int = option(0, "decoding processes (0: all available cores)")
@@ -93,6 +98,10 @@ class PrepareConfig:
                     raise ConfigError(f"--{name.replace('_', '-')} applies to --source nih only")
         if self.source != "folder" and self.patient_from != "auto":
             raise ConfigError("--patient-from applies to --source folder only")
+        if not 0.0 <= self.group_similar <= 1.0:
+            raise ConfigError(f"--group-similar is a matcher score in (0, 1]; got {self.group_similar}")
+        if self.group_similar and self.split_by == "image":
+            raise ConfigError("--group-similar groups images, so it needs --split-by patient")
         if self.source != "default" and self.render_option:
             raise ConfigError("--render-option applies to --source default only")
         if self.source in ("nih", "folder") and not self.root:

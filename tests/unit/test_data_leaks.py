@@ -1,0 +1,97 @@
+"""`meddenoise data leaks`: likely same-patient pairs across splits, with a threshold calibrated on data
+whose patient ids are known, and no count claimed without one."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from conftest import smooth_images
+from meddenoise.cli import main
+from meddenoise.data.cache import write_prepared
+from meddenoise.data.records import ImageRecord
+from meddenoise.data.splits import assign_splits
+
+
+def _studies(patients: int, per_patient: int, seed: int) -> np.ndarray:
+    """Repeat studies: each patient's anatomy (a smooth image) with a study's own exposure and detail."""
+    anatomy = smooth_images(patients, 48, seed)
+    detail = smooth_images(patients * per_patient, 48, seed + 100)
+    rng = np.random.default_rng(seed)
+    images = []
+    for p in range(patients):
+        for s in range(per_patient):
+            gain, offset = rng.uniform(0.8, 1.0), rng.uniform(0.0, 0.1)
+            images.append(np.clip(gain * anatomy[p] + offset + 0.15 * detail[p * per_patient + s], 0, 1))
+    return (np.stack(images) * 255).round().astype(np.uint8)
+
+
+def _prepared(folder, images, patient_of, known: bool):
+    records = [
+        ImageRecord(f"img{i:03d}", patient_of[i] if known else f"img{i:03d}", "folder", f"x/{i}.png")
+        for i in range(len(images))
+    ]
+    splits = assign_splits(records, seed=1, split_by="patient")
+    origin = {"NIH file name" if known else "none": len(images)}
+    write_prepared(folder, images, records, splits, {"source": "folder", "split_by": "patient",
+                   "patient_id_origin": origin})  # fmt: skip
+    return splits
+
+
+def test_leaks_are_counted_with_a_calibrated_threshold(tmp_path, capsys):
+    calibration = tmp_path / "nih"
+    _prepared(calibration, _studies(12, 3, 0), [f"p{i // 3}" for i in range(36)], known=True)
+    anonymous = tmp_path / "anonymous"
+    truth = [f"q{i // 2}" for i in range(30)]
+    splits = _prepared(anonymous, _studies(15, 2, 7), truth, known=False)
+    true_leaks = {(2 * k, 2 * k + 1) for k in range(15) if splits[2 * k] != splits[2 * k + 1]}
+    assert true_leaks  # the image-level split put repeat studies of some patients in different splits
+
+    assert main(["data", "leaks", str(anonymous), "--calibrate", str(calibration)]) == 0
+    printed = capsys.readouterr().out
+    result = json.loads((anonymous / "leaks.json").read_text())
+    assert (
+        result["threshold_source"].startswith("calibrated on") and result["calibration"]["precision"] == 0.9
+    )
+    found = {(p["row_a"], p["row_b"]) for p in result["pairs"]}
+    assert result["suspects"] == len(found)
+    assert len(found & true_leaks) >= 0.8 * len(true_leaks)  # most real leaks found
+    assert len(found & true_leaks) >= 0.8 * len(found)  # and few false ones
+    assert f"{result['suspects']} likely same-patient pair(s) across splits" in printed
+    assert (anonymous / "leaks_sheet.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_without_calibration_pairs_are_ranked_and_no_count_is_claimed(tmp_path, capsys):
+    anonymous = tmp_path / "anonymous"
+    _prepared(anonymous, _studies(6, 2, 3), [f"q{i // 2}" for i in range(12)], known=False)
+    assert main(["data", "leaks", str(anonymous), "--top", "0"]) == 0
+    printed = capsys.readouterr().out
+    result = json.loads((anonymous / "leaks.json").read_text())
+    assert result["suspects"] is None and result["threshold"] is None and result["pairs"]
+    assert "no count of same-patient pairs is claimed" in printed
+
+
+def test_prepare_group_similar_keeps_repeat_studies_in_one_split(tmp_path, image_files, capsys):
+    images = _studies(8, 2, 11)
+    root = tmp_path / "anonymous"
+    for index, pixels in enumerate(images):
+        image_files.png(root / f"scan_{index:03d}.png", pixels)
+    base = ["prepare", "--source", "folder", "--root", str(root), "--size", "48", "--workers", "1", "--quiet"]
+    assert main([*base, "--out", str(tmp_path / "plain")]) == 0
+    assert main([*base, "--out", str(tmp_path / "grouped"), "--group-similar", "0.95"]) == 0
+    printed = capsys.readouterr().out
+    assert "--group-similar 0.95: 8 group(s) of similar images (16 images) kept in one split each" in printed
+
+    from meddenoise.data.cache import load_prepared
+
+    def split_of(folder):
+        data = load_prepared(folder)
+        return {row["image_id"]: row["split"] for row in data.records}
+
+    plain, grouped = split_of(tmp_path / "plain"), split_of(tmp_path / "grouped")
+    pairs = [(f"scan_{2 * k:03d}.png", f"scan_{2 * k + 1:03d}.png") for k in range(8)]
+    assert any(plain[a] != plain[b] for a, b in pairs)  # without it, repeat studies straddle splits
+    assert all(grouped[a] == grouped[b] for a, b in pairs)
+    assert main(["data", "leaks", str(tmp_path / "grouped"), "--threshold", "0.95", "--top", "0"]) == 0
+    assert json.loads((tmp_path / "grouped" / "leaks.json").read_text())["suspects"] == 0
