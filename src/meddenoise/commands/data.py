@@ -82,6 +82,8 @@ class DataLeaksConfig:
     top: int = option(8, "pairs shown in the contact sheet")
     out: str = option("", "output folder for leaks.json and leaks_sheet.png (default: FOLDER)")
     device: str = option("cpu", "device for the matcher")
+    quiet: bool = quiet_option()
+    print_config: bool = print_config_option()
 
     def check(self) -> None:
         if not 0.0 < self.precision <= 1.0:
@@ -98,6 +100,8 @@ def run_leaks(args: argparse.Namespace) -> int:
     from meddenoise.privacy.leaks import find_leaks
 
     config = config_from_args(DataLeaksConfig, args)
+    if config.print_config:
+        print(format_config(config))
     data = load_prepared(config.folder)
     calibration = load_prepared(config.calibrate) if config.calibrate and not config.threshold else None
     result = find_leaks(
