@@ -393,3 +393,15 @@ def seed_option(default: int = 0) -> Any:
 
 def run_option(help: str = "run folder written by `meddenoise train` (or a .safetensors checkpoint)") -> Any:
     return option("", help, required=True)
+
+
+def command_config(cls: type[T], args: argparse.Namespace, complete: Any = None) -> T:
+    """A command's effective config: defaults < --config file < command line, then `complete(config, given)`
+    (`given`: the options set explicitly, see `given_options`) when the command fills in defaults that
+    depend on others; printed when it has `print_config` set. Saving it with the outputs is the command's."""
+    config = config_from_args(cls, args)
+    if complete is not None:
+        config = complete(config, given_options(cls, args))
+    if getattr(config, "print_config", False):
+        print(format_config(config), flush=True)
+    return config

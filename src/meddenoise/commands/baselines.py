@@ -7,18 +7,17 @@ import dataclasses
 
 from meddenoise.config import (
     add_config_arguments,
-    config_from_args,
-    format_config,
-    given_options,
+    command_config,
     option,
     print_config_option,
     quiet_option,
     save_config,
 )
 from meddenoise.errors import ConfigError
-from meddenoise.noise.spec import PAPER_STDS, NoiseSpec
+from meddenoise.noise.spec import NoiseSpec, check_levels, levels_option, with_levels
+from meddenoise.reproduce import CLASSICAL_BASELINES
 
-METHODS = ("noisy", "gaussian", "nlm", "bm3d")
+METHODS = CLASSICAL_BASELINES
 
 DESCRIPTION = """Evaluate classical baselines (the noisy input itself, Gaussian filter, non-local means,
 BM3D) on a split of a prepared folder with fixed noise, exactly as `reproduce` does: parameters tuned on at
@@ -35,9 +34,7 @@ class BaselinesConfig:
     out: str = option("", "output folder; one evaluation folder per method and noise level", required=True)
     methods: list[str] = option(["gaussian", "nlm", "bm3d"], f"methods: any of {', '.join(METHODS)}")
     noise: NoiseSpec = option(NoiseSpec(), "the obfuscation of the evaluated images (fixed noise)")
-    levels: list[float] = option(
-        [], "noise standard deviations to evaluate in turn (default: --noise-std if given, else 0.1 0.2 0.3)"
-    )
+    levels: list[float] = levels_option()
     split: str = option("test", "split to evaluate", choices=("train", "val", "test", "all"))
     tune_split: str = option("val", "split the parameters are tuned on", choices=("train", "val", "test"))
     tune_limit: int = option(16, "tune on at most this many images")
@@ -56,10 +53,7 @@ class BaselinesConfig:
             raise ConfigError(
                 f"methods: choose from {', '.join(METHODS)}; got {', '.join(unknown) or 'none'}", "methods"
             )
-        if any(not 0 < std <= 1 for std in self.levels):
-            raise ConfigError(
-                f"levels: noise standard deviations must be in (0, 1]; got {self.levels}", "levels"
-            )
+        check_levels(self.levels)
         for name in ("tune_limit", "limit", "samples"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0", name)
@@ -77,12 +71,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    config = config_from_args(BaselinesConfig, args)
-    if not config.levels:
-        given = "noise.std" in given_options(BaselinesConfig, args)
-        config = dataclasses.replace(config, levels=[config.noise.std] if given else list(PAPER_STDS))
-    if config.print_config:
-        print(format_config(config))
+    config = command_config(BaselinesConfig, args, with_levels)
     from meddenoise.commands.evaluate import format_summary
     from meddenoise.evaluation import files
     from meddenoise.evaluation.runs import evaluate_baseline

@@ -9,15 +9,13 @@ from typing import ClassVar
 
 from meddenoise.config import (
     add_config_arguments,
-    config_from_args,
-    format_config,
-    given_options,
+    command_config,
     option,
     print_config_option,
     quiet_option,
 )
 from meddenoise.errors import ConfigError, DataError
-from meddenoise.noise.spec import PAPER_STDS, NoiseSpec
+from meddenoise.noise.spec import NoiseSpec, levels_option, with_levels
 
 
 @dataclasses.dataclass
@@ -31,9 +29,7 @@ class DataInfoConfig:
     noise: NoiseSpec = option(
         NoiseSpec(), "the obfuscation shown (fixed noise, as a releasing site publishes)"
     )
-    levels: list[float] = option(
-        [], "noise standard deviations, one column each (default: --noise-std if given, else 0.1 0.2 0.3)"
-    )
+    levels: list[float] = levels_option()
     sheet: bool = option(True, "write the contact sheet")
     quiet: bool = quiet_option()
     print_config: bool = print_config_option()
@@ -176,12 +172,7 @@ def _save_pairs(data, pairs, out: Path) -> None:
 def run_info(args: argparse.Namespace) -> int:
     from meddenoise.data.cache import load_prepared
 
-    config = config_from_args(DataInfoConfig, args)
-    if not config.levels:
-        given = "noise.std" in given_options(DataInfoConfig, args)
-        config = dataclasses.replace(config, levels=[config.noise.std] if given else list(PAPER_STDS))
-    if config.print_config:
-        print(format_config(config))
+    config = command_config(DataInfoConfig, args, with_levels)
     data = load_prepared(config.folder)
     print(describe(data))
     if config.sheet:

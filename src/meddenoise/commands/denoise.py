@@ -11,9 +11,8 @@ from typing import Any, ClassVar
 
 from meddenoise.config import (
     add_config_arguments,
-    config_from_args,
+    command_config,
     config_to_dict,
-    format_config,
     option,
     print_config_option,
     quiet_option,
@@ -184,9 +183,7 @@ def _reason(exc: Exception, path: Path, stage: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    config = config_from_args(DenoiseConfig, args)
-    if config.print_config:
-        print(format_config(config), flush=True)
+    config = command_config(DenoiseConfig, args)
     summary = denoise_files(config)
     for note in summary["notes"]:
         print(f"note: {note['file']}: {note['note']}")

@@ -8,8 +8,7 @@ from typing import ClassVar
 
 from meddenoise.config import (
     add_config_arguments,
-    config_from_args,
-    format_config,
+    command_config,
     option,
     print_config_option,
     quiet_option,
@@ -76,9 +75,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    config = config_from_args(EvaluateConfig, args)
-    if config.print_config:
-        print(format_config(config))
+    config = command_config(EvaluateConfig, args)
     from meddenoise.evaluation import files
     from meddenoise.evaluation.runs import evaluate_run
 

@@ -8,9 +8,8 @@ from typing import Any
 
 from meddenoise.config import (
     add_config_arguments,
-    config_from_args,
+    command_config,
     config_to_dict,
-    format_config,
     option,
     print_config_option,
     quiet_option,
@@ -85,9 +84,7 @@ def format_table(rows: list[dict[str, Any]], config: ModelsConfig) -> str:
 def run(args: argparse.Namespace) -> int:
     from meddenoise.fileio import atomic_write_json
 
-    config = config_from_args(ModelsConfig, args)
-    if config.print_config:
-        print(format_config(config))
+    config = command_config(ModelsConfig, args)
     rows = summary_rows(config)
     print(format_table(rows, config))
     if config.out:

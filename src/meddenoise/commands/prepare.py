@@ -5,7 +5,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from meddenoise.config import add_config_arguments, config_from_args, format_config, save_config
+from meddenoise.config import (
+    add_config_arguments,
+    command_config,
+    save_config,
+)
 from meddenoise.data.prepare_config import PrepareConfig
 from meddenoise.fileio import ensure_writable_dir
 from meddenoise.locking import folder_lock
@@ -31,9 +35,7 @@ def run(args: argparse.Namespace) -> int:
     from meddenoise.data.cache import prepare
     from meddenoise.data.sources import build_source
 
-    config = config_from_args(PrepareConfig, args)
-    if config.print_config:
-        print(format_config(config), flush=True)
+    config = command_config(PrepareConfig, args)
     if config.source == "default":
         from meddenoise.engine.runtime import resolve_device
 

@@ -8,10 +8,8 @@ from pathlib import Path
 
 from meddenoise.config import (
     add_config_arguments,
-    config_from_args,
+    command_config,
     config_to_dict,
-    format_config,
-    given_options,
     option,
     print_config_option,
     quiet_option,
@@ -19,7 +17,7 @@ from meddenoise.config import (
     seed_option,
 )
 from meddenoise.errors import ConfigError
-from meddenoise.noise.spec import PAPER_STDS, NoiseSpec
+from meddenoise.noise.spec import NoiseSpec, check_levels, levels_option, with_levels
 
 
 @dataclasses.dataclass
@@ -31,9 +29,7 @@ class PrivacyAuditConfig:
         "", "run folder of a denoiser trained only on OTHER data (another source or split; optional)"
     )
     noise: NoiseSpec = option(NoiseSpec(), "the released obfuscation (fixed noise)")
-    levels: list[float] = option(
-        [], "noise standard deviations to audit in turn (default: --noise-std if given, else 0.1 0.2 0.3)"
-    )
+    levels: list[float] = levels_option()
     split: str = option(
         "test", "split whose images are the obfuscated queries", choices=("train", "val", "test", "all")
     )
@@ -68,9 +64,8 @@ class PrivacyAuditConfig:
     membership_images: int = option(500, "membership: at most this many members and non-members (0: all)")
 
     def check(self) -> None:
-        for name, stds in (("levels", self.levels), ("noise.std", [self.noise.std])):
-            if any(std <= 0 or std > 1 for std in stds):
-                raise ConfigError(f"{name}: noise standard deviations must be in (0, 1]; got {stds}", name)
+        check_levels(self.levels)
+        check_levels([self.noise.std], "noise.std")
         if not -1.0 < self.noise.mean < 1.0:
             raise ConfigError(f"noise.mean must be in (-1, 1); got {self.noise.mean}", "noise.mean")
         for name in ("gallery_size", "max_queries"):
@@ -103,13 +98,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    config = config_from_args(PrivacyAuditConfig, args)
-    levels = list(config.levels)
-    if not levels:
-        levels = [config.noise.std] if "noise.std" in given_options(PrivacyAuditConfig, args) else PAPER_STDS
-        config = dataclasses.replace(config, levels=list(levels))
-    if config.print_config:
-        print(format_config(config))
+    config = command_config(PrivacyAuditConfig, args, with_levels)
     from meddenoise.fileio import atomic_write_json, atomic_write_text, ensure_writable_dir
     from meddenoise.privacy.audit import run_audit
     from meddenoise.privacy.matcher import Matcher

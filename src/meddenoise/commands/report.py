@@ -7,8 +7,7 @@ import dataclasses
 
 from meddenoise.config import (
     add_config_arguments,
-    config_from_args,
-    format_config,
+    command_config,
     option,
     print_config_option,
     quiet_option,
@@ -42,9 +41,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from meddenoise.report.build import build_report
 
-    config = config_from_args(ReportConfig, args)
-    if config.print_config:
-        print(format_config(config))
+    config = command_config(ReportConfig, args)
     report = build_report(config.folder, config.out or None, split=config.split)
     save_config(config, report.markdown.parent / "report_config.json")
     print(f"wrote {report.markdown} and {report.html} ({len(report.figures)} figures)")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from meddenoise.config import add_config_arguments, config_from_args, format_config
+from meddenoise.config import add_config_arguments, command_config
 from meddenoise.reproduce import ReproduceConfig
 
 DESCRIPTION = """Train and evaluate models {U-Net, U-Net++} x noise {0.1, 0.2, 0.3} x strategies
@@ -34,9 +34,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from meddenoise.reproduce import reproduce
 
-    config = config_from_args(ReproduceConfig, args)
-    if config.print_config:
-        print(format_config(config), flush=True)
+    config = command_config(ReproduceConfig, args)
     report = reproduce(config)
     print(f"report: {report} and {report.with_suffix('.html')}")
     return report_failures(config.folder)

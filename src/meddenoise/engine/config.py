@@ -13,6 +13,9 @@ from meddenoise.noise.spec import NoiseSpec
 if TYPE_CHECKING:
     from meddenoise.models.spec import ModelSpec
 
+# The options that make up `TrainConfig.model_spec()` (a run's network).
+MODEL_FIELDS = ("model", "base_channels", "depth", "norm", "deep_supervision", "model_options")
+
 RESUME_CHOICES = ("no", "yes", "auto")
 # Saved configs and TOML files from before `--resume auto` hold a boolean.
 _RESUME_SPELLINGS = {True: "yes", False: "no", "true": "yes", "false": "no"}

@@ -7,19 +7,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from meddenoise.config import config_to_dict
-from meddenoise.engine.config import TrainConfig
+from meddenoise.engine.config import MODEL_FIELDS, TrainConfig
 from meddenoise.errors import MeddenoiseError
 
 if TYPE_CHECKING:
     from meddenoise.engine.runtime import Runtime
 
 IDENTITY_FIELDS = (
-    "model",
-    "base_channels",
-    "depth",
-    "norm",
-    "deep_supervision",
-    "model_options",
+    *MODEL_FIELDS,
     "noise",
     "target",
     "target_options",

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from meddenoise.config import config_to_dict, option, print_config_option, quiet_option
-from meddenoise.engine.config import TrainConfig
+from meddenoise.engine.config import MODEL_FIELDS, TrainConfig
 from meddenoise.errors import ConfigError
 from meddenoise.noise.spec import NoiseSpec
 
@@ -33,12 +33,7 @@ def _same_as_train(name: str) -> Any:
 
 # The options a site's local training shares with `meddenoise train` (copied into the site's TrainConfig).
 LOCAL_TRAIN_FIELDS = (
-    "model",
-    "base_channels",
-    "depth",
-    "norm",
-    "deep_supervision",
-    "model_options",
+    *MODEL_FIELDS,
     "noise",
     "target",
     "target_options",

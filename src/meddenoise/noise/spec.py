@@ -144,3 +144,27 @@ class NoiseSpec:
         kept = {key: value for key, value in values.items() if key in known}
         kept = {key: value for key, value in kept.items() if value is not None or key == "dose"}
         return config_from_mapping(cls, kept, source="noise settings", prefix="noise.")
+
+
+# -- sweeping the noise level (data info, privacy-audit, baselines) ----------------------------------------
+def levels_option() -> Any:
+    return option(
+        [], "noise standard deviations, one after the other (default: --noise-std if given, else 0.1 0.2 0.3)"
+    )
+
+
+def check_levels(levels: list[float], parameter: str = "levels") -> None:
+    if any(not 0 < std <= 1 for std in levels):
+        raise ConfigError(
+            f"{parameter}: noise standard deviations must be in (0, 1]; got {levels}", parameter
+        )
+
+
+def with_levels(config: Any, given: set[str]) -> Any:
+    """`config` with its `levels` filled in when none were given: the noise std if it was given (`given`
+    holds `noise.std`), else the paper's three levels."""
+    if config.levels:
+        return config
+    return dataclasses.replace(
+        config, levels=[config.noise.std] if "noise.std" in given else list(PAPER_STDS)
+    )

@@ -156,12 +156,13 @@ def load_evaluation(folder: Path) -> Evaluation:
     return Evaluation(folder=folder, info=info, rows=rows)
 
 
-def _number(value: Any) -> float | None:
+def number(value: Any) -> float | None:
+    """A float from a table cell or record value; None when missing, unreadable or NaN."""
     try:
-        number = float(value)
+        parsed = float(value)
     except (TypeError, ValueError):
         return None
-    return None if math.isnan(number) else number
+    return None if math.isnan(parsed) else parsed
 
 
 def load_history(run_dir: Path) -> RunHistory:
@@ -173,13 +174,13 @@ def load_history(run_dir: Path) -> RunHistory:
     run = RunDir(run_dir)
     epochs = [row for row in run.read_metrics() if row.get("epoch") is not None]
     summary = run.read_summary()
-    total = _number(summary.get("train_seconds"))
+    total = number(summary.get("train_seconds"))
     if total is None and epochs:
-        times = [_number(row.get("train_seconds")) for row in epochs]
+        times = [number(row.get("train_seconds")) for row in epochs]
         if all(t is not None for t in times):
             total = float(sum(times))
-    world_size = _number(summary.get("world_size"))
-    steps, epochs_run = _number(summary.get("global_steps")), _number(summary.get("epochs_run"))
+    world_size = number(summary.get("world_size"))
+    steps, epochs_run = number(summary.get("global_steps")), number(summary.get("epochs_run"))
     return RunHistory(
         run_dir=run_dir,
         epochs=epochs,
@@ -195,8 +196,8 @@ def load_history(run_dir: Path) -> RunHistory:
 
 
 def _integer(value: Any) -> int | None:
-    number = _number(value)
-    return None if number is None else int(number)
+    parsed = number(value)
+    return None if parsed is None else int(parsed)
 
 
 @dataclasses.dataclass
@@ -230,7 +231,7 @@ class Collection:
         return self.histories.get(evaluation.run_dir) if evaluation.run_dir else None
 
     def train_seconds(self, evaluation: Evaluation) -> float | None:
-        recorded = _number(evaluation.info.get("train_seconds"))
+        recorded = number(evaluation.info.get("train_seconds"))
         if recorded is not None:
             return recorded
         history = self.history(evaluation)

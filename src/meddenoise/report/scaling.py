@@ -32,6 +32,7 @@ from meddenoise.report.collect import (
     RunHistory,
     method_label,
     method_sort_key,
+    number,
     strategy_label,
     strategy_sort_key,
 )
@@ -72,11 +73,11 @@ class Timed:
 
     @property
     def cpu_seconds(self) -> list[float]:
-        return self.values(lambda h: _number(h.summary.get("cpu_seconds")))
+        return self.values(lambda h: number(h.summary.get("cpu_seconds")))
 
     @property
     def loads(self) -> list[float]:
-        return self.values(lambda h: _number(h.summary.get("load_average_start")))
+        return self.values(lambda h: number(h.summary.get("load_average_start")))
 
     @property
     def devices(self) -> int | None:
@@ -92,14 +93,6 @@ class Timed:
     def global_batch(self) -> int | None:
         batches = {h.batch_size * (h.world_size or 1) for h in self.histories if h.batch_size}
         return max(batches) if batches else None
-
-
-def _number(value: Any) -> float | None:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return None if math.isnan(number) else number
 
 
 def derive_protocol(history: RunHistory, single: RunHistory | None) -> str:
