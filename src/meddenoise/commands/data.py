@@ -95,9 +95,7 @@ def run_leaks(args: argparse.Namespace) -> int:
     from meddenoise.fileio import atomic_write_json, ensure_writable_dir
     from meddenoise.privacy.leaks import find_leaks
 
-    config = config_from_args(DataLeaksConfig, args)
-    if config.print_config:
-        print(format_config(config))
+    config = command_config(DataLeaksConfig, args)
     data = load_prepared(config.folder)
     calibration = load_prepared(config.calibrate) if config.calibrate and not config.threshold else None
     result = find_leaks(
