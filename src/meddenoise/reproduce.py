@@ -56,6 +56,13 @@ class Preset:
     privacy_queries: int = 200
     samples: int = 3
     tune_limit: int = 16
+    # The privacy-modes table (privacy/modes_job.py): DP-SGD runs at one level, membership audits.
+    dp_epsilons: tuple[float, ...] = ()
+    dp_noise_std: float = 0.2
+    dp_delta: float = 1e-5
+    dp_unit: str = "patient"
+    membership_reference_models: int = 0
+    membership_images: int = 500
     data_note: str = ""  # the preset's own data, named only when the run really used it
     # Multi-device timing protocols (Table V): "paper" keeps the batch per device (the global batch grows
     # with the devices, so fewer optimizer steps); "controlled" keeps the global batch and the steps equal
@@ -82,6 +89,9 @@ PRESETS: dict[str, Preset] = {
         privacy_queries=8,
         samples=2,
         tune_limit=4,
+        dp_epsilons=(8.0,),
+        dp_delta=1e-3,
+        dp_unit="image",
     ),
     "quick": Preset(
         name="quick",
@@ -108,6 +118,9 @@ PRESETS: dict[str, Preset] = {
         baseline_limits={"bm3d": 32},
         # Every clean-free target at every level, with the supervised U-Net's settings.
         privacy_queries=100,
+        # One DP-SGD run per epsilon at std 0.2 only (the main job's time budget); per image (one CT).
+        dp_epsilons=(1.0, 4.0, 8.0),
+        dp_unit="image",
     ),
     "paper": Preset(
         name="paper",
@@ -119,6 +132,8 @@ PRESETS: dict[str, Preset] = {
         model_train={"dncnn": {"base_channels": 64, "depth": 0}},
         baseline_limits={"bm3d": 500},
         privacy_queries=1000,
+        dp_epsilons=(1.0, 4.0, 8.0),
+        membership_reference_models=4,
     ),
 }
 
@@ -648,6 +663,23 @@ def _reproduce(settings: ReproduceConfig) -> Path:
             plan["failed"].append({"what": "privacy audit", "reason": reason})
     else:
         plan["privacy_skipped"] = f"the {settings.grid.name} preset does not run it"
+    if settings.grid.dp_epsilons:
+        from meddenoise.privacy.modes_job import run_privacy_modes
+
+        try:
+            reason = run_privacy_modes(
+                settings.folder,
+                data_dir,
+                settings.grid,
+                jobs,
+                device=settings.device,
+                epochs=settings.epochs,
+                quiet=settings.quiet,
+            )
+        except MeddenoiseError as exc:
+            reason = f"the privacy-modes step failed: {exc}"
+        if reason:
+            plan["failed"].append({"what": "privacy modes", "reason": reason})
     plan["skipped"] = skipped
     plan["wall_seconds"] = round(previous.get("wall_seconds", 0.0) + time.perf_counter() - started, 1)
     atomic_write_json(settings.folder / PLAN_FILE, plan)

@@ -147,3 +147,23 @@ def test_rerun_needs_resume_and_skips_finished_work(smoke, capsys):
     assert main([*argv, "--resume"]) == 0
     assert "done earlier, skipped" in capsys.readouterr().out
     assert checkpoint.stat().st_mtime_ns == before
+
+
+def test_privacy_modes_table_lists_every_mode_with_its_epsilon_and_membership(smoke):
+    import csv
+
+    out, _ = smoke
+    result = json.loads((out / "privacy_modes" / "privacy_modes.json").read_text())
+    modes = [row["mode"] for row in result["rows"]]
+    assert modes[0].startswith("paper mode") and "noise2noise" in modes and "r2r" in modes
+    assert modes[-1] == "DP-SGD epsilon 8"
+    dp = result["rows"][-1]
+    with open(out / "privacy_modes" / "runs" / "dp_eps8_std0.2" / "summary.csv", newline="") as handle:
+        summary = next(csv.DictReader(handle))
+    assert dp["epsilon"] == float(summary["dp_epsilon"]) and abs(dp["epsilon"] - 8.0) < 0.2
+    assert dp["clean_images"] is False and "linkage_at_1" not in dp
+    assert all(0.0 <= row["membership_auc"] <= 1.0 for row in result["rows"])
+    assert result["rows"][0]["linkage_at_1"] is not None and "gap_psnr" in dp
+    assert len(result["verdict"]) == len(result["rows"])
+    markdown = (out / "report.md").read_text()
+    assert "Privacy modes side by side" in markdown and "DP-SGD epsilon 8" in markdown

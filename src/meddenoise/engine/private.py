@@ -39,6 +39,8 @@ if TYPE_CHECKING:
     from meddenoise.engine.runtime import Runtime
 
 UNITS = ("patient", "image")
+# RDP orders searched by the accountant: Opacus's defaults reach 63; few units or large q need higher ones.
+ALPHAS = [1 + x / 10.0 for x in range(1, 100)] + list(range(12, 256))
 
 
 def enabled(config: TrainConfig) -> bool:
@@ -204,6 +206,7 @@ def plan_privacy(config: TrainConfig, train_images: int, units: int, world_size:
             sample_rate=sample_rate,
             steps=steps,
             accountant="rdp",
+            alphas=ALPHAS,
         )
         target = config.dp_epsilon
     return PrivacyPlan(
@@ -226,7 +229,7 @@ def epsilon_spent(plan: PrivacyPlan, steps: int) -> float:
 
     accountant = RDPAccountant()
     accountant.history = [(plan.noise_multiplier, plan.sample_rate, steps)]
-    return float(accountant.get_epsilon(plan.delta))
+    return float(accountant.get_epsilon(plan.delta, alphas=ALPHAS))
 
 
 class PrivateTraining:

@@ -23,6 +23,7 @@ from meddenoise.report.clean_free import clean_free_section, table_clean_free
 from meddenoise.report.collect import Collection, collect, method_label
 from meddenoise.report.document import Block, BulletList, Figure, Heading, Paragraph, Table, render_markdown
 from meddenoise.report.html import render_html
+from meddenoise.report.privacy_modes import privacy_modes_section
 
 REPORT_MARKDOWN = "report.md"
 REPORT_HTML = "report.html"
@@ -308,6 +309,7 @@ def build_report(root: str | Path, out_dir: str | Path | None = None, *, split: 
     figure_blocks, figure_paths = figures_section(collection, report_dir)
     blocks += figure_blocks
     blocks += privacy_section(collection)
+    blocks += privacy_modes_section(collection.root)
     blocks += sources_section(collection)
     markdown_path = report_dir / REPORT_MARKDOWN
     html_path = report_dir / REPORT_HTML

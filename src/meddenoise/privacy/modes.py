@@ -1,0 +1,219 @@
+"""One table of privacy modes: quality, what the receiving site holds, what leaks, and the formal guarantee.
+
+Rows are training modes (the paper's released pairs with clean targets, the clean-free targets, DP-SGD at
+several epsilons, ...); each row is built from a run folder (test_metrics.csv, summary.csv), the supervised
+run at the same noise level (for the paired gap), the obfuscation audit's level (linkage and
+re-identification of what is released) and a membership audit of the run's model. `verdict` writes short
+sentences from those numbers only.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+# What the receiving site ends up holding, per training mode.
+HOLDINGS = {
+    "clean": {"clean_images": True, "released_images": "1 obfuscated copy per image", "linkable": True},
+    "noise2noise": {
+        "clean_images": False,
+        "released_images": "2 obfuscated copies per image",
+        "linkable": True,
+    },
+    "neighbor2neighbor": {
+        "clean_images": False,
+        "released_images": "1 obfuscated copy per image",
+        "linkable": True,
+    },
+    "r2r": {"clean_images": False, "released_images": "1 obfuscated copy per image", "linkable": True},
+    "dp-sgd": {"clean_images": False, "released_images": "none (the DP model only)", "linkable": False},
+    "federated": {"clean_images": False, "released_images": "none (model updates only)", "linkable": False},
+}
+
+
+def read_rows(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
+def paired_gap(
+    run: Path, supervised: Path, groups: dict[str, str], metric: str = "psnr", seed: int = 0
+) -> dict[str, Any]:
+    """Mean per-image difference run - supervised on the same test images, with a 95% interval from
+    resampling patients (groups)."""
+    from meddenoise.metrics.stats import cluster_bootstrap_ci
+
+    mine = {r["image_id"]: float(r[metric]) for r in read_rows(run / "test_metrics.csv")}
+    theirs = {r["image_id"]: float(r[metric]) for r in read_rows(supervised / "test_metrics.csv")}
+    shared = sorted(set(mine) & set(theirs))
+    if not shared:
+        return {"mean": math.nan, "low": math.nan, "high": math.nan, "images": 0}
+    differences = np.array([mine[i] - theirs[i] for i in shared])
+    ci = cluster_bootstrap_ci(differences, [groups.get(i, i) for i in shared], n_resamples=2000, seed=seed)
+    return {"mean": ci.mean, "low": ci.low, "high": ci.high, "images": len(shared), "patients": ci.n_clusters}
+
+
+def mode_row(
+    label: str,
+    mode: str,
+    run: Path,
+    *,
+    supervised: Path | None,
+    groups: dict[str, str],
+    audit_level: dict[str, Any] | None,
+    membership: dict[str, Any] | None,
+    nonprivate: Path | None = None,
+) -> dict[str, Any]:
+    """One row of the table (JSON-ready); `nonprivate`: the same network trained without DP, for DP rows."""
+    tests = read_rows(run / "test_metrics.csv")
+    summary = read_rows(run / "summary.csv")[0]
+    row: dict[str, Any] = {
+        "mode": label,
+        "kind": mode,
+        "run": str(run),
+        "noise_std": float(summary["noise_std"]),
+        "test_psnr": float(np.mean([float(r["psnr"]) for r in tests])),
+        "test_ssim": float(np.mean([float(r["ssim"]) for r in tests])),
+        "test_images": len(tests),
+        **HOLDINGS[mode],
+    }
+    if supervised is not None and supervised != run:
+        row["gap_psnr"] = paired_gap(run, supervised, groups, "psnr")
+        row["gap_ssim"] = paired_gap(run, supervised, groups, "ssim")
+    if nonprivate is not None:
+        row["gap_psnr_to_nonprivate"] = paired_gap(run, nonprivate, groups, "psnr")
+    if row["linkable"] and audit_level is not None:
+        row["linkage_at_1"] = audit_level["linkage"].get("top1")
+        reid = audit_level["reidentification"]
+        row["reidentification_at_1"] = None if "skipped" in reid else reid.get("top1")
+        row["reidentification_note"] = reid.get("skipped")
+    if membership is not None:
+        row["membership_auc"] = membership["loss_threshold"]["auc"]
+        row["membership_auc_ci"] = membership["loss_threshold"]["auc_ci"]
+        calibrated = membership.get("calibrated", {})
+        if "auc" in calibrated:
+            row["membership_calibrated_auc"] = calibrated["auc"]
+            row["membership_calibrated_auc_ci"] = calibrated["auc_ci"]
+            row["membership_calibrated_tpr_at_1pct_fpr"] = calibrated["tpr_at_1pct_fpr"]
+    epsilon = summary.get("dp_epsilon")
+    row["epsilon"] = float(epsilon) if epsilon not in (None, "") else None
+    if row["epsilon"] is not None:
+        row["delta"] = float(summary["dp_delta"])
+        row["dp_unit"] = summary.get("dp_unit")
+    return row
+
+
+def _fmt(value: Any, digits: int = 2) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return f"{value:.{digits}f}"
+
+
+def _gap(entry: dict[str, Any] | None, digits: int) -> str:
+    if not entry:
+        return "(reference)"
+    return f"{entry['mean']:+.{digits}f} [{entry['low']:+.{digits}f}, {entry['high']:+.{digits}f}]"
+
+
+def _auc(row: dict[str, Any], key: str) -> str:
+    if key not in row:
+        return "-"
+    low, high = row[f"{key}_ci"]
+    return f"{row[key]:.2f} [{low:.2f}, {high:.2f}]"
+
+
+COLUMNS = (
+    "mode",
+    "noise std",
+    "test PSNR",
+    "PSNR gap to supervised (dB, 95% CI)",
+    "test SSIM",
+    "SSIM gap",
+    "receiving site holds clean images?",
+    "released images (linkable?)",
+    "linkage@1",
+    "re-id@1",
+    "membership AUC, loss (95% CI)",
+    "membership AUC, calibrated",
+    "epsilon",
+)
+
+
+def table_cells(row: dict[str, Any]) -> list[str]:
+    linkable = "yes" if row["linkable"] else "no"
+    if row["epsilon"] is None:
+        epsilon = "none (no formal guarantee)"
+    else:
+        epsilon = f"{row['epsilon']:.2f} (delta {row['delta']:g}, per {row['dp_unit']})"
+    reid = "not measurable" if row.get("reidentification_note") else _fmt(row.get("reidentification_at_1"))
+    return [
+        row["mode"],
+        f"{row['noise_std']:g}",
+        f"{row['test_psnr']:.2f}",
+        _gap(row.get("gap_psnr"), 2),
+        f"{row['test_ssim']:.3f}",
+        _gap(row.get("gap_ssim"), 3),
+        "yes" if row["clean_images"] else "no",
+        f"{row['released_images']} ({linkable})",
+        _fmt(row.get("linkage_at_1")),
+        reid,
+        _auc(row, "membership_auc"),
+        _auc(row, "membership_calibrated_auc"),
+        epsilon,
+    ]
+
+
+def markdown_table(rows: list[dict[str, Any]]) -> str:
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines += ["| " + " | ".join(table_cells(row)) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def verdict(rows: list[dict[str, Any]]) -> list[str]:
+    """Sentences stated from the rows' numbers only (intervals decide what is called a difference)."""
+    sentences = []
+    for row in rows:
+        gap = row.get("gap_psnr")
+        parts = [f"{row['mode']} (std {row['noise_std']:g}): test PSNR {row['test_psnr']:.2f} dB"]
+        if gap:
+            if gap["high"] < 0:
+                parts.append(f"{-gap['mean']:.2f} dB below supervised (interval excludes 0)")
+            elif gap["low"] > 0:
+                parts.append(f"{gap['mean']:.2f} dB above supervised (interval excludes 0)")
+            else:
+                parts.append(
+                    f"no PSNR difference to supervised shown ({gap['mean']:+.2f} dB, interval spans 0)"
+                )
+        if row.get("linkage_at_1") is not None:
+            parts.append(
+                f"released images linked to their originals {100 * row['linkage_at_1']:.0f}% of the time"
+            )
+        elif not row["linkable"]:
+            parts.append("no images released")
+        if "membership_auc" in row:
+            low, high = row["membership_auc_ci"]
+            chance = (
+                "chance not excluded"
+                if low <= 0.5 <= high
+                else "above chance"
+                if low > 0.5
+                else "below chance"
+            )
+            parts.append(f"membership AUC {row['membership_auc']:.2f} ({chance})")
+        to_nonprivate = row.get("gap_psnr_to_nonprivate")
+        if to_nonprivate:
+            low, high = to_nonprivate["low"], to_nonprivate["high"]
+            parts.append(
+                f"{to_nonprivate['mean']:+.2f} dB [{low:+.2f}, {high:+.2f}] against the same network "
+                "trained without DP"
+            )
+        if row["epsilon"] is not None:
+            parts.append(f"formal guarantee epsilon {row['epsilon']:.2f}")
+        else:
+            parts.append("no formal guarantee")
+        sentences.append("; ".join(parts) + ".")
+    return sentences

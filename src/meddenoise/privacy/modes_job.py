@@ -1,0 +1,227 @@
+"""The privacy-modes step of `meddenoise reproduce`: DP-SGD runs, membership audits, one table.
+
+    OUT/privacy_modes/runs/dp_eps<E>_std<s>/   DP-SGD U-Nets (GroupNorm), one per epsilon
+    OUT/privacy_modes/runs/nonprivate_std<s>/  the same U-Net without DP (the DP reference, equal epochs)
+    OUT/privacy_modes/membership/              reference models of the calibrated attack (when asked for)
+    OUT/privacy_modes/privacy_modes.json, .md  the table, its verdict, and what each audit measured
+
+DP runs live outside OUT/runs so the paper's tables (which compare BatchNorm U-Nets) never mix them in. The
+table takes the supervised and clean-free U-Nets the grid already trained at the same noise level, and the
+linkage / re-identification figures from OUT/privacy/privacy_audit.json.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+from meddenoise.errors import MeddenoiseError
+from meddenoise.evaluation import files
+from meddenoise.fileio import atomic_write_json, atomic_write_text, ensure_writable_dir, read_json
+
+FOLDER = "privacy_modes"
+RESULT = "privacy_modes.json"
+SUPERVISED_LABEL = "paper mode (released pairs, clean targets)"
+
+
+def _grid_run(jobs: list[Any], method: str, noise_std: float) -> Path | None:
+    for job in jobs:
+        if (
+            job.method == method
+            and getattr(job, "kind", "network") == "network"
+            and job.strategy == "single"
+            and job.seed == 0
+            and math.isclose(job.noise_std, noise_std)
+            and files.is_done(job.folder)
+            and (job.folder / "test_metrics.csv").is_file()
+        ):
+            return job.folder
+    return None
+
+
+def _train(values: dict[str, Any], out: Path) -> Path:
+    from meddenoise.config import config_from_mapping
+    from meddenoise.engine.config import TrainConfig
+    from meddenoise.engine.train import fit
+
+    if files.is_done(out):
+        return out
+    state = out / "checkpoints" / "last.state.pt"
+    values = {**values, "out": str(out), "resume": state.is_file()}
+    if out.exists() and not state.is_file():
+        import shutil
+
+        shutil.rmtree(out)
+    started = time.perf_counter()
+    fit(config_from_mapping(TrainConfig, values, source=f"privacy modes run {out.name}"))
+    files.mark_done(out, f"{time.perf_counter() - started:.1f} s")
+    return out
+
+
+def run_privacy_modes(
+    out: Path,
+    data_dir: Path,
+    preset: Any,
+    jobs: list[Any],
+    *,
+    device: str = "auto",
+    epochs: int = 0,
+    quiet: bool = False,
+) -> str | None:
+    """Train the DP runs, audit membership, write the table; returns why it was skipped, or None."""
+    from meddenoise.data.cache import load_prepared
+    from meddenoise.noise.spec import NoiseSpec
+    from meddenoise.privacy import modes
+    from meddenoise.privacy.membership import run_membership_audit
+
+    folder = out / FOLDER
+    if files.is_done(folder):
+        return None
+    noise_std = preset.dp_noise_std
+    supervised = _grid_run(jobs, "unet", noise_std)
+    if supervised is None:
+        return f"no finished supervised U-Net at noise std {noise_std:g} to compare with"
+    ensure_writable_dir(folder, what="privacy modes folder")
+    base = {
+        **preset.train,
+        **preset.model_train.get("unet", {}),
+        "model": "unet",
+        "seed": 0,
+        "strategy": "single",
+        "amp": "off",
+        "norm": "group",
+        "data": str(data_dir),
+        "noise": NoiseSpec(mean=preset.noise_mean, std=noise_std).to_dict(),
+        "quiet": quiet,
+    }
+    if epochs:
+        base["epochs"] = epochs
+    if device != "auto":
+        base["device"] = device
+    tag = f"std{noise_std:g}"
+    print(f"privacy modes: non-private GroupNorm U-Net at std {noise_std:g}", flush=True)
+    nonprivate = _train(base, folder / "runs" / f"nonprivate_{tag}")
+    dp_runs = {}
+    for epsilon in preset.dp_epsilons:
+        print(f"privacy modes: DP-SGD epsilon {epsilon:g} at std {noise_std:g}", flush=True)
+        values = {**base, "dp_epsilon": epsilon, "dp_delta": preset.dp_delta, "dp_unit": preset.dp_unit}
+        dp_runs[epsilon] = _train(values, folder / "runs" / f"dp_eps{epsilon:g}_{tag}")
+
+    audit_path = out / "privacy" / "privacy_audit.json"
+    audit = read_json(audit_path, what="privacy audit") if audit_path.is_file() else {"levels": []}
+    level = next((lv for lv in audit["levels"] if math.isclose(lv["noise_std"], noise_std)), None)
+    data = load_prepared(data_dir)
+    groups = {r["image_id"]: r.get("group") or r["patient_id"] for r in data.records}
+
+    def membership(run: Path) -> dict[str, Any]:
+        print(f"privacy modes: membership audit of {run.name}", flush=True)
+        return run_membership_audit(
+            run,
+            data_dir=str(data_dir),
+            out=folder / "membership" / run.name,
+            reference_models=preset.membership_reference_models,
+            max_images=preset.membership_images,
+            device=device,
+        )
+
+    rows = []
+    for mode, method in [("clean", "unet"), *[(t, f"unet+{t}") for t in preset.clean_free]]:
+        run = _grid_run(jobs, method, noise_std)
+        if run is None:
+            continue
+        label = SUPERVISED_LABEL if mode == "clean" else mode
+        rows.append(
+            modes.mode_row(
+                label,
+                mode,
+                run,
+                supervised=supervised,
+                groups=groups,
+                audit_level=level,
+                membership=membership(run),
+            )
+        )
+    rows.append(
+        modes.mode_row(
+            "non-private GroupNorm U-Net (DP reference)",
+            "clean",
+            nonprivate,
+            supervised=supervised,
+            groups=groups,
+            audit_level=level,
+            membership=membership(nonprivate),
+        )
+    )
+    for epsilon, run in dp_runs.items():
+        rows.append(
+            modes.mode_row(
+                f"DP-SGD epsilon {epsilon:g}",
+                "dp-sgd",
+                run,
+                supervised=supervised,
+                groups=groups,
+                audit_level=level,
+                membership=membership(run),
+                nonprivate=nonprivate,
+            )
+        )
+    result = {
+        "noise_std": noise_std,
+        "rows": rows,
+        "verdict": modes.verdict(rows),
+        "notes": notes(preset),
+    }
+    atomic_write_json(folder / RESULT, result)
+    atomic_write_text(folder / "privacy_modes.md", markdown(result))
+    files.mark_done(folder)
+    return None
+
+
+def notes(preset: Any) -> list[str]:
+    unit = (
+        "per image: the rendered default holds one patient (one CT), so a per-patient guarantee would cover "
+        "a single unit"
+        if preset.dp_unit == "image"
+        else "per patient (all of a patient's training images are one unit)"
+    )
+    calibrated = (
+        f"{preset.membership_reference_models} reference models per run (calibrated attack)"
+        if preset.membership_reference_models
+        else "the loss-threshold attack only (no reference models, to keep the preset's time)"
+    )
+    epsilons = ", ".join(f"{e:g}" for e in preset.dp_epsilons)
+    return [
+        f"DP-SGD runs at noise std {preset.dp_noise_std:g} only, epsilon {epsilons}, delta "
+        f"{preset.dp_delta:g}, guarantee {unit}; same U-Net, schedule and epochs as the grid, with "
+        "GroupNorm (BatchNorm mixes the images of a batch, which DP-SGD cannot bound).",
+        f"Membership: {calibrated}; members are the run's training images, non-members the test split.",
+        "linkage@1 / re-id@1 describe the released images (the obfuscation audit at the same level); a DP "
+        "model is trained where the clean images are, and only the model leaves.",
+    ]
+
+
+def markdown(result: dict[str, Any]) -> str:
+    from meddenoise.privacy import modes
+
+    lines = [
+        f"## Privacy modes at noise std {result['noise_std']:g}",
+        "",
+        modes.markdown_table(result["rows"]),
+    ]
+    lines += (
+        ["Notes:", ""] + [f"- {n}" for n in result["notes"]] + ["", "Verdict (from the numbers above):", ""]
+    )
+    lines += [f"- {sentence}" for sentence in result["verdict"]]
+    return "\n".join(lines) + "\n"
+
+
+def load_result(root: Path) -> dict[str, Any] | None:
+    path = Path(root) / FOLDER / RESULT
+    if not path.is_file():
+        return None
+    try:
+        return read_json(path, what="privacy modes table")
+    except MeddenoiseError:
+        return None
