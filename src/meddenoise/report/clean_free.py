@@ -2,8 +2,9 @@
 
 For every noise level, each clean-free training target of the U-Net (noise2noise, neighbor2neighbor, r2r, ...)
 is set against the supervised U-Net trained at the same level with the same settings: PSNR/SSIM with their
-95% t-intervals, and the gap to supervised as the mean paired difference (mode minus supervised) on the same
-test images, with its t-interval and the Wilcoxon signed-rank p, Holm-corrected over every test in the table.
+95% intervals, and the gap to supervised as the mean paired difference (mode minus supervised) on the same
+test images, with its interval and the paired t-test p (Wilcoxon beside it), Holm-corrected over every test in
+the table; intervals and tests are cluster-aware (`meddenoise.metrics.clustered`).
 Every value is aggregated from the runs' `per_image.csv`; the copies each mode needs come from the evaluation
 record (`target_copies`, written by `evaluate` from the registered target).
 """

@@ -1,11 +1,12 @@
 """The paper's Tables III-VI (and the U-Net++ head table) from the per-image rows of a `Collection`.
 
-Every cell is an aggregate of per-image values read from `per_image.csv` files (means, t-intervals, paired
-tests from `meddenoise.metrics.stats`) or a time recorded by the training engine; nothing is re-measured. Each
-table comes with its full-precision rows, written next to the report as CSV.
+Every cell is an aggregate of per-image values read from `per_image.csv` files (means, intervals and paired
+tests from `meddenoise.metrics.clustered`, which resample patients when a patient has several images) or a
+time recorded by the training engine; nothing is re-measured. Each table comes with its full-precision rows,
+written next to the report as CSV. Table V lives in `meddenoise.report.scaling`.
 
-When a configuration was trained with several seeds, an image's value is first averaged over the seeds (the
-images stay the independent units of the interval), and the spread of the per-seed means is shown beside it.
+When a configuration was trained with several seeds, an image's value is first averaged over the seeds, and
+the spread of the per-seed means is shown beside it.
 """
 
 from __future__ import annotations
