@@ -3,7 +3,8 @@
 Part `throughput`: `fit` runs on one prepared folder, alternating `--data-placement device` and `stream`
 (device, stream, device, stream, ... so drift on a shared machine hits both), each for a few epochs; the
 figure is images/s of the epochs after the first (warm-up), median per placement, and the ratio
-stream / device (target >= 0.9 on the CPU, where compute dominates).
+stream / device (target >= 0.9 on the CPU, where compute dominates). `--device cuda` measures the same on a
+GPU (bf16), where streaming has to hide the host-to-device copies behind the step.
 
 Part `rss`: `meddenoise train` as a child process on prepared folders of N images (default 10k, 30k, 100k at
 64 x 64, uint8), once per placement, for a fixed number of steps. /proc/<pid>/status is sampled every 20 ms:
@@ -44,6 +45,7 @@ SAMPLE_SECONDS = 0.02
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--part", choices=["throughput", "rss", "both"], default="both")
+    parser.add_argument("--device", default="cpu", help="throughput part: cpu, cuda, auto (rss: CPU only)")
     parser.add_argument("--size", type=int, default=64, help="side of the synthetic images")
     parser.add_argument("--model", default="unet")
     parser.add_argument("--base-channels", type=int, default=8)
@@ -98,8 +100,8 @@ def train_config(data: Path, out: Path, placement: str, args: argparse.Namespace
         "batch_size": args.batch_size,
         "epochs": args.epochs,
         "limit_val": 32,
-        "device": "cpu",
-        "amp": "off",
+        "device": args.device,
+        "amp": "auto",  # bf16 on CUDA, fp32 on the CPU
         "patience": 0,
         "evaluate_test": False,
         "quiet": True,
@@ -202,7 +204,10 @@ def rss(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
-    device = torch.device("cpu")
+    device = common.resolve_device(args.device)
+    args.device = str(device)
+    if device.type != "cpu" and args.part != "throughput":
+        raise SystemExit("--part rss measures host memory of CPU runs; use --part throughput on a GPU")
     torch.set_num_threads(args.threads)
     environment = common.environment(device)
     payload: dict[str, Any] = {

