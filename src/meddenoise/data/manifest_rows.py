@@ -1,8 +1,8 @@
 """`ManifestRows`: manifest.csv's rows as dicts, parsed when asked for.
 
-A dict of strings per row costs about 1.2 KB of host memory; for a prepared folder of 100,000 images that is
-120 MB that grows with the data set in every process (each DDP rank loads the manifest), even when the images
-themselves are streamed from disk. This keeps the file's text and where each row starts instead (about 160
+A dict of strings per row costs about 1 KB of host memory; for a prepared folder of 100,000 images that is
+100 MB that grows with the data set in every process (each DDP rank loads the manifest), even when the images
+themselves are streamed from disk. This keeps the file's text and where each row starts instead (about 140
 bytes an image) and builds a row's dict on access. A manifest whose quoted fields hold line breaks (possible
 in CSV, never written by meddenoise) is kept as plain dicts.
 """
