@@ -52,6 +52,10 @@ class Preset:
     learned: tuple[str, ...] = ("dncnn",)
     clean_free: tuple[str, ...] = ("noise2noise", "neighbor2neighbor", "r2r")
     clean_free_noise_stds: tuple[float, ...] | None = None
+    # Federated runs of the U-Net (meddenoise.federated, Flower's simulation) at one noise level, each beside
+    # its one-device counterpart: as many rounds of one local epoch as that run has epochs.
+    federated: tuple[dict[str, Any], ...] = ()
+    federated_noise_std: float = 0.2
     privacy: bool = True
     privacy_queries: int = 200
     samples: int = 3
@@ -117,6 +121,7 @@ PRESETS: dict[str, Preset] = {
         protocols=("controlled",),
         baseline_limits={"bm3d": 32},
         # Every clean-free target at every level, with the supervised U-Net's settings.
+        federated=({"sites": 3, "partition": "iid", "strategy": "fedavg"},),
         privacy_queries=100,
         # One DP-SGD run per epsilon at std 0.2 only (the main job's time budget); per image (one CT).
         dp_epsilons=(1.0, 4.0, 8.0),
@@ -131,6 +136,12 @@ PRESETS: dict[str, Preset] = {
         train={"epochs": 50, "batch_size": 16, "val_batch_size": 64, "base_channels": 64, "patience": 0},
         model_train={"dncnn": {"base_channels": 64, "depth": 0}},
         baseline_limits={"bm3d": 500},
+        federated=(
+            {"sites": 3, "partition": "iid", "strategy": "fedavg"},
+            {"sites": 3, "partition": "dirichlet", "alpha": 0.1, "strategy": "fedavg"},
+            {"sites": 3, "partition": "dirichlet", "alpha": 0.1, "strategy": "fedprox", "proximal_mu": 0.01},
+            {"sites": 3, "partition": "dirichlet", "alpha": 1.0, "strategy": "fedavg"},
+        ),
         privacy_queries=1000,
         dp_epsilons=(1.0, 4.0, 8.0),
         membership_reference_models=4,
@@ -179,7 +190,7 @@ class Job:
     """One unit of the grid: train+evaluate a configuration, or evaluate a classical baseline."""
 
     name: str
-    kind: str  # "network" or "baseline"
+    kind: str  # "network", "federated" or "baseline"
     folder: Path
     noise_std: float
     method: str
@@ -189,6 +200,7 @@ class Job:
     nproc: int = 0
     protocol: str = ""  # multi-device runs: "paper" or "controlled"
     repeat: int = 0  # timing repeats (kind "timing": trained only, for Table V's median)
+    federation: dict[str, Any] = dataclasses.field(default_factory=dict)  # kind "federated": sites, strategy
 
 
 def std_tag(noise_std: float) -> str:
@@ -316,6 +328,7 @@ def plan_jobs(preset: Preset, out: Path, seeds: int, gpus: int) -> tuple[list[Jo
             jobs.append(
                 Job(name, "network", out / "runs" / name, noise_std, f"unet+{target}", "single", 0, overrides)
             )
+    jobs += federated_jobs(preset, out, skipped)
     return interleave_timing(jobs, preset, out), skipped
 
 
@@ -365,6 +378,40 @@ def interleave_timing(jobs: list[Job], preset: Preset, out: Path) -> list[Job]:
                 timing = dataclasses.replace(member, name=name, kind="timing", folder=out / "timing" / name)
                 ordered.append(dataclasses.replace(timing, train_overrides=overrides, repeat=repeat))
     return ordered
+
+
+def federated_jobs(preset: Preset, out: Path, skipped: list[dict[str, str]]) -> list[Job]:
+    """The preset's federated U-Net runs (skipped, with the reason, when Flower is not installed)."""
+    import importlib.util
+
+    from meddenoise.federated import INSTALL_HINT
+    from meddenoise.federated.jobs import job_name
+
+    if not preset.federated:
+        return []
+    if not (importlib.util.find_spec("flwr") and importlib.util.find_spec("ray")):
+        skipped.append({"what": "federated runs", "reason": f"Flower is not installed; {INSTALL_HINT}"})
+        return []
+    noise_std = preset.federated_noise_std
+    jobs = []
+    for spec in preset.federated:
+        name = f"unet-{job_name(spec)}_{std_tag(noise_std)}_seed0"
+        overrides = train_overrides(preset, "unet", 0, SINGLE_DEVICE)
+        strategy = f"federated-{spec.get('strategy', 'fedavg')}"
+        jobs.append(
+            Job(
+                name,
+                "federated",
+                out / "runs" / name,
+                noise_std,
+                "unet",
+                strategy,
+                0,
+                overrides,
+                federation=dict(spec),
+            )
+        )
+    return jobs
 
 
 def _prepare(settings: ReproduceConfig) -> Path:
@@ -464,6 +511,27 @@ def train_job(job: Job, data_dir: Path, settings: ReproduceConfig) -> None:
         from meddenoise.engine.train import fit
 
         fit(config)
+
+
+def run_federated_job(job: Job, data_dir: Path, settings: ReproduceConfig) -> None:
+    from meddenoise.config import config_to_dict
+    from meddenoise.evaluation.runs import evaluate_run
+    from meddenoise.federated import run_federated
+    from meddenoise.federated.jobs import federated_config
+
+    resume = RunDir(job.folder).has_training_state()
+    if job.folder.exists() and not resume:
+        shutil.rmtree(job.folder)  # killed before its first round ended: nothing to keep
+    train = config_to_dict(_train_config(job, data_dir, settings, resume))
+    config = federated_config(train, job.federation, data=str(data_dir), out=str(job.folder), resume=resume)
+    run_federated(config)
+    evaluate_run(
+        job.folder,
+        device=settings.device,
+        keep_samples=settings.grid.samples,
+        lpips_weights=settings.lpips_weights or None,
+        quiet=settings.quiet,
+    )
 
 
 def run_baseline_job(job: Job, data_dir: Path, settings: ReproduceConfig) -> None:
@@ -646,6 +714,8 @@ def _reproduce(settings: ReproduceConfig) -> Path:
                 run_network_job(job, data_dir, settings)
             elif job.kind == "timing":
                 train_job(job, data_dir, settings)
+            elif job.kind == "federated":
+                run_federated_job(job, data_dir, settings)
             else:
                 run_baseline_job(job, data_dir, settings)
         except Exception as exc:  # noqa: BLE001 - one broken job must not stop the grid; it is recorded

@@ -49,6 +49,13 @@ def last_weights(run_dir):
     return load_weights(run_dir / "checkpoints" / "last.safetensors")[0]
 
 
+def json_rows(path):
+    import csv
+
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
 def metrics(run_dir):
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
@@ -75,10 +82,20 @@ def test_one_site_one_local_epoch_per_round_is_centralized_training(make_prepare
     for record, epoch in zip(metrics(federated), central_epochs, strict=True):
         assert record["val_loss"] == pytest.approx(epoch["val_loss"], rel=1e-5)
         assert record["train_loss"] == pytest.approx(epoch["train_loss"], rel=1e-5)
-    # Evaluation accepts the federated run like any other.
+    # Evaluation and the report accept the federated run like any other; the report's federated section
+    # sets it against the centralized run: identical weights, so no gap and the same number of steps.
     model, metadata = load_trained_model(federated)
     assert metadata["model"] == "dncnn" and metadata["strategy"] == "federated-fedavg"
     assert metadata["config"]["data"] == str(data)
+    from meddenoise.evaluation.runs import evaluate_run
+    from meddenoise.report.build import build_report
+
+    for run in (central, federated):
+        evaluate_run(run, device="cpu", heads=False, quiet=True)
+    report = build_report(tmp_path)
+    (row,) = [r for r in json_rows(tmp_path / "tables" / "federated.csv")]
+    assert abs(float(row["psnr_gap"])) < 1e-3 and row["steps"] == row["centralized_steps"]
+    assert row["rounds_within_0_5_db"] != "" and "Federated training" in report.markdown.read_text()
 
 
 class _ReplyRecorder:

@@ -81,3 +81,26 @@ def test_the_description_names_the_data_really_used():
     assert "given with --data" in text and "`folder`" in text and "200 images of 128x128" in text
     assert "not the preset's own (the rendered default" in text
     assert "on the rendered default" not in text
+
+
+def test_quick_runs_one_three_site_federation_beside_its_centralized_unet(monkeypatch):
+    import importlib.util
+
+    from meddenoise.federated.jobs import federated_config
+
+    jobs, _ = plan_jobs(PRESETS["quick"], Path("out"), seeds=1, gpus=0)
+    (federated,) = [job for job in jobs if job.kind == "federated"]
+    assert federated.name == "unet-fedavg-iid3_std0.2_seed0" and federated.strategy == "federated-fedavg"
+    assert "unet_std0.2_single_seed0" in _names(jobs)
+    config = federated_config(federated.train_overrides, federated.federation, data="d", out="o")
+    quick = PRESETS["quick"].train
+    assert (config.rounds, config.local_epochs, config.sites) == (quick["epochs"], 1, 3)
+    assert (config.lr, config.lr_schedule, config.batch_size) == (quick["lr"], quick["lr_schedule"], 8)
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda n, *a: None if n == "flwr" else real_find_spec(n, *a)
+    )
+    jobs, skipped = plan_jobs(PRESETS["quick"], Path("out"), seeds=1, gpus=0)
+    assert not [job for job in jobs if job.kind == "federated"]
+    assert "meddenoise[federated]" in {i["what"]: i["reason"] for i in skipped}["federated runs"]

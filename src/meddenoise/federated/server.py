@@ -52,6 +52,7 @@ RESUMABLE_FIELDS = (
     "flower_app",
 )
 NODE_WAIT_SECONDS = 600.0
+PULL_INTERVAL_SECONDS = 0.01
 REPLY_TIMEOUT_SECONDS = 24 * 3600.0
 
 
@@ -67,6 +68,10 @@ class SiteGrid:
     def __init__(self, grid: Any, node_ids: list[int]) -> None:
         self.grid, self.node_ids = grid, list(node_ids)
         self.sent = self.received = 0
+        # The simulation's in-memory grid looks for replies every 0.1 s (its `pull_interval`); polling more
+        # often costs nothing next to a round and takes most of that wait off every exchange.
+        if isinstance(getattr(grid, "pull_interval", None), float):
+            grid.pull_interval = min(grid.pull_interval, PULL_INTERVAL_SECONDS)
 
     def get_node_ids(self) -> list[int]:
         return list(self.node_ids)

@@ -22,6 +22,7 @@ from meddenoise.report import figures, scaling, tables
 from meddenoise.report.clean_free import clean_free_section, table_clean_free
 from meddenoise.report.collect import Collection, collect, method_label
 from meddenoise.report.document import Block, BulletList, Figure, Heading, Paragraph, Table, render_markdown
+from meddenoise.report.federated import federated_section, table_federated
 from meddenoise.report.html import render_html
 from meddenoise.report.privacy_modes import privacy_modes_section
 
@@ -186,6 +187,10 @@ def tables_section(collection: Collection, tables_dir: Path) -> list[Block]:
     if clean_free_table is not None:
         _write_table_csv(clean_free_table, "clean_free_gaps", tables_dir)
         blocks += clean_free_section(collection, clean_free_table)
+    federated_table = table_federated(collection)
+    if federated_table is not None:
+        _write_table_csv(federated_table, "federated", tables_dir)
+        blocks += federated_section(collection, federated_table)
     heads = tables.table_heads(collection)
     if heads is not None:
         blocks += [Heading(2, "U-Net++ heads (pruned networks)")]

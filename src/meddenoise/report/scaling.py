@@ -110,7 +110,9 @@ def timed_configurations(collection: Collection) -> list[Timed]:
     if not entries:
         for evaluation in collection.networks():
             history = collection.history(evaluation)
-            if evaluation.method in PAPER_MODELS and history is not None:
+            # Federated runs are not a way to use more devices for one training (own report section).
+            federated = evaluation.strategy.startswith("federated-")
+            if evaluation.method in PAPER_MODELS and history is not None and not federated:
                 entries.append(
                     {
                         "method": evaluation.method,
