@@ -177,8 +177,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ]
     print(format_table(results, columns), flush=True)
     device = torch.device(args.device if args.device != "auto" else "cpu")
+    from importlib.metadata import version
+
     payload = {
         "benchmark": "federated",
+        "libraries": {name: version(name) for name in ("flwr", "ray")},
         "settings": {**settings_record(args, str(data)), "unet": QUICK_UNET, "runs": str(runs_root)},
         "results": results,
     }
