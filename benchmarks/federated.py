@@ -27,7 +27,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_common import finish, format_table, settings_record  # noqa: E402
+from bench_common import environment, finish, format_table, settings_record  # noqa: E402
 
 # The quick preset's U-Net (meddenoise.reproduce, preset "quick").
 QUICK_UNET = {
@@ -149,6 +149,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     import torch
 
     args = parse_args(argv)
+    device = torch.device(args.device if args.device != "auto" else "cpu")
+    machine = environment(device)  # at the start: the load average before the runs
     data = args.data or quick_data(args)
     runs_root = args.runs or Path(tempfile.mkdtemp(prefix="federated-bench-"))
     runs_root.mkdir(parents=True, exist_ok=True)
@@ -176,11 +178,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         ("wall_seconds", "wall s"),
     ]
     print(format_table(results, columns), flush=True)
-    device = torch.device(args.device if args.device != "auto" else "cpu")
     from importlib.metadata import version
 
     payload = {
         "benchmark": "federated",
+        "environment": machine,
         "libraries": {name: version(name) for name in ("flwr", "ray")},
         "settings": {**settings_record(args, str(data)), "unet": QUICK_UNET, "runs": str(runs_root)},
         "results": results,
