@@ -17,7 +17,6 @@ from meddenoise.errors import MeddenoiseError
 
 # Order here is the order in `meddenoise --help`.
 COMMAND_MODULES: tuple[str, ...] = (
-    # add one line per command module, e.g. "prepare",
     "prepare",
     "data",
     "obfuscate",
