@@ -49,6 +49,8 @@ def method_sort_key(method: str) -> tuple[int, str]:
 
 
 def strategy_label(strategy: str) -> str:
+    if strategy.startswith("federated-"):  # meddenoise.federated: "federated-fedavg" -> "federated (fedavg)"
+        return f"federated ({strategy.split('-', 1)[1]})"
     base, _, protocol = strategy.partition("/")
     label = STRATEGY_LABELS.get(base, base)
     return f"{label} ({protocol})" if protocol else label

@@ -168,8 +168,8 @@ def _display_row(row: dict[str, Any]) -> list[str]:
         )
     within = row.get("rounds_within_0_5_db")
     steps = f"{row['steps']} / {row.get('centralized_steps', 'n/a')}"
-    wall = f"{row['wall_seconds']:.0f} / " + (
-        f"{row['centralized_wall_seconds']:.0f}" if "centralized_wall_seconds" in row else "n/a"
+    wall = f"{row['wall_seconds']:.1f} / " + (
+        f"{row['centralized_wall_seconds']:.1f}" if "centralized_wall_seconds" in row else "n/a"
     )
     share = "n/a" if row["flower_share"] is None else f"{100 * row['flower_share']:.0f}%"
     return [
