@@ -86,3 +86,11 @@ def test_restoration_claims_stand_beside_a_gaussian_filter_on_the_same_queries()
     summary = " ".join(summary_sentences(_result([level])))
     assert "restores 26.58 dB PSNR" in summary and "a Gaussian filter gives 26.94 dB" in summary
     assert format_table(_result([level])).splitlines()[1].split()[-1] == "26.94"
+
+
+def test_a_denoiser_below_the_released_image_is_not_called_a_reversal():
+    receiver = {"run": "r", "psnr": _summary(11.75), "ssim": _summary(0.07)}
+    level = _level(0.2, 0.98, (0.9, 0.99), reversal={"receiver": receiver, "outsider": {"skipped": "none"}})
+    summary = " ".join(summary_sentences(_result([level])))
+    assert "Reversible" not in summary
+    assert "Not reversed by the receiver's denoiser: at std 0.2 its output is at 11.75 dB PSNR" in summary

@@ -346,3 +346,16 @@ def test_the_report_says_plainly_when_a_classical_method_beats_the_networks(tmp_
 
 def test_no_classical_verdict_when_a_network_wins(grid, report):
     assert "Classical methods win here" not in report.markdown.read_text()
+
+
+def test_when_the_mean_test_and_wilcoxon_disagree_the_table_says_so(tmp_path):
+    patients = [f"p{i}" for i in range(4)]
+    _evaluation_rows(tmp_path / "u", "unet", [26.0, 27.0, 28.0, 29.0], kind="network", patients=patients)
+    _evaluation_rows(tmp_path / "b", "bm3d", [25.0, 25.95, 27.05, 28.0], kind="baseline", patients=patients)
+    result, tests = table_baselines(collect(tmp_path))
+    psnr = next(row for row in tests.rows if row["metric"] == "psnr")
+    assert psnr["t_p_holm"] < 0.05 <= psnr["wilcoxon_p_holm"] and psnr["tests_disagree"]
+    assert tests.table.rows[0][tests.table.columns.index("Tests agree")] == "no: read as uncertain"
+    notes = " ".join(result.table.notes)
+    assert "Tests disagree, only the t-test finds a difference: U-Net vs BM3D (PSNR (dB), std 0.2" in notes
+    assert "fewer than 6 paired images" in notes

@@ -169,11 +169,18 @@ def summary_sentences(result: dict[str, Any]) -> list[str]:
             )
     receiver = highest["reversal"].get("receiver", {})
     classical = highest["reversal"].get("classical", {})
-    if "psnr" in receiver:
+    released = _mean(highest["distortion"]["obfuscated"], "psnr")
+    if "psnr" in receiver and _mean(receiver, "psnr") > released:
         lines.append(
             f"Reversible: at std {highest['noise_std']:g} the receiver's denoiser restores"
             f" {_mean(receiver, 'psnr'):.2f} dB PSNR (SSIM {_mean(receiver, 'ssim'):.3f})"
             f"{_beside_classical(receiver, classical)}."
+        )
+    elif "psnr" in receiver:
+        lines.append(
+            f"Not reversed by the receiver's denoiser: at std {highest['noise_std']:g} its output is at"
+            f" {_mean(receiver, 'psnr'):.2f} dB PSNR, below the released image's {released:.2f} dB (it did"
+            f" not learn to denoise){_beside_classical(receiver, classical)}."
         )
     elif "psnr" in classical:
         lines.append(

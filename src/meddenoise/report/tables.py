@@ -232,18 +232,35 @@ def table_quality(collection: Collection) -> TableResult:
     return TableResult(table, csv_rows)
 
 
+# The smallest two-sided exact Wilcoxon p with n pairs is 2 / 2^n: below 6 pairs it cannot reach 0.05.
+WILCOXON_MIN_PAIRS = 6
+
+
 def _disagreement_notes(tests: Sequence[dict[str, Any]]) -> list[str]:
-    notes = []
+    """One note per direction listing every comparison where the t-test and the Wilcoxon test disagree."""
+    found: dict[str, list[str]] = {}
+    few = False
     for test in tests:
-        if test.get("tests_disagree"):
-            first, second = test.get("reference", test.get("better")), test.get("method", test.get("other"))
-            verdict = "only the t-test" if test["t_p_holm"] < SIGNIFICANCE_LEVEL else "only the Wilcoxon test"
-            notes.append(
-                f"Tests disagree at std {test['noise_std']:g}, {method_label(first)} vs "
-                f"{method_label(second)}, {METRIC_HEADERS[test['metric']]}: {verdict} finds a difference "
-                f"(Holm p {_format_p(test['t_p_holm'])} t, {_format_p(test['wilcoxon_p_holm'])} Wilcoxon); "
-                "read this difference as uncertain."
-            )
+        if not test.get("tests_disagree"):
+            continue
+        first, second = test.get("reference", test.get("better")), test.get("method", test.get("other"))
+        verdict = "only the t-test" if test["t_p_holm"] < SIGNIFICANCE_LEVEL else "only the Wilcoxon test"
+        units = int(test.get("groups") or test.get("images") or 0)
+        few = few or (0 < units < WILCOXON_MIN_PAIRS)
+        found.setdefault(verdict, []).append(
+            f"{method_label(first)} vs {method_label(second)} ({METRIC_HEADERS[test['metric']]}, std "
+            f"{test['noise_std']:g}, Holm p {_format_p(test['t_p_holm'])} t / "
+            f"{_format_p(test['wilcoxon_p_holm'])} Wilcoxon)"
+        )
+    notes = [
+        f"Tests disagree, {verdict} finds a difference: " + "; ".join(items) + ". Read these as uncertain."
+        for verdict, items in found.items()
+    ]
+    if few:
+        notes.append(
+            f"With fewer than {WILCOXON_MIN_PAIRS} paired images (or patients) the Wilcoxon test cannot "
+            f"reach p < {SIGNIFICANCE_LEVEL} at all, so it disagrees with any clear t-test there."
+        )
     return notes
 
 
