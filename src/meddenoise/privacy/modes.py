@@ -9,12 +9,13 @@ sentences from those numbers only.
 
 from __future__ import annotations
 
-import csv
 import math
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from meddenoise.rundir import RunDir, read_rows
 
 # What the receiving site ends up holding, per training mode.
 HOLDINGS = {
@@ -35,11 +36,6 @@ HOLDINGS = {
 }
 
 
-def read_rows(path: Path) -> list[dict[str, str]]:
-    with open(path, newline="", encoding="utf-8") as handle:
-        return list(csv.DictReader(handle))
-
-
 def paired_gap(
     run: Path, supervised: Path, groups: dict[str, str], metric: str = "psnr", seed: int = 0
 ) -> dict[str, Any]:
@@ -47,8 +43,8 @@ def paired_gap(
     resampling patients (groups)."""
     from meddenoise.metrics.stats import cluster_bootstrap_ci
 
-    mine = {r["image_id"]: float(r[metric]) for r in read_rows(run / "test_metrics.csv")}
-    theirs = {r["image_id"]: float(r[metric]) for r in read_rows(supervised / "test_metrics.csv")}
+    mine = {r["image_id"]: float(r[metric]) for r in read_rows(RunDir(run).test_table_file)}
+    theirs = {r["image_id"]: float(r[metric]) for r in read_rows(RunDir(supervised).test_table_file)}
     shared = sorted(set(mine) & set(theirs))
     if not shared:
         return {"mean": math.nan, "low": math.nan, "high": math.nan, "images": 0}
@@ -69,8 +65,8 @@ def mode_row(
     nonprivate: Path | None = None,
 ) -> dict[str, Any]:
     """One row of the table (JSON-ready); `nonprivate`: the same network trained without DP, for DP rows."""
-    tests = read_rows(run / "test_metrics.csv")
-    summary = read_rows(run / "summary.csv")[0]
+    tests = read_rows(RunDir(run).test_table_file)
+    summary = RunDir(run).read_summary()
     row: dict[str, Any] = {
         "mode": label,
         "kind": mode,

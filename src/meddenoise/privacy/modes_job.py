@@ -20,6 +20,7 @@ from typing import Any
 from meddenoise.errors import MeddenoiseError
 from meddenoise.evaluation import files
 from meddenoise.fileio import atomic_write_json, atomic_write_text, ensure_writable_dir, read_json
+from meddenoise.rundir import RunDir
 
 FOLDER = "privacy_modes"
 RESULT = "privacy_modes.json"
@@ -35,7 +36,7 @@ def _grid_run(jobs: list[Any], method: str, noise_std: float) -> Path | None:
             and job.seed == 0
             and math.isclose(job.noise_std, noise_std)
             and files.is_done(job.folder)
-            and (job.folder / "test_metrics.csv").is_file()
+            and RunDir(job.folder).test_table_file.is_file()
         ):
             return job.folder
     return None
@@ -48,9 +49,9 @@ def _train(values: dict[str, Any], out: Path) -> Path:
 
     if files.is_done(out):
         return out
-    state = out / "checkpoints" / "last.state.pt"
-    values = {**values, "out": str(out), "resume": state.is_file()}
-    if out.exists() and not state.is_file():
+    resume = RunDir(out).has_training_state()
+    values = {**values, "out": str(out), "resume": resume}
+    if out.exists() and not resume:
         import shutil
 
         shutil.rmtree(out)
