@@ -486,9 +486,22 @@ def timing_entries(jobs: list[Job], out: Path) -> list[dict[str, Any]]:
 
 
 def run_network_job(job: Job, data_dir: Path, settings: ReproduceConfig) -> None:
+    train_job(job, data_dir, settings)
+    _evaluate(job, settings)
+
+
+def _resumable(folder: Path) -> bool:
+    """Whether a run folder can continue from a checkpoint; one killed before its first checkpoint is
+    removed (nothing to keep)."""
+    resume = RunDir(folder).has_training_state()
+    if folder.exists() and not resume:
+        shutil.rmtree(folder)
+    return resume
+
+
+def _evaluate(job: Job, settings: ReproduceConfig) -> None:
     from meddenoise.evaluation.runs import evaluate_run
 
-    train_job(job, data_dir, settings)
     evaluate_run(
         job.folder,
         device=settings.device,
@@ -499,9 +512,7 @@ def run_network_job(job: Job, data_dir: Path, settings: ReproduceConfig) -> None
 
 
 def train_job(job: Job, data_dir: Path, settings: ReproduceConfig) -> None:
-    resume = RunDir(job.folder).has_training_state()
-    if job.folder.exists() and not resume:
-        shutil.rmtree(job.folder)  # killed before its first checkpoint: nothing to keep
+    resume = _resumable(job.folder)
     config = _train_config(job, data_dir, settings, resume)
     if config.strategy == "ddp":
         from meddenoise.engine.launch import fit_with_torchrun
@@ -515,23 +526,14 @@ def train_job(job: Job, data_dir: Path, settings: ReproduceConfig) -> None:
 
 def run_federated_job(job: Job, data_dir: Path, settings: ReproduceConfig) -> None:
     from meddenoise.config import config_to_dict
-    from meddenoise.evaluation.runs import evaluate_run
     from meddenoise.federated import run_federated
     from meddenoise.federated.jobs import federated_config
 
-    resume = RunDir(job.folder).has_training_state()
-    if job.folder.exists() and not resume:
-        shutil.rmtree(job.folder)  # killed before its first round ended: nothing to keep
+    resume = _resumable(job.folder)  # a federation killed before its first round ended starts again
     train = config_to_dict(_train_config(job, data_dir, settings, resume))
     config = federated_config(train, job.federation, data=str(data_dir), out=str(job.folder), resume=resume)
     run_federated(config)
-    evaluate_run(
-        job.folder,
-        device=settings.device,
-        keep_samples=settings.grid.samples,
-        lpips_weights=settings.lpips_weights or None,
-        quiet=settings.quiet,
-    )
+    _evaluate(job, settings)
 
 
 def run_baseline_job(job: Job, data_dir: Path, settings: ReproduceConfig) -> None:
