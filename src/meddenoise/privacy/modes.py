@@ -36,6 +36,15 @@ HOLDINGS = {
 }
 
 
+def test_rows(run: Path) -> list[dict[str, str]]:
+    """Per-image test scores: the run's test_metrics.csv, else its `evaluate` output (federated runs)."""
+    folder = RunDir(run)
+    for path in (folder.test_table_file, folder.evaluation_dir("test") / "per_image.csv"):
+        if path.is_file():
+            return read_rows(path)
+    raise FileNotFoundError(f"{run} has neither test_metrics.csv nor evaluation/test/per_image.csv")
+
+
 def paired_gap(
     run: Path, supervised: Path, groups: dict[str, str], metric: str = "psnr", seed: int = 0
 ) -> dict[str, Any]:
@@ -43,8 +52,8 @@ def paired_gap(
     resampling patients (groups)."""
     from meddenoise.metrics.stats import cluster_bootstrap_ci
 
-    mine = {r["image_id"]: float(r[metric]) for r in read_rows(RunDir(run).test_table_file)}
-    theirs = {r["image_id"]: float(r[metric]) for r in read_rows(RunDir(supervised).test_table_file)}
+    mine = {r["image_id"]: float(r[metric]) for r in test_rows(run)}
+    theirs = {r["image_id"]: float(r[metric]) for r in test_rows(supervised)}
     shared = sorted(set(mine) & set(theirs))
     if not shared:
         return {"mean": math.nan, "low": math.nan, "high": math.nan, "images": 0}
@@ -65,13 +74,13 @@ def mode_row(
     nonprivate: Path | None = None,
 ) -> dict[str, Any]:
     """One row of the table (JSON-ready); `nonprivate`: the same network trained without DP, for DP rows."""
-    tests = read_rows(RunDir(run).test_table_file)
+    tests = test_rows(run)
     summary = RunDir(run).read_summary()
     row: dict[str, Any] = {
         "mode": label,
         "kind": mode,
         "run": str(run),
-        "noise_std": float(summary["noise_std"]),
+        "noise_std": float(summary.get("noise_std") or "nan"),
         "test_psnr": float(np.mean([float(r["psnr"]) for r in tests])),
         "test_ssim": float(np.mean([float(r["ssim"]) for r in tests])),
         "test_images": len(tests),

@@ -168,6 +168,23 @@ def run_privacy_modes(
                 nonprivate=nonprivate,
             )
         )
+    for job in jobs:
+        federated = getattr(job, "kind", "") == "federated" and math.isclose(job.noise_std, noise_std)
+        if not (federated and files.is_done(job.folder)):
+            continue
+        spec = getattr(job, "federation", {}) or {}
+        label = f"federated ({spec.get('strategy', 'fedavg')}, {spec.get('sites', '?')} sites)"
+        rows.append(
+            modes.mode_row(
+                label,
+                "federated",
+                job.folder,
+                supervised=supervised,
+                groups=groups,
+                audit_level=level,
+                membership=_membership_or_none(membership, job.folder),
+            )
+        )
     result = {
         "noise_std": noise_std,
         "rows": rows,
@@ -178,6 +195,15 @@ def run_privacy_modes(
     atomic_write_text(folder / "privacy_modes.md", markdown(result))
     files.mark_done(folder)
     return None
+
+
+def _membership_or_none(audit: Any, run: Path) -> dict[str, Any] | None:
+    """A federated run's checkpoint may lack what the membership audit needs: then the cell stays empty."""
+    try:
+        return audit(run)
+    except (MeddenoiseError, KeyError, ValueError) as exc:
+        print(f"privacy modes: no membership audit of {run.name} ({exc})", flush=True)
+        return None
 
 
 def notes(preset: Any) -> list[str]:

@@ -1,0 +1,84 @@
+"""The privacy-modes table: rows from run files, paired gaps, cells and verdict sentences from the numbers."""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+
+from meddenoise.privacy import modes
+
+
+def write_csv(path, rows):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def fake_run(folder, psnr, summary, evaluated=False):
+    rows = [{"image_id": f"i{k}", "psnr": p, "ssim": p / 40} for k, p in enumerate(psnr)]
+    write_csv(folder / ("evaluation/test/per_image.csv" if evaluated else "test_metrics.csv"), rows)
+    write_csv(folder / "summary.csv", [{"noise_std": 0.2, **summary}])
+    return folder
+
+
+def test_rows_gaps_cells_and_verdict_follow_the_numbers(tmp_path):
+    rng = np.random.default_rng(0)
+    base = 25 + rng.normal(0, 1, 12)
+    groups = {f"i{k}": f"g{k % 4}" for k in range(12)}
+    supervised = fake_run(tmp_path / "sup", base, {})
+    dp = fake_run(
+        tmp_path / "dp",
+        base - 3 + rng.normal(0, 0.1, 12),
+        {"dp_epsilon": 7.99, "dp_delta": 1e-5, "dp_unit": "image"},
+    )
+    federated = fake_run(tmp_path / "fed", base + rng.normal(0, 0.1, 12), {}, evaluated=True)
+    audit = {"linkage": {"top1": 0.96}, "reidentification": {"skipped": "one patient"}}
+    chance = {"loss_threshold": {"auc": 0.49, "auc_ci": [0.43, 0.55]}, "calibrated": {"skipped": "none"}}
+    rows = [
+        modes.mode_row(
+            "paper",
+            "clean",
+            supervised,
+            supervised=supervised,
+            groups=groups,
+            audit_level=audit,
+            membership={"loss_threshold": {"auc": 0.7, "auc_ci": [0.6, 0.8]}},
+        ),
+        modes.mode_row(
+            "DP 8",
+            "dp-sgd",
+            dp,
+            supervised=supervised,
+            groups=groups,
+            audit_level=audit,
+            membership=chance,
+            nonprivate=supervised,
+        ),
+        modes.mode_row(
+            "fed",
+            "federated",
+            federated,
+            supervised=supervised,
+            groups=groups,
+            audit_level=audit,
+            membership=None,
+        ),
+    ]
+    paper, private, fed = rows
+    assert "gap_psnr" not in paper and paper["linkage_at_1"] == 0.96 and paper["epsilon"] is None
+    assert private["gap_psnr"]["high"] < 0 and abs(private["gap_psnr"]["mean"] + 3) < 0.2
+    assert (
+        private["gap_psnr"]["patients"] == 4 and "linkage_at_1" not in private and private["epsilon"] == 7.99
+    )
+    assert fed["test_images"] == 12 and fed["gap_psnr"]["low"] < 0 < fed["gap_psnr"]["high"]
+    cells = modes.table_cells(private)
+    assert len(cells) == len(modes.COLUMNS) and cells[-1].startswith("7.99") and cells[6] == "no"
+    assert modes.table_cells(paper)[9] == "not measurable"
+    sentences = modes.verdict(rows)
+    assert "above chance" in sentences[0] and "no formal guarantee" in sentences[0]
+    assert "below supervised (interval excludes 0)" in sentences[1] and "chance not excluded" in sentences[1]
+    assert "interval spans 0" in sentences[2]
+    assert modes.markdown_table(rows).count("\n") == 2 + len(rows)
