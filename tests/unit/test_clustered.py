@@ -5,10 +5,11 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pytest
 from scipy import stats as scipy_stats
 
 from meddenoise.metrics import clustered, stats
-from meddenoise.privacy.matcher import hit_rate
+from meddenoise.privacy.matcher import hit_rate, wilson_interval
 from meddenoise.privacy.verdict import level_sentences
 from meddenoise.report.tables import format_interval, interval
 
@@ -95,3 +96,43 @@ def test_audit_hit_rate_resamples_patients_and_shows_the_per_patient_average():
     assert math.isnan(single.top1_interval[0]) and "no 95% CI" in " ".join(
         level_sentences({**level, "linkage": single.to_dict()}, {})
     )
+
+
+def test_two_or_three_repeated_patients_give_no_interval_instead_of_the_range_of_their_means():
+    # with 2-3 groups the percentile bootstrap's tails are single-group resamples: its "interval" would be
+    # the range of the groups' means, narrower than even the t-interval over images
+    values, groups = _repeated(3, patients=3, per_patient=6)
+    found = clustered.group_interval(values, groups)
+    assert found.method == "none" and math.isnan(found.low) and "only 3 patients" in found.note
+    test = clustered.paired_test(values, values - 1.0 + np.linspace(0, 0.1, values.size), groups)
+    assert test.method == "group-bootstrap" and math.isnan(test.low) and "only 3 patients" in test.note
+    assert math.isfinite(test.t_pvalue)  # the paired tests on the 3 patient means still run
+    assert clustered.group_interval(*_repeated(3, patients=4, per_patient=6)).method == "group-bootstrap"
+
+
+def test_equal_values_never_give_a_zero_width_interval():
+    for groups in (None, ["a", "a", "b", "b", "c", "c", "d", "d"]):
+        found = clustered.group_interval(np.ones(8), groups)
+        assert found.method == "none" and math.isnan(found.low) and "equal" in found.note
+
+
+def test_audit_hit_rate_with_every_query_linked_is_a_wilson_interval_over_patients_not_zero_width():
+    groups = ["p0"] * 6 + ["p1"] * 6  # 12 queries of 2 patients, all linked (as in a real audit)
+    hits = np.ones(12, dtype=bool)
+    rate = hit_rate(hits, hits, 60, (1 / 60, 5 / 60), groups)
+    low, high = rate.top1_interval
+    assert rate.interval_method == "group-wilson" and (low, high) == pytest.approx(wilson_interval(2, 2))
+    assert high - low > 0.5  # two patients are two trials, not twelve
+    level = {
+        "noise_std": 0.2,
+        "noise_mean": 0.1,
+        "distortion": {
+            name: {"psnr": {"mean": 14.0}, "ssim": {"mean": 0.3}}
+            for name in ("obfuscated", "mean_removed", "two_copy_average")
+        },
+        "linkage": rate.to_dict(),
+        "reidentification": {"skipped": "none"},
+        "reversal": {},
+    }
+    text = " ".join(level_sentences(level, {}))
+    assert "100.0%-100.0%" not in text and "Wilson over 2 patients" in text

@@ -8,7 +8,12 @@ from the data and says which one it used:
 - some group holds several images: the percentile bootstrap that resamples whole groups (the mean stays the
   image-level mean), and the paired tests on per-group mean differences;
 - fewer than 2 groups (or fewer than 2 images): no interval, no test, and `note` says why (never a zero-width
-  interval).
+  interval);
+- 2 or 3 groups of which some repeat: no interval either. Resampling so few groups puts more than 2.5% of the
+  resamples on "every group is the same one", so the percentile interval is just the range of the groups' own
+  means (narrower than the t-interval over images), not a 95% interval; the paired tests on the 2-3 group
+  means still run;
+- values that are all equal: no interval (a bootstrap or t-interval would have zero width).
 
 The mean-based test (paired t) is the primary one; the Wilcoxon signed-rank test is reported beside it.
 """
@@ -26,6 +31,8 @@ from meddenoise.metrics import stats
 T_METHOD = "t"
 BOOTSTRAP_METHOD = "group-bootstrap"
 NO_METHOD = "none"
+# Below this many groups the percentile bootstrap's 2.5% tails fall on single-group resamples (see above).
+MIN_BOOTSTRAP_GROUPS = 4
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,6 +103,8 @@ def group_interval(
     if n_groups == n:
         if n < 2:
             return Interval(mean, math.nan, math.nan, n, n_groups, NO_METHOD, "one image: no interval")
+        if np.ptp(array) == 0:
+            return Interval(mean, math.nan, math.nan, n, n_groups, NO_METHOD, _equal_note(n))
         t = stats.mean_ci(array, confidence)
         return Interval(mean, t.low, t.high, n, n_groups, T_METHOD)
     if n_groups < 2:
@@ -108,8 +117,23 @@ def group_interval(
             NO_METHOD,
             f"all {n} images come from one {unit}, so their spread says nothing about other {unit}s",
         )
+    if n_groups < MIN_BOOTSTRAP_GROUPS:
+        return Interval(mean, math.nan, math.nan, n, n_groups, NO_METHOD, _few_groups_note(n, n_groups, unit))
+    if np.ptp(array) == 0:
+        return Interval(mean, math.nan, math.nan, n, n_groups, NO_METHOD, _equal_note(n))
     boot = stats.cluster_bootstrap_ci(array, labels.tolist(), confidence, n_resamples, seed)
     return Interval(mean, boot.low, boot.high, n, n_groups, BOOTSTRAP_METHOD)
+
+
+def _few_groups_note(n: int, groups: int, unit: str) -> str:
+    return (
+        f"the {n} images come from only {groups} {unit}s: a bootstrap over so few {unit}s only spans their "
+        f"own means, so no 95% interval is given (at least {MIN_BOOTSTRAP_GROUPS} {unit}s are needed)"
+    )
+
+
+def _equal_note(n: int) -> str:
+    return f"all {n} values are equal: they show no spread, so no interval is given"
 
 
 def _group_means(values: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -154,13 +178,22 @@ def paired_test(
             "fewer than 2 images" if n < 2 else f"all {n} images come from one {unit}: no test is possible"
         )
     differences = a - b
+    note = ""
     if n_groups == n:
         result = stats.paired_comparison(a, b, confidence)
         low, high, method = result.difference_low, result.difference_high, T_METHOD
     else:
         result = stats.paired_comparison(_group_means(a, labels), _group_means(b, labels), confidence)
-        boot = stats.cluster_bootstrap_ci(differences, labels.tolist(), confidence, n_resamples, seed)
-        low, high, method = boot.low, boot.high, BOOTSTRAP_METHOD
+        if n_groups < MIN_BOOTSTRAP_GROUPS:  # the tests on the group means hold; an interval would not
+            low = high = nan
+            note = _few_groups_note(n, n_groups, unit)
+        else:
+            boot = stats.cluster_bootstrap_ci(differences, labels.tolist(), confidence, n_resamples, seed)
+            low, high = boot.low, boot.high
+        method = BOOTSTRAP_METHOD
+    if low == high:  # equal differences: no spread to show (never a zero-width interval)
+        low = high = nan
+        note = _equal_note(n)
     return PairedTest(
         n=n,
         groups=n_groups,
@@ -173,7 +206,7 @@ def paired_test(
         t_pvalue=float(result.t_pvalue),
         wilcoxon_pvalue=float(result.wilcoxon_pvalue),
         effect_size=float(result.cohens_dz),
-        note="",
+        note=note,
     )
 
 
@@ -197,7 +230,10 @@ def describe_intervals(methods: Sequence[str], unit: str = "patient", groups: in
     if T_METHOD in used:
         parts.append(f"95% Student t-interval over images (every {unit} has one image)")
     if NO_METHOD in methods:
-        parts.append("n/a where fewer than 2 images or 2 " + unit + "s remain (the reason is given)")
+        parts.append(
+            f"n/a where fewer than 2 images or 2 {unit}s remain, fewer than {MIN_BOOTSTRAP_GROUPS} {unit}s "
+            "hold repeated images, or all values are equal (the reason is given)"
+        )
     return "Intervals: " + "; ".join(parts) + "." if parts else "Intervals: none could be computed."
 
 

@@ -99,7 +99,9 @@ class HitRate:
     Queries of one patient are not independent: when a patient (group) has several queries the intervals
     resample patients (`interval_method` "group-bootstrap") and `per_group_top1` gives the average of the
     patients' own hit rates beside the per-query rate; below 2 patients there is no interval (NaN bounds,
-    `interval_note` says why). With one query per patient the intervals are Wilson intervals.
+    `interval_note` says why). With one query per patient the intervals are Wilson intervals; when the
+    bootstrap gives none (too few patients, or every query hit or missed) but every patient's queries agree,
+    the Wilson interval over patients ("group-wilson").
     """
 
     queries: int
@@ -147,6 +149,12 @@ def hit_rate(
         found = [group_interval(h.astype(np.float64), groups, unit=unit) for h in (hits1, hits5)]
         intervals = tuple((f.low, f.high) for f in found)
         method, note = found[0].method, found[0].note
+        patient_hits = [_all_or_none(h, groups) for h in (hits1, hits5)]
+        if not found[0].available and n_groups >= 2 and None not in patient_hits:
+            # Every patient's queries agree (e.g. all linked), so a bootstrap has nothing to resample, yet
+            # each patient is one independent trial: the Wilson interval over patients still holds.
+            intervals = tuple(wilson_interval(k, n_groups) for k in patient_hits)
+            method, note = "group-wilson", ""
     return HitRate(
         queries=queries,
         gallery=gallery,
@@ -163,6 +171,16 @@ def hit_rate(
         interval_note=note,
         unit=unit,
     )
+
+
+def _all_or_none(hits: np.ndarray, groups: list[str]) -> int | None:
+    """The number of groups whose queries all hit, when every group's queries agree; else None."""
+    outcomes: dict[str, set[bool]] = {}
+    for group, hit in zip(groups, hits.tolist()):
+        outcomes.setdefault(group, set()).add(bool(hit))
+    if any(len(seen) > 1 for seen in outcomes.values()):
+        return None
+    return sum(1 for seen in outcomes.values() if True in seen)
 
 
 def linkage_rate(

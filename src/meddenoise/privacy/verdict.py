@@ -30,6 +30,12 @@ def _interval(rate: dict[str, Any], key: str = "top1_interval") -> str:
     if method == "group-bootstrap":
         unit = rate.get("unit", "patient")
         return f"95% CI {_pct(low)}-{_pct(high)}, bootstrap over {rate.get('groups')} {unit}s"
+    if method == "group-wilson":
+        unit = rate.get("unit", "patient")
+        return (
+            f"95% CI {_pct(low)}-{_pct(high)}, Wilson over {rate.get('groups')} {unit}s (all queries of a "
+            f"{unit} agree, so each {unit} counts once)"
+        )
     return f"95% CI {_pct(low)}-{_pct(high)}"
 
 
@@ -315,8 +321,10 @@ def markdown_section(result: dict[str, Any], heading: str = "## Privacy audit of
         " removes the mean and compares by normalised cross-correlation. Clean images are used only to"
         " measure. 95% intervals: when a patient (group) has several queries, a percentile bootstrap that"
         " resamples patients (queries of one patient are not independent), with the per-patient average hit"
-        " rate beside the per-query one; otherwise Wilson intervals (hit rates) and t-intervals (means);"
-        " none below 2 patients.",
+        " rate beside the per-query one (below 4 patients, or when every query hit or missed, a Wilson"
+        " interval over patients when each patient's queries agree); otherwise Wilson intervals (hit rates)"
+        " and t-intervals (means); none below 2 patients, and none for means below 4 patients when"
+        " patients repeat (the reason is given).",
         "",
     ]
     return "\n".join(lines)
