@@ -171,3 +171,15 @@ def test_nih_csv_that_misses_files_and_names_absent_ones_is_reported(tmp_path, i
     assert "images: 2 of 16x16" in printed
     assert "note: 1 PNG file(s) are not in the CSV and are left out: 00000001_001.png" in printed
     assert "note: 1 CSV row(s) name files not found" in printed and "00000099_000.png" in printed
+
+
+def test_prepare_without_patient_ids_never_says_split_by_patient(tmp_path, image_files, capsys):
+    root = tmp_path / "flat"
+    for index, image in enumerate(image_files.smooth(8, 40, seed=4)):
+        image_files.png(root / f"scan{index}.png", (image * 255).astype(np.uint8))
+    from meddenoise.cli import main
+
+    argv = ["prepare", "--source", "folder", "--root", str(root), "--out", str(tmp_path / "cache")]
+    assert main([*argv, "--size", "32", "--workers", "1", "--quiet", "--allow-empty-split"]) == 0
+    printed = capsys.readouterr().out
+    assert "split by: image: patient ids unknown" in printed and "split by: patient" not in printed

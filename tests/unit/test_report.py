@@ -359,3 +359,26 @@ def test_when_the_mean_test_and_wilcoxon_disagree_the_table_says_so(tmp_path):
     notes = " ".join(result.table.notes)
     assert "Tests disagree, only the t-test finds a difference: U-Net vs BM3D (PSNR (dB), std 0.2" in notes
     assert "fewer than 6 paired images" in notes
+
+
+def test_a_dp_sgd_run_is_its_own_setup_never_pooled_as_a_seed_of_the_non_private_run(tmp_path):
+    from meddenoise.evaluation.runs import strategy_name
+
+    assert strategy_name("single", "off", {"dp_epsilon": 4.0}) == "single+dp-sgd"
+    assert strategy_name("single", "off", {"dp_noise_multiplier": 1.1}) == "single+dp-sgd"
+    assert strategy_name("single", "off", {"dp_epsilon": 0.0}) == "single"
+    rng = np.random.default_rng(4)
+    for name, strategy, offset in (("plain", "single", 8.0), ("private", "single+dp-sgd", -6.0)):
+        run = tmp_path / "runs" / name
+        _write_run(run, "unet", "single", 0.2, 0)  # same model, noise level and seed: only DP differs
+        _write_evaluation(
+            run / "evaluation" / "test", "unet", 0.2, offset, strategy=strategy, run_dir=run, rng=rng
+        )
+    report = build_report(tmp_path)
+    table_three = find_table(report.blocks, "Table III")
+    assert "Runs" not in table_three.columns  # the DP-SGD run is not a second seed
+    plain = _per_image(tmp_path / "runs" / "plain" / "evaluation" / "test", "psnr").mean()
+    assert table_three.column("PSNR (dB)")[0].startswith(f"{plain:.2f}")
+    setups = find_table(report.blocks, "Table IV").column("Setup")
+    assert "1 device, DP-SGD" in setups and "1 device" in setups
+    assert all("DP-SGD" not in cell for cell in find_table(report.blocks, "Table V").column("Setup"))

@@ -83,7 +83,9 @@ def format_summary(result, config: PrepareConfig) -> str:
         ]
     lines.append(f"  source: {config.source}" + (f" ({config.root})" if config.root else ""))
     lines.append(f"  images: {count} of {width}x{height} {info['dtype']} ({bits}-bit)")
-    lines.append(f"  split by: {config.split_by}, seed {config.seed}")
+    # what the split really keeps together (a split "by patient" without patient ids is a split by image)
+    unit = (info.get("params") or {}).get("split_unit") or config.split_by
+    lines.append(f"  split by: {unit}, seed {config.seed}")
     groups = info.get("groups", info["patients"])
     lines.append(f"  {'split':<6} {'images':>8} {'patients':>9} {'groups':>7}")
     for split in SPLIT_NAMES:

@@ -74,8 +74,17 @@ def lpips_scorer(device: torch.device, weights: str | None = None) -> tuple[Any,
     return module.eval(), {"available": True, "weights": text}
 
 
-def strategy_name(strategy: str, amp: str) -> str:
-    return strategy if amp in ("", "off", None) else f"{strategy}+amp"
+DP_SGD_SUFFIX = "+dp-sgd"
+
+
+def strategy_name(strategy: str, amp: str, train_config: dict | None = None) -> str:
+    """The setup label of a run: strategy, "+amp", and "+dp-sgd" for a DP-SGD run, whose quality the paper's
+    tables must never pool with non-private runs of the same model and seed."""
+    name = strategy if amp in ("", "off", None) else f"{strategy}+amp"
+    config = train_config or {}
+    if float(config.get("dp_epsilon") or 0) > 0 or float(config.get("dp_noise_multiplier") or 0) > 0:
+        name += DP_SGD_SUFFIX
+    return name
 
 
 def _network_denoiser(model: torch.nn.Module, device: torch.device):
@@ -174,7 +183,9 @@ def evaluate_run(
         "kind": "network",
         "method": model_name if target_name == "clean" else f"{model_name}+{target_name}",
         "model": model_name,
-        "strategy": strategy_name(metadata.get("strategy", "single"), run_summary.get("amp", "off")),
+        "strategy": strategy_name(
+            metadata.get("strategy", "single"), run_summary.get("amp", "off"), train_config
+        ),
         "seed": train_config.get("seed"),
     }
     lpips_model, lpips_status = lpips_scorer(torch_device, lpips_weights)

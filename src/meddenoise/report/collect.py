@@ -32,8 +32,15 @@ METHOD_LABELS = {
 }
 # Table order: classical first, then learned, as in the paper's Table VI.
 METHOD_ORDER = ("noisy", "gaussian", "nlm", "bm3d", "dncnn", "unet", "unetpp")
-STRATEGY_LABELS = {"single": "1 device", "dp": "DP", "ddp": "DDP", "ddp+amp": "DDP+AMP", "dp+amp": "DP+AMP"}
-STRATEGY_ORDER = ("single", "single+amp", "dp", "dp+amp", "ddp", "ddp+amp")
+STRATEGY_LABELS = {
+    "single": "1 device",
+    "dp": "DP",
+    "ddp": "DDP",
+    "ddp+amp": "DDP+AMP",
+    "dp+amp": "DP+AMP",
+    "single+dp-sgd": "1 device, DP-SGD",
+}
+STRATEGY_ORDER = ("single", "single+amp", "dp", "dp+amp", "ddp", "ddp+amp", "single+dp-sgd")
 
 
 def method_label(method: str) -> str:
@@ -285,7 +292,12 @@ def _set_protocols(evaluations: list[Evaluation], histories: dict[Path, RunHisto
             single_steps[(evaluation.method, evaluation.noise_std, evaluation.seed)] = history.global_steps
     for evaluation in evaluations:
         history = histories.get(evaluation.run_dir) if evaluation.run_dir else None
-        if evaluation.kind != "network" or evaluation.strategy in ("single", "") or history is None:
+        if (
+            evaluation.kind != "network"
+            or evaluation.strategy in ("single", "")
+            or evaluation.strategy.endswith("+dp-sgd")  # DP-SGD is a privacy mode, not a device setup
+            or history is None
+        ):
             continue
         single = single_steps.get((evaluation.method, evaluation.noise_std, evaluation.seed))
         if single is not None and history.global_steps is not None:

@@ -112,7 +112,8 @@ def timed_configurations(collection: Collection) -> list[Timed]:
             history = collection.history(evaluation)
             # Federated runs are not a way to use more devices for one training (own report section).
             federated = evaluation.strategy.startswith("federated-")
-            if evaluation.method in PAPER_MODELS and history is not None and not federated:
+            private = evaluation.strategy.endswith("+dp-sgd")  # a privacy mode: its time is not a speed-up
+            if evaluation.method in PAPER_MODELS and history is not None and not federated and not private:
                 entries.append(
                     {
                         "method": evaluation.method,
