@@ -154,6 +154,8 @@ def test_server_receives_only_weights_and_site_aggregates(make_prepared, tmp_pat
     assert (run / "checkpoints" / "best.safetensors").is_file()
     split = (run / "split.csv").read_text().splitlines()
     assert split[0].endswith(",site") and len(split) == 1 + 48
+    # --amp auto on a CPU ran without AMP: the run must not claim it (the report labels setups from this)
+    assert json_rows(run / "summary.csv")[0]["amp"] == "off"
 
 
 def test_a_site_reads_only_its_own_images(make_prepared, tmp_path, monkeypatch):

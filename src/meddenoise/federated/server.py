@@ -432,6 +432,15 @@ class FederatedServer:
         if self.sites is not None:
             atomic_write_text(self.run_dir.split_file, _split_table(self.sites))
 
+    def _amp_used(self) -> str:
+        """The mixed precision the sites ran: simulated sites share this machine, so "auto" resolves here as
+        in `train` (off on a CPU); deployed sites resolve it on their own hardware, so it stays as asked."""
+        if self.sites is None or self.train_config.amp != "auto":
+            return self.train_config.amp
+        from meddenoise.engine.runtime import resolve_amp, resolve_device
+
+        return resolve_amp("auto", resolve_device(self.train_config.device))
+
     def _write_summary(self, noisy: dict[str, float], test: dict[str, Any] | None) -> None:
         best = next((r for r in self.history if r["round"] == self.best_round), {})
         row = {
@@ -439,7 +448,7 @@ class FederatedServer:
             "strategy": f"federated-{self.config.strategy}",
             "world_size": "",
             "device": self.train_config.device,
-            "amp": self.train_config.amp,
+            "amp": self._amp_used(),
             "target": self.train_config.target,
             "noise_std": self.train_config.noise.std,
             "noise_mean": self.train_config.noise.mean,
