@@ -82,3 +82,19 @@ def test_rows_gaps_cells_and_verdict_follow_the_numbers(tmp_path):
     assert "below supervised (interval excludes 0)" in sentences[1] and "chance not excluded" in sentences[1]
     assert "interval spans 0" in sentences[2]
     assert modes.markdown_table(rows).count("\n") == 2 + len(rows)
+
+
+def test_a_gap_over_one_patient_has_no_interval_and_no_claim_never_a_zero_width_one(tmp_path):
+    rng = np.random.default_rng(1)
+    base = 25 + rng.normal(0, 1, 12)
+    groups = {f"i{k}": "only" for k in range(12)}  # every test image from one patient
+    supervised = fake_run(tmp_path / "sup", base, {})
+    worse = fake_run(tmp_path / "worse", base - 2 + rng.normal(0, 0.1, 12), {})
+    row = modes.mode_row(
+        "n2n", "noise2noise", worse, supervised=supervised, groups=groups, audit_level=None, membership=None
+    )
+    gap = row["gap_psnr"]
+    assert np.isnan(gap["low"]) and np.isnan(gap["high"]) and "one patient" in gap["note"]
+    assert "[n/a]" in modes.markdown_table([row])
+    sentence = modes.verdict([row])[0]
+    assert "no difference is claimed" in sentence and "below supervised" not in sentence

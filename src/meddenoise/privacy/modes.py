@@ -50,7 +50,7 @@ def paired_gap(
 ) -> dict[str, Any]:
     """Mean per-image difference run - supervised on the same test images, with a 95% interval from
     resampling patients (groups)."""
-    from meddenoise.metrics.stats import cluster_bootstrap_ci
+    from meddenoise.metrics.clustered import group_interval
 
     mine = {r["image_id"]: float(r[metric]) for r in test_rows(run)}
     theirs = {r["image_id"]: float(r[metric]) for r in test_rows(supervised)}
@@ -58,8 +58,17 @@ def paired_gap(
     if not shared:
         return {"mean": math.nan, "low": math.nan, "high": math.nan, "images": 0}
     differences = np.array([mine[i] - theirs[i] for i in shared])
-    ci = cluster_bootstrap_ci(differences, [groups.get(i, i) for i in shared], n_resamples=2000, seed=seed)
-    return {"mean": ci.mean, "low": ci.low, "high": ci.high, "images": len(shared), "patients": ci.n_clusters}
+    # cluster-aware like every interval users see: none (NaN bounds, `note` says why) when too few patients
+    ci = group_interval(differences, [groups.get(i, i) for i in shared], n_resamples=2000, seed=seed)
+    return {
+        "mean": ci.mean,
+        "low": ci.low,
+        "high": ci.high,
+        "images": len(shared),
+        "patients": ci.groups,
+        "method": ci.method,
+        "note": ci.note,
+    }
 
 
 def mode_row(
@@ -121,6 +130,8 @@ def _fmt(value: Any, digits: int = 2) -> str:
 def _gap(entry: dict[str, Any] | None, digits: int) -> str:
     if not entry:
         return "(reference)"
+    if math.isnan(entry["low"]) or math.isnan(entry["high"]):
+        return f"{entry['mean']:+.{digits}f} [n/a]"
     return f"{entry['mean']:+.{digits}f} [{entry['low']:+.{digits}f}, {entry['high']:+.{digits}f}]"
 
 
@@ -185,7 +196,12 @@ def verdict(rows: list[dict[str, Any]]) -> list[str]:
         gap = row.get("gap_psnr")
         parts = [f"{row['mode']} (std {row['noise_std']:g}): test PSNR {row['test_psnr']:.2f} dB"]
         if gap:
-            if gap["high"] < 0:
+            if math.isnan(gap["low"]) or math.isnan(gap["high"]):
+                parts.append(
+                    f"{gap['mean']:+.2f} dB against supervised, no interval "
+                    f"({gap.get('note') or 'too few patients'}), so no difference is claimed"
+                )
+            elif gap["high"] < 0:
                 parts.append(f"{-gap['mean']:.2f} dB below supervised (interval excludes 0)")
             elif gap["low"] > 0:
                 parts.append(f"{gap['mean']:.2f} dB above supervised (interval excludes 0)")
@@ -211,11 +227,7 @@ def verdict(rows: list[dict[str, Any]]) -> list[str]:
             parts.append(f"membership AUC {row['membership_auc']:.2f} ({chance})")
         to_nonprivate = row.get("gap_psnr_to_nonprivate")
         if to_nonprivate:
-            low, high = to_nonprivate["low"], to_nonprivate["high"]
-            parts.append(
-                f"{to_nonprivate['mean']:+.2f} dB [{low:+.2f}, {high:+.2f}] against the same network "
-                "trained without DP"
-            )
+            parts.append(f"{_gap(to_nonprivate, 2)} dB against the same network trained without DP")
         if row["epsilon"] is not None:
             parts.append(f"formal guarantee epsilon {row['epsilon']:.2f}")
         else:
