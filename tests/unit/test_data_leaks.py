@@ -95,3 +95,14 @@ def test_prepare_group_similar_keeps_repeat_studies_in_one_split(tmp_path, image
     assert all(grouped[a] == grouped[b] for a, b in pairs)
     assert main(["data", "leaks", str(tmp_path / "grouped"), "--threshold", "0.95", "--top", "0"]) == 0
     assert json.loads((tmp_path / "grouped" / "leaks.json").read_text())["suspects"] == 0
+
+
+def test_a_calibration_folder_without_repeat_patients_is_named_as_the_reason(tmp_path, capsys):
+    anonymous = tmp_path / "anonymous"
+    _prepared(anonymous, _studies(6, 2, 3), [f"q{i // 2}" for i in range(12)], known=False)
+    assert main(["data", "leaks", str(anonymous), "--calibrate", str(anonymous), "--top", "0"]) == 0
+    printed = capsys.readouterr().out
+    assert "has no patient with more than one image" in printed and "reaching precision" not in printed
+    assert main(["data", "leaks", str(anonymous), "--threshold", "0.9999", "--top", "0"]) == 0
+    printed = capsys.readouterr().out
+    assert "0 likely same-patient pair(s)" in printed and "may be optimistic" not in printed

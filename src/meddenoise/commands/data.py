@@ -121,11 +121,15 @@ def run_leaks(args: argparse.Namespace) -> int:
 def describe_leaks(result: dict) -> str:
     calibration = result.get("calibration") or {}
     if result["threshold"] is None:
-        reason = (
-            f"the calibration data gave no threshold reaching precision {calibration['precision']:g}"
-            if calibration
-            else "no --calibrate folder with known patient ids and no --threshold"
-        )
+        if not calibration:
+            reason = "no --calibrate folder with known patient ids and no --threshold"
+        elif calibration["patients"] >= calibration["images"]:
+            reason = (
+                f"the --calibrate folder {calibration['source']} has no patient with more than one image "
+                "(patient ids unknown, or no repeat studies), so it cannot calibrate a threshold"
+            )
+        else:
+            reason = f"the calibration data gave no threshold reaching precision {calibration['precision']:g}"
         return (
             f"{result['folder']}: no calibrated threshold ({reason}); the {len(result['pairs'])} most "
             "similar cross-split pairs are listed for inspection, and no count of same-patient pairs is "
@@ -137,10 +141,15 @@ def describe_leaks(result: dict) -> str:
             f" ({calibration['images']} images of {calibration['patients']} patients: precision "
             f"{calibration['achieved_precision']:.2f}, recall {calibration['recall']:.2f})"
         )
-    return (
+    found = (
         f"{result['folder']}: {result['suspects']} likely same-patient pair(s) across splits at matcher "
         f"score >= {result['threshold']:.4f} ({how}); {result['suspect_images_in_test']} test image(s) "
-        "involved. Test scores on such images may be optimistic; `meddenoise prepare --group-similar "
+        "involved."
+    )
+    if not result["suspects"]:
+        return found
+    return (
+        f"{found} Test scores on such images may be optimistic; `meddenoise prepare --group-similar "
         f"{result['threshold']:.4f}` keeps such images in one split."
     )
 
