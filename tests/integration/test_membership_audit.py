@@ -107,3 +107,24 @@ def test_a_model_that_never_saw_the_members_scores_chance(data, tmp_path):
     assert result["members"]["split"] == "train" and result["members"]["images"] > 40
     assert low <= 0.5 <= high, result["loss_threshold"]
     assert "skipped" in result["calibrated"]
+
+
+def test_without_patient_ids_the_audit_does_not_speak_of_patients(tmp_path, tiny_fit):
+    import numpy as np
+
+    from conftest import smooth_images
+    from meddenoise.data.cache import write_prepared
+    from meddenoise.data.records import ImageRecord
+    from meddenoise.data.splits import assign_splits
+    from meddenoise.privacy.membership import markdown_lines, run_membership_audit
+
+    images = (smooth_images(24, 32, 5) * 255).round().astype(np.uint8)
+    records = [ImageRecord(f"scan{i}.png", f"scan{i}.png", "folder", f"x/scan{i}.png") for i in range(24)]
+    params = {"source": "folder", "split_by": "patient", "patient_id_origin": {"none": 24}}
+    data = write_prepared(tmp_path / "data", images, records, assign_splits(records, seed=0), params)
+    run = tiny_fit(data, tmp_path / "run", epochs=1)
+    result = run_membership_audit(run, out=tmp_path / "m", reference_models=0, device="cpu")
+    assert result["patient_ids_unknown"] is True
+    text = "\n".join(markdown_lines(result))
+    assert "patients," not in text and "patient-bootstrap" not in text
+    assert "patient ids unknown" in text and "membership of images, not of patients" in text

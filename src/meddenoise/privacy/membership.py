@@ -286,8 +286,16 @@ def run_membership_audit(
     member_errors, nonmember_errors = errors_of(model)
     member_groups = [sets.groups[r] for r in sets.members]
     nonmember_groups = [sets.groups[r] for r in sets.nonmembers]
+    from meddenoise.data import split_claims
+
+    params = data.params
+    unit = params.get("split_unit") or split_claims.effective_split_unit(
+        str(params.get("split_by", "")), params.get("patient_id_origin"), str(params.get("source", ""))
+    )
     result: dict[str, Any] = {
         "run": str(run_dir),
+        # without patient ids the sets cannot be checked for shared patients (choose_sets can only when known)
+        "patient_ids_unknown": unit in (split_claims.UNIT_IMAGE_UNKNOWN, split_claims.UNIT_MIXED),
         "members": {
             "split": member_split,
             "images": int(sets.members.size),
@@ -336,22 +344,35 @@ def run_membership_audit(
 def markdown_lines(result: dict[str, Any]) -> list[str]:
     """A short Markdown account of a membership audit."""
 
+    unknown = bool(result.get("patient_ids_unknown"))
+    interval = "bootstrap interval over images" if unknown else "patient-bootstrap interval"
+
     def line(name: str, entry: dict[str, Any]) -> str:
         if "skipped" in entry:
             return f"- {name}: skipped ({entry['skipped']})"
         low, high = entry["auc_ci"]
         return (
-            f"- {name}: AUC {entry['auc']:.3f} (95% patient-bootstrap interval {low:.3f}-{high:.3f}), "
+            f"- {name}: AUC {entry['auc']:.3f} (95% {interval} {low:.3f}-{high:.3f}), "
             f"TPR {100 * entry['tpr_at_1pct_fpr']:.1f}% at FPR {100 * entry['achieved_fpr']:.1f}%"
         )
+
+    def who(entry: dict[str, Any]) -> str:
+        return "patient ids unknown" if unknown else f"{entry['patients']} patients"
 
     members, nonmembers = result["members"], result["nonmembers"]
     lines = [
         f"Membership inference on {result['run']}: {members['images']} member images "
-        f"({members['patients']} patients, split {members['split']}) vs {nonmembers['images']} non-members "
-        f"({nonmembers['patients']} patients, split {nonmembers['split']}); score: {result['score']}.",
+        f"({who(members)}, split {members['split']}) vs {nonmembers['images']} non-members "
+        f"({who(nonmembers)}, split {nonmembers['split']}); score: {result['score']}.",
         "",
         line("loss threshold", result["loss_threshold"]),
         line("calibrated (reference models)", result["calibrated"]),
     ]
+    if unknown:
+        lines += [
+            "",
+            "Patient ids are unknown in this prepared folder (each image counted as its own patient): "
+            "members and non-members may include images of one person, which the audit cannot check, so "
+            "the AUC measures membership of images, not of patients.",
+        ]
     return lines
