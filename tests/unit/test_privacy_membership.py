@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
@@ -47,3 +49,26 @@ def test_the_patient_bootstrap_interval_covers_the_estimate_and_widens_with_fewe
     assert low < auc < high
     low_few, high_few = membership.patient_bootstrap_auc(members, few, nonmembers, few, resamples=300)
     assert high_few - low_few > high - low
+
+
+def test_an_auc_over_one_held_out_patient_has_no_interval_and_claims_no_side_of_chance():
+    from meddenoise.privacy import modes
+    from meddenoise.privacy.membership import attack_summary, markdown_lines
+
+    rng = np.random.default_rng(0)
+    members, nonmembers = rng.normal(0, 1, 18), rng.normal(-1, 1, 6)
+    summary = attack_summary(members, [f"m{i % 3}" for i in range(18)], nonmembers, ["only"] * 6, seed=0)
+    assert all(math.isnan(v) for v in summary["auc_ci"]) and "only 1 patient(s)" in summary["auc_note"]
+    result = {
+        "run": "r",
+        "score": "mse",
+        "members": {"images": 18, "patients": 3, "split": "train"},
+        "nonmembers": {"images": 6, "patients": 1, "split": "test"},
+        "loss_threshold": summary,
+        "calibrated": {"skipped": "none asked"},
+    }
+    assert "no 95% interval: only 1 patient(s)" in "\n".join(markdown_lines(result))
+    row = {"mode": "m", "noise_std": 0.2, "test_psnr": 20.0, "linkable": False, "epsilon": None}
+    row.update(membership_auc=summary["auc"], membership_auc_ci=summary["auc_ci"])
+    sentence = modes.verdict([row])[0]
+    assert "below chance" not in sentence and "above chance" not in sentence and "no interval" in sentence

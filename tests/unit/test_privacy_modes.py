@@ -98,3 +98,14 @@ def test_a_gap_over_one_patient_has_no_interval_and_no_claim_never_a_zero_width_
     assert "[n/a]" in modes.markdown_table([row])
     sentence = modes.verdict([row])[0]
     assert "no difference is claimed" in sentence and "below supervised" not in sentence
+
+
+def test_the_per_image_dp_unit_is_explained_by_the_data_actually_used():
+    from meddenoise.privacy.modes_job import notes
+    from meddenoise.reproduce import PRESETS
+
+    preset = PRESETS["smoke"]
+    assert preset.dp_unit == "image"
+    assert "rendered default holds one patient" in notes(preset, "default")[0]
+    own = notes(preset, "folder")[0]  # e.g. DICOM with patient ids, given with --data
+    assert "rendered default" not in own and "protected less than epsilon says" in own

@@ -125,11 +125,24 @@ def attack_summary(
     nonmember_groups: list[str],
     seed: int,
 ) -> dict[str, Any]:
-    low, high = patient_bootstrap_auc(members, member_groups, nonmembers, nonmember_groups, seed=seed)
+    from meddenoise.metrics.clustered import MIN_BOOTSTRAP_GROUPS
+
+    fewest = min(len(set(member_groups)), len(set(nonmember_groups)))
+    note = ""
+    if fewest < MIN_BOOTSTRAP_GROUPS:
+        # a side with 1-3 patients: the resamples cannot show how another patient would score
+        low = high = math.nan
+        note = (
+            f"only {fewest} patient(s) on one side: a bootstrap over so few patients gives no 95% interval "
+            f"(at least {MIN_BOOTSTRAP_GROUPS} are needed on each side)"
+        )
+    else:
+        low, high = patient_bootstrap_auc(members, member_groups, nonmembers, nonmember_groups, seed=seed)
     tpr, achieved = tpr_at_fpr(members, nonmembers)
     return {
         "auc": roc_auc(members, nonmembers),
         "auc_ci": [low, high],
+        "auc_note": note,
         "tpr_at_1pct_fpr": tpr,
         "achieved_fpr": achieved,
     }
@@ -351,8 +364,11 @@ def markdown_lines(result: dict[str, Any]) -> list[str]:
         if "skipped" in entry:
             return f"- {name}: skipped ({entry['skipped']})"
         low, high = entry["auc_ci"]
+        shown = f"95% {interval} {low:.3f}-{high:.3f}"
+        if math.isnan(low) or math.isnan(high):  # too few patients on a side (attack_summary says why)
+            shown = f"no 95% interval: {entry.get('auc_note') or 'too few patients'}"
         return (
-            f"- {name}: AUC {entry['auc']:.3f} (95% {interval} {low:.3f}-{high:.3f}), "
+            f"- {name}: AUC {entry['auc']:.3f} ({shown}), "
             f"TPR {100 * entry['tpr_at_1pct_fpr']:.1f}% at FPR {100 * entry['achieved_fpr']:.1f}%"
         )
 

@@ -139,6 +139,8 @@ def _auc(row: dict[str, Any], key: str) -> str:
     if key not in row:
         return "-"
     low, high = row[f"{key}_ci"]
+    if math.isnan(low) or math.isnan(high):
+        return f"{row[key]:.2f} [n/a]"
     return f"{row[key]:.2f} [{low:.2f}, {high:.2f}]"
 
 
@@ -218,7 +220,9 @@ def verdict(rows: list[dict[str, Any]]) -> list[str]:
         if "membership_auc" in row:
             low, high = row["membership_auc_ci"]
             chance = (
-                "chance not excluded"
+                "no interval: too few patients to tell it from chance"
+                if math.isnan(low) or math.isnan(high)
+                else "chance not excluded"
                 if low <= 0.5 <= high
                 else "above chance"
                 if low > 0.5

@@ -189,7 +189,7 @@ def run_privacy_modes(
         "noise_std": noise_std,
         "rows": rows,
         "verdict": modes.verdict(rows),
-        "notes": notes(preset),
+        "notes": notes(preset, str(data.params.get("source", ""))),
     }
     atomic_write_json(folder / RESULT, result)
     atomic_write_text(folder / "privacy_modes.md", markdown(result))
@@ -206,13 +206,20 @@ def _membership_or_none(audit: Any, run: Path) -> dict[str, Any] | None:
         return None
 
 
-def notes(preset: Any) -> list[str]:
-    unit = (
-        "per image: the rendered default holds one patient (one CT), so a per-patient guarantee would cover "
-        "a single unit"
-        if preset.dp_unit == "image"
-        else "per patient (all of a patient's training images are one unit)"
-    )
+def notes(preset: Any, source: str = "default") -> list[str]:
+    """`source`: the prepared folder's source; the reason for a per-image unit holds for the default only."""
+    if preset.dp_unit != "image":
+        unit = "per patient (all of a patient's training images are one unit)"
+    elif source == "default":
+        unit = (
+            "per image: the rendered default holds one patient (one CT), so a per-patient guarantee would "
+            "cover a single unit"
+        )
+    else:
+        unit = (
+            f"per image (the {preset.name} preset's unit); a patient with several training images is "
+            "protected less than epsilon says (train with --dp-unit patient for a per-patient guarantee)"
+        )
     calibrated = (
         f"{preset.membership_reference_models} reference models per run (calibrated attack)"
         if preset.membership_reference_models
