@@ -382,3 +382,13 @@ def test_a_dp_sgd_run_is_its_own_setup_never_pooled_as_a_seed_of_the_non_private
     setups = find_table(report.blocks, "Table IV").column("Setup")
     assert "1 device, DP-SGD" in setups and "1 device" in setups
     assert all("DP-SGD" not in cell for cell in find_table(report.blocks, "Table V").column("Setup"))
+
+
+def test_paired_tests_that_could_not_run_are_not_said_to_agree(tmp_path):
+    rng = np.random.default_rng(5)
+    for method, kind, offset in (("unet", "network", 0.0), ("gaussian", "baseline", 2.0)):
+        values = (25 + offset + rng.normal(0, 0.3, 12)).tolist()
+        _evaluation_rows(tmp_path / method, method, values, kind=kind, patients=["one"] * 12)
+    _, tests = table_baselines(collect(tmp_path))
+    assert tests.table.rows and all(row[-1] == "n/a (no test)" for row in tests.table.rows)
+    assert all(row[6] == "n/a" for row in tests.table.rows)  # effect size: not "nan"

@@ -164,7 +164,7 @@ def summary_sentences(result: dict[str, Any]) -> list[str]:
             link = level["linkage"]
             lines.append(
                 f"At std {level['noise_std']:g} linkage top-1 is {_pct(link['top1'])}, but with"
-                f" {_interval(link)} no claim about it is made."
+                f" {_interval(link)}; no claim about it is made."
             )
         elif level not in linkable:
             link = level["linkage"]

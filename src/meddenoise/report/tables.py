@@ -584,10 +584,10 @@ def _tests_table(tests: list[dict[str, Any]], unit: str = "patient") -> TableRes
                 str(test["images"]),
                 str(test["groups"]),
                 _difference_text(test),
-                f"{test['effect_size']:.2f}",
+                "n/a" if math.isnan(test["effect_size"]) else f"{test['effect_size']:.2f}",
                 _format_p(test["t_p_holm"]),
                 _format_p(test["wilcoxon_p_holm"]),
-                "no: read as uncertain" if test["tests_disagree"] else "yes",
+                _agreement(test),
             ]
         )
     notes = [
@@ -607,6 +607,13 @@ def _difference_text(test: dict[str, Any], digits: int = 4) -> str:
         f"{test['mean_difference']:+.{digits}f} "
         f"[{test['difference_low']:+.{digits}f}, {test['difference_high']:+.{digits}f}]"
     )
+
+
+def _agreement(test: dict[str, Any]) -> str:
+    """'yes' only when both tests ran; a test that could not run agrees with nothing."""
+    if any(math.isnan(test[key]) for key in ("t_p_holm", "wilcoxon_p_holm")):
+        return "n/a (no test)"
+    return "no: read as uncertain" if test["tests_disagree"] else "yes"
 
 
 def _format_p(p: float) -> str:
