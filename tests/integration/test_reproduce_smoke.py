@@ -34,7 +34,8 @@ def smoke(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("smoke")
     data = root / "data"
-    write_tiny_prepared(data, n=36, size=32, patients=18)
+    # 24 patients of 2 images: the test split holds 4 patients, the fewest a bootstrap interval accepts
+    write_tiny_prepared(data, n=48, size=32, patients=24)
     out = root / "out"
     argv = ["reproduce", "--preset", "smoke", "--out", str(out), "--data", str(data), "--device", "cpu"]
     assert main(argv) == 0
@@ -59,7 +60,7 @@ def test_report_table_three_matches_per_image_csvs(smoke):
         assert row[header.index("Images")] == str(len(per_image))
         for metric, column, digits in (("psnr", "PSNR (dB)", 2), ("ssim", "SSIM", 4)):
             mean = files.metric_values(per_image, metric).mean()
-            # the rendered default's test images share pose groups: a bootstrap interval over groups
+            # test patients hold 2 images each: a bootstrap interval over patients
             assert re.match(rf"{mean:.{digits}f} \[", row[header.index(column)]), (row, metric)
 
 
