@@ -49,6 +49,16 @@ def test_a_folder_without_ids_is_split_by_image_and_says_so(folders, tmp_path, c
     assert "Split by image: patient ids unknown" in sentence and "may be optimistic" in sentence
     assert "no patient has images in two splits" not in sentence
 
+    import types
+
+    from meddenoise.report.build import setup_section
+    from meddenoise.report.document import render_markdown
+
+    data = describe_data(load_prepared(tmp_path / "a"))
+    setup = render_markdown(setup_section(types.SimpleNamespace(plan={"data": data}, evaluations=[])))
+    counts = setup.split("Split policy")[0]
+    assert "split by **image: patient ids unknown**" in counts and " patients" not in counts
+
 
 def test_nih_names_give_patients_and_a_patient_split(folders, tmp_path, capsys):
     _, nih = folders

@@ -63,7 +63,13 @@ def setup_section(collection: Collection) -> list[Block]:
     if data:
         counts, patients, groups = (data.get(key) or {} for key in ("counts", "patients", "groups"))
 
+        from meddenoise.data.split_claims import UNIT_IMAGE_UNKNOWN
+
+        ids_unknown = data.get("split_unit") == UNIT_IMAGE_UNKNOWN
+
         def split_counts(name: str) -> str:
+            if ids_unknown:  # each image counted as its own patient: no count of patients is known
+                return f"{name} {counts.get(name, '?')} images"
             text = f"{name} {counts.get(name, '?')} images, {patients.get(name, '?')} patients"
             return text + (f", {groups[name]} groups" if name in groups else "")
 
