@@ -162,3 +162,11 @@ def test_train_on_a_folder_of_images_suggests_preparing_it_into_a_new_folder(tmp
     error = capsys.readouterr().err
     assert f"meddenoise prepare --source folder --root {raw} --out NEW_FOLDER" in error
     assert f"--out {raw}`" not in error
+
+
+def test_evaluate_refuses_two_different_runs_instead_of_silently_taking_one(tmp_path, capsys):
+    from meddenoise.cli import main
+
+    assert main(["evaluate", str(tmp_path / "a"), "--run", str(tmp_path / "b")]) == 2
+    error = capsys.readouterr().err
+    assert "two runs given" in error and "--run" in error

@@ -15,6 +15,7 @@ from meddenoise.config import (
     run_option,
     save_config,
 )
+from meddenoise.errors import ConfigError
 
 DESCRIPTION = """Evaluate the best checkpoint of a run on a split of its own prepared folder (or of
 another one with
@@ -68,13 +69,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
-        "run", nargs="?", default=argparse.SUPPRESS, metavar="RUN_DIR", help="the same as --run RUN_DIR"
+        "run_dir",
+        nargs="?",
+        default=argparse.SUPPRESS,
+        metavar="RUN_DIR",
+        help="the same as --run RUN_DIR",
     )
     add_config_arguments(parser, EvaluateConfig)
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    positional = vars(args).pop("run_dir", None)
+    if positional is not None:
+        given = getattr(args, "run", None)
+        if given is not None and given != positional:
+            raise ConfigError(f"two runs given: RUN_DIR {positional} and run {given}; give one", "run")
+        args.run = positional
     config = command_config(EvaluateConfig, args)
     from meddenoise.evaluation import files
     from meddenoise.evaluation.runs import evaluate_run
