@@ -91,7 +91,9 @@ def main(argv: list[str] | None = None) -> int:
         flag = flag_of(command_parser(parser, args), getattr(exc, "parameter", None))
         if flag and flag not in message:
             message += f" ({flag})"
-        print(f"meddenoise {args.command}: error: {message}", file=sys.stderr)
+        # `data info` / `data leaks`: name the subcommand the user typed
+        command = " ".join(filter(None, (args.command, getattr(args, "data_command", None))))
+        print(f"meddenoise {command}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"meddenoise {args.command}: interrupted", file=sys.stderr)

@@ -170,3 +170,10 @@ def test_evaluate_refuses_two_different_runs_instead_of_silently_taking_one(tmp_
     assert main(["evaluate", str(tmp_path / "a"), "--run", str(tmp_path / "b")]) == 2
     error = capsys.readouterr().err
     assert "two runs given" in error and "--run" in error
+
+
+def test_errors_of_data_subcommands_name_the_subcommand(tmp_path, capsys):
+    from meddenoise.cli import main
+
+    assert main(["data", "info", str(tmp_path / "missing")]) == 2
+    assert capsys.readouterr().err.startswith("meddenoise data info: error:")
