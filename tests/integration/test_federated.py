@@ -270,3 +270,25 @@ def test_killed_server_resumes_from_its_last_round(make_prepared, tmp_path):
     # A second start without --resume refuses to overwrite.
     again = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=120)
     assert again.returncode == 2 and "--resume" in again.stderr
+
+
+def test_a_second_federation_on_the_same_folder_stops_at_once(make_prepared, tmp_path):
+    import subprocess
+    import sys
+
+    from meddenoise.errors import MeddenoiseError
+
+    out = tmp_path / "run"
+    out.mkdir()
+    holder = subprocess.Popen(  # another meddenoise process writing the folder
+        [sys.executable, "-c", "import sys, time\nfrom meddenoise.locking import folder_lock\n"
+         f"with folder_lock({str(out)!r}):\n    print('locked', flush=True)\n    time.sleep(60)"],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(MeddenoiseError, match="another meddenoise process"):
+            run_federated(federated_config(out, data=str(make_prepared()), sites=2, rounds=1))
+    finally:
+        holder.kill()
+        holder.wait()

@@ -48,6 +48,15 @@ def backend_config(config: FederatedConfig) -> dict:
 def simulate(config: FederatedConfig) -> Path:
     from flwr.simulation import run_simulation
 
+    from meddenoise.fileio import ensure_writable_dir
+    from meddenoise.locking import folder_lock
+
+    # one writer per run folder, as `train`: a second federation aimed at it stops before starting
+    with folder_lock(ensure_writable_dir(config.out, what="run folder (--out)")):
+        return _simulate(config, run_simulation)
+
+
+def _simulate(config: FederatedConfig, run_simulation) -> Path:
     from meddenoise.federated.client import make_client_app
     from meddenoise.federated.server import make_server_app
 
