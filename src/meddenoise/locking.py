@@ -1,7 +1,8 @@
 """One writer per output folder: an advisory lock (fcntl.flock) on DIR/.meddenoise.lock.
 
-prepare, train, obfuscate and reproduce hold the lock of their output folder while they write it, so a second
-process aimed at the same folder stops at once with "another meddenoise process (pid N) is writing DIR"
+prepare, train, federated, obfuscate and reproduce hold the lock of their output folder while they write
+it, so a second process aimed at the same folder stops at once with "another meddenoise process (pid N) is
+writing DIR"
 instead of deleting or overwriting the first one's files. The kernel drops the lock when its holder dies, so
 a lock file left behind by a killed process (a stale pid) never blocks anyone. The pid in the file is only for
 the message. Taking the lock again in the same process (reproduce calling prepare and train) nests.
