@@ -72,3 +72,20 @@ def test_an_auc_over_one_held_out_patient_has_no_interval_and_claims_no_side_of_
     row.update(membership_auc=summary["auc"], membership_auc_ci=summary["auc_ci"])
     sentence = modes.verdict([row])[0]
     assert "below chance" not in sentence and "above chance" not in sentence and "no interval" in sentence
+
+
+def test_too_few_nonmembers_report_the_low_fpr_rate_as_unavailable():
+    rng = np.random.default_rng(1)
+    few = membership.attack_summary(rng.normal(size=12), ["a", "b", "c", "d"] * 3, rng.normal(size=40),
+                                    [f"p{i % 8}" for i in range(40)], seed=0)  # fmt: skip
+    assert "40 non-member images cannot resolve a 1% false-positive rate" in few["fpr_note"]
+    enough = membership.attack_summary(rng.normal(size=12), ["a", "b", "c", "d"] * 3, rng.normal(size=200),
+                                       [f"p{i % 8}" for i in range(200)], seed=0)  # fmt: skip
+    assert enough["fpr_note"] == ""
+    result = {
+        "run": "RUN", "score": "error", "members": {"images": 12, "patients": 4, "split": "train"},
+        "nonmembers": {"images": 40, "patients": 8, "split": "test"},
+        "loss_threshold": few, "calibrated": {"skipped": "no reference models"},
+    }  # fmt: skip
+    text = "\n".join(membership.markdown_lines(result))
+    assert "TPR at 1% FPR n/a (40 non-member images cannot resolve" in text

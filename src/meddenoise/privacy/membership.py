@@ -139,12 +139,19 @@ def attack_summary(
     else:
         low, high = patient_bootstrap_auc(members, member_groups, nonmembers, nonmember_groups, seed=seed)
     tpr, achieved = tpr_at_fpr(members, nonmembers)
+    fpr_note = ""
+    if np.asarray(nonmembers).size * LOW_FPR < 1:
+        fpr_note = (
+            f"{np.asarray(nonmembers).size} non-member images cannot resolve a {100 * LOW_FPR:g}% false-positive "
+            f"rate (at least {math.ceil(1 / LOW_FPR)} are needed)"
+        )
     return {
         "auc": roc_auc(members, nonmembers),
         "auc_ci": [low, high],
         "auc_note": note,
         "tpr_at_1pct_fpr": tpr,
         "achieved_fpr": achieved,
+        "fpr_note": fpr_note,
     }
 
 
@@ -367,10 +374,10 @@ def markdown_lines(result: dict[str, Any]) -> list[str]:
         shown = f"95% {interval} {low:.3f}-{high:.3f}"
         if math.isnan(low) or math.isnan(high):  # too few patients on a side (attack_summary says why)
             shown = f"no 95% interval: {entry.get('auc_note') or 'too few patients'}"
-        return (
-            f"- {name}: AUC {entry['auc']:.3f} ({shown}), "
-            f"TPR {100 * entry['tpr_at_1pct_fpr']:.1f}% at FPR {100 * entry['achieved_fpr']:.1f}%"
-        )
+        low_fpr = f"TPR {100 * entry['tpr_at_1pct_fpr']:.1f}% at FPR {100 * entry['achieved_fpr']:.1f}%"
+        if entry.get("fpr_note"):
+            low_fpr = f"TPR at {100 * LOW_FPR:g}% FPR n/a ({entry['fpr_note']}; {low_fpr})"
+        return f"- {name}: AUC {entry['auc']:.3f} ({shown}), {low_fpr}"
 
     def who(entry: dict[str, Any]) -> str:
         return "patient ids unknown" if unknown else f"{entry['patients']} patients"
