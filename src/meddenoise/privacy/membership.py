@@ -140,10 +140,11 @@ def attack_summary(
         low, high = patient_bootstrap_auc(members, member_groups, nonmembers, nonmember_groups, seed=seed)
     tpr, achieved = tpr_at_fpr(members, nonmembers)
     fpr_note = ""
-    if np.asarray(nonmembers).size * LOW_FPR < 1:
+    count = np.asarray(nonmembers).size
+    if count * LOW_FPR < 1:
         fpr_note = (
-            f"{np.asarray(nonmembers).size} non-member images cannot resolve a {100 * LOW_FPR:g}% false-positive "
-            f"rate (at least {math.ceil(1 / LOW_FPR)} are needed)"
+            f"{count} non-member images cannot resolve a {100 * LOW_FPR:g}% false-positive rate "
+            f"(at least {math.ceil(1 / LOW_FPR)} are needed)"
         )
     return {
         "auc": roc_auc(members, nonmembers),
