@@ -354,11 +354,29 @@ def test_when_the_mean_test_and_wilcoxon_disagree_the_table_says_so(tmp_path):
     _evaluation_rows(tmp_path / "b", "bm3d", [25.0, 25.95, 27.05, 28.0], kind="baseline", patients=patients)
     result, tests = table_baselines(collect(tmp_path))
     psnr = next(row for row in tests.rows if row["metric"] == "psnr")
-    assert psnr["t_p_holm"] < 0.05 <= psnr["wilcoxon_p_holm"] and psnr["tests_disagree"]
-    assert tests.table.rows[0][tests.table.columns.index("Tests agree")] == "no: read as uncertain"
+    assert psnr["t_p_holm"] < 0.05 <= psnr["wilcoxon_p_holm"]
+    # 4 patients: the smallest exact Wilcoxon p is 2/16 before Holm, so it cannot decide: n/a, not a dispute
+    assert psnr["wilcoxon_cannot_decide"] and not psnr["tests_disagree"]
+    assert (
+        tests.table.rows[0][tests.table.columns.index("Tests agree")] == "n/a (Wilcoxon cannot decide here)"
+    )
     notes = " ".join(result.table.notes)
-    assert "Tests disagree, only the t-test finds a difference: U-Net vs BM3D (PSNR (dB), std 0.2" in notes
-    assert "fewer than 6 paired images" in notes
+    assert "Tests disagree" not in notes
+    assert "Wilcoxon n/a in 2 of 2 comparisons: with 4 paired units" in notes
+
+
+def test_a_wilcoxon_test_that_could_decide_is_not_marked_powerless():
+    from meddenoise.report.tables import add_holm
+
+    def test(groups):
+        return {"t_p": 0.001, "wilcoxon_p": 0.2, "groups": groups}
+
+    few, many = test(7), test(12)
+    add_holm([few, many])  # 2 x 2/2^7 = 0.031 < 0.05: both can decide, and both disagree with the t-test
+    assert not few["wilcoxon_cannot_decide"] and few["tests_disagree"] and many["tests_disagree"]
+    family = [test(7) for _ in range(54)]  # 54 x 2/2^7 = 0.84: no Wilcoxon in the family can decide
+    add_holm(family)
+    assert all(t["wilcoxon_cannot_decide"] and not t["tests_disagree"] for t in family)
 
 
 def test_a_dp_sgd_run_is_its_own_setup_never_pooled_as_a_seed_of_the_non_private_run(tmp_path):

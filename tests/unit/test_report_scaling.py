@@ -95,3 +95,27 @@ def test_impossible_speedup_and_unconverged_run_are_flagged_and_never_summarised
         b for b in report.blocks if isinstance(b, BulletList) and any("speed-up" in i for i in b.items)
     ]
     assert bullets and not any("3.66" in item for item in bullets[0].items)
+
+
+def test_overlapping_repeats_are_flagged_as_within_spread_and_not_summarised(tmp_path):
+    _evaluation(tmp_path / "baselines" / "noisy", "noisy", 0.1, 17.06, "", kind="baseline")
+    # one device 6.4 s and 9.6 s, DDP 7.2 s and 7.5 s: the medians differ (8.0 vs 7.35) but the ranges overlap
+    entries = []
+    for repeat, (single, ddp) in enumerate(((6.4, 7.2), (9.6, 7.5))):
+        quality = 26.0 if repeat == 0 else None
+        _run(
+            tmp_path, f"single_{repeat}", seconds=single, steps=100, world=1, batch=8, load=0.8, psnr=quality
+        )
+        _run(tmp_path, f"ddp_{repeat}", seconds=ddp, steps=100, world=2, batch=4, load=0.9,
+             psnr=quality and 25.9)  # fmt: skip
+        for strategy in ("single", "ddp"):
+            entries.append({"folder": f"runs/{strategy}_{repeat}", "method": "unet", "noise_std": 0.1,
+                            "strategy": strategy})  # fmt: skip
+    _plan(tmp_path, entries)
+    result, sentences = table_speedup(collect(tmp_path))
+    column = result.table.columns.index
+    ddp = next(row for row in result.table.rows if row[2] == "DDP")
+    assert ddp[column("Flags")] == "within run-to-run spread"
+    assert ddp[column("Speed-up")] == f"{8.0 / 7.35:.2f}x"  # the figure stays in the table, flagged
+    summary = " ".join(sentences)
+    assert "less time than one device" not in summary and "1 speed-up figure(s) carry a flag" in summary

@@ -96,6 +96,16 @@ def shard_plan(count: int, batch_size: int, rank: int, world_size: int) -> Itera
         yield np.arange(start, min(start + batch_size, hi), dtype=np.int64)
 
 
+def split_rows(data, split: str, limit: int = 0) -> np.ndarray:
+    """Manifest rows of the first `limit` images of `split` (all when 0); an empty split is an error."""
+    rows = data.indices(split)
+    if limit:
+        rows = rows[:limit]
+    if len(rows) == 0:
+        raise DataError(f"split {split!r} of {data.folder} has no images; choose another split or re-prepare")
+    return rows
+
+
 class DeviceBatches:
     """Training or evaluation batches of one split. `images` (n, 1, H, W) integer and `image_keys` (n,) int64
     live on the training device; `max_value` converts to [0, 1]."""
@@ -131,14 +141,7 @@ class DeviceBatches:
         cls, data, split: str, device, batch_size: int, *, limit: int = 0, **kwargs
     ) -> DeviceBatches:
         """The first `limit` images of `split` (all when 0), copied once to `device` in the stored dtype."""
-        rows = data.indices(split)
-        if limit:
-            rows = rows[:limit]
-        if len(rows) == 0:
-            raise DataError(
-                f"split {split!r} of {data.folder} has no images; choose another split or re-prepare"
-            )
-        return cls.from_rows(data, rows, device, batch_size, **kwargs)
+        return cls.from_rows(data, split_rows(data, split, limit), device, batch_size, **kwargs)
 
     @classmethod
     def from_rows(cls, data, rows: np.ndarray, device, batch_size: int, **kwargs) -> DeviceBatches:

@@ -25,8 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from meddenoise.data.loader import CleanBatch, epoch_plan, shard_plan
-from meddenoise.errors import DataError
+from meddenoise.data.loader import CleanBatch, epoch_plan, shard_plan, split_rows
 
 # Host buffers per stream: one being filled, one waiting, one whose copy to the device may still be running.
 BUFFERS = 3
@@ -95,13 +94,7 @@ class StreamBatches:
         cls, data, split: str, device, batch_size: int, *, limit: int = 0, **kwargs
     ) -> StreamBatches:
         """The first `limit` images of `split` (all when 0); nothing is read until a batch is asked for."""
-        rows = data.indices(split)
-        if limit:
-            rows = rows[:limit]
-        if len(rows) == 0:
-            raise DataError(
-                f"split {split!r} of {data.folder} has no images; choose another split or re-prepare"
-            )
+        rows = split_rows(data, split, limit)
         return cls(data.images, rows, data.image_keys[rows], data.max_value, batch_size, device, **kwargs)
 
     def __len__(self) -> int:

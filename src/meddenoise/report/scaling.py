@@ -14,7 +14,9 @@ Flags, printed next to the figure (a flagged figure never enters a summary sente
 - "did not converge: not comparable": test PSNR less than 1 dB above the noisy input, or more than 1 dB below
   the one-device run (a run that did not learn may be fast for the wrong reason);
 - "load changed": the machine's 1-minute load average at the start of training differed by more than half
-  between the compared runs (and the higher one was at least 0.5), so they did not see the same machine.
+  between the compared runs (and the higher one was at least 0.5), so they did not see the same machine;
+- "within run-to-run spread": both configurations were timed at least twice and their min-max ranges overlap,
+  so the repeats do not show a difference in time at all, whatever the medians say.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ PAPER_MODELS = ("unet", "unetpp")
 FLAG_DISTURBED = "timing disturbed"
 FLAG_NOT_CONVERGED = "did not converge: not comparable"
 FLAG_LOAD = "load changed"
+FLAG_SPREAD = "within run-to-run spread"
 CONVERGENCE_MARGIN_DB = 1.0
 LOAD_CHANGE = 0.5
 LOAD_FLOOR = 0.5  # below this the machine counts as idle: 0.1 against 0.3 is no disturbance
@@ -190,7 +193,16 @@ def flags_for(
             high, low = max(loads), min(loads)
             if high >= LOAD_FLOOR and high - low > LOAD_CHANGE * high:
                 flags.append(FLAG_LOAD)
+        if ranges_overlap(single.seconds, timed.seconds):
+            flags.append(FLAG_SPREAD)
     return flags
+
+
+def ranges_overlap(first: Sequence[float], second: Sequence[float]) -> bool:
+    """True when both were measured at least twice and their [min, max] ranges share a value."""
+    if len(first) < 2 or len(second) < 2:
+        return False
+    return max(min(first), min(second)) <= min(max(first), max(second))
 
 
 def _spread(values: list[float]) -> str:
@@ -313,7 +325,8 @@ def table_speedup(collection: Collection, skipped: Sequence[dict[str, str]] = ()
         f"'{FLAG_NOT_CONVERGED}' = test PSNR less than {CONVERGENCE_MARGIN_DB:g} dB above the noisy input "
         f"or more than {CONVERGENCE_MARGIN_DB:g} dB below the one-device run; '{FLAG_LOAD}' = the load "
         f"average at the start of the compared runs differed by more than {LOAD_CHANGE:.0%} of the higher "
-        "one. Flagged figures are left out of the summary.",
+        f"one; '{FLAG_SPREAD}' = both were timed at least twice and their min-max ranges overlap, so the "
+        "repeats show no difference in time. Flagged figures are left out of the summary.",
     ]
     notes += [f"Not run: {item['what']}: {item['reason']}" for item in skipped]
     table = Table(

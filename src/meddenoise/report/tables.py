@@ -122,9 +122,25 @@ def add_holm(tests: list[dict[str, Any]]) -> None:
         for test, p in zip(tests, adjusted):
             test[f"{key}_holm"] = p
     for test in tests:
-        test["tests_disagree"] = _clustered().tests_disagree(
+        test["wilcoxon_cannot_decide"] = wilcoxon_cannot_decide(test, len(tests))
+        # A Wilcoxon test that cannot reach the level whatever the data does not disagree with the t-test:
+        # it has no say (n/a with the reason); the decision rests on the t-test and the interval.
+        test["tests_disagree"] = not test["wilcoxon_cannot_decide"] and _clustered().tests_disagree(
             test["t_p_holm"], test["wilcoxon_p_holm"], SIGNIFICANCE_LEVEL
         )
+
+
+def wilcoxon_cannot_decide(test: dict[str, Any], family_size: int) -> bool:
+    """True when no data could make this Wilcoxon test significant after Holm over `family_size` tests.
+
+    The smallest two-sided exact Wilcoxon p with n paired units is 2 / 2^n, and Holm multiplies the smallest
+    p of a family by its size, so every adjusted p is at least family_size x 2 / 2^n (7 pose groups in a
+    table of 54 tests: 0.84)."""
+    units = int(test.get("groups") or test.get("images") or 0)
+    if units <= 0:
+        return False
+    smallest = family_size * 2.0 / 2.0 ** min(units, 200)
+    return smallest >= SIGNIFICANCE_LEVEL
 
 
 def interval_notes(summaries: Sequence[dict[str, Any]], unit: str) -> list[str]:
@@ -232,21 +248,15 @@ def table_quality(collection: Collection) -> TableResult:
     return TableResult(table, csv_rows)
 
 
-# The smallest two-sided exact Wilcoxon p with n pairs is 2 / 2^n: below 6 pairs it cannot reach 0.05.
-WILCOXON_MIN_PAIRS = 6
-
-
 def _disagreement_notes(tests: Sequence[dict[str, Any]]) -> list[str]:
     """One note per direction listing every comparison where the t-test and the Wilcoxon test disagree."""
     found: dict[str, list[str]] = {}
-    few = False
+    powerless = [test for test in tests if test.get("wilcoxon_cannot_decide")]
     for test in tests:
         if not test.get("tests_disagree"):
             continue
         first, second = test.get("reference", test.get("better")), test.get("method", test.get("other"))
         verdict = "only the t-test" if test["t_p_holm"] < SIGNIFICANCE_LEVEL else "only the Wilcoxon test"
-        units = int(test.get("groups") or test.get("images") or 0)
-        few = few or (0 < units < WILCOXON_MIN_PAIRS)
         found.setdefault(verdict, []).append(
             f"{method_label(first)} vs {method_label(second)} ({METRIC_HEADERS[test['metric']]}, std "
             f"{test['noise_std']:g}, Holm p {_format_p(test['t_p_holm'])} t / "
@@ -256,10 +266,14 @@ def _disagreement_notes(tests: Sequence[dict[str, Any]]) -> list[str]:
         f"Tests disagree, {verdict} finds a difference: " + "; ".join(items) + ". Read these as uncertain."
         for verdict, items in found.items()
     ]
-    if few:
+    if powerless:
+        units = sorted({int(t.get("groups") or t.get("images") or 0) for t in powerless})
         notes.append(
-            f"With fewer than {WILCOXON_MIN_PAIRS} paired images (or patients) the Wilcoxon test cannot "
-            f"reach p < {SIGNIFICANCE_LEVEL} at all, so it disagrees with any clear t-test there."
+            f"Wilcoxon n/a in {len(powerless)} of {len(tests)} comparisons: with "
+            f"{' or '.join(str(u) for u in units)} paired units (images, or patients/groups if they repeat) "
+            f"and Holm over {len(tests)} tests, its smallest possible adjusted p (tests x 2 / 2^units) is at "
+            f"least {SIGNIFICANCE_LEVEL}, so it cannot find a difference whatever the data; those decisions "
+            "rest on the t-test and the interval of the mean difference."
         )
     return notes
 
@@ -613,6 +627,8 @@ def _agreement(test: dict[str, Any]) -> str:
     """'yes' only when both tests ran; a test that could not run agrees with nothing."""
     if any(math.isnan(test[key]) for key in ("t_p_holm", "wilcoxon_p_holm")):
         return "n/a (no test)"
+    if test.get("wilcoxon_cannot_decide"):
+        return "n/a (Wilcoxon cannot decide here)"
     return "no: read as uncertain" if test["tests_disagree"] else "yes"
 
 
