@@ -108,9 +108,9 @@ def _round_store(place: ProcessPlace, timeout: datetime.timedelta) -> dist.Store
     counts for itself (a node restarted because another one failed does not count). Restarted workers then
     read stale addresses ("Gloo connectFullMesh failed") or wait for keys written under another count.
 
-    Here rank 0 draws a fresh session id and hands it to every other rank through a handshake that stale
+    Here rank 0 draws a fresh round id and hands it to every other rank through a handshake that stale
     keys cannot satisfy: a rank posts a fresh nonce and waits for an answer under a key containing it; it
-    then confirms under a key containing the session. The group is built in the session's prefix.
+    then confirms under a key containing the round id. The process group's keys all carry that id.
     """
     host, port = os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])
     store = dist.TCPStore(host, port, place.world_size, is_master=False, timeout=timeout)

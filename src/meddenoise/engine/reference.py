@@ -32,8 +32,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from meddenoise.data.loader import CleanBatch, epoch_order, global_batch_bounds, rank_part
-from meddenoise.errors import ConfigError, DataError
+from meddenoise.data.loader import CleanBatch, epoch_order, global_batch_bounds, rank_part, split_rows
+from meddenoise.errors import ConfigError
 
 SEED_CODE_WORKERS = 4
 # Images per noise-operator call while building the host dataset (bounds the generator's temporary memory).
@@ -63,16 +63,6 @@ class HostNoisyDataset(Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
         return self.noisy[index], self.clean[index], self.image_keys[index], index
-
-
-def split_rows(data: Any, split: str, limit: int = 0) -> np.ndarray:
-    """Manifest rows of `split`, only the first `limit` when > 0 (as `DeviceBatches.from_prepared`)."""
-    rows = data.indices(split)
-    if limit:
-        rows = rows[:limit]
-    if len(rows) == 0:
-        raise DataError(f"split {split!r} of {data.folder} has no images; choose another split or re-prepare")
-    return rows
 
 
 def build_host_dataset(
