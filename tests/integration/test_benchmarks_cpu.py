@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from time_limits import RUN
+
 BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 ENVIRONMENT_KEYS = {"device", "device_kind", "torch", "cuda", "cpu_count", "date", "git_commit",
                     "load_average_start", "load_average_end"}  # fmt: skip
@@ -41,7 +43,7 @@ def test_gpu_check_script_runs_on_the_cpu_with_tiny(tmp_path):
     environment.pop("OUT", None)
     completed = subprocess.run(
         ["bash", str(BENCHMARKS / "gpu_check.sh"), "--tiny", "--out", str(tmp_path)],
-        env=environment, capture_output=True, text=True, timeout=600, check=False,
+        env=environment, capture_output=True, text=True, timeout=RUN, check=False,
     )  # fmt: skip
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
     assert "all parts finished" in completed.stdout and "what imports" in completed.stdout

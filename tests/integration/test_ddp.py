@@ -19,6 +19,7 @@ import pytest
 import torch
 
 from meddenoise.engine.checkpoint import load_weights
+from time_limits import RUN
 
 pytestmark = pytest.mark.slow
 
@@ -131,7 +132,7 @@ def ddp_runs(tmp_path_factory):
             )
         )
     for process in started + manual:
-        stdout, stderr = process.communicate(timeout=300)
+        stdout, stderr = process.communicate(timeout=RUN)
         check(subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr))
     return data, runs
 
@@ -221,7 +222,7 @@ def test_resume_under_ddp_matches_the_uninterrupted_ddp_run(ddp_runs):
             env=environment(),
             capture_output=True,
             text=True,
-            timeout=300,
+            timeout=RUN,
         )
     )
     assert "resumed from" in resumed.stdout

@@ -12,6 +12,8 @@ import time
 
 import pytest
 
+from time_limits import ANSWER, APPEAR, PEER_DIST_TIMEOUT, STOPS_WITHIN
+
 pytestmark = pytest.mark.slow
 
 TINY = ["--model", "dncnn", "--base-channels", "8", "--model-options", "num_layers=3", "--norm", "group"]
@@ -46,18 +48,18 @@ def test_a_rank_whose_peers_never_start_gives_up_with_a_clear_error(make_prepare
     command = train_command(data, tmp_path / "run", "--strategy", "ddp", "--dist-timeout", "2")
     started = time.monotonic()
     completed = subprocess.run(
-        command, env=rank_environment(1, free_port()), capture_output=True, text=True, timeout=120
+        command, env=rank_environment(1, free_port()), capture_output=True, text=True, timeout=ANSWER
     )
     assert completed.returncode == 2, completed.stderr[-3000:]
     assert "could not join the process group" in completed.stderr
     assert "--dist-timeout" in completed.stderr
-    assert time.monotonic() - started < 60
+    assert time.monotonic() - started < STOPS_WITHIN
 
 
 def test_a_peer_that_hangs_mid_training_ends_the_run_with_a_clear_error(make_prepared, tmp_path):
     data = make_prepared(n=24, size=16)
     port = free_port()
-    common = ["--strategy", "ddp", "--epochs", "500", "--dist-timeout", "3"]
+    common = ["--strategy", "ddp", "--epochs", "500", "--dist-timeout", f"{PEER_DIST_TIMEOUT:g}"]
     survivor = subprocess.Popen(
         train_command(data, tmp_path / "run", *common),
         env=rank_environment(0, port),
@@ -73,7 +75,7 @@ def test_a_peer_that_hangs_mid_training_ends_the_run_with_a_clear_error(make_pre
     )
     try:
         log = tmp_path / "run" / "train.log"
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + APPEAR
         # Both ranks have exchanged data once the noisy-input validation (an all-reduce) is logged.
         while time.monotonic() < deadline and survivor.poll() is None:
             if log.is_file() and "noisy input" in log.read_text():
@@ -82,7 +84,7 @@ def test_a_peer_that_hangs_mid_training_ends_the_run_with_a_clear_error(make_pre
         assert survivor.poll() is None, survivor.stderr.read()[-3000:]
         peer.send_signal(signal.SIGSTOP)  # a node that stops answering, without closing its connections
         stopped = time.monotonic()
-        _, stderr = survivor.communicate(timeout=120)
+        _, stderr = survivor.communicate(timeout=STOPS_WITHIN)
         waited = time.monotonic() - stopped
     finally:
         peer.kill()
@@ -93,4 +95,4 @@ def test_a_peer_that_hangs_mid_training_ends_the_run_with_a_clear_error(make_pre
     assert survivor.returncode == 2, stderr[-3000:]
     assert "communication with the other training processes failed or got no answer" in stderr
     assert "Traceback" not in stderr
-    assert waited < 60
+    assert waited < STOPS_WITHIN

@@ -12,6 +12,7 @@ import sys
 import pytest
 
 from meddenoise.engine.checkpoint import load_weights
+from time_limits import RUN
 
 pytestmark = pytest.mark.slow
 
@@ -23,7 +24,7 @@ def train(data, out, *extra):
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE")}
     env["OMP_NUM_THREADS"] = "1"
     command = [sys.executable, "-m", "meddenoise", "train", "--data", str(data), "--out", str(out)]
-    return subprocess.run([*command, *COMMON, *extra], env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run([*command, *COMMON, *extra], env=env, capture_output=True, text=True, timeout=RUN)
 
 
 def ok(completed):

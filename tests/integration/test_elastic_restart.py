@@ -23,6 +23,7 @@ import pytest
 import torch
 
 from meddenoise.engine.checkpoint import load_weights
+from time_limits import APPEAR, RUN, STOPS_WITHIN
 
 pytestmark = pytest.mark.slow
 
@@ -124,12 +125,12 @@ def test_a_killed_worker_is_restarted_and_the_run_ends_as_if_never_interrupted(d
     out, port = tmp_path / "elastic", free_port()
     nodes = [start_node(data, out, port, tmp_path / f"node{i}.log") for i in range(2)]
     try:
-        wait_for(lambda: (out / "checkpoints" / "last.state.pt").is_file(), 240, "the first checkpoint")
+        wait_for(lambda: (out / "checkpoints" / "last.state.pt").is_file(), APPEAR, "the first checkpoint")
         workers = children(nodes[1].pid)
         assert len(workers) == 1, workers
         os.kill(workers[0], signal.SIGKILL)  # mid-epoch: checkpoints come every 5 of the epoch's steps
         for node in nodes:
-            node.wait(timeout=300)
+            node.wait(timeout=RUN)
     finally:
         stop(*nodes)
     logs = [(tmp_path / f"node{i}.log").read_text() for i in range(2)]
@@ -137,7 +138,7 @@ def test_a_killed_worker_is_restarted_and_the_run_ends_as_if_never_interrupted(d
     assert "exitcode: -9" in logs[1]
     assert "resumed from" in "".join(logs)
     assert "training finished (epochs)" in "".join(logs)
-    stdout, _ = reference.communicate(timeout=300)
+    stdout, _ = reference.communicate(timeout=RUN)
     assert reference.returncode == 0, stdout[-3000:]
     expected = load_weights(tmp_path / "reference" / "checkpoints" / "last.safetensors")[0]
     restarted = load_weights(out / "checkpoints" / "last.safetensors")[0]
@@ -156,18 +157,18 @@ def test_when_a_whole_node_dies_the_survivor_stops_with_a_clear_error_in_bounded
         for i in range(2)
     ]
     try:
-        wait_for(lambda: (out / "checkpoints" / "last.state.pt").is_file(), 240, "the first checkpoint")
+        wait_for(lambda: (out / "checkpoints" / "last.state.pt").is_file(), APPEAR, "the first checkpoint")
         workers = children(nodes[1].pid)  # torchrun starts them in sessions of their own
         died = time.monotonic()
         for pid in [nodes[1].pid, *workers]:  # the agent and its worker: the node is gone
             os.kill(pid, signal.SIGKILL)
         nodes[1].wait()
-        nodes[0].wait(timeout=180)
+        nodes[0].wait(timeout=STOPS_WITHIN)
         seconds = time.monotonic() - died
     finally:
         stop(*nodes)
     log = (tmp_path / "node0.log").read_text()
     assert nodes[0].returncode != 0, log[-3000:]
-    assert seconds < 150, seconds
+    assert seconds < STOPS_WITHIN, seconds
     assert "communication with the other training processes failed" in log, log[-3000:]
     assert "with `--resume auto` a restart" in log

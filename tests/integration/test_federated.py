@@ -26,6 +26,7 @@ from meddenoise.config import config_from_mapping  # noqa: E402
 from meddenoise.engine.checkpoint import load_trained_model, load_weights  # noqa: E402
 from meddenoise.federated import run_federated  # noqa: E402
 from meddenoise.federated.config import FederatedConfig  # noqa: E402
+from time_limits import ANSWER, APPEAR, RUN
 
 # The tiny_fit fixture's network and optimisation (tests/conftest.py), so runs compare with centralized ones.
 LOCAL = {
@@ -244,7 +245,7 @@ def test_killed_server_resumes_from_its_last_round(make_prepared, tmp_path):
         command, env=environment, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
     )
     metrics_file = killed / "metrics.jsonl"
-    deadline = time.monotonic() + 240
+    deadline = time.monotonic() + APPEAR
     while not (metrics_file.is_file() and metrics_file.read_text().count("\n") >= 1):
         assert process.poll() is None, process.stderr.read().decode()[-3000:]
         assert time.monotonic() < deadline, "the first round never finished"
@@ -256,7 +257,7 @@ def test_killed_server_resumes_from_its_last_round(make_prepared, tmp_path):
     assert 1 <= completed_rounds < 4, "the run finished before it could be killed"
 
     resume = subprocess.run(
-        [*command, "--resume"], env=environment, capture_output=True, text=True, timeout=300
+        [*command, "--resume"], env=environment, capture_output=True, text=True, timeout=RUN
     )
     assert resume.returncode == 0, resume.stderr[-3000:]
     assert f"round {completed_rounds + 1} of 4" in resume.stdout
@@ -268,7 +269,7 @@ def test_killed_server_resumes_from_its_last_round(make_prepared, tmp_path):
         assert resumed["sites"] == uninterrupted["sites"]  # the same sites sampled each round
         assert resumed["val_loss"] == pytest.approx(uninterrupted["val_loss"], rel=1e-5)
     # A second start without --resume refuses to overwrite.
-    again = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=120)
+    again = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=ANSWER)
     assert again.returncode == 2 and "--resume" in again.stderr
 
 

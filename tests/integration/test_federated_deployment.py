@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from time_limits import APPEAR, RUN, STOPS_WITHIN
+
 pytest.importorskip("flwr")
 
 BIN = Path(sys.executable).parent
@@ -47,7 +49,7 @@ def _children(pid: int) -> list[int]:
     return found
 
 
-def _wait_for_port(port: int, process: subprocess.Popen, seconds: float = 90) -> None:
+def _wait_for_port(port: int, process: subprocess.Popen, seconds: float = APPEAR) -> None:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         assert process.poll() is None, "the SuperLink exited"
@@ -66,11 +68,11 @@ def _stop(processes: list[subprocess.Popen]) -> None:
             os.kill(pid, signal.SIGTERM)
     for process in processes:
         try:
-            process.wait(timeout=20)
+            process.wait(timeout=STOPS_WITHIN)
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
-    deadline = time.monotonic() + 20
+    deadline = time.monotonic() + STOPS_WITHIN
     while time.monotonic() < deadline and any(Path(f"/proc/{pid}").exists() for pid in pids):
         time.sleep(0.2)
     for pid in pids:
@@ -131,7 +133,7 @@ def test_superlink_and_supernodes_over_the_network_on_localhost(make_prepared, t
         env=environment,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=RUN,
     )
     assert write_app.returncode == 0, write_app.stderr[-3000:]
 
@@ -178,7 +180,7 @@ def test_superlink_and_supernodes_over_the_network_on_localhost(make_prepared, t
             env=environment,
             capture_output=True,
             text=True,
-            timeout=480,
+            timeout=RUN,
         )
         output = run.stdout + run.stderr
         assert run.returncode == 0, output[-3000:]

@@ -15,6 +15,7 @@ import pytest
 from meddenoise.cli import main
 from meddenoise.errors import MeddenoiseError
 from meddenoise.locking import LOCK_NAME, folder_lock
+from time_limits import ANSWER
 
 HOLD = "import sys, time\nfrom meddenoise.locking import folder_lock\nwith folder_lock(sys.argv[1]):\n"
 HOLD += "    print('locked', flush=True)\n    time.sleep(120)\n"
@@ -66,7 +67,7 @@ def test_the_lock_nests_within_one_process(tmp_path):
             pass
         assert (folder / LOCK_NAME).is_file()  # still held by the outer block
         probe = subprocess.run(
-            [sys.executable, "-c", HOLD, str(folder)], capture_output=True, text=True, timeout=60
+            [sys.executable, "-c", HOLD, str(folder)], capture_output=True, text=True, timeout=ANSWER
         )
         assert probe.returncode != 0 and f"(pid {os.getpid()})" in probe.stderr
 

@@ -19,6 +19,7 @@ import pytest
 from meddenoise.cli import main
 from meddenoise.data import cache, manifest
 from meddenoise.data.manifest import PARTIAL_PREFIX, load_prepared
+from time_limits import ANSWER, APPEAR, RUN, STOPS_WITHIN
 
 Usage = collections.namedtuple("Usage", "total used free")
 
@@ -90,7 +91,7 @@ def mount_tmpfs(folder: Path, size: str) -> bool:
         done = subprocess.run(
             ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
             capture_output=True,
-            timeout=30,
+            timeout=ANSWER,
         )
     except (OSError, subprocess.TimeoutExpired):
         return False
@@ -104,7 +105,7 @@ def small_disk(tmp_path):
     if not mount_tmpfs(folder, "1m"):
         pytest.skip("cannot mount a tmpfs here (not root, or not permitted)")
     yield folder
-    subprocess.run(["umount", "-l", str(folder)], capture_output=True, timeout=30)
+    subprocess.run(["umount", "-l", str(folder)], capture_output=True, timeout=ANSWER)
 
 
 # Skips the up-front free-space check, so the reservation itself meets the full disk.
@@ -120,7 +121,7 @@ def test_a_real_full_disk_gives_a_message_not_sigbus(tmp_path, xrays, small_disk
     argv = prepare_argv(xrays, out, "--size", "512", "--workers", "2")  # 12 x 512 x 512 bytes: 3 MB
     command = [sys.executable, "-m", "meddenoise"] if check else [sys.executable, "-c", WITHOUT_CHECK]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([*command, *argv], capture_output=True, text=True, timeout=300, env=env)
+    done = subprocess.run([*command, *argv], capture_output=True, text=True, timeout=RUN, env=env)
     assert done.returncode == 2, (done.returncode, done.stderr[-2000:])
     assert re.search(rf"needs 3\.[12] MB in {re.escape(str(out))}, 1\.0 MB free", done.stderr), done.stderr
     assert leftovers(out) == []
@@ -171,7 +172,7 @@ def test_decoding_workers_exit_when_prepare_is_killed(tmp_path, xrays):
     )
     workers: list[int] = []
     try:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + APPEAR
         while len(workers) < 2 and time.monotonic() < deadline and parent.poll() is None:
             time.sleep(0.05)
             workers = children_of(parent.pid)
@@ -179,7 +180,7 @@ def test_decoding_workers_exit_when_prepare_is_killed(tmp_path, xrays):
         time.sleep(0.3)  # let them initialise
         parent.send_signal(signal.SIGKILL)
         parent.wait()
-        deadline = time.monotonic() + 15
+        deadline = time.monotonic() + STOPS_WITHIN
         while any(map(alive, workers)) and time.monotonic() < deadline:
             time.sleep(0.05)
         assert not any(map(alive, workers)), "decoding workers outlived the prepare process"

@@ -1,5 +1,5 @@
 """`meddenoise train` on a CUDA device (opt-in, `pytest -m gpu`): the fast path trains in bf16 and
-channels-last, the run folder records the device, and the checkpoint reloads on the CPU with the same output."""
+channels-last, and the checkpoint reloads on the CPU with nearly the same output."""
 
 from __future__ import annotations
 

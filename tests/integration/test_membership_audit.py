@@ -10,6 +10,8 @@ import sys
 
 import pytest
 
+from time_limits import RUN
+
 pytestmark = pytest.mark.slow
 
 TINY = ["--model", "unet", "--base-channels", "16", "--depth", "2", "--norm", "group", "--quiet"]
@@ -23,7 +25,7 @@ def meddenoise(*args):
         env=env,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=RUN,
     )
     assert completed.returncode == 0, (completed.stdout[-2000:], completed.stderr[-3000:])
     return completed

@@ -12,11 +12,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from time_limits import RUN
+
 
 def meddenoise(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "meddenoise", *args]
-    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=RUN)
 
 
 @pytest.fixture

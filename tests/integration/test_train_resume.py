@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from meddenoise.engine.checkpoint import load_training_state, load_weights
+from time_limits import APPEAR, RUN
 
 TIMING_KEYS = {
     "train_seconds",
@@ -57,7 +58,7 @@ def environment():
 
 
 def run(command):
-    completed = subprocess.run(command, env=environment(), capture_output=True, text=True, timeout=300)
+    completed = subprocess.run(command, env=environment(), capture_output=True, text=True, timeout=RUN)
     assert completed.returncode == 0, completed.stderr[-3000:]
     return completed
 
@@ -89,7 +90,7 @@ def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(make_prepare
         train_command(data, killed), env=environment(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
     )
     state_path = killed / "checkpoints" / "last.state.pt"
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + APPEAR
     while not state_path.exists() and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.002)
     assert process.poll() is None, (
@@ -100,7 +101,7 @@ def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(make_prepare
     state = load_training_state(state_path)
     assert state["progress"]["step_in_epoch"] > 0, "the kill should come after a mid-epoch checkpoint"
 
-    assert reference.wait(timeout=300) == 0, reference.stderr.read().decode()[-3000:]
+    assert reference.wait(timeout=RUN) == 0, reference.stderr.read().decode()[-3000:]
     resumed = run([*train_command(data, killed), "--resume"])
     assert "resumed from" in resumed.stdout
     assert_same_weights(uninterrupted, killed)

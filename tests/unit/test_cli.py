@@ -12,6 +12,7 @@ import pytest
 
 from meddenoise import cli
 from meddenoise.errors import DataError
+from time_limits import ANSWER
 
 
 def all_parsers(parser: argparse.ArgumentParser, name: str = "meddenoise"):
@@ -38,7 +39,7 @@ def test_every_command_is_registered_and_every_option_has_help():
 def run_python(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.run(
-        [sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=120
+        [sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=ANSWER
     )
 
 
@@ -59,7 +60,7 @@ def test_python_dash_m_is_the_console_command(tmp_path):
         pytest.skip("the console script is not installed next to this interpreter")
     module = run_python("-m", "meddenoise", "prepare", "--help", cwd=tmp_path)
     script = subprocess.run(
-        [str(console), "prepare", "--help"], cwd=tmp_path, capture_output=True, text=True, timeout=120
+        [str(console), "prepare", "--help"], cwd=tmp_path, capture_output=True, text=True, timeout=ANSWER
     )
     assert module.returncode == script.returncode == 0
     assert module.stdout == script.stdout and "--split-by {patient,image}" in module.stdout

@@ -17,6 +17,7 @@ from meddenoise.data.prepare_config import PrepareConfig
 from meddenoise.data.records import ImageRecord
 from meddenoise.data.sources.folder import FolderSource
 from meddenoise.errors import DataError, MeddenoiseError
+from time_limits import ANSWER
 
 
 def make_folder(root: Path, image_files, count: int = 8, size: int = 40) -> Path:
@@ -252,7 +253,7 @@ def test_sigkill_at_any_stage_never_leaves_a_cache_that_loads(tmp_path, image_fi
         [sys.executable, "-c", KILLER, str(root), str(out), kill_at],
         env=env,
         capture_output=True,
-        timeout=120,
+        timeout=ANSWER,
     )
     assert process.returncode == -9, process.stderr.decode()
     with pytest.raises(DataError):

@@ -10,6 +10,7 @@ import pytest
 import torch.distributed as dist
 
 from meddenoise.engine import distributed
+from time_limits import IN_PROCESS
 
 
 def run_round(monkeypatch, port: int, world_size: int, label: str) -> list[str]:
@@ -24,9 +25,9 @@ def run_round(monkeypatch, port: int, world_size: int, label: str) -> list[str]:
     def one(rank: int) -> None:
         try:
             place = distributed.ProcessPlace(rank, 0, world_size)
-            store = distributed._round_store(place, datetime.timedelta(seconds=20))
+            store = distributed._round_store(place, datetime.timedelta(seconds=IN_PROCESS))
             store.set(f"from/{rank}", f"{label}:{rank}")  # visible to the other ranks under the same prefix
-            store.wait([f"from/{r}" for r in range(world_size)], datetime.timedelta(seconds=20))
+            store.wait([f"from/{r}" for r in range(world_size)], datetime.timedelta(seconds=IN_PROCESS))
             results[rank] = store.get("from/0").decode()
         except BaseException as error:  # reported in the main thread
             errors.append(error)
@@ -35,7 +36,7 @@ def run_round(monkeypatch, port: int, world_size: int, label: str) -> list[str]:
     for thread in threads:
         thread.start()
     for thread in threads:
-        thread.join(timeout=60)
+        thread.join(timeout=IN_PROCESS)
     assert not errors, errors
     return results
 

@@ -14,6 +14,7 @@ from scipy import stats
 from meddenoise.errors import ConfigError
 from meddenoise.noise import build_noise, counter_rng
 from meddenoise.noise.operators import EXACT_POISSON_MAX_MEAN, poisson_counts
+from time_limits import ANSWER
 
 
 def constant_images(value: float, count: int = 4, size: int = 128) -> torch.Tensor:
@@ -186,7 +187,7 @@ def test_fixed_noise_identical_in_another_process():
     here = namespace["noise_digest"]()
     script = _DIGEST_SOURCE + "\nprint(noise_digest())\n"
     result = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=120
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=ANSWER
     )
     assert result.stdout.strip() == here
 
