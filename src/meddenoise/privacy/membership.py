@@ -251,6 +251,37 @@ def train_reference_models(
     return folders
 
 
+def _require_the_runs_members(run_dir: str | Path, data: Any, member_split: str) -> None:
+    """Refuse a prepared folder whose `member_split` is not the images the run trained on.
+
+    The audit scores the folder's member split as "members": with another folder (or the same images split
+    differently) it would report an AUC for people the model never saw. The run's split.csv records each
+    training image's content hash; a run folder without it (a bare checkpoint) cannot be checked, and then
+    the audit goes on as before.
+    """
+    from meddenoise.rundir import RunDir
+
+    run = RunDir(Path(run_dir) if Path(run_dir).is_dir() else Path(run_dir).parent.parent)
+    if not run.split_file.is_file():
+        return
+    trained = {
+        row.get("content_hash") or row.get("image_id")
+        for row in run.read_split()
+        if row.get("split") == member_split
+    }
+    rows = data.indices(member_split)
+    present = {data.records[int(i)].get("content_hash") or data.records[int(i)].get("image_id") for i in rows}
+    missing = len(trained - present)
+    if trained and missing:
+        raise ConfigError(
+            f"the {member_split} split of {data.folder} is not what the run in {run.path} trained on: "
+            f"{missing} of its {len(trained)} training images are not in it ({len(present)} image(s) there). "
+            "A membership audit on other data would call people members whom the model never saw; give the "
+            "run's own prepared folder",
+            "data",
+        )
+
+
 def run_membership_audit(
     run_dir: str | Path,
     *,
@@ -284,6 +315,7 @@ def run_membership_audit(
         raise ConfigError(f"the run's prepared folder {data_dir!r} is not here; give data", "data")
     data = load_prepared(data_dir)
     member_split = member_split or run_config.get("train_split", "train")
+    _require_the_runs_members(run_dir, data, member_split)
     if reference_split in (member_split, nonmember_split):
         raise ConfigError(
             "reference_split must differ from the member and non-member splits", "reference_split"
