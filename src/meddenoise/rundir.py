@@ -195,3 +195,25 @@ class RunDir:
 
     def train_split_name(self) -> str:
         return str(self.read_config().get("train_split", "train"))
+
+
+def recorded_folder(recorded: str, run_dir: str | os.PathLike, recorded_out: str = "") -> Path:
+    """A folder path that a run recorded (its prepared data), found from wherever the caller runs.
+
+    Runs record absolute paths; older runs recorded the path as typed, relative to the directory `train` ran
+    in. That directory is recovered from the run folder: when the run was trained with `--out runs/x` and
+    now sits at /home/me/runs/x, a recorded `prepared/p` is /home/me/prepared/p. The path as recorded
+    (relative to the current directory) is the fallback.
+    """
+    path = Path(recorded).expanduser()
+    if path.is_absolute():
+        return path
+    run = Path(run_dir).resolve()
+    if run.is_file():  # a checkpoint file: checkpoints/best.safetensors inside the run folder
+        run = run.parent.parent
+    out_parts = Path(recorded_out).parts if recorded_out and not Path(recorded_out).is_absolute() else ()
+    if out_parts and run.parts[-len(out_parts) :] == out_parts:
+        candidate = Path(*run.parts[: -len(out_parts)]) / path
+        if candidate.exists():
+            return candidate
+    return path

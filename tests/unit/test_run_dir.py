@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -68,3 +69,29 @@ def test_checkpoints_store_the_spec_and_old_ones_still_load(tmp_path):
     with torch.no_grad():
         assert torch.equal(loaded(x), loaded_old(x))
     assert json.loads(json.dumps(spec.to_dict())) == spec.to_dict()
+
+
+def test_a_recorded_relative_data_folder_is_found_from_another_directory(tmp_path):
+    from meddenoise.rundir import recorded_folder
+
+    project = tmp_path / "project"
+    (project / "prepared" / "p").mkdir(parents=True)
+    run = project / "runs" / "r"
+    run.mkdir(parents=True)
+    # an older run trained in `project` with --data prepared/p --out runs/r, read from elsewhere
+    assert recorded_folder("prepared/p", run, "runs/r") == project / "prepared" / "p"
+    checkpoint = run / "checkpoints" / "best.safetensors"
+    checkpoint.parent.mkdir()
+    checkpoint.write_bytes(b"")
+    assert recorded_folder("prepared/p", checkpoint, "runs/r") == project / "prepared" / "p"
+    assert recorded_folder(str(project / "prepared" / "p"), run, "runs/r") == project / "prepared" / "p"
+    # out not a suffix of where the run is now: the path as recorded
+    assert recorded_folder("prepared/p", run, "elsewhere/r") == Path("prepared/p")
+
+
+def test_a_run_records_its_data_folder_as_an_absolute_path(make_prepared, tiny_fit, tmp_path, monkeypatch):
+    data = make_prepared(n=16, size=16, patients=8)
+    monkeypatch.chdir(data.parent)
+    run = tiny_fit(Path(data.name), tmp_path / "run", epochs=1)
+    recorded = json.loads((run / "config.json").read_text())["data"]
+    assert Path(recorded).is_absolute() and Path(recorded) == data.resolve()

@@ -16,7 +16,7 @@ from meddenoise.errors import MeddenoiseError
 from meddenoise.evaluation.core import EvaluationTarget, score_denoiser, write_evaluation
 from meddenoise.evaluation.environment import describe_environment
 from meddenoise.noise.spec import NoiseSpec
-from meddenoise.rundir import RunDir
+from meddenoise.rundir import RunDir, recorded_folder
 
 
 def describe_data(data: Any) -> dict[str, Any]:
@@ -161,6 +161,8 @@ def evaluate_run(
     model, metadata = load_trained_model(run_dir, torch_device)
     train_config = metadata.get("config", {})
     own_data = train_config.get("data")
+    if own_data:
+        own_data = str(recorded_folder(own_data, run_dir, train_config.get("out", "")))
     data_dir = Path(data_dir) if data_dir else Path(own_data) if own_data else None
     if data_dir is None:
         raise MeddenoiseError(f"{run_dir} does not record its prepared folder; give one with --data")

@@ -302,6 +302,7 @@ def run_membership_audit(
     from meddenoise.engine.checkpoint import load_trained_model
     from meddenoise.engine.runtime import resolve_device
     from meddenoise.noise.spec import NoiseSpec
+    from meddenoise.rundir import recorded_folder
 
     torch_device = resolve_device(device)
     model, metadata = load_trained_model(run_dir, device=torch_device)
@@ -310,7 +311,8 @@ def run_membership_audit(
         raise ConfigError(
             f"--run {run_dir}: the checkpoint has no training config; retrain with this version"
         )
-    data_dir = data_dir or run_config.get("data")
+    if not data_dir and run_config.get("data"):
+        data_dir = str(recorded_folder(run_config["data"], run_dir, run_config.get("out", "")))
     if not data_dir or not Path(data_dir).exists():
         raise ConfigError(f"the run's prepared folder {data_dir!r} is not here; give data", "data")
     data = load_prepared(data_dir)
