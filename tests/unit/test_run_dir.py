@@ -93,5 +93,5 @@ def test_a_run_records_its_data_folder_as_an_absolute_path(make_prepared, tiny_f
     data = make_prepared(n=16, size=16, patients=8)
     monkeypatch.chdir(data.parent)
     run = tiny_fit(Path(data.name), tmp_path / "run", epochs=1)
-    recorded = json.loads((run / "config.json").read_text())["data"]
+    recorded = json.loads((run / "config.json").read_text())["config"]["data"]
     assert Path(recorded).is_absolute() and Path(recorded) == data.resolve()
