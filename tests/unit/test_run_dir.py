@@ -95,3 +95,34 @@ def test_a_run_records_its_data_folder_as_an_absolute_path(make_prepared, tiny_f
     run = tiny_fit(Path(data.name), tmp_path / "run", epochs=1)
     recorded = json.loads((run / "config.json").read_text())["config"]["data"]
     assert Path(recorded).is_absolute() and Path(recorded) == data.resolve()
+
+
+def test_a_run_that_does_not_beat_its_noisy_input_says_so(make_prepared, tmp_path, capsys):
+    import csv
+
+    from meddenoise.config import config_from_mapping
+    from meddenoise.engine.config import TrainConfig
+    from meddenoise.engine.train import fit
+
+    data = make_prepared(n=16, size=16, patients=8)
+    options = {"data": str(data), "out": str(tmp_path / "run"), "model": "dncnn", "base_channels": 8,
+               "model_options": ["num_layers=3"], "norm": "group", "epochs": 1, "batch_size": 8,
+               "lr": 1e-7, "device": "cpu", "quiet": True, "evaluate_test": False}  # fmt: skip
+    run = fit(config_from_mapping(TrainConfig, options))  # a learning rate far too small to learn anything
+    with open(run / "summary.csv", newline="") as handle:
+        row = next(csv.DictReader(handle))
+    assert float(row["best_val_psnr"]) <= float(row["noisy_val_psnr"]) + 0.5
+    assert "did not learn to denoise" in row["learning_warning"]
+    assert "did not learn to denoise" in capsys.readouterr().err  # shown under --quiet too
+    assert "did not learn to denoise" in (run / "train.log").read_text()
+
+
+def test_the_learning_warning_depends_on_the_margin_over_the_noisy_input():
+    from meddenoise.engine.config import TrainConfig
+    from meddenoise.engine.run_files import learning_warning
+
+    config = TrainConfig(data="d", out="o")
+    assert learning_warning(25.0, 14.0, config) == ""
+    assert "did not learn" in learning_warning(9.09, 14.0, config)
+    assert "did not learn" in learning_warning(14.3, 14.0, config)
+    assert learning_warning(None, 14.0, config) == ""

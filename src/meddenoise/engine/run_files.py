@@ -41,6 +41,15 @@ class RunLog:
             with open(self.path, "a", encoding="utf-8") as handle:
                 handle.write(message + "\n")
 
+    def warning(self, message: str) -> None:
+        """On stderr (shown under --quiet too) and in train.log."""
+        if not self.enabled:
+            return
+        print(message, file=sys.stderr, flush=True)
+        if self.path is not None:
+            with open(self.path, "a", encoding="utf-8") as handle:
+                handle.write(message + "\n")
+
 
 def csv_text(rows: list[dict[str, Any]], columns: list[str] | tuple[str, ...] | None = None) -> str:
     columns = list(columns or (rows[0].keys() if rows else []))
@@ -152,3 +161,23 @@ def test_metric_rows(
             }
         )
     return rows
+
+
+# A denoiser that does not beat its own noisy input by this much has not learned to denoise.
+LEARNED_MARGIN_DB = 0.5
+
+
+def learning_warning(best_val_psnr: float | None, noisy_val_psnr: float | None, config: TrainConfig) -> str:
+    """A warning when the best validation PSNR is not above the noisy input's; '' when the run learned."""
+    if best_val_psnr is None or noisy_val_psnr is None:
+        return ""
+    if best_val_psnr > noisy_val_psnr + LEARNED_MARGIN_DB:
+        return ""
+    return (
+        f"the best validation PSNR ({best_val_psnr:.2f} dB) is not above the noisy input's "
+        f"({noisy_val_psnr:.2f} dB): this network did not learn to denoise. Likely causes: too few steps "
+        f"for the learning rate ({config.epochs} epoch(s) at lr {config.lr:g}, "
+        f"schedule {config.lr_schedule}); "
+        "narrow networks on a few hundred images need a larger rate with a schedule, e.g. --lr 5e-3 "
+        "--lr-schedule onecycle --batch-size 8 (docs/training.md, 'Small networks'); or too few epochs"
+    )

@@ -35,6 +35,7 @@ from meddenoise.engine.run_files import (
     RunLog,
     csv_text,
     epoch_line,
+    learning_warning,
     summary_row,
     test_metric_rows,
     write_or_check_split,
@@ -516,6 +517,9 @@ class Trainer:
         row["cpu_seconds"] = sum(r.get("cpu_seconds") or 0.0 for r in self.history)
         row["load_average_start"] = getattr(self, "load_average_start", None)
         row["load_average_end"] = load_average()
+        row["learning_warning"] = learning_warning(row.get("best_val_psnr"), noisy.get("psnr"), self.config)
+        if row["learning_warning"]:
+            self.log.warning(f"warning: {row['learning_warning']}")
         atomic_write_text(self.run_dir.summary_file, csv_text([row]))
 
     # -- after training -------------------------------------------------------------------------------------
