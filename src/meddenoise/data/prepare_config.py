@@ -9,7 +9,7 @@ from meddenoise.config import option, print_config_option, quiet_option, seed_op
 from meddenoise.data.decode import DEFAULT_MAX_PIXELS
 from meddenoise.errors import ConfigError
 
-SOURCE_CHOICES = ("default", "nih", "folder")
+SOURCE_CHOICES = ("default", "nih-sample", "nih", "folder")
 SPLIT_BY_CHOICES = ("patient", "image")
 DEFAULT_FRACTIONS = (0.50, 0.33, 0.17)
 FIT_CHOICES = ("crop", "pad", "stretch")
@@ -31,7 +31,12 @@ RUN_ONLY_FIELDS = (
 
 @dataclasses.dataclass
 class PrepareConfig:
-    source: str = option("default", "where images come from", choices=SOURCE_CHOICES)
+    source: str = option(
+        "default",
+        "where images come from: default (rendered from one public CT, no patient ids), nih-sample (real NIH "
+        "ChestX-ray14 patients embedded in the package), nih (--root: the NIH release), folder (--root)",
+        choices=SOURCE_CHOICES,
+    )
     root: str = option("", "folder holding the images (required for nih and folder)")
     out: str = option("", "output folder for the prepared cache", required=True)
     count: int = option(0, "number of images to use, chosen with --seed (0: all; default source: 2000)")
@@ -55,7 +60,9 @@ class PrepareConfig:
         "stretched to each image's min..max (DICOM always uses its window)",
         choices=NORMALIZE_CHOICES,
     )
-    view_position: str = option("any", "NIH only: keep one view position", choices=("any", "PA", "AP"))
+    view_position: str = option(
+        "any", "NIH and nih-sample only: keep one view position", choices=("any", "PA", "AP")
+    )
     nih_folders: int = option(0, "NIH only: use the first K images_0NN folders (paper: 2; 0: all)")
     csv: str = option("", "NIH only: metadata CSV (default: Data_Entry_2017[_v2020].csv in --root)")
     patient_from: str = option(
@@ -93,9 +100,16 @@ class PrepareConfig:
 
         self.fractions = list(check_fractions(self.fractions))
         if self.source != "nih":
-            for name, default in (("view_position", "any"), ("nih_folders", 0), ("csv", "")):
+            for name, default in (("nih_folders", 0), ("csv", "")):
                 if getattr(self, name) != default:
                     raise ConfigError(f"--{name.replace('_', '-')} applies to --source nih only")
+        if self.source not in ("nih", "nih-sample") and self.view_position != "any":
+            raise ConfigError("--view-position applies to --source nih and nih-sample only")
+        if self.source in ("default", "nih-sample") and self.root:
+            raise ConfigError(
+                f"--root does not apply to --source {self.source}: its images come with meddenoise "
+                "(use --source nih or folder for images of your own)"
+            )
         if self.source != "folder" and self.patient_from != "auto":
             raise ConfigError("--patient-from applies to --source folder only")
         if not 0.0 <= self.group_similar <= 1.0:

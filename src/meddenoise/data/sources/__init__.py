@@ -46,6 +46,18 @@ def _build_nih(config: Any):
     )
 
 
+@SOURCES.register("nih-sample")
+def _build_nih_sample(config: Any):
+    from meddenoise.data.sources.nih_sample import NihSampleSource
+
+    return NihSampleSource(
+        count=config.count,
+        seed=config.seed,
+        view_position="" if config.view_position == "any" else config.view_position,
+        max_pixels=config.max_pixels,
+    )
+
+
 @SOURCES.register("folder")
 def _build_folder(config: Any):
     from meddenoise.data.sources.folder import FolderSource
