@@ -75,12 +75,12 @@ def test_the_description_names_the_data_really_used():
     from meddenoise.reproduce import describe_plan
 
     own = describe_plan(PRESETS["quick"], {}, given=False)
-    assert "rendered default" in own
+    assert "NIH ChestX-ray14 sample" in own and "264 real patients" in own
     given = {"source": "folder", "height": 128, "width": 128, "counts": {"train": 100, "val": 60, "test": 40}}
     text = describe_plan(PRESETS["quick"], given, given=True)
     assert "given with --data" in text and "`folder`" in text and "200 images of 128x128" in text
-    assert "not the preset's own (the rendered default" in text
-    assert "on the rendered default" not in text
+    assert "not the preset's own (the embedded NIH ChestX-ray14 sample" in text
+    assert "on the embedded NIH" not in text
 
 
 def test_quick_runs_one_three_site_federation_beside_its_centralized_unet(monkeypatch):
