@@ -276,3 +276,33 @@ def build_checked_model(
             f"({len(differences)} difference(s), e.g. {'; '.join(differences[:3])})"
         )
     return spec.build()
+
+
+def initial_weights(source: str | Path, spec: Any) -> tuple[dict[str, torch.Tensor], str]:
+    """(state dict, description) of the checkpoint `--init-from` names, refused unless it holds `spec`'s
+    network (a ModelSpec): the same architecture and options, so every tensor fits."""
+    from meddenoise.models.spec import ModelSpec
+
+    checkpoint = resolve_checkpoint(source)
+    tensors, metadata = load_weights(checkpoint)
+    if "model" not in metadata:
+        raise MeddenoiseError(
+            f"init_from {source}: {checkpoint} has no meddenoise model metadata; was it written by "
+            "`meddenoise train`?"
+        )
+    theirs = ModelSpec.from_metadata(metadata).to_dict()
+    ours = spec.to_dict()
+    differences = [
+        f"{name}: {theirs.get(name)!r} there vs {value!r} here"
+        for name, value in ours.items()
+        if theirs.get(name) != value
+    ]
+    if differences:
+        raise MeddenoiseError(
+            f"init_from {source}: that checkpoint holds another network ({'; '.join(differences)}); "
+            "train with the same model options as the run you start from"
+        )
+    model = build_checked_model(metadata, tensors, checkpoint)  # checks every tensor's shape
+    load_state_into(model, tensors, checkpoint)
+    epoch = metadata.get("epoch")
+    return model.state_dict(), f"{checkpoint} (epoch {epoch}, {metadata.get('weights', 'raw')} weights)"

@@ -73,6 +73,11 @@ class TrainConfig:
     ema_decay: float = option(0.0, "keep an exponential moving average of the weights (e.g. 0.999; 0: off)")
     patience: int = option(10, "stop after this many epochs without a lower validation loss (0: never)")
     seed: int = seed_option()  # initialisation, epoch order, target randomness
+    init_from: str = option(
+        "",
+        "start from another run's weights (its folder: the best checkpoint; or a .safetensors file), e.g. "
+        "a network pretrained on public data before DP-SGD fine-tuning; the model options must match",
+    )
     max_steps: int = option(0, "stop after this many optimizer steps (0: no limit)")
     time_limit: float = option(0.0, "stop training after this many seconds (0: no limit)")
     selection: str = option(

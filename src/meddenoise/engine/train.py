@@ -103,7 +103,12 @@ class Trainer:
         config = self.config
         self.model_spec = config.model_spec()
         torch.manual_seed(config.seed)  # identical initial weights on every rank and on resume
-        self.model = self.runtime.place(self.model_spec.build())
+        network = self.model_spec.build()
+        if config.init_from:
+            # Before any wrapper (DDP, Opacus) sees the network; a resumed run restores its own state later.
+            state, self.initialized_from = ckpt.initial_weights(config.init_from, self.model_spec)
+            network.load_state_dict(state)
+        self.model = self.runtime.place(network)
         if self.private is not None:
             private.prepare_model(self.model)
         self.ema = WeightAverage(self.model, config.ema_decay) if config.ema_decay > 0 else None
@@ -639,6 +644,8 @@ def fit(config: TrainConfig) -> Path:
             f"runtime: {runtime.describe()}; global batch {config.batch_size * runtime.data_parallel_width}; "
             f"data placement: {trainer.placement.reason}"
         )
+        if config.init_from and not trainer.resuming:
+            trainer.log.info(f"initial weights from {trainer.initialized_from}")
         if trainer.private is not None:
             trainer.log.info(trainer.private.describe())
         trainer.write_run_files()
