@@ -6,6 +6,8 @@ import math
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scipy import stats as scipy_stats
 
 from meddenoise.metrics import clustered, stats
@@ -56,12 +58,29 @@ def test_paired_test_with_repeated_patients_runs_on_patient_means():
     b = a - 0.3 + rng.normal(0, 0.5, a.size)
     result = clustered.paired_test(a, b, groups)
     per_patient = np.array([np.mean((a - b)[np.array(groups) == g]) for g in sorted(set(groups))])
-    assert result.method == "group-bootstrap" and result.groups == 6
+    assert result.method == "group-means" and result.groups == 6
     assert math.isclose(result.t_pvalue, scipy_stats.ttest_1samp(per_patient, 0.0).pvalue, rel_tol=1e-9)
     assert math.isclose(result.wilcoxon_pvalue, scipy_stats.wilcoxon(per_patient).pvalue, rel_tol=1e-9)
-    boot = stats.cluster_bootstrap_ci(a - b, groups)
-    assert (result.low, result.high) == (boot.low, boot.high)
-    assert math.isclose(result.mean_difference, float(np.mean(a - b)))
+    # one estimand: the difference, its interval and d_z are those of the per-patient differences
+    t = stats.mean_ci(per_patient)
+    assert (result.low, result.high) == pytest.approx((t.low, t.high), abs=1e-12)
+    assert math.isclose(result.mean_difference, float(per_patient.mean()))
+    assert math.isclose(result.effect_size, float(per_patient.mean() / per_patient.std(ddof=1)))
+    assert math.isclose(result.mean_a - result.mean_b, result.mean_difference)
+    assert math.isclose(result.image_mean_difference, float(np.mean(a - b)))
+
+
+def test_a_patient_with_many_images_does_not_outweigh_the_others():
+    # patient "big" has 20 images and a large positive difference; the 8 others have one image each and a
+    # negative one. Image-weighted the difference is positive; per patient it is negative, and the interval,
+    # tests and d_z agree with that sign (the "+0.0112 beside d_z = -0.03").
+    rng = np.random.default_rng(5)
+    groups = ["big"] * 20 + [f"p{i}" for i in range(8)]
+    differences = np.concatenate([np.full(20, 0.5), -0.3 + rng.normal(0, 0.05, 8)])
+    b = rng.normal(30, 1, differences.size)
+    result = clustered.paired_test(b + differences, b, groups)
+    assert result.image_mean_difference > 0 > result.mean_difference
+    assert result.effect_size < 0 and result.low <= result.mean_difference <= result.high
 
 
 def test_disagreement_between_the_mean_test_and_wilcoxon_is_detected():
@@ -105,8 +124,10 @@ def test_two_or_three_repeated_patients_give_no_interval_instead_of_the_range_of
     found = clustered.group_interval(values, groups)
     assert found.method == "none" and math.isnan(found.low) and "only 3 patients" in found.note
     test = clustered.paired_test(values, values - 1.0 + np.linspace(0, 0.1, values.size), groups)
-    assert test.method == "group-bootstrap" and math.isnan(test.low) and "only 3 patients" in test.note
-    assert math.isfinite(test.t_pvalue)  # the paired tests on the 3 patient means still run
+    # the comparison runs on the 3 patient means: a t-interval with 2 degrees of freedom (wide, but a real
+    # 95% interval) that agrees with the t-test on the same 3 differences
+    assert test.method == "group-means" and test.groups == 3 and test.low < test.mean_difference < test.high
+    assert math.isfinite(test.t_pvalue) and (test.t_pvalue < 0.05) == (test.low > 0 or test.high < 0)
     assert clustered.group_interval(*_repeated(3, patients=4, per_patient=6)).method == "group-bootstrap"
 
 
@@ -136,3 +157,55 @@ def test_audit_hit_rate_with_every_query_linked_is_a_wilson_interval_over_patien
     }
     text = " ".join(level_sentences(level, {}))
     assert "100.0%-100.0%" not in text and "Wilson over 2 patients" in text
+
+
+# -- one estimand per comparison: properties -----------------------------------------------------------------
+
+
+@st.composite
+def _paired_data(draw):
+    patients = draw(st.integers(2, 12))
+    sizes = draw(st.lists(st.integers(1, 5), min_size=patients, max_size=patients))
+    groups = [f"p{g}" for g, size in enumerate(sizes) for _ in range(size)]
+    n = len(groups)
+    finite = st.floats(-50, 50, allow_nan=False, allow_infinity=False)
+    b = np.array(draw(st.lists(finite, min_size=n, max_size=n)))
+    shift = draw(st.floats(-3, 3, allow_nan=False))
+    noise = np.array(draw(st.lists(st.floats(-2, 2, allow_nan=False), min_size=n, max_size=n)))
+    return b + shift + noise, b, groups
+
+
+@settings(max_examples=200, deadline=None)
+@given(_paired_data())
+def test_interval_contains_the_difference_and_d_z_has_its_sign(data):
+    a, b, groups = data
+    result = clustered.paired_test(a, b, groups)
+    assert result.method in ("t", "group-means")
+    assert math.isclose(result.mean_a - result.mean_b, result.mean_difference, abs_tol=1e-9)
+    if not math.isnan(result.low):
+        assert result.low <= result.mean_difference <= result.high
+    if result.mean_difference != 0 and not math.isnan(result.effect_size) and result.effect_size != 0:
+        assert math.copysign(1, result.effect_size) == math.copysign(1, result.mean_difference)
+
+
+@settings(max_examples=200, deadline=None)
+@given(_paired_data())
+def test_interval_excludes_zero_exactly_when_the_unadjusted_t_test_rejects(data):
+    a, b, groups = data
+    result = clustered.paired_test(a, b, groups)
+    if math.isnan(result.low) or abs(result.t_pvalue - 0.05) < 1e-9:
+        return  # no spread, or p on the boundary itself (floating-point rounding decides)
+    excludes_zero = result.low > 0 or result.high < 0
+    assert excludes_zero == (result.t_pvalue < 0.05)
+
+
+def test_captions_say_why_images_are_treated_as_independent():
+    known = clustered.describe_intervals(["t"], "patient")
+    unknown = clustered.describe_intervals(["t"], "patient", ids_unknown=True)
+    assert "every patient has one image" in known and "every patient has one image" not in unknown
+    assert "patient ids are unknown" in unknown and "too narrow" in unknown
+    tests = clustered.describe_tests(["t"], ids_unknown=True)
+    assert "one per patient" not in tests and "too narrow" in tests
+    assert "patient means" in clustered.describe_tests(["group-means"])
+    assert "not training randomness" in clustered.describe_seeds([1, 1])
+    assert "3 seeds" in clustered.describe_seeds([3, 3]) and clustered.describe_seeds([]) == ""

@@ -147,3 +147,49 @@ def test_holm_adjusted_values_by_hand():
     assert not stats.holm_reject([math.nan])[0]
     with pytest.raises(ValueError):
         stats.holm_adjust([1.5])
+
+
+# -- seeds and patients: the hierarchical bootstrap ----------------------------------------------------------
+
+
+def _seeded_gaps(seeds=5, patients=20, per_patient=3, seed_sd=0.15, seed=0):
+    rng = np.random.default_rng(seed)
+    patient_effect = np.repeat(rng.normal(0, 0.1, patients), per_patient)
+    seed_effect = rng.normal(0, seed_sd, seeds)[:, None]
+    noise = rng.normal(0, 0.05, (seeds, patients * per_patient))
+    groups = np.repeat([f"p{i}" for i in range(patients)], per_patient)
+    return -0.2 + seed_effect + patient_effect + noise, groups
+
+
+def test_hierarchical_bootstrap_is_seeded_and_its_estimate_weighs_patients_equally():
+    gaps, groups = _seeded_gaps()
+    first = stats.hierarchical_bootstrap_ci(gaps, groups, n_resamples=3000, seed=1)
+    again = stats.hierarchical_bootstrap_ci(gaps, groups, n_resamples=3000, seed=1)
+    assert first == again and first.method == "seed-patient-bootstrap"
+    assert first.n_seeds == 5 and first.n_clusters == 20 and first.n == 60
+    per_patient = np.array([[row[groups == g].mean() for g in np.unique(groups)] for row in gaps])
+    assert first.mean == pytest.approx(per_patient.mean(), abs=1e-12)
+    assert first.low < first.mean < first.high
+
+
+def test_hierarchical_bootstrap_covers_training_randomness_the_patient_bootstrap_misses():
+    gaps, groups = _seeded_gaps(seed_sd=0.3)
+    both = stats.hierarchical_bootstrap_ci(gaps, groups, n_resamples=4000)
+    # one seed alone: only patients vary, so the interval is far narrower than the spread between seeds
+    one_seed = stats.hierarchical_bootstrap_ci(gaps[:1], groups, n_resamples=4000)
+    assert one_seed.n_seeds == 1
+    assert (both.high - both.low) > 3 * (one_seed.high - one_seed.low)
+    # no seed effect: the two-level interval is close to the patient-level one
+    calm, groups = _seeded_gaps(seed_sd=0.0)
+    two_level = stats.hierarchical_bootstrap_ci(calm, groups, n_resamples=4000)
+    patients = stats.cluster_bootstrap_ci(calm.mean(axis=0), groups, n_resamples=4000)
+    assert 0.6 < (two_level.high - two_level.low) / (patients.high - patients.low) < 1.5
+
+
+def test_hierarchical_bootstrap_refuses_bad_input():
+    with pytest.raises(ValueError, match="cluster labels"):
+        stats.hierarchical_bootstrap_ci(np.zeros((2, 4)), ["a", "b"])
+    with pytest.raises(ValueError, match="not finite"):
+        stats.hierarchical_bootstrap_ci([[0.0, math.nan]])
+    single_row = stats.hierarchical_bootstrap_ci([0.1, 0.3, 0.2, 0.5], n_resamples=500)
+    assert single_row.n_seeds == 1 and single_row.n_clusters == 4

@@ -8,6 +8,8 @@ images.
 - `mean_ci`: mean with a Student-t interval (images independent).
 - `cluster_bootstrap_ci`: percentile bootstrap that resamples whole patients (clusters) with replacement,
   seeded; use it when a patient contributes several images, which are not independent.
+- `hierarchical_bootstrap_ci`: a paired gap measured with several training seeds: percentile bootstrap that
+  resamples seeds and patients, so the interval covers training randomness as well as the test patients.
 - `summarize`: picks one of the two: the bootstrap when any patient id repeats, else the t-interval.
 - `paired_comparison`: two methods on the same images: paired t-test, Wilcoxon signed-rank, Cohen's d_z,
   matched-pairs rank-biserial correlation, and a t-interval of the mean difference.
@@ -32,10 +34,11 @@ class MeanCI:
     n: int  # images
     std: float  # sample standard deviation (ddof 1) of the values; nan for n = 1
     confidence: float
-    method: str  # "t" or "cluster-bootstrap"
+    method: str  # "t", "cluster-bootstrap" or "seed-patient-bootstrap"
     n_clusters: int | None = None  # patients, for the bootstrap
     n_resamples: int | None = None
     seed: int | None = None
+    n_seeds: int | None = None  # training seeds, for the seed x patient bootstrap
 
     @property
     def half_width(self) -> float:
@@ -136,6 +139,73 @@ def cluster_bootstrap_ci(
         n_clusters=n_clusters,
         n_resamples=n_resamples,
         seed=seed,
+    )
+
+
+def hierarchical_bootstrap_ci(
+    differences: Sequence[Sequence[float]] | np.ndarray,
+    clusters: Sequence[object] | None = None,
+    confidence: float = 0.95,
+    n_resamples: int = 10_000,
+    seed: int = 0,
+) -> MeanCI:
+    """Interval of a gap over training seeds and test patients: two-level percentile bootstrap.
+
+    `differences` is (seeds, images): row s holds the per-image differences (method minus reference) of the
+    s-th training seed on the same test images (pair the runs by seed, or subtract the reference's per-image
+    mean over its seeds). `clusters` gives each image's patient (None: every image its own patient).
+
+    The estimand is the mean over seeds of the mean over patients of each patient's mean difference (every
+    patient weighs the same, as in `meddenoise.metrics.clustered.paired_test`). Each resample draws as many
+    seeds as there are and as many patients as there are, both with replacement and independently, and takes
+    the same statistic on the drawn seed x patient cells. With one seed this is the patient bootstrap alone
+    (the interval then says nothing about training randomness). With 2 seeds the seed level has only 3
+    distinct resamples, so the interval is rough; 3 or more seeds are better. Deterministic for a seed.
+    """
+    _check_confidence(confidence)
+    matrix = np.asarray(differences, dtype=np.float64)
+    if matrix.ndim == 1:
+        matrix = matrix[None, :]
+    if matrix.ndim != 2 or matrix.size == 0:
+        raise ValueError(f"differences must be a (seeds, images) matrix, got shape {matrix.shape}")
+    _as_values(matrix, "differences")
+    if n_resamples < 1:
+        raise ValueError(f"n_resamples must be >= 1, got {n_resamples}")
+    n_seeds, n_images = matrix.shape
+    labels = np.arange(n_images).astype(str) if clusters is None else np.asarray(clusters, dtype=object)
+    if labels.size != n_images:
+        raise ValueError(f"got {n_images} images per seed but {labels.size} cluster labels")
+    _, index = np.unique(labels.astype(str), return_inverse=True)
+    n_clusters = int(index.max()) + 1
+    sizes = np.bincount(index, minlength=n_clusters).astype(np.float64)
+    # cells[s, g]: patient g's mean difference under seed s
+    cells = np.stack([np.bincount(index, weights=row, minlength=n_clusters) for row in matrix]) / sizes
+    estimate = float(cells.mean())
+    rng = np.random.default_rng(seed)
+    means = np.empty(n_resamples)
+    per_chunk = max(1, 2_000_000 // max(n_clusters, n_seeds))
+    for start in range(0, n_resamples, per_chunk):
+        stop = min(n_resamples, start + per_chunk)
+        seed_counts = rng.multinomial(n_seeds, np.full(n_seeds, 1.0 / n_seeds), size=stop - start)
+        patient_counts = rng.multinomial(n_clusters, np.full(n_clusters, 1.0 / n_clusters), size=stop - start)
+        weighted = seed_counts @ cells  # (chunk, patients): seed-weighted sums per patient
+        means[start:stop] = np.einsum("rg,rg->r", weighted, patient_counts) / (n_seeds * n_clusters)
+    alpha = 1.0 - confidence
+    low, high = np.quantile(means, [alpha / 2, 1 - alpha / 2])
+    spread = cells.mean(axis=0)
+    std = float(spread.std(ddof=1)) if spread.size > 1 else math.nan
+    return MeanCI(
+        estimate,
+        float(low),
+        float(high),
+        int(n_images),
+        std,
+        confidence,
+        "seed-patient-bootstrap",
+        n_clusters=n_clusters,
+        n_resamples=n_resamples,
+        seed=seed,
+        n_seeds=int(n_seeds),
     )
 
 
