@@ -16,13 +16,13 @@ from meddenoise.report.document import Paragraph, render_markdown
 IMAGES = [f"img{i:02d}" for i in range(10)]
 
 
-def _write(folder, method, noise_std, psnr, *, kind="network", seed=0, copies=None):
+def _write(folder, method, noise_std, psnr, *, kind="network", seed=0, copies=None, patients=None, data=None):
     folder.mkdir(parents=True)
     ssim = np.clip(0.02 * psnr, 0, 1)
     rows = [
         {
             "image_id": image,
-            "patient_id": f"p{k}",
+            "patient_id": patients[k] if patients else f"p{k}",
             "split": "test",
             "noise_kind": "gaussian",
             "noise_mean": 0.1,
@@ -47,7 +47,7 @@ def _write(folder, method, noise_std, psnr, *, kind="network", seed=0, copies=No
         "seed": seed if kind == "network" else None,
         "split": "test",
         "noise": {"kind": "gaussian", "mean": 0.1, "std": noise_std, "clamp": True, "seed": 0},
-        "data": {"folder": "prepared", "source": "synthetic"},
+        "data": data or {"folder": "prepared", "source": "synthetic"},
     }
     if copies is not None:
         info["target_copies"] = copies
@@ -173,3 +173,36 @@ def test_the_section_states_the_checkpoint_rule_each_run_recorded(tmp_path):
     )
     assert "U-Net (r2r): the epoch with the lowest validation loss against clean validation images" in text
     assert "best validation PSNR" not in text
+
+
+def test_gap_interval_and_tests_share_one_estimand_when_patients_repeat(tmp_path):
+    # p0 holds 6 of the 10 images and gains 1 dB; the 4 other patients lose about 0.5 dB. Image-weighted the
+    # gap is positive; per patient it is negative, and the interval, the t-test and the caption say so.
+    patients = ["p0"] * 6 + ["p1", "p2", "p3", "p4"]
+    rng = np.random.default_rng(4)
+    supervised = 25 + rng.normal(0, 0.5, 10)
+    mode = supervised + np.concatenate([np.full(6, 1.0), -0.5 + rng.normal(0, 0.05, 4)])
+    _write(tmp_path / "unet", "unet", 0.1, supervised, copies=1, patients=patients)
+    _write(tmp_path / "n2n", "unet+noise2noise", 0.1, mode, copies=2, patients=patients)
+    result = table_clean_free(collect(tmp_path))
+    row = next(r for r in result.rows if r["method"] == "unet+noise2noise")
+    per_patient = np.array(
+        [(mode - supervised)[np.array(patients) == p].mean() for p in sorted(set(patients))]
+    )
+    assert np.mean(mode - supervised) > 0 > row["psnr_gap"]
+    assert row["psnr_gap"] == pytest.approx(per_patient.mean())
+    assert row["psnr_gap_low"] <= row["psnr_gap"] <= row["psnr_gap_high"]
+    assert row["psnr_t_p"] == pytest.approx(scipy_stats.ttest_1samp(per_patient, 0.0).pvalue)
+    assert (row["psnr_t_p"] < 0.05) == (row["psnr_gap_high"] < 0 or row["psnr_gap_low"] > 0)
+    notes = " ".join(result.table.notes)
+    assert "on patient means" in notes and "not training randomness" in notes
+
+
+def test_unknown_patient_ids_are_said_to_make_intervals_too_narrow(tmp_path):
+    rng = np.random.default_rng(6)
+    data = {"folder": "prepared", "source": "folder", "split_unit": "image: patient ids unknown"}
+    _write(tmp_path / "unet", "unet", 0.1, 25 + rng.normal(0, 0.5, 10), copies=1, data=data)
+    _write(tmp_path / "n2n", "unet+noise2noise", 0.1, 24 + rng.normal(0, 0.5, 10), copies=2, data=data)
+    notes = " ".join(table_clean_free(collect(tmp_path)).table.notes)
+    assert "every patient has one image" not in notes and "one per patient" not in notes
+    assert "patient ids are unknown" in notes and "too narrow" in notes

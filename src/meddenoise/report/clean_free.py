@@ -27,10 +27,12 @@ from meddenoise.report.tables import (
     _format_p,
     add_holm,
     format_interval,
+    ids_unknown,
     interval,
     interval_notes,
     paired_test,
     pool_runs,
+    seed_counts,
 )
 
 SUPERVISED_MODEL = "unet"
@@ -116,6 +118,7 @@ def table_clean_free(collection: Collection) -> TableResult | None:
     configurations = {key: pool_runs(runs) for key, runs in grouped.items()}
     noisy_inputs = _noisy_inputs(collection)
     unit = collection.cluster_unit()
+    unknown = ids_unknown(collection)
     test_list = _gap_tests(configurations, unit)
     tests = {(t["noise_std"], t["reference"], t["metric"]): t for t in test_list}
     columns = [
@@ -176,16 +179,21 @@ def table_clean_free(collection: Collection) -> TableResult | None:
             csv_rows.append(row)
     notes = [
         "PSNR/SSIM: mean over the test images with its 95% interval ((±half-width) for a t-interval, [low, "
-        "high] for a bootstrap interval). Gap: mean over the same images of (mode minus supervised U-Net at "
-        "the same noise level), with its 95% interval; negative = worse than supervised. p: paired t-test of "
-        f"the same differences, Holm-corrected over all {len(test_list)} tests of this table (the Wilcoxon "
-        "signed-rank p is in the CSV). Copies per image: independently obfuscated copies of each image the "
-        "releasing site must publish for that mode. Gain over noisy input: mean over the same images of "
-        "(output PSNR minus the PSNR of the released image itself, the `noisy` baseline).",
-        *interval_notes(all_summaries, unit),
-        _clustered().describe_tests([t["test_method"] for t in test_list], unit),
+        f"high] for a bootstrap interval). Gap: mode minus supervised U-Net at the same noise level on the "
+        f"same images, as the mean over {unit}s of each {unit}'s mean difference when {unit}s repeat (every "
+        f"{unit} weighs the same; else the mean over images), with its 95% t-interval; negative = worse than "
+        f"supervised. p: paired t-test of the same per-{unit} differences (the interval excludes 0 exactly "
+        f"when the unadjusted p < 0.05), Holm-corrected over all {len(test_list)} tests of this table (the "
+        "Wilcoxon signed-rank p is in the CSV). Copies per image: independently obfuscated copies of each "
+        "image the releasing site must publish for that mode. Gain over noisy input: mean over the same "
+        "images of (output PSNR minus the PSNR of the released image itself, the `noisy` baseline).",
+        *interval_notes(all_summaries, unit, unknown),
+        _clustered().describe_tests([t["test_method"] for t in test_list], unit, ids_unknown=unknown),
         *_disagreement_notes(test_list),
     ]
+    seeds = _clustered().describe_seeds(seed_counts(list(configurations.values())), unit)
+    if seeds:
+        notes.append(seeds)
     missing = [
         f"{method_label(m)} at std {lv:g}"
         for m, lv in configurations

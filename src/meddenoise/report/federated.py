@@ -16,7 +16,15 @@ from typing import Any
 
 from meddenoise.report.collect import Collection, Evaluation, method_label
 from meddenoise.report.document import Block, Heading, Paragraph, Table
-from meddenoise.report.tables import TableResult, _aligned, _aligned_groups, paired_test, pool_runs
+from meddenoise.report.tables import (
+    TableResult,
+    _aligned,
+    _aligned_groups,
+    _clustered,
+    ids_unknown,
+    paired_test,
+    pool_runs,
+)
 from meddenoise.rundir import RunDir
 
 SECTION_TITLE = "Federated training"
@@ -90,7 +98,8 @@ def table_federated(collection: Collection) -> TableResult | None:
         "Wall time s (fed / central)",
         "Flower / local training",
     ]
-    display, rows = [], []
+    display, rows, methods = [], [], []
+    unit = collection.cluster_unit()
     for run in sorted(runs, key=lambda e: (e.noise_std, str(e.run_dir))):
         folder = RunDir(run.run_dir)
         config, records = folder.read_config(), folder.read_metrics()
@@ -119,7 +128,7 @@ def table_federated(collection: Collection) -> TableResult | None:
             central_pooled = pool_runs([central])
             fed_values, central_values = _aligned(fed_pooled, central_pooled)
             test = paired_test(
-                fed_values["psnr"], central_values["psnr"], _aligned_groups(fed_pooled, central_pooled)
+                fed_values["psnr"], central_values["psnr"], _aligned_groups(fed_pooled, central_pooled), unit
             )
             best = max(r["val_psnr"] for r in central_records) if central_records else None
             within = next(
@@ -129,19 +138,28 @@ def table_federated(collection: Collection) -> TableResult | None:
                 psnr_gap=test["mean_difference"],
                 psnr_gap_low=test["difference_low"],
                 psnr_gap_high=test["difference_high"],
+                psnr_gap_t_p=test["t_p"],
+                psnr_gap_image_weighted=test["image_mean_difference"],
                 gap_images=int(fed_values["psnr"].size),
+                gap_groups=test["groups"],
+                gap_unit=unit,
                 centralized_best_val_psnr=best,
                 rounds_within_0_5_db=within,
                 centralized_steps=sum(r.get("steps", 0) for r in central_records),
                 centralized_wall_seconds=_wall_seconds(central_records, False),
             )
+            methods.append(test["test_method"])
         rows.append(row)
         display.append(_display_row(row))
     notes = [
         "Centralized: the one-device run of the same model, noise level and seed (Tables III/IV), trained "
         "for as many epochs as the federation has rounds; each site trains one local epoch per round, so "
-        "both take about the same number of optimizer steps (listed). Gap: mean paired difference "
-        "federated - centralized on the same test images, with its 95% interval (cluster-aware).",
+        "both take about the same number of optimizer steps (listed). Gap: federated - centralized on the "
+        f"same test images, as the mean over {unit}s of each {unit}'s mean difference when {unit}s repeat "
+        "(else over images), with its 95% t-interval on the same differences.",
+        _clustered().describe_tests(methods, unit, ids_unknown=ids_unknown(collection)),
+        # one federated run against one centralized run of the same seed: a single training seed per side
+        _clustered().describe_seeds([1] * len(methods), unit),
         f"Rounds to within {WITHIN_DB} dB: the first round whose global validation PSNR (image-weighted over "
         "the sites) reached the centralized run's best validation PSNR minus 0.5 dB; 'never' if none did.",
         "MB per round: payload of the messages both ways (weights and per-site aggregates; transport framing "
@@ -150,6 +168,7 @@ def table_federated(collection: Collection) -> TableResult | None:
         "time not spent in the sites' own training or validation, over their training time, rounds 2 on "
         "(round 1 also starts the site processes).",
     ]
+    notes = [note for note in notes if note]
     table = Table(columns, display, "Federated training against centralized training", notes)
     return TableResult(table, rows)
 
@@ -187,6 +206,13 @@ def _display_row(row: dict[str, Any]) -> list[str]:
     ]
 
 
+def _units(row: dict[str, Any]) -> str:
+    images, groups = row["gap_images"], row.get("gap_groups") or row["gap_images"]
+    return (
+        f"{images} test images" if groups == images else f"{images} test images of {groups} patients/groups"
+    )
+
+
 def federated_section(collection: Collection, result: TableResult) -> list[Block]:
     blocks: list[Block] = [Heading(2, SECTION_TITLE)]
     blocks.append(
@@ -200,7 +226,8 @@ def federated_section(collection: Collection, result: TableResult) -> list[Block
     if gaps:
         sentences = [
             f"{row['setup']}: {row['psnr_gap']:+.2f} dB PSNR against centralized training "
-            f"({row['gap_images']} test images)."
+            f"({_units(row)}; one training seed each, so the gap's interval covers the test "
+            "images, not training randomness)."
             for row in gaps
         ]
         blocks.append(Paragraph(" ".join(sentences)))

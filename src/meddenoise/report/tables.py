@@ -87,6 +87,24 @@ def _clustered():
     return clustered
 
 
+def ids_unknown(collection: Collection) -> bool:
+    """True when the prepared data has no patient ids for some or all images (each such image counted as its
+    own patient): intervals that treat them as independent must say why, and that they are too narrow if
+    patients repeat."""
+    from meddenoise.data.split_claims import UNIT_IMAGE_UNKNOWN, UNIT_MIXED
+
+    data = collection.plan.get("data") or next(
+        (e.info["data"] for e in collection.evaluations if e.info.get("data")), {}
+    )
+    return (data or {}).get("split_unit") in (UNIT_IMAGE_UNKNOWN, UNIT_MIXED)
+
+
+def seed_counts(configurations: Sequence[Pooled]) -> list[int]:
+    """Training seeds (runs) of each compared network configuration, for `describe_seeds` (classical
+    baselines are not trained, so they have none)."""
+    return [len(pooled.runs) for pooled in configurations if pooled.runs and pooled.runs[0].kind == "network"]
+
+
 def interval(values: np.ndarray, groups: Sequence[str], unit: str = "patient") -> dict[str, Any]:
     """Mean and 95% interval over the finite values, cluster-aware (`meddenoise.metrics.clustered`): the
     group bootstrap when a group (patient) has several images, the t-interval when none does, and no
@@ -95,8 +113,11 @@ def interval(values: np.ndarray, groups: Sequence[str], unit: str = "patient") -
 
 
 def paired_test(a: np.ndarray, b: np.ndarray, groups: Sequence[str], unit: str = "patient") -> dict[str, Any]:
-    """Mean difference a - b on the same images with its interval, paired t-test (primary) and Wilcoxon
-    signed-rank test (secondary), on images or on per-group means (`meddenoise.metrics.clustered`)."""
+    """A - b on the same images: one estimand for every field, the mean over groups (patients) of each
+    group's mean difference (the plain mean over images when each group has one), with its t-interval, the
+    paired t-test (primary), the Wilcoxon signed-rank test (secondary) and d_z on the same per-group
+    differences (`meddenoise.metrics.clustered.paired_test`). `image_mean_difference` (image-weighted) is
+    kept for the CSV only."""
     result = _clustered().paired_test(a, b, groups, unit=unit)
     return {
         "mean_difference": result.mean_difference,
@@ -108,6 +129,7 @@ def paired_test(a: np.ndarray, b: np.ndarray, groups: Sequence[str], unit: str =
         "test_method": result.method,
         "groups": result.groups,
         "note": result.note,
+        "image_mean_difference": result.image_mean_difference,
     }
 
 
@@ -143,11 +165,15 @@ def wilcoxon_cannot_decide(test: dict[str, Any], family_size: int) -> bool:
     return smallest >= SIGNIFICANCE_LEVEL
 
 
-def interval_notes(summaries: Sequence[dict[str, Any]], unit: str) -> list[str]:
+def interval_notes(summaries: Sequence[dict[str, Any]], unit: str, unknown_ids: bool = False) -> list[str]:
     """The caption sentence naming the interval method(s) used, and the reasons for every n/a."""
     clustered = _clustered()
     groups = max((s.get("groups") or 0 for s in summaries if s.get("method") == "group-bootstrap"), default=0)
-    notes = [clustered.describe_intervals([s["method"] for s in summaries], unit, groups or None)]
+    notes = [
+        clustered.describe_intervals(
+            [s["method"] for s in summaries], unit, groups or None, ids_unknown=unknown_ids
+        )
+    ]
     reasons = sorted({s["note"] for s in summaries if s.get("method") == "none" and s.get("note")})
     notes += [f"CI n/a: {reason}." for reason in reasons]
     return notes
@@ -202,6 +228,7 @@ def table_quality(collection: Collection) -> TableResult:
     configurations = paper_model_configurations(collection)
     pooled = {key: pool_runs(runs) for key, runs in configurations.items()}
     unit = collection.cluster_unit()
+    unknown = ids_unknown(collection)
     several_seeds = any(len(p.runs) > 1 for p in pooled.values())
     tests = _paired_between_models(pooled, unit)
     marks = {
@@ -233,10 +260,11 @@ def table_quality(collection: Collection) -> TableResult:
     notes = [
         "Mean over the test images with its 95% interval: (±half-width) for a t-interval, [low, high] for a "
         "bootstrap interval.",
-        *interval_notes(summaries, unit),
+        *interval_notes(summaries, unit, unknown),
         "* marks the better of U-Net and U-Net++ at that noise level when the paired t-test of the mean "
         f"difference on the same images, Holm-corrected across this table, gives p < {SIGNIFICANCE_LEVEL}. "
-        + _clustered().describe_tests([t["test_method"] for t in tests], unit),
+        + _clustered().describe_tests([t["test_method"] for t in tests], unit, ids_unknown=unknown),
+        _clustered().describe_seeds(seed_counts(list(pooled.values())), unit),
     ]
     notes += _disagreement_notes(tests)
     if several_seeds:
@@ -244,6 +272,7 @@ def table_quality(collection: Collection) -> TableResult:
             "With several seeds, each image's value is the mean over the runs; 'PSNR over runs' is "
             "the mean and standard deviation of the per-run means (spread across training runs)."
         )
+    notes = [note for note in notes if note]
     table = Table(columns, display, "Table III. Denoising quality on the test set (one device)", notes)
     return TableResult(table, csv_rows)
 
@@ -295,8 +324,11 @@ def _paired_between_models(pooled: dict[tuple, Pooled], unit: str = "patient") -
             result = paired_test(a, b, groups, unit)
             if result["test_method"] == "none":
                 continue
+            # the sign of the tested difference (per-patient means), not of the image means
             better, other = (
-                PAPER_MODELS if (a.mean() > b.mean()) == HIGHER_IS_BETTER[metric] else PAPER_MODELS[::-1]
+                PAPER_MODELS
+                if (result["mean_difference"] > 0) == HIGHER_IS_BETTER[metric]
+                else PAPER_MODELS[::-1]
             )
             tests.append({"noise_std": level, "better": better, "other": other, "metric": metric, **result})
     add_holm(tests)
@@ -430,6 +462,7 @@ def table_baselines(collection: Collection) -> tuple[TableResult, TableResult]:
     """
     configurations = {key: pool_runs(runs) for key, runs in baseline_configurations(collection).items()}
     unit = collection.cluster_unit()
+    unknown = ids_unknown(collection)
     levels = sorted({key[1] for key in configurations})
     methods = sorted({key[0] for key in configurations}, key=method_sort_key)
     best, ranked_on = {}, {}
@@ -501,10 +534,13 @@ def table_baselines(collection: Collection) -> tuple[TableResult, TableResult]:
         "Bold: highest mean PSNR at that noise level, ranked on the images every method of that level was "
         "evaluated on ("
         + ", ".join(f"{ranked_on[level]} at std {level:g}" for level in levels)
-        + f" of {full}). †: significantly worse than the bold method (paired t-test of the mean difference, "
-        f"Holm-corrected over all {len(tests)} tests of this table, p < {SIGNIFICANCE_LEVEL}; Wilcoxon "
-        "signed-rank beside it in the tests table).",
-        _clustered().describe_tests([t["test_method"] for t in tests], unit),
+        + f" of {full}). Cells are means over images; the paired tests compare {unit} means (see below), so "
+        "a test's difference can differ from the difference of two cells when "
+        f"{unit}s hold different numbers of images. †: significantly worse than the bold method (paired "
+        f"t-test of the mean difference, Holm-corrected over all {len(tests)} tests of this table, "
+        f"p < {SIGNIFICANCE_LEVEL}; Wilcoxon signed-rank beside it in the tests table).",
+        _clustered().describe_tests([t["test_method"] for t in tests], unit, ids_unknown=unknown),
+        _clustered().describe_seeds(seed_counts(list(configurations.values())), unit),
     ]
     notes += _disagreement_notes(tests)
     for (method, level), pooled in sorted(configurations.items(), key=lambda item: item[0][1]):
@@ -513,8 +549,10 @@ def table_baselines(collection: Collection) -> tuple[TableResult, TableResult]:
                 f"{method_label(method)} at std {level:g}: {len(pooled.image_ids)} of {full} test images "
                 "(a fixed subset, the same for every level); its mean and its paired tests use those only."
             )
+    notes = [note for note in notes if note]
     table = Table(columns, display, "Table VI. Baselines and networks on the same test images", notes)
-    return TableResult(table, csv_rows), _tests_table(tests, unit)
+    seeds = seed_counts(list(configurations.values()))
+    return TableResult(table, csv_rows), _tests_table(tests, unit, unknown, seeds)
 
 
 CLASSICAL_METHODS = ("noisy", "gaussian", "nlm", "bm3d")
@@ -575,7 +613,9 @@ def _budget_text(collection: Collection, level: float) -> str:
     )
 
 
-def _tests_table(tests: list[dict[str, Any]], unit: str = "patient") -> TableResult:
+def _tests_table(
+    tests: list[dict[str, Any]], unit: str = "patient", unknown_ids: bool = False, seeds: Sequence[int] = ()
+) -> TableResult:
     columns = [
         "Noise std",
         "Compared",
@@ -605,12 +645,16 @@ def _tests_table(tests: list[dict[str, Any]], unit: str = "patient") -> TableRes
             ]
         )
     notes = [
-        "Mean difference = reference minus method, over the same images; d_z = mean difference / sd of "
-        f"the differences (per {unit} when {unit}s repeat). "
-        + _clustered().describe_tests([t["test_method"] for t in tests], unit)
+        "Mean difference = reference minus method on the same images: the mean over "
+        f"{unit}s of each {unit}'s mean difference when {unit}s repeat (every {unit} weighs the same), else "
+        "over images; d_z = mean difference / sd of the same differences, so it has the difference's sign. "
+        + _clustered().describe_tests([t["test_method"] for t in tests], unit, ids_unknown=unknown_ids)
         + " 'Tests agree': whether the t-test and the Wilcoxon test reach the same decision at "
         f"p < {SIGNIFICANCE_LEVEL} after Holm."
     ]
+    seed_note = _clustered().describe_seeds(seeds, unit)
+    if seed_note:
+        notes.append(seed_note)
     return TableResult(Table(columns, display, "Paired tests behind Table VI", notes), tests)
 
 
