@@ -119,3 +119,40 @@ def test_overlapping_repeats_are_flagged_as_within_spread_and_not_summarised(tmp
     assert ddp[column("Speed-up")] == f"{8.0 / 7.35:.2f}x"  # the figure stays in the table, flagged
     summary = " ".join(sentences)
     assert "less time than one device" not in summary and "1 speed-up figure(s) carry a flag" in summary
+
+
+def _timed_pair(root, single_seconds, ddp_seconds):
+    """One-device and DDP runs of U-Net (controlled protocol, quiet machine), one evaluated repeat each."""
+    _evaluation(root / "baselines" / "noisy", "noisy", 0.1, 17.06, "", kind="baseline")
+    entries = []
+    for strategy, seconds_list in (("single", single_seconds), ("ddp", ddp_seconds)):
+        for repeat, seconds in enumerate(seconds_list):
+            world, batch = (1, 8) if strategy == "single" else (2, 4)
+            psnr = (26.0 if strategy == "single" else 25.9) if repeat == 0 else None
+            _run(root, f"{strategy}_{repeat}", seconds=seconds, steps=100, world=world, batch=batch, load=0.2,
+                 psnr=psnr)  # fmt: skip
+            entries.append({"folder": f"runs/{strategy}_{repeat}", "method": "unet", "noise_std": 0.1,
+                            "strategy": strategy})  # fmt: skip
+    _plan(root, entries)
+    result, sentences = table_speedup(collect(root))
+    column = result.table.columns.index
+    ddp = next(row for row in result.table.rows if row[2] == "DDP")
+    return ddp[column("Flags")], " ".join(sentences)
+
+
+def test_a_single_timed_run_per_side_gives_no_speedup_sentence(tmp_path):
+    flags, summary = _timed_pair(tmp_path, [20.0], [11.0])
+    assert flags == "fewer than 2 timed repeats"
+    assert "less time than one device" not in summary and "1 speed-up figure(s) carry a flag" in summary
+
+
+def test_ranges_apart_by_less_than_the_margin_give_no_speedup_sentence(tmp_path):
+    # separated (9.6 < 10.0), but the slower range starts only 4% above the faster one's end
+    flags, summary = _timed_pair(tmp_path, [10.0, 10.2], [9.5, 9.6])
+    assert flags == "within run-to-run spread" and "less time than one device" not in summary
+
+
+def test_repeated_and_clearly_separated_times_give_a_speedup_sentence(tmp_path):
+    flags, summary = _timed_pair(tmp_path, [20.0, 21.0], [12.0, 12.5])
+    assert flags == "" and "less time than one device" in summary and "medians of 2 and 2 runs" in summary
+    assert "ranges 12.0-12.5 s and 20.0-21.0 s" in summary

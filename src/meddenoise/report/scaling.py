@@ -15,8 +15,14 @@ Flags, printed next to the figure (a flagged figure never enters a summary sente
   the one-device run (a run that did not learn may be fast for the wrong reason);
 - "load changed": the machine's 1-minute load average at the start of training differed by more than half
   between the compared runs (and the higher one was at least 0.5), so they did not see the same machine;
-- "within run-to-run spread": both configurations were timed at least twice and their min-max ranges overlap,
-  so the repeats do not show a difference in time at all, whatever the medians say.
+- "fewer than 2 timed repeats": one of the compared configurations was timed only once, so nothing shows how
+  much the time moves from run to run;
+- "within run-to-run spread": both were timed at least twice, but their min-max ranges are not separated by
+  a margin of 10% (the slower one's fastest run at least 10% above the faster one's slowest run), so the
+  repeats do not show a difference in time, whatever the medians say.
+
+A speed-up sentence is written only for an unflagged figure: at least 2 repeats of each side, ranges
+separated by the margin, and none of the other flags.
 """
 
 from __future__ import annotations
@@ -45,6 +51,9 @@ FLAG_DISTURBED = "timing disturbed"
 FLAG_NOT_CONVERGED = "did not converge: not comparable"
 FLAG_LOAD = "load changed"
 FLAG_SPREAD = "within run-to-run spread"
+FLAG_FEW_REPEATS = "fewer than 2 timed repeats"
+MIN_REPEATS = 2
+SEPARATION_MARGIN = 0.10  # the slower range must start at least 10% above the end of the faster one
 CONVERGENCE_MARGIN_DB = 1.0
 LOAD_CHANGE = 0.5
 LOAD_FLOOR = 0.5  # below this the machine counts as idle: 0.1 against 0.3 is no disturbance
@@ -193,16 +202,23 @@ def flags_for(
             high, low = max(loads), min(loads)
             if high >= LOAD_FLOOR and high - low > LOAD_CHANGE * high:
                 flags.append(FLAG_LOAD)
-        if ranges_overlap(single.seconds, timed.seconds):
-            flags.append(FLAG_SPREAD)
+    if single is None or min(len(single.seconds), len(timed.seconds)) < MIN_REPEATS:
+        flags.append(FLAG_FEW_REPEATS)
+    elif not ranges_separated(single.seconds, timed.seconds):
+        flags.append(FLAG_SPREAD)
     return flags
 
 
-def ranges_overlap(first: Sequence[float], second: Sequence[float]) -> bool:
-    """True when both were measured at least twice and their [min, max] ranges share a value."""
-    if len(first) < 2 or len(second) < 2:
+def ranges_separated(
+    first: Sequence[float], second: Sequence[float], margin: float = SEPARATION_MARGIN
+) -> bool:
+    """True when both were measured at least `MIN_REPEATS` times and the slower one's fastest run took at
+    least (1 + margin) times the faster one's slowest run: the repeats show a difference beyond their spread.
+    """
+    if min(len(first), len(second)) < MIN_REPEATS:
         return False
-    return max(min(first), min(second)) <= min(max(first), max(second))
+    fast, slow = (first, second) if np.median(first) <= np.median(second) else (second, first)
+    return min(slow) >= (1.0 + margin) * max(fast)
 
 
 def _spread(values: list[float]) -> str:
@@ -306,8 +322,11 @@ def table_speedup(collection: Collection, skipped: Sequence[dict[str, str]] = ()
         sentences.append(
             f"{strategy_label(timed.strategy)} ({PROTOCOL_LABELS.get(timed.protocol, timed.protocol)}) on "
             f"{timed.devices} devices trained {method_label(timed.method)} at std {timed.noise_std:g} in "
-            f"{reduction:.1f}% less time than one device ({speedup:.2f}x; medians of {len(seconds)} and "
-            f"{len(single.seconds) if single else 0} runs)."
+            f"{abs(reduction):.1f}% {'less' if reduction >= 0 else 'more'} time than one device "
+            f"({speedup:.2f}x; medians of {len(seconds)} and {len(single.seconds) if single else 0} runs, "
+            f"ranges {min(seconds):.1f}-{max(seconds):.1f} s and "
+            f"{min(single.seconds):.1f}-{max(single.seconds):.1f} s, apart by at least "
+            f"{SEPARATION_MARGIN:.0%})."
         )
     if flagged:
         sentences.append(
@@ -325,8 +344,11 @@ def table_speedup(collection: Collection, skipped: Sequence[dict[str, str]] = ()
         f"'{FLAG_NOT_CONVERGED}' = test PSNR less than {CONVERGENCE_MARGIN_DB:g} dB above the noisy input "
         f"or more than {CONVERGENCE_MARGIN_DB:g} dB below the one-device run; '{FLAG_LOAD}' = the load "
         f"average at the start of the compared runs differed by more than {LOAD_CHANGE:.0%} of the higher "
-        f"one; '{FLAG_SPREAD}' = both were timed at least twice and their min-max ranges overlap, so the "
-        "repeats show no difference in time. Flagged figures are left out of the summary.",
+        f"one; '{FLAG_FEW_REPEATS}' = one side was timed only once, so its run-to-run spread is unknown; "
+        f"'{FLAG_SPREAD}' = both were timed at least twice but the slower one's fastest run is not at least "
+        f"{SEPARATION_MARGIN:.0%} above the faster one's slowest run, so the repeats show no clear "
+        "difference in time. Flagged figures are left out of the summary: a speed-up sentence needs at least "
+        f"{MIN_REPEATS} repeats of each side and ranges separated by {SEPARATION_MARGIN:.0%}.",
     ]
     notes += [f"Not run: {item['what']}: {item['reason']}" for item in skipped]
     table = Table(
