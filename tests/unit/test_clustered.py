@@ -164,18 +164,20 @@ def test_audit_hit_rate_with_every_query_linked_is_a_wilson_interval_over_patien
 
 @st.composite
 def _paired_data(draw):
+    """Random patients (1-5 images each) and a shift from patient to patient; values drawn from a seeded
+    generator so they have no ties (scipy's Wilcoxon turns ties into a slow permutation test)."""
     patients = draw(st.integers(2, 12))
     sizes = draw(st.lists(st.integers(1, 5), min_size=patients, max_size=patients))
-    groups = [f"p{g}" for g, size in enumerate(sizes) for _ in range(size)]
-    n = len(groups)
-    finite = st.floats(-50, 50, allow_nan=False, allow_infinity=False)
-    b = np.array(draw(st.lists(finite, min_size=n, max_size=n)))
     shift = draw(st.floats(-3, 3, allow_nan=False))
-    noise = np.array(draw(st.lists(st.floats(-2, 2, allow_nan=False), min_size=n, max_size=n)))
-    return b + shift + noise, b, groups
+    spread = draw(st.floats(0.01, 3, allow_nan=False))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    groups = [f"p{g}" for g, size in enumerate(sizes) for _ in range(size)]
+    patient_shift = np.repeat(rng.normal(shift, spread, patients), sizes)
+    b = rng.normal(30, 5, len(groups))
+    return b + patient_shift + rng.normal(0, spread, len(groups)), b, groups
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(_paired_data())
 def test_interval_contains_the_difference_and_d_z_has_its_sign(data):
     a, b, groups = data
@@ -188,7 +190,7 @@ def test_interval_contains_the_difference_and_d_z_has_its_sign(data):
         assert math.copysign(1, result.effect_size) == math.copysign(1, result.mean_difference)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(_paired_data())
 def test_interval_excludes_zero_exactly_when_the_unadjusted_t_test_rejects(data):
     a, b, groups = data

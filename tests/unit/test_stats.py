@@ -7,6 +7,8 @@ import math
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scipy import stats as scipy_stats
 
 from meddenoise.metrics import stats
@@ -193,3 +195,19 @@ def test_hierarchical_bootstrap_refuses_bad_input():
         stats.hierarchical_bootstrap_ci([[0.0, math.nan]])
     single_row = stats.hierarchical_bootstrap_ci([0.1, 0.3, 0.2, 0.5], n_resamples=500)
     assert single_row.n_seeds == 1 and single_row.n_clusters == 4
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.integers(2, 40), st.floats(-5, 5, allow_nan=False), st.integers(0, 2**32 - 1))
+def test_paired_comparison_interval_test_and_d_z_agree_on_one_estimand(n, shift, seed):
+    rng = np.random.default_rng(seed)  # continuous values: no ties, so scipy's Wilcoxon stays fast
+    b = rng.normal(25, 3, n)
+    a = b + shift + rng.normal(0, rng.uniform(0.01, 5), n)
+    result = stats.paired_comparison(a, b)
+    if not math.isnan(result.difference_low):
+        assert result.difference_low <= result.mean_difference <= result.difference_high
+        if abs(result.t_pvalue - 0.05) > 1e-9 and result.difference_low < result.difference_high:
+            excludes_zero = result.difference_low > 0 or result.difference_high < 0
+            assert excludes_zero == (result.t_pvalue < 0.05)
+    if result.cohens_dz != 0 and result.mean_difference != 0:
+        assert math.copysign(1, result.cohens_dz) == math.copysign(1, result.mean_difference)
