@@ -8,6 +8,7 @@ inside their functions, so `meddenoise --help` stays fast.
 from __future__ import annotations
 
 import argparse
+import difflib
 import importlib
 import os
 import sys
@@ -36,12 +37,43 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="meddenoise",
         description="Train, evaluate and audit deep denoisers for medical images (chest X-rays first).",
+        allow_abbrev=False,
     )
     parser.add_argument("--version", action="version", version=f"meddenoise {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module_name in COMMAND_MODULES:
         importlib.import_module(f"meddenoise.commands.{module_name}").register(subparsers)
+    for each in all_parsers(parser):
+        # No abbreviations: `--dp-eps` silently meaning `--dp-epsilon` today becomes ambiguous (or another
+        # option) when a flag is added tomorrow. Set here once, so no command module can forget it.
+        each.allow_abbrev = False
     return parser
+
+
+def all_parsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    """`parser` and every subparser below it (commands, and `data info` / `data leaks`)."""
+    found = [parser]
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in dict.fromkeys(action.choices.values()):
+                found += all_parsers(child)
+    return found
+
+
+def unknown_flags_message(parser: argparse.ArgumentParser, unknown: list[str]) -> str:
+    """ "unrecognized arguments: --epoch 3 (did you mean --epochs?)": the closest flag of the command."""
+    flags = [flag for action in parser._actions for flag in action.option_strings if flag.startswith("--")]
+    hints: list[tuple[str, str]] = []
+    for item in unknown:
+        name = item.split("=", 1)[0]
+        close = difflib.get_close_matches(name, flags, n=1) if name.startswith("--") else []
+        hints += [(close[0], name)] if close else []
+    message = f"unrecognized arguments: {' '.join(unknown)}"
+    if len(hints) == 1:
+        return message + f" (did you mean {hints[0][0]}?)"
+    if hints:
+        return message + f" (did you mean {', '.join(f'{flag} for {name}' for flag, name in hints)}?)"
+    return message
 
 
 def command_parser(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.ArgumentParser:
@@ -80,7 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     args, unknown = parser.parse_known_args(argv)
     if unknown:
         # argparse would report these with the top-level usage; the command's own usage is the helpful one.
-        command_parser(parser, args).error(f"unrecognized arguments: {' '.join(unknown)}")
+        chosen = command_parser(parser, args)
+        chosen.error(unknown_flags_message(chosen, unknown))
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

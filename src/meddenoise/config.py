@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import json
+import math
 import sys
 import types
 import typing
@@ -44,8 +46,16 @@ def option(
     flag: str | None = None,
     cli: bool = True,
     bare: Any = None,
+    ge: float | None = None,
+    gt: float | None = None,
+    le: float | None = None,
+    lt: float | None = None,
 ) -> Any:
     """A config field with its help text; `choices` are validated, `required` fields have no usable default.
+
+    `ge` / `gt` / `le` / `lt` bound a number (>=, >, <=, <; for a list, each item), checked with the type when
+    a config is built from flags, a TOML file or a mapping; a float option is also always finite (NaN or inf
+    would pass every comparison-free rule downstream, e.g. `nan > 0` is false and silently meant "off").
 
     `flag` overrides the command-line spelling (default: `--field-name`); `cli=False` keeps a field out of
     the command line (settable from TOML only); `bare` is the value of the flag given without a value
@@ -57,6 +67,8 @@ def option(
     """
     metadata = {"help": help, "choices": tuple(choices) if choices else None, "required": required}
     metadata.update({"flag": flag, "cli": cli, "bare": bare})
+    bounds = {"ge": ge, "gt": gt, "le": le, "lt": lt}
+    metadata["bounds"] = {key: value for key, value in bounds.items() if value is not None}
     if isinstance(default, (list, dict, set)):
         return dataclasses.field(default_factory=lambda: type(default)(default), metadata=metadata)
     if dataclasses.is_dataclass(default) and not isinstance(default, type):
@@ -116,7 +128,10 @@ def _coerce(value: Any, annotation: Any, name: str) -> Any:
         if base is float:
             if isinstance(value, bool):
                 raise ValueError(value)
-            return float(value)
+            number = float(value)
+            if not math.isfinite(number):
+                raise ConfigError(f"option '{name}' must be a finite number; got {value!r}", name)
+            return number
         if base is str:
             if not isinstance(value, (str, int, float)) or isinstance(value, bool):
                 raise ValueError(value)
@@ -125,6 +140,50 @@ def _coerce(value: Any, annotation: Any, name: str) -> Any:
         type_name = getattr(base, "__name__", str(base))
         raise ConfigError(f"option '{name}' expects {type_name}, got {value!r}", name) from None
     return value
+
+
+def describe_bounds(bounds: dict[str, float]) -> str:
+    """`{"ge": 1, "le": 1024}` -> "between 1 and 1024", `{"gt": 0, "lt": 1}` -> "in (0, 1)", `{"ge": 0}` ->
+    ">= 0"."""
+    low = ("ge", bounds["ge"]) if "ge" in bounds else ("gt", bounds["gt"]) if "gt" in bounds else None
+    high = ("le", bounds["le"]) if "le" in bounds else ("lt", bounds["lt"]) if "lt" in bounds else None
+    if low and high:
+        if low[0] == "ge" and high[0] == "le":
+            return f"between {low[1]:g} and {high[1]:g}"
+        return f"in {'[' if low[0] == 'ge' else '('}{low[1]:g}, {high[1]:g}{']' if high[0] == 'le' else ')'}"
+    symbol = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}
+    kind, bound = low or high  # type: ignore[misc]
+    return f"{symbol[kind]} {bound:g}"
+
+
+def _check_bounds(field: dataclasses.Field, value: Any, name: str) -> None:
+    bounds = field.metadata.get("bounds")
+    if not bounds or value is None:
+        return
+    for item in value if isinstance(value, (list, tuple)) else [value]:
+        if not isinstance(item, (int, float)) or isinstance(item, bool):
+            continue
+        inside = (
+            item >= bounds.get("ge", -math.inf)
+            and item > bounds.get("gt", -math.inf)
+            and item <= bounds.get("le", math.inf)
+            and item < bounds.get("lt", math.inf)
+        )
+        if not inside:
+            raise ConfigError(f"{name} must be {describe_bounds(bounds)}; got {item}", name)
+
+
+def check_bounds(config: Any, prefix: str = "") -> None:
+    """The declared bounds (and finiteness) of every number of an already-typed config: for a config made in
+    code (`dataclasses.replace`) whose `check()` runs without `validate_config`."""
+    for field in dataclasses.fields(config):
+        value = getattr(config, field.name)
+        for item in value if isinstance(value, (list, tuple)) else [value]:
+            if isinstance(item, float) and not math.isfinite(item):
+                raise ConfigError(
+                    f"option '{prefix + field.name}' must be a finite number; got {item}", prefix + field.name
+                )
+        _check_bounds(field, value, prefix + field.name)
 
 
 def validate_config(config: Any, prefix: str = "") -> Any:
@@ -145,6 +204,7 @@ def validate_config(config: Any, prefix: str = "") -> Any:
             object.__setattr__(config, field.name, value)
             continue
         value = _coerce(getattr(config, field.name), hints[field.name], name)
+        _check_bounds(field, value, name)
         choices = field.metadata.get("choices")
         if choices and value is not None:
             values = value if isinstance(value, (list, tuple)) else [value]
@@ -162,13 +222,23 @@ def validate_config(config: Any, prefix: str = "") -> Any:
 
 
 def load_toml(path: str | Path) -> dict[str, Any]:
+    """A TOML file as a dict; every way a path can fail to be one is a one-line ConfigError naming it."""
     try:
         with open(path, "rb") as handle:
             return tomllib.load(handle)
     except FileNotFoundError:
-        raise ConfigError(f"config file not found: {path}") from None
+        raise ConfigError(f"config file not found: {path}", "config") from None
+    except IsADirectoryError:
+        raise ConfigError(f"config file {path} is a folder; give a TOML file", "config") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"config file {path} is not a text (UTF-8) TOML file: byte {exc.start} cannot be decoded",
+            "config",
+        ) from None
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}", "config") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}", "config") from None
 
 
 def _group_mapping(group: type, value: Any, name: str) -> dict[str, Any]:
@@ -205,17 +275,46 @@ def normalise_mapping(cls: type, values: dict[str, Any]) -> dict[str, Any]:
     return normalised
 
 
+Unknown = tuple[str, list[str], list[str]]
+
+
+def _unknown_keys(cls: type, normalised: dict[str, Any], prefix: str) -> list[Unknown]:
+    """Every unknown key of `normalised`, its groups' tables included (`noise.meen`), so one pass reports
+    every typo of a file: (key, the keys known at its level, those plus the flat group spellings such as
+    `noise_mean`, which are accepted and which a flat typo resembles)."""
+    fields = {f.name for f in dataclasses.fields(cls)}
+    groups = _groups(cls)
+    listed = sorted(prefix + key for key in fields)
+    flat = [f"{prefix}{g}_{f.name}" for g, group in groups.items() for f in dataclasses.fields(group)]
+    found = [(prefix + key, listed, listed + flat) for key in normalised if key not in fields]
+    for name, group in groups.items():
+        value = normalised.get(name)
+        if isinstance(value, dict):
+            found += _unknown_keys(group, normalise_mapping(group, value), prefix + name + ".")
+    return found
+
+
+def unknown_keys_message(unknown: list[Unknown], source: str) -> str:
+    """ "unknown key(s) in SOURCE: a, noise.b; known keys: ...; did you mean x (for a), ...?" (difflib)."""
+    known: list[str] = []
+    for _, listed, _ in unknown:
+        known += [key for key in listed if key not in known]
+    hints = []
+    for key, _, candidates in unknown:
+        close = difflib.get_close_matches(key, candidates, n=1, cutoff=0.6)
+        if close:
+            hints.append(f"{close[0]} (for {key})")
+    message = f"unknown key(s) in {source}: {', '.join(key for key, _, _ in unknown)}; known keys: "
+    return message + ", ".join(known) + (f"; did you mean {', '.join(hints)}?" if hints else "")
+
+
 def config_from_mapping(cls: type[T], values: dict[str, Any], source: str = "config", prefix: str = "") -> T:
-    """Build and validate `cls` from a mapping; unknown keys are errors (they are usually typos)."""
-    known = {f.name for f in dataclasses.fields(cls)}
+    """Build and validate `cls` from a mapping; unknown keys are errors (they are usually typos), all of them
+    reported at once, with the closest known key."""
     normalised = normalise_mapping(cls, values)
-    unknown = sorted(set(normalised) - known)
+    unknown = _unknown_keys(cls, normalised, prefix)
     if unknown:
-        raise ConfigError(
-            f"unknown key(s) in {source}: {', '.join(prefix + key for key in unknown)}; known keys: "
-            f"{', '.join(sorted(prefix + key for key in known))}",
-            prefix + unknown[0],
-        )
+        raise ConfigError(unknown_keys_message(unknown, source), unknown[0][0])
     return validate_config(cls(**normalised), prefix=prefix)
 
 
@@ -368,7 +467,7 @@ def load_config(cls: type[T], path: str | Path) -> T:
 
 
 def format_config(config: Any) -> str:
-    """One `key = value` line per field (`group.key = value` inside a group), for printing."""
+    """One `key = value` line per field (`group.key = value` inside a group), for logs."""
     lines = [f"{type(config).__name__}:"]
     for key, value in config_to_dict(config).items():
         if isinstance(value, dict) and key in _groups(type(config)):
@@ -378,13 +477,68 @@ def format_config(config: Any) -> str:
     return "\n".join(lines)
 
 
+def config_to_toml(config: Any, hidden: typing.Iterable[str] = ()) -> str:
+    """The config as a TOML file that `--config` reads back to the same config: top-level keys, then one
+    `[group]` table per group. Unset (None) values and `hidden` keys (`noise.seed`) become comments, since
+    TOML has no null; `print_config` is left out, or reading the file back would print again and stop."""
+    hidden = set(hidden)
+    groups = _groups(type(config))
+    lines = [f"# {type(config).__name__}: meddenoise's effective options; run with --config FILE.toml"]
+    tables: list[str] = []
+    for key, value in config_to_dict(config).items():
+        if key == "print_config":
+            continue
+        if key in groups and isinstance(value, dict):
+            tables += ["", f"[{key}]"]
+            tables += [_toml_line(k, v, f"{key}.{k}" in hidden) for k, v in value.items()]
+        else:
+            lines.append(_toml_line(key, value, key in hidden))
+    return "\n".join(lines + tables)
+
+
+def _toml_line(key: str, value: Any, hidden: bool) -> str:
+    if hidden:
+        return f"# {key} = <secret> (not printed)"
+    if value is None:
+        return f"# {key} = (not set)"
+    return f"{_toml_key(key)} = {_toml_value(value)}"
+
+
+def _toml_key(key: str) -> str:
+    return key if key and all(c.isascii() and (c.isalnum() or c in "_-") for c in key) else json.dumps(key)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)  # finite: NaN and inf never pass validation
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(item) for item in value) + "]"
+    if isinstance(value, dict):
+        items = ", ".join(f"{_toml_key(k)} = {_toml_value(v)}" for k, v in value.items() if v is not None)
+        return "{" + (f" {items} " if items else "") + "}"
+    # A JSON string is a TOML basic string, except that TOML also wants DEL escaped.
+    return json.dumps(str(value), ensure_ascii=False).replace("\x7f", "\\u007f")
+
+
+def print_config_and_exit(config: Any, hidden: typing.Iterable[str] = ()) -> typing.NoReturn:
+    """`--print-config`: print the effective config as TOML and stop without running (Lightning's and
+    argparse's `--help` convention: a look at what would run must not start a long job)."""
+    print(config_to_toml(config, hidden), flush=True)
+    raise SystemExit(0)
+
+
 # -- options every command spells the same way (a test compares them across all parsers) -------------------
 def quiet_option(default: bool = False) -> Any:
     return option(default, "no progress bars or library chatter (for logs)")
 
 
 def print_config_option() -> Any:
-    return option(False, "print the effective configuration first (it is always saved with the outputs)")
+    return option(
+        False,
+        "print the effective configuration as TOML (readable with --config) and exit without running",
+    )
 
 
 def seed_option(default: int = 0) -> Any:
@@ -398,10 +552,11 @@ def run_option(help: str = "run folder written by `meddenoise train` (or a .safe
 def command_config(cls: type[T], args: argparse.Namespace, complete: Any = None) -> T:
     """A command's effective config: defaults < --config file < command line, then `complete(config, given)`
     (`given`: the options set explicitly, see `given_options`) when the command fills in defaults that
-    depend on others; printed when it has `print_config` set. Saving it with the outputs is the command's."""
+    depend on others; with `print_config` set, printed as TOML and the command exits (see
+    `print_config_and_exit`). Saving it with the outputs is the command's."""
     config = config_from_args(cls, args)
     if complete is not None:
         config = complete(config, given_options(cls, args))
     if getattr(config, "print_config", False):
-        print(format_config(config), flush=True)
+        print_config_and_exit(config)
     return config

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from meddenoise.config import add_config_arguments, config_from_args, format_config
+from meddenoise.config import add_config_arguments, command_config
 from meddenoise.federated.config import FederatedConfig
 
 DESCRIPTION = """Train one denoiser across sites without moving images: each site trains the global model on
@@ -37,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
     from meddenoise.errors import ConfigError
     from meddenoise.federated import require_flower, run_federated
 
-    config = config_from_args(FederatedConfig, args)
+    config = command_config(FederatedConfig, args)  # --print-config prints it and exits here
     if config.flower_app:
         from meddenoise.federated import require_flower
         from meddenoise.federated.deployment import write_flower_app
@@ -52,8 +52,6 @@ def run(args: argparse.Namespace) -> int:
     if not (config.data or config.site_data):
         raise ConfigError("give --site-data A B ... (one prepared folder per site) or --data DIR --sites K")
     require_flower()
-    if config.print_config:
-        print(format_config(config), flush=True)
     out = run_federated(config)
     print(f"federated run finished: {out}", flush=True)
     return 0

@@ -24,9 +24,9 @@ from meddenoise.config import (
     add_config_arguments,
     config_from_args,
     config_to_dict,
-    format_config,
     given_options,
     option,
+    print_config_and_exit,
     print_config_option,
     quiet_option,
 )
@@ -122,6 +122,8 @@ class ExportPlan:
 
 def run(args: argparse.Namespace) -> int:
     config = config_from_args(ObfuscateConfig, args)
+    if config.print_config:
+        print_config_and_exit(config, hidden=["noise.seed"])  # the seed is the export's key
     chosen_seed = "noise.seed" in given_options(ObfuscateConfig, args)
     if not chosen_seed:
         config = dataclasses.replace(
@@ -145,10 +147,6 @@ def _export(config: ObfuscateConfig, chosen_seed: bool) -> int:
         raise DataError(f"split {config.split!r} of {data.folder} has no images; choose another --split")
     ensure_writable_dir(out, what="export folder (--out)")
     ensure_writable_dir(private_map.parent, what="folder of --private-map")
-
-    hidden = dataclasses.replace(config.noise, seed="<secret>")  # not checked again: only printed
-    if config.print_config:
-        print(format_config(dataclasses.replace(config, noise=hidden)), flush=True)
 
     plan = ExportPlan(
         rows=rows,

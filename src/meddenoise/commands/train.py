@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import os
 
-from meddenoise.config import add_config_arguments, config_from_args, format_config
+from meddenoise.config import add_config_arguments, command_config
 from meddenoise.engine.config import TrainConfig
 
 DESCRIPTION = """Train a denoiser on obfuscated (noisy) copies of a prepared folder and write a run folder:
@@ -33,14 +32,12 @@ def run(args: argparse.Namespace) -> int:
     from meddenoise.engine.launch import fit_with_torchrun
     from meddenoise.engine.runtime import default_process_count
 
-    config = config_from_args(TrainConfig, args)
+    config = command_config(TrainConfig, args)  # --print-config prints it and exits here
     if config.strategy == "ddp" and not distributed.launched_by_torchrun():
         nproc = config.nproc or default_process_count(config.device)
         print(f"launching {nproc} DDP worker(s) with torchrun", flush=True)
         return fit_with_torchrun(config, nproc)
     from meddenoise.engine.train import fit
 
-    if config.print_config and int(os.environ.get("RANK", "0")) == 0:
-        print(format_config(config), flush=True)
     fit(config)
     return 0

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from meddenoise.config import option, print_config_option, quiet_option, seed_option
+from meddenoise.config import check_bounds, option, print_config_option, quiet_option, seed_option
 from meddenoise.errors import ConfigError
 from meddenoise.noise.spec import NoiseSpec
 
@@ -17,6 +17,12 @@ if TYPE_CHECKING:
 MODEL_FIELDS = ("model", "base_channels", "depth", "norm", "deep_supervision", "model_options")
 
 RESUME_CHOICES = ("no", "yes", "auto")
+# Beyond these a network does not fit any device (U-Net channels double per level: base x 2^(depth-1)).
+MAX_BASE_CHANNELS = 1024
+MAX_DEPTH = 12
+# Opacus's get_noise_multiplier gives up above this noise multiplier (its MAX_SIGMA); beyond it the update is
+# noise alone.
+MAX_NOISE_MULTIPLIER = 1e6
 # Saved configs and TOML files from before `--resume auto` hold a boolean.
 _RESUME_SPELLINGS = {True: "yes", False: "no", "true": "yes", "false": "no"}
 
@@ -38,12 +44,16 @@ class TrainConfig:
     evaluate_test: bool = option(
         True, "evaluate the best checkpoint on the test split and write test_metrics.csv"
     )
-    limit_train: int = option(0, "use only the first N training images (0: all), for quick runs")
-    limit_val: int = option(0, "use only the first N validation images (0: all)")
+    limit_train: int = option(0, "use only the first N training images (0: all), for quick runs", ge=0)
+    limit_val: int = option(0, "use only the first N validation images (0: all)", ge=0)
     # -- model ---------------------------------------------------------------------------------------------
     model: str = option("unet", "model name (see `meddenoise models`): unet, unetpp, dncnn")
-    base_channels: int = option(64, "channels of the first level (64 in the paper)")
-    depth: int = option(0, "levels of the U-Net / U-Net++ (0: the model's default)")
+    # Bounds that refuse absurd networks before anything is allocated; the image size bounds depth further
+    # (ModelSpec.check_input_size).
+    base_channels: int = option(
+        64, "channels of the first level (64 in the paper)", ge=1, le=MAX_BASE_CHANNELS
+    )
+    depth: int = option(0, "levels of the U-Net / U-Net++ (0: the model's default)", ge=0, le=MAX_DEPTH)
     norm: str = option(
         "batch", "normalisation layers: batch (the paper) or group", choices=("batch", "group")
     )
@@ -60,26 +70,28 @@ class TrainConfig:
     )
     target_options: list[str] = option([], "target options KEY=VALUE (e.g. correction=mean, gamma=2)")
     # -- optimisation --------------------------------------------------------------------------------------
-    epochs: int = option(50, "training epochs")
-    batch_size: int = option(16, "images per device per step (global batch = this x devices)")
-    val_batch_size: int = option(64, "images per device per validation step")
-    lr: float = option(1e-3, "learning rate (Adam)")
+    epochs: int = option(50, "training epochs", ge=1)
+    batch_size: int = option(16, "images per device per step (global batch = this x devices)", ge=1)
+    val_batch_size: int = option(64, "images per device per validation step", ge=1)
+    lr: float = option(1e-3, "learning rate (Adam)", gt=0)
     optimizer: str = option("adam", "optimizer", choices=("adam", "adamw"))
-    weight_decay: float = option(0.0, "weight decay (decoupled with adamw)")
+    weight_decay: float = option(0.0, "weight decay (decoupled with adamw)", ge=0)
     loss: str = option("l1", "pixel loss: l1 (the paper) or l2", choices=("l1", "l2"))
     lr_schedule: str = option("none", "learning-rate schedule", choices=("none", "cosine", "onecycle"))
-    warmup_steps: int = option(0, "linear warm-up steps (onecycle: 0 means 30 percent of the steps)")
-    grad_clip: float = option(0.0, "clip the gradient norm to this value (0: off)")
-    ema_decay: float = option(0.0, "keep an exponential moving average of the weights (e.g. 0.999; 0: off)")
-    patience: int = option(10, "stop after this many epochs without a lower validation loss (0: never)")
+    warmup_steps: int = option(0, "linear warm-up steps (onecycle: 0 means 30 percent of the steps)", ge=0)
+    grad_clip: float = option(0.0, "clip the gradient norm to this value (0: off)", ge=0)
+    ema_decay: float = option(
+        0.0, "keep an exponential moving average of the weights (e.g. 0.999; 0: off)", ge=0, lt=1
+    )
+    patience: int = option(10, "stop after this many epochs without a lower validation loss (0: never)", ge=0)
     seed: int = seed_option()  # initialisation, epoch order, target randomness
     init_from: str = option(
         "",
         "start from another run's weights (its folder: the best checkpoint; or a .safetensors file), e.g. "
         "a network pretrained on public data before DP-SGD fine-tuning; the model options must match",
     )
-    max_steps: int = option(0, "stop after this many optimizer steps (0: no limit)")
-    time_limit: float = option(0.0, "stop training after this many seconds (0: no limit)")
+    max_steps: int = option(0, "stop after this many optimizer steps (0: no limit)", ge=0)
+    time_limit: float = option(0.0, "stop training after this many seconds (0: no limit)", ge=0)
     selection: str = option(
         "auto",
         "best-checkpoint rule: clean (validation loss against clean images), released (the target's own "
@@ -89,12 +101,19 @@ class TrainConfig:
     )
     # -- differential privacy (DP-SGD with Opacus; docs/privacy.md) ----------------------------------------
     dp_epsilon: float = option(
-        0.0, "train with DP-SGD spending this privacy budget epsilon over the planned steps (0: off)"
+        0.0,
+        "train with DP-SGD spending this privacy budget epsilon over the planned steps (0: off)",
+        ge=0,
     )
-    dp_delta: float = option(1e-5, "DP-SGD delta (keep it well below 1 / number of patients)")
-    dp_max_grad_norm: float = option(1.0, "DP-SGD: clip each patient's (unit's) gradient to this L2 norm")
+    dp_delta: float = option(1e-5, "DP-SGD delta (keep it well below 1 / number of patients)", gt=0, lt=1)
+    dp_max_grad_norm: float = option(
+        1.0, "DP-SGD: clip each patient's (unit's) gradient to this L2 norm", gt=0
+    )
     dp_noise_multiplier: float = option(
-        0.0, "DP-SGD with this noise multiplier instead of one derived from --dp-epsilon (0: derive)"
+        0.0,
+        "DP-SGD with this noise multiplier instead of one derived from --dp-epsilon (0: derive)",
+        ge=0,
+        le=MAX_NOISE_MULTIPLIER,
     )
     dp_unit: str = option(
         "patient",
@@ -104,7 +123,9 @@ class TrainConfig:
     # -- runtime -------------------------------------------------------------------------------------------
     strategy: str = option("single", "single device, DataParallel or DDP", choices=("single", "dp", "ddp"))
     device: str = option("auto", "auto (CUDA if present), cpu, cuda or cuda:N")
-    nproc: int = option(0, "ddp: processes to launch on this node via torchrun (0: one per GPU, or 2 on CPU)")
+    nproc: int = option(
+        0, "ddp: processes to launch on this node via torchrun (0: one per GPU, or 2 on CPU)", ge=0
+    )
     amp: str = option(
         "auto",
         "mixed precision: auto (bf16 on CUDA, off on CPU), off, fp16, bf16",
@@ -116,6 +137,7 @@ class TrainConfig:
     dist_timeout: float = option(
         600.0,
         "ddp: seconds to wait for the other processes (joining, each exchange) before stopping with an error",
+        gt=0,
     )
     pipeline: str = option(
         "fast",
@@ -131,10 +153,12 @@ class TrainConfig:
         choices=("auto", "device", "stream"),
     )
     loader_workers: int = option(
-        4, "--pipeline reference: DataLoader worker processes (4 in the paper's code)"
+        4, "--pipeline reference: DataLoader worker processes (4 in the paper's code)", ge=0
     )
     # -- checkpoints and logs ------------------------------------------------------------------------------
-    checkpoint_every: int = option(0, "also checkpoint every N steps inside an epoch (0: at epoch ends only)")
+    checkpoint_every: int = option(
+        0, "also checkpoint every N steps inside an epoch (0: at epoch ends only)", ge=0
+    )
     resume: str = option(
         "no",
         "yes (or the bare flag): continue the run in --out from its last checkpoint; auto: continue when "
@@ -156,41 +180,10 @@ class TrainConfig:
         self.resume = _RESUME_SPELLINGS.get(key, self.resume)
 
     def check(self) -> None:
-        positive = {
-            "epochs": self.epochs,
-            "batch_size": self.batch_size,
-            "val_batch_size": self.val_batch_size,
-        }
-        for name, value in positive.items():
-            if value < 1:
-                raise ConfigError(f"{name} must be >= 1; got {value}", name)
-        non_negative = {
-            "limit_train": self.limit_train,
-            "limit_val": self.limit_val,
-            "max_steps": self.max_steps,
-            "time_limit": self.time_limit,
-            "checkpoint_every": self.checkpoint_every,
-            "patience": self.patience,
-            "warmup_steps": self.warmup_steps,
-            "grad_clip": self.grad_clip,
-            "weight_decay": self.weight_decay,
-            "nproc": self.nproc,
-            "depth": self.depth,
-            "loader_workers": self.loader_workers,
-        }
-        for name, value in non_negative.items():
-            if value < 0:
-                raise ConfigError(f"{name} must be >= 0; got {value}", name)
-        if not self.dist_timeout > 0:
-            raise ConfigError(
-                f"dist_timeout must be a positive number of seconds; got {self.dist_timeout}", "dist_timeout"
-            )
-        if not self.lr > 0 or self.lr != self.lr or self.lr == float("inf"):
-            raise ConfigError(f"lr must be a positive finite number; got {self.lr}", "lr")
-        if not 0.0 <= self.ema_decay < 1.0:
-            raise ConfigError(f"ema_decay must be in [0, 1); got {self.ema_decay}", "ema_decay")
-        if self.base_channels < 1:
-            raise ConfigError(f"base_channels must be >= 1; got {self.base_channels}", "base_channels")
+        # Single-option numeric rules (ranges, finiteness) are declared on the fields above and checked by
+        # `validate_config`; again here for a config made in code and checked directly. Below: rules that
+        # join several options.
+        check_bounds(self)
         if self.pipeline == "reference":
             self._check_reference()
             if self.data_placement != "auto":

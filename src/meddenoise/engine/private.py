@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from meddenoise.data.loader import CleanBatch
+from meddenoise.engine.config import MAX_NOISE_MULTIPLIER
 from meddenoise.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -49,9 +50,7 @@ def enabled(config: TrainConfig) -> bool:
 
 def check_config(config: TrainConfig) -> None:
     """Option combinations DP-SGD cannot honour, named by parameter (called from TrainConfig.check)."""
-    for name in ("dp_epsilon", "dp_noise_multiplier"):
-        if getattr(config, name) < 0:
-            raise ConfigError(f"{name} must be >= 0; got {getattr(config, name)}", name)
+    # Their ranges (>= 0, finite; 0 < delta < 1) are declared on TrainConfig's fields.
     if not enabled(config):
         return
     if config.dp_epsilon > 0 and config.dp_noise_multiplier > 0:
@@ -59,10 +58,6 @@ def check_config(config: TrainConfig) -> None:
             "give either dp_epsilon (the noise is derived from it) or dp_noise_multiplier, not both",
             "dp_noise_multiplier",
         )
-    if not 0.0 < config.dp_delta < 1.0:
-        raise ConfigError(f"dp_delta must be in (0, 1); got {config.dp_delta}", "dp_delta")
-    if not config.dp_max_grad_norm > 0:
-        raise ConfigError(f"dp_max_grad_norm must be > 0; got {config.dp_max_grad_norm}", "dp_max_grad_norm")
     if config.dp_unit not in UNITS:
         raise ConfigError(f"dp_unit must be one of {', '.join(UNITS)}; got {config.dp_unit!r}", "dp_unit")
     conflicts = (
@@ -200,14 +195,37 @@ def plan_privacy(config: TrainConfig, train_images: int, units: int, world_size:
     if config.dp_noise_multiplier > 0:
         noise, target = config.dp_noise_multiplier, None
     else:
-        noise = get_noise_multiplier(
-            target_epsilon=config.dp_epsilon,
-            target_delta=config.dp_delta,
-            sample_rate=sample_rate,
-            steps=steps,
-            accountant="rdp",
-            alphas=ALPHAS,
-        )
+        try:
+            noise = get_noise_multiplier(
+                target_epsilon=config.dp_epsilon,
+                target_delta=config.dp_delta,
+                sample_rate=sample_rate,
+                steps=steps,
+                accountant="rdp",
+                alphas=ALPHAS,
+            )
+        except ValueError:
+            # Opacus's "The privacy budget is too low.": no noise multiplier up to its MAX_SIGMA (1e6) spends
+            # this little. Say which budget, and the smallest the accountant reaches for these steps.
+            floor = epsilon_spent(
+                PrivacyPlan(
+                    config.dp_unit,
+                    units,
+                    sample_rate,
+                    steps,
+                    MAX_NOISE_MULTIPLIER,
+                    1.0,
+                    config.dp_delta,
+                    None,
+                ),
+                steps,
+            )
+            raise ConfigError(
+                f"dp_epsilon {config.dp_epsilon:g} cannot be reached with dp_delta {config.dp_delta:g} over "
+                f"{steps} steps at sample rate {sample_rate:.3g}: even noise multiplier "
+                f"{MAX_NOISE_MULTIPLIER:g} spends about {floor:.3g}; give a larger dp_epsilon or fewer steps",
+                "dp_epsilon",
+            ) from None
         target = config.dp_epsilon
     return PrivacyPlan(
         config.dp_unit,
@@ -219,6 +237,18 @@ def plan_privacy(config: TrainConfig, train_images: int, units: int, world_size:
         config.dp_delta,
         target,
     )
+
+
+def delta_warning(plan: PrivacyPlan) -> str | None:
+    """A delta of 1 / units or more allows "release one unit's data in full" with that probability: the
+    guarantee is then void in practice, though formally valid (docs/privacy.md)."""
+    if plan.units and plan.delta >= 1.0 / plan.units:
+        return (
+            f"warning: dp_delta {plan.delta:g} is not well below 1 / {plan.units} {plan.unit}s "
+            f"({1.0 / plan.units:.3g}): the guarantee allows one {plan.unit}'s data to leak with that "
+            f"probability; use --dp-delta {min(1e-5, 0.1 / plan.units):.1g} or smaller"
+        )
+    return None
 
 
 def epsilon_spent(plan: PrivacyPlan, steps: int) -> float:

@@ -102,6 +102,7 @@ class Trainer:
     def _build_model(self) -> None:
         config = self.config
         self.model_spec = config.model_spec()
+        self.model_spec.check_input_size(*self.data.images.shape[-2:])  # before any memory is asked for
         torch.manual_seed(config.seed)  # identical initial weights on every rank and on resume
         network = self.model_spec.build()
         if config.init_from:
@@ -648,6 +649,8 @@ def fit(config: TrainConfig) -> Path:
             trainer.log.info(f"initial weights from {trainer.initialized_from}")
         if trainer.private is not None:
             trainer.log.info(trainer.private.describe())
+            if warning := private.delta_warning(trainer.private.plan):
+                trainer.log.warning(warning)
         trainer.write_run_files()
         if trainer.resuming:
             trainer.restore()

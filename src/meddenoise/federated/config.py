@@ -28,7 +28,9 @@ def _same_as_train(name: str) -> Any:
     """An option declared exactly like `meddenoise train`'s option of the same name."""
     field = _TRAIN_FIELDS[name]
     default = field.default if field.default is not dataclasses.MISSING else field.default_factory()
-    return option(default, field.metadata["help"], choices=field.metadata.get("choices"))
+    return option(
+        default, field.metadata["help"], choices=field.metadata.get("choices"), **field.metadata["bounds"]
+    )
 
 
 # The options a site's local training shares with `meddenoise train` (copied into the site's TrainConfig).
@@ -68,7 +70,9 @@ class FederatedConfig:
         "brightness quartiles of the groups with one source). A group (patient) is never split across sites",
         choices=PARTITIONS,
     )
-    alpha: float = option(0.5, "dirichlet partition: concentration (0.1: very uneven sites, 100: near iid)")
+    alpha: float = option(
+        0.5, "dirichlet partition: concentration (0.1: very uneven sites, 100: near iid)", gt=0
+    )
     partition_seed: int = option(0, "seed of the partition")
     test_site: str = option(
         "",

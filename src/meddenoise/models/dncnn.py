@@ -16,6 +16,8 @@ from torch import nn
 from meddenoise.models.layers import Denoiser, make_norm
 from meddenoise.models.registry import register_model
 
+MAX_LAYERS = 1000  # 20 in the DnCNN paper; 1000 layers at 64 channels are 37M weights
+
 
 @register_model("dncnn")
 class DnCNN(Denoiser):
@@ -29,8 +31,11 @@ class DnCNN(Denoiser):
         residual: bool = True,
         clamp_output: bool = False,
     ) -> None:
-        if num_layers < 3:
-            raise ValueError(f"DnCNN needs at least 3 layers; got {num_layers}")
+        if not 3 <= num_layers <= MAX_LAYERS:
+            # Checked before building: 100000 layers took minutes to construct before failing elsewhere.
+            raise ValueError(
+                f"DnCNN needs at least 3 layers and at most {MAX_LAYERS} (num_layers); got {num_layers}"
+            )
         super().__init__(size_multiple=1, residual=residual, clamp_output=clamp_output)
         layers: list[nn.Module] = [nn.Conv2d(1, base_channels, 3, padding=1), nn.ReLU(inplace=True)]
         for _ in range(num_layers - 2):

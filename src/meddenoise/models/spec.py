@@ -34,6 +34,23 @@ class ModelSpec:
         options.update(self.options)
         return options
 
+    def check_input_size(self, height: int, width: int) -> None:
+        """Refuse a depth the images cannot take, before the network is built: each U-Net / U-Net++ level
+        halves the image and the input is padded to a multiple of 2^(depth-1), so a deeper network only adds
+        padding and channels (base x 2^(depth-1): `depth 40` asks for more memory than any machine has)."""
+        depth = self.build_options().get("depth")
+        if not isinstance(depth, int) or isinstance(depth, bool):
+            return  # a model without levels (DnCNN)
+        deepest = min(height, width).bit_length()  # 2^(depth-1) <= side: 7 at 64 x 64 (1 x 1 deepest)
+        if depth > deepest:
+            from meddenoise.errors import ConfigError
+
+            raise ConfigError(
+                f"depth {depth} is too deep for {height}x{width} images: each level of {self.name} halves "
+                f"the image, so at most depth {deepest} fits (1x1 at the deepest level); use 2 to {deepest}",
+                "depth",
+            )
+
     def build(self, **overrides: Any) -> Any:
         """The network (an `nn.Module`), through the registry; `overrides` e.g. `head=2` for a pruned
         U-Net++."""
