@@ -312,12 +312,12 @@ def describe_seeds(seeds: Sequence[int], unit: str = "patient") -> str:
         return ""
     if counts == [1]:
         return (
-            f"Each configuration was trained once (one seed): the intervals and tests cover the sampling of "
-            f"test {unit}s, not training randomness; another seed can move a gap by more than its interval "
-            "suggests."
+            f"Each network was trained once (one seed): the intervals and tests cover the sampling of test "
+            f"{unit}s, not training randomness; training again with another seed can move a gap by more than "
+            "its interval suggests."
         )
     span = str(counts[0]) if len(counts) == 1 else f"{counts[0]}-{counts[-1]}"
     return (
-        f"Configurations were trained with {span} seeds; each image's value is the mean over them, so the "
+        f"Networks were trained with {span} seeds; each image's value is the mean over them, so the "
         f"intervals and tests cover test {unit}s, not the spread between seeds (shown separately)."
     )
