@@ -415,3 +415,18 @@ def test_paired_tests_that_could_not_run_are_not_said_to_agree(tmp_path):
     _, tests = table_baselines(collect(tmp_path))
     assert tests.table.rows and all(row[-1] == "n/a (no test)" for row in tests.table.rows)
     assert all(row[6] == "n/a" for row in tests.table.rows)  # effect size: not "nan"
+
+
+def test_every_paired_test_has_one_estimand(grid, report):
+    """Difference, interval, t-test and d_z of Table VI's tests come from the same per-patient differences."""
+    rows = files.read_rows(grid / "tables" / "table6_paired_tests.csv")
+    assert rows and all(row["test_method"] == "group-means" for row in rows)  # the grid's patients repeat
+    for row in rows:
+        difference, low, high = (
+            float(row[k]) for k in ("mean_difference", "difference_low", "difference_high")
+        )
+        dz, p = float(row["effect_size"]), float(row["t_p"])
+        assert low <= difference <= high and math.copysign(1, dz) == math.copysign(1, difference)
+        assert (p < 0.05) == (low > 0 or high < 0)
+    notes = " ".join(find_table(report.blocks, "Paired tests behind Table VI").notes)
+    assert "patient means" in notes and "cover test patients" in notes  # not the spread between seeds
