@@ -418,9 +418,11 @@ def given_options(cls: type, args: argparse.Namespace) -> set[str]:
 
 
 def config_to_argv(config: Any, skip: typing.Iterable[str] = ()) -> list[str]:
-    """Command-line options that rebuild `config` (options left at their default are omitted)."""
+    """Command-line options that rebuild `config` (options left at their default are omitted). Never
+    `--print-config`: the command rebuilt (e.g. a torchrun worker's) is to run, and that flag stops it."""
     argv: list[str] = []
     hints = typing.get_type_hints(type(config))
+    skip = {*skip, "print_config"}
     for field in dataclasses.fields(config):
         if field.name in skip or not field.metadata.get("cli", True):
             continue
