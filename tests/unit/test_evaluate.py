@@ -137,3 +137,10 @@ def test_evaluate_command_prints_the_summary(prepared, tmp_path, capsys):
     rows = files.read_rows(run / "evaluation" / "test" / files.PER_IMAGE_FILE)
     assert len(rows) == 2
     assert (run / "evaluation" / "test" / "config.json").is_file()
+
+
+def test_the_console_interval_never_asserts_one_image_per_patient():
+    from meddenoise.commands.evaluate import format_summary
+
+    text = format_summary({"n": 87, "mean": 30.0, "low": 29.5, "high": 30.5, "method": "t", "groups": 87})
+    assert "one per patient" not in text and "patient ids unknown" in text and "too narrow" in text

@@ -56,7 +56,8 @@ def format_summary(summary: dict, missing_reason: str = "") -> str:
     kind = (
         f"bootstrap over {summary['groups']} patients/groups, images of one are not independent"
         if method == "group-bootstrap"
-        else f"t over {summary['n']} images, one per patient"
+        else f"t over {summary['n']} images, each its own group: one image per patient, or patient ids "
+        "unknown and images treated as independent (too narrow if patients repeat)"
     )
     return f"{mean}  95% CI [{summary['low']:.4f}, {summary['high']:.4f}] ({kind})"
 
