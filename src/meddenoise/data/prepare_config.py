@@ -104,7 +104,7 @@ class PrepareConfig:
                 if getattr(self, name) != default:
                     raise ConfigError(f"--{name.replace('_', '-')} applies to --source nih only")
         if self.source not in ("nih", "nih-sample") and self.view_position != "any":
-            raise ConfigError("--view-position applies to --source nih and nih-sample only")
+            raise ConfigError("--view-position applies to --source nih only (and the embedded nih-sample)")
         if self.source in ("default", "nih-sample") and self.root:
             raise ConfigError(
                 f"--root does not apply to --source {self.source}: its images come with meddenoise "
