@@ -65,6 +65,10 @@ class Preset:
     dp_noise_std: float = 0.2
     dp_delta: float = 1e-5
     dp_unit: str = "patient"
+    # DP-SGD also fine-tuned from a U-Net pretrained on public data (the rendered default: one public CT),
+    # beside DP-SGD from scratch; public_images rendered at the private data's size.
+    dp_public_pretraining: bool = False
+    public_images: int = 480
     membership_reference_models: int = 0
     membership_images: int = 500
     data_note: str = ""  # the preset's own data, named only when the run really used it
@@ -96,6 +100,8 @@ PRESETS: dict[str, Preset] = {
         dp_epsilons=(8.0,),
         dp_delta=1e-3,
         dp_unit="image",
+        dp_public_pretraining=True,
+        public_images=48,
     ),
     "quick": Preset(
         name="quick",
@@ -127,6 +133,7 @@ PRESETS: dict[str, Preset] = {
         # One DP-SGD run per epsilon at std 0.2 only (the main job's time budget), accounted per patient.
         dp_epsilons=(1.0, 4.0, 8.0),
         dp_unit="patient",
+        dp_public_pretraining=True,
     ),
     "paper": Preset(
         name="paper",
@@ -145,6 +152,8 @@ PRESETS: dict[str, Preset] = {
         ),
         privacy_queries=1000,
         dp_epsilons=(1.0, 4.0, 8.0),
+        dp_public_pretraining=True,
+        public_images=2000,
         membership_reference_models=4,
     ),
 }

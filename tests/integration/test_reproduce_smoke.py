@@ -157,13 +157,22 @@ def test_privacy_modes_table_lists_every_mode_with_its_epsilon_and_membership(sm
     result = json.loads((out / "privacy_modes" / "privacy_modes.json").read_text())
     modes = [row["mode"] for row in result["rows"]]
     assert modes[0].startswith("paper mode") and "noise2noise" in modes and "r2r" in modes
-    assert modes[-1] == "DP-SGD epsilon 8"
-    dp = result["rows"][-1]
+    assert "DP-SGD epsilon 8" in modes
+    dp = result["rows"][modes.index("DP-SGD epsilon 8")]
     with open(out / "privacy_modes" / "runs" / "dp_eps8_std0.2" / "summary.csv", newline="") as handle:
         summary = next(csv.DictReader(handle))
     assert dp["epsilon"] == float(summary["dp_epsilon"]) and abs(dp["epsilon"] - 8.0) < 0.2
     assert dp["clean_images"] is False and "linkage_at_1" not in dp
-    assert all(0.0 <= row["membership_auc"] <= 1.0 for row in result["rows"])
+    public = result["rows"][modes.index("public pretraining only (rendered default; no private data)")]
+    assert "membership_auc" not in public and public["epsilon"] is None
+    assert public["test_images"] == dp["test_images"]  # scored on the private test split
+    assert "gap_psnr" in public and public["gap_psnr"]["images"] == dp["test_images"]
+    tuned = result["rows"][modes.index("DP-SGD epsilon 8, public pretraining")]
+    assert abs(tuned["epsilon"] - 8.0) < 0.2 and "gap_psnr_to_nonprivate" in tuned
+    tuned_run = out / "privacy_modes" / "runs" / "dp_eps8_public_std0.2"
+    config = json.loads((tuned_run / "config.json").read_text())
+    assert config["config"]["init_from"].endswith("public_std0.2")
+    assert all(0.0 <= row["membership_auc"] <= 1.0 for row in result["rows"] if row is not public)
     assert result["rows"][0]["linkage_at_1"] is not None and "gap_psnr" in dp
     assert len(result["verdict"]) == len(result["rows"])
     markdown = (out / "report.md").read_text()

@@ -33,6 +33,11 @@ HOLDINGS = {
     "r2r": {"clean_images": False, "released_images": "1 obfuscated copy per image", "linkable": True},
     "dp-sgd": {"clean_images": False, "released_images": "none (the DP model only)", "linkable": False},
     "federated": {"clean_images": False, "released_images": "none (model updates only)", "linkable": False},
+    "public": {
+        "clean_images": False,
+        "released_images": "none (trained on public data only)",
+        "linkable": False,
+    },
 }
 
 
@@ -46,13 +51,18 @@ def test_rows(run: Path) -> list[dict[str, str]]:
 
 
 def paired_gap(
-    run: Path, supervised: Path, groups: dict[str, str], metric: str = "psnr", seed: int = 0
+    run: Path,
+    supervised: Path,
+    groups: dict[str, str],
+    metric: str = "psnr",
+    seed: int = 0,
+    rows: list[dict[str, str]] | None = None,
 ) -> dict[str, Any]:
     """Mean per-image difference run - supervised on the same test images, with a 95% interval from
-    resampling patients (groups)."""
+    resampling patients (groups). `rows`: the run's per-image scores when not its own test table."""
     from meddenoise.metrics.clustered import group_interval
 
-    mine = {r["image_id"]: float(r[metric]) for r in test_rows(run)}
+    mine = {r["image_id"]: float(r[metric]) for r in (rows if rows is not None else test_rows(run))}
     theirs = {r["image_id"]: float(r[metric]) for r in test_rows(supervised)}
     shared = sorted(set(mine) & set(theirs))
     if not shared:
@@ -81,9 +91,11 @@ def mode_row(
     audit_level: dict[str, Any] | None,
     membership: dict[str, Any] | None,
     nonprivate: Path | None = None,
+    per_image: Path | None = None,
 ) -> dict[str, Any]:
-    """One row of the table (JSON-ready); `nonprivate`: the same network trained without DP, for DP rows."""
-    tests = test_rows(run)
+    """One row of the table (JSON-ready); `nonprivate`: the same network trained without DP, for DP rows;
+    `per_image`: the run scored on the private test split when it was trained on other data."""
+    tests = read_rows(per_image) if per_image is not None else test_rows(run)
     summary = RunDir(run).read_summary()
     row: dict[str, Any] = {
         "mode": label,
@@ -96,10 +108,10 @@ def mode_row(
         **HOLDINGS[mode],
     }
     if supervised is not None and supervised != run:
-        row["gap_psnr"] = paired_gap(run, supervised, groups, "psnr")
-        row["gap_ssim"] = paired_gap(run, supervised, groups, "ssim")
+        row["gap_psnr"] = paired_gap(run, supervised, groups, "psnr", rows=tests)
+        row["gap_ssim"] = paired_gap(run, supervised, groups, "ssim", rows=tests)
     if nonprivate is not None:
-        row["gap_psnr_to_nonprivate"] = paired_gap(run, nonprivate, groups, "psnr")
+        row["gap_psnr_to_nonprivate"] = paired_gap(run, nonprivate, groups, "psnr", rows=tests)
     if row["linkable"] and audit_level is not None:
         row["linkage_at_1"] = audit_level["linkage"].get("top1")
         reid = audit_level["reidentification"]

@@ -2,6 +2,10 @@
 
     OUT/privacy_modes/runs/dp_eps<E>_std<s>/   DP-SGD U-Nets (GroupNorm), one per epsilon
     OUT/privacy_modes/runs/nonprivate_std<s>/  the same U-Net without DP (the DP reference, equal epochs)
+    OUT/privacy_modes/public_data/             the rendered default (public: one public CT), when the preset
+                                               pretrains: public_std<s>/ trains on it, then
+                                               dp_eps<E>_public_std<s>/ and nonprivate_public_std<s>/
+                                               fine-tune from it on the private data
     OUT/privacy_modes/membership/              reference models of the calibrated attack (when asked for)
     OUT/privacy_modes/privacy_modes.json, .md  the table, its verdict, and what each audit measured
 
@@ -109,6 +113,9 @@ def run_privacy_modes(
         print(f"privacy modes: DP-SGD epsilon {epsilon:g} at std {noise_std:g}", flush=True)
         values = {**base, "dp_epsilon": epsilon, "dp_delta": preset.dp_delta, "dp_unit": preset.dp_unit}
         dp_runs[epsilon] = _train(values, folder / "runs" / f"dp_eps{epsilon:g}_{tag}")
+    public_runs: dict[str, Any] = {}
+    if preset.dp_public_pretraining and preset.dp_epsilons:
+        public_runs = _public_pretraining(folder, data_dir, base, preset, tag)
 
     audit_path = out / "privacy" / "privacy_audit.json"
     audit = read_json(audit_path, what="privacy audit") if audit_path.is_file() else {"levels": []}
@@ -168,6 +175,43 @@ def run_privacy_modes(
                 nonprivate=nonprivate,
             )
         )
+    if public_runs:
+        rows.append(
+            modes.mode_row(
+                "public pretraining only (rendered default; no private data)",
+                "public",
+                public_runs["pretrained"],
+                supervised=supervised,
+                groups=groups,
+                audit_level=level,
+                membership=None,  # it never saw a private image: every private patient is a non-member
+                per_image=public_runs["on_private_test"],
+            )
+        )
+        rows.append(
+            modes.mode_row(
+                "non-private GroupNorm U-Net from the public start (DP reference)",
+                "clean",
+                public_runs["nonprivate"],
+                supervised=supervised,
+                groups=groups,
+                audit_level=level,
+                membership=membership(public_runs["nonprivate"]),
+            )
+        )
+        for epsilon, run in public_runs["dp"].items():
+            rows.append(
+                modes.mode_row(
+                    f"DP-SGD epsilon {epsilon:g}, public pretraining",
+                    "dp-sgd",
+                    run,
+                    supervised=supervised,
+                    groups=groups,
+                    audit_level=level,
+                    membership=membership(run),
+                    nonprivate=public_runs["nonprivate"],
+                )
+            )
     for job in jobs:
         federated = getattr(job, "kind", "") == "federated" and math.isclose(job.noise_std, noise_std)
         if not (federated and files.is_done(job.folder)):
@@ -195,6 +239,58 @@ def run_privacy_modes(
     atomic_write_text(folder / "privacy_modes.md", markdown(result))
     files.mark_done(folder)
     return None
+
+
+def _public_pretraining(
+    folder: Path, data_dir: Path, base: dict[str, Any], preset: Any, tag: str
+) -> dict[str, Any]:
+    """Pretrain on public data, then fine-tune on the private data with and without DP-SGD.
+
+    The public data is the rendered default: radiographs rendered from one CT that is itself public, so a
+    network trained on it spends no private budget (the recipe of De et al. 2022 and Tramèr & Boneh 2021).
+    The non-private fine-tune from the same start is the DP runs' reference: it isolates what DP costs.
+    """
+    from meddenoise.config import config_from_mapping
+    from meddenoise.data.cache import load_prepared, prepare
+    from meddenoise.data.prepare_config import PrepareConfig
+    from meddenoise.data.sources import build_source
+    from meddenoise.evaluation.runs import evaluate_run
+
+    size = int(load_prepared(data_dir).images.shape[-1])
+    public_data = folder / "public_data"
+    config = config_from_mapping(
+        PrepareConfig,
+        {
+            "source": "default",
+            "count": preset.public_images,
+            "size": size,
+            "out": str(public_data),
+            "quiet": True,
+        },  # fmt: skip
+        source="privacy modes public data",
+    )
+    print(f"privacy modes: public data ({preset.public_images} rendered images of {size}x{size})", flush=True)
+    prepare(build_source(config), config)
+    print("privacy modes: U-Net pretrained on the public data", flush=True)
+    pretrained = _train({**base, "data": str(public_data)}, folder / "runs" / f"public_{tag}")
+    start = {**base, "init_from": str(pretrained)}
+    print("privacy modes: non-private fine-tune from the public start", flush=True)
+    nonprivate = _train(start, folder / "runs" / f"nonprivate_public_{tag}")
+    dp = {}
+    for epsilon in preset.dp_epsilons:
+        print(f"privacy modes: DP-SGD epsilon {epsilon:g} from the public start", flush=True)
+        values = {**start, "dp_epsilon": epsilon, "dp_delta": preset.dp_delta, "dp_unit": preset.dp_unit}
+        dp[epsilon] = _train(values, folder / "runs" / f"dp_eps{epsilon:g}_public_{tag}")
+    # Scored on the private test split (its own test split is public), with the same fixed noise.
+    evaluation = folder / "public_on_private_test"
+    if not (evaluation / "per_image.csv").is_file():
+        evaluate_run(pretrained, data_dir=data_dir, split="test", out_dir=evaluation, keep_samples=0)
+    return {
+        "pretrained": pretrained,
+        "nonprivate": nonprivate,
+        "dp": dp,
+        "on_private_test": evaluation / "per_image.csv",
+    }
 
 
 def _membership_or_none(audit: Any, run: Path) -> dict[str, Any] | None:
