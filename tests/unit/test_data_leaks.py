@@ -48,7 +48,7 @@ def test_leaks_are_counted_with_a_calibrated_threshold(tmp_path, capsys):
     true_leaks = {(2 * k, 2 * k + 1) for k in range(15) if splits[2 * k] != splits[2 * k + 1]}
     assert true_leaks  # the image-level split put repeat studies of some patients in different splits
 
-    assert main(["data", "leaks", str(anonymous), "--calibrate", str(calibration)]) == 0
+    assert main(["data", "leaks", str(anonymous), "--calibrate", str(calibration), "--matcher", "pixel"]) == 0
     printed = capsys.readouterr().out
     result = json.loads((anonymous / "leaks.json").read_text())
     assert (
@@ -79,9 +79,25 @@ def test_prepare_group_similar_keeps_repeat_studies_in_one_split(tmp_path, image
         image_files.png(root / f"scan_{index:03d}.png", pixels)
     base = ["prepare", "--source", "folder", "--root", str(root), "--size", "48", "--workers", "1", "--quiet"]
     assert main([*base, "--out", str(tmp_path / "plain")]) == 0
-    assert main([*base, "--out", str(tmp_path / "grouped"), "--group-similar", "0.95"]) == 0
+    assert (
+        main(
+            [
+                *base,
+                "--out",
+                str(tmp_path / "grouped"),
+                "--group-similar",
+                "0.95",
+                "--similar-matcher",
+                "pixel",
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
-    assert "--group-similar 0.95: 8 group(s) of similar images (16 images) kept in one split each" in printed
+    assert (
+        "--group-similar 0.95 (pixel matcher): 8 group(s) of similar images (16 images) kept in one split"
+        in printed
+    )
 
     from meddenoise.data.cache import load_prepared
 
@@ -93,7 +109,22 @@ def test_prepare_group_similar_keeps_repeat_studies_in_one_split(tmp_path, image
     pairs = [(f"scan_{2 * k:03d}.png", f"scan_{2 * k + 1:03d}.png") for k in range(8)]
     assert any(plain[a] != plain[b] for a, b in pairs)  # without it, repeat studies straddle splits
     assert all(grouped[a] == grouped[b] for a, b in pairs)
-    assert main(["data", "leaks", str(tmp_path / "grouped"), "--threshold", "0.95", "--top", "0"]) == 0
+    assert (
+        main(
+            [
+                "data",
+                "leaks",
+                str(tmp_path / "grouped"),
+                "--threshold",
+                "0.95",
+                "--top",
+                "0",
+                "--matcher",
+                "pixel",
+            ]
+        )
+        == 0
+    )
     assert json.loads((tmp_path / "grouped" / "leaks.json").read_text())["suspects"] == 0
 
 
@@ -103,6 +134,9 @@ def test_a_calibration_folder_without_repeat_patients_is_named_as_the_reason(tmp
     assert main(["data", "leaks", str(anonymous), "--calibrate", str(anonymous), "--top", "0"]) == 0
     printed = capsys.readouterr().out
     assert "has no patient with more than one image" in printed and "reaching precision" not in printed
-    assert main(["data", "leaks", str(anonymous), "--threshold", "0.9999", "--top", "0"]) == 0
+    assert (
+        main(["data", "leaks", str(anonymous), "--threshold", "0.9999", "--top", "0", "--matcher", "pixel"])
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "0 likely same-patient pair(s)" in printed and "may be optimistic" not in printed

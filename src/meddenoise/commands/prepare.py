@@ -55,15 +55,25 @@ def _group_similar(result, config: PrepareConfig) -> None:
     """Rewrite the splits so that images the matcher joins at --group-similar share one (privacy.leaks)."""
     from meddenoise.data.manifest import read_prepare_info
     from meddenoise.privacy.leaks import regroup_prepared
+    from meddenoise.privacy.reid_embedding import matcher_name, resolve_matcher
 
+    matcher = resolve_matcher(config.similar_matcher)
     regrouped = regroup_prepared(
-        result.folder, config.group_similar, fractions=config.fractions, seed=config.seed
+        result.folder,
+        config.group_similar,
+        fractions=config.fractions,
+        seed=config.seed,
+        matcher=matcher,
+        max_shift=config.similar_max_shift,
     )
     result.info = read_prepare_info(result.folder) or result.info
+    shares = " / ".join(f"{value:.2f}" for value in regrouped["fractions_after"])
     result.notes.append(
-        f"--group-similar {config.group_similar:g}: {regrouped['joined_components']} group(s) of similar "
-        f"images ({regrouped['images_in_joined_components']} images) kept in one split each; "
-        f"{regrouped['images_moved_to_another_split']} image(s) changed split"
+        f"--group-similar {config.group_similar:g} ({matcher_name(matcher)} matcher): "
+        f"{regrouped['joined_components']} group(s) of similar images "
+        f"({regrouped['images_in_joined_components']} images) kept in one split each (suspected patients "
+        f"with several images; the largest group holds {regrouped['largest_component']}); "
+        f"{regrouped['images_moved_to_another_split']} image(s) changed split; train/val/test shares {shares}"
     )
 
 

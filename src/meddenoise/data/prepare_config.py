@@ -76,6 +76,16 @@ class PrepareConfig:
         "keep images whose matcher score reaches this threshold in one split (likely the same patient when "
         "ids are unknown; calibrate it with `meddenoise data leaks --calibrate`); 0: off",
     )
+    similar_matcher: str = option(
+        "auto",
+        "--group-similar's matcher: auto (learned when its weights are installed, else pixel), learned, "
+        "pixel, or a .safetensors file from `meddenoise data fit-matcher`; use the one the threshold was "
+        "calibrated with",
+    )
+    similar_max_shift: float = option(
+        0.05,
+        "--group-similar refuses when a split's share of images would move more than this from --fractions",
+    )
     render_option: list[str] = option([], "default source only: KEY=VALUE options of the renderer")
     device: str = option("auto", "device for rendering the default source (auto: cuda if available)")
     workers: int = option(0, "decoding processes (0: all available cores)")
@@ -114,6 +124,8 @@ class PrepareConfig:
             raise ConfigError("--patient-from applies to --source folder only")
         if not 0.0 <= self.group_similar <= 1.0:
             raise ConfigError(f"--group-similar is a matcher score in (0, 1]; got {self.group_similar}")
+        if not 0.0 < self.similar_max_shift <= 1.0:
+            raise ConfigError(f"--similar-max-shift must be in (0, 1]; got {self.similar_max_shift}")
         if self.group_similar and self.split_by == "image":
             raise ConfigError("--group-similar groups images, so it needs --split-by patient")
         if self.source != "default" and self.render_option:

@@ -1,14 +1,19 @@
-"""Likely same-patient pairs across splits, found with the privacy audit's matcher on the clean images.
+"""Likely same-patient pairs across splits, found with a patient matcher on the clean images.
 
 When patient ids are unknown, every image is its own "patient" and a split by patient is a split by image:
-repeat studies of one person can sit in training and test. The matcher (`privacy.matcher.Matcher`: area
-downsampling, blur, normalised cross-correlation) scores every image against the images of the other splits;
-a pair scoring at or above a threshold is a suspect.
+repeat studies of one person can sit in training and test. A matcher (the learned patient embedding of
+`privacy.reid_embedding` by default, or the pixel matcher of `privacy.matcher`) scores every image against
+the images of the other splits; each image keeps its NEIGHBOURS best partners there, and a candidate pair
+scoring at or above a threshold is a suspect.
 
-The threshold is never a guess: it is calibrated on a prepared folder whose patient ids are known (e.g. NIH
-ChestX-ray14 with its repeat studies, or the part of this folder that has ids) as the lowest score at which
-nearest-neighbour pairs are the same patient with at least the requested precision, or given explicitly.
-Without either, the pairs are ranked for inspection and no count is claimed.
+The threshold is never a guess: it is calibrated on a prepared folder whose patient ids are known with the
+SAME candidate scheme it is applied with (the calibration images are split by image at random with the
+checked folder's split fractions, and each keeps its NEIGHBOURS best partners in the other splits), as the
+lowest score at which the candidates above it are the same patient with the requested precision. The
+calibration also estimates the recall (the share of cross-split same-patient pairs, and of images with a
+same-patient image in another split, that the threshold finds), so a count of suspects is reported as what
+it is: a lower bound. Without a calibration or a given threshold the pairs are ranked for inspection and no
+count is claimed. Rows of the learned matcher's own fitting patients are left out (`fitted_rows`).
 """
 
 from __future__ import annotations
@@ -20,55 +25,125 @@ from typing import Any
 import numpy as np
 import torch
 
+from meddenoise.errors import DataError
 from meddenoise.privacy.matcher import Matcher, features_of_rows, top_matches
+from meddenoise.privacy.reid_embedding import fitted_rows, matcher_info
 
 NEIGHBOURS = 5  # candidates kept per image before thresholding
 UNCALIBRATED_LISTED = 200  # without a threshold: the best-scoring pairs, for inspection only
+CALIBRATION_REPEATS = 5  # random image-level splits of the calibration folder, pooled
+MAX_FRACTION_SHIFT = 0.05  # --group-similar refuses when a split's share moves further than this
 
 
 @dataclasses.dataclass(frozen=True)
 class Calibration:
     threshold: float | None  # None: no score reaches the precision
     precision: float  # the requested precision
-    achieved_precision: float | None
-    recall: float | None  # of images whose patient has another image, the share found at the threshold
+    achieved_precision: float | None  # of the calibration candidates at or above the threshold
+    recall: float | None  # of the cross-split same-patient pairs, the share found at the threshold
     images: int
     patients: int
     source: str
+    image_recall: float | None = None  # of images with a same-patient image in another split, share found
+    candidate_pairs: int = 0  # calibration candidates scored (all repeats)
+    true_pairs: int = 0  # cross-split same-patient pairs in the calibration splits (all repeats)
+    scheme: str = ""
+    excluded_fitting_images: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
-def clean_features(data: Any, matcher: Matcher, device: str = "cpu") -> torch.Tensor:
-    return features_of_rows(matcher, data.images, np.arange(len(data.records)), data.max_value, device=device)
+def clean_features(data: Any, matcher: Any, device: str = "cpu", rows: np.ndarray | None = None):
+    rows = np.arange(len(data.records)) if rows is None else rows
+    return features_of_rows(matcher, data.images, rows, data.max_value, device=device)
 
 
-def calibrate(features: torch.Tensor, patients: list[str], precision: float, source: str) -> Calibration:
-    """The lowest nearest-neighbour score above which pairs are the same patient with `precision`."""
+def split_fractions(splits: np.ndarray) -> tuple[float, float, float]:
+    total = max(1, len(splits))
+    return tuple(float(np.sum(splits == name)) / total for name in ("train", "val", "test"))  # type: ignore
+
+
+def image_level_split(count: int, fractions, rng: np.random.Generator) -> np.ndarray:
+    """A random split by image with the given fractions, as a folder without patient ids gets."""
+    order = rng.permutation(count)
+    edges = np.round(np.cumsum(fractions)[:-1] * count).astype(int)
+    splits = np.empty(count, dtype=object)
+    for name, part in zip(("train", "val", "test"), np.split(order, edges)):
+        splits[part] = name
+    return splits.astype(str)
+
+
+def calibrate(
+    features: torch.Tensor,
+    patients: list[str],
+    precision: float,
+    source: str,
+    *,
+    fractions=(0.5, 0.33, 0.17),
+    seed: int = 0,
+    repeats: int = CALIBRATION_REPEATS,
+    excluded: int = 0,
+) -> Calibration:
+    """The lowest score at which this folder's cross-split candidates are one patient with `precision`."""
     n = features.shape[0]
     counts: dict[str, int] = {}
     for patient in patients:
         counts[patient] = counts.get(patient, 0) + 1
-    nearest = top_matches(features, features, 1, exclude=torch.arange(n))[:, 0]  # (N,) own image excluded
-    scores = (features * features[nearest]).sum(dim=1).cpu().numpy()
-    same = np.array([patients[i] == patients[int(j)] for i, j in enumerate(nearest.tolist())])
-    order = np.argsort(-scores, kind="stable")
-    hits = np.cumsum(same[order])
-    precisions = hits / np.arange(1, n + 1)
+    scheme = (
+        f"{repeats} random image-level splits ({', '.join(f'{f:.2f}' for f in fractions)}), "
+        f"{NEIGHBOURS} best partners per image in the other splits"
+    )
+    empty = Calibration(
+        None, precision, None, None, n, len(counts), source, scheme=scheme, excluded_fitting_images=excluded
+    )
+    if n < 3 or not any(c > 1 for c in counts.values()):
+        return empty
+    rng = np.random.default_rng(seed)
+    code = {name: i for i, name in enumerate(sorted(counts))}
+    labels = np.array([code[p] for p in patients])
+    scores, same, runs, true_pairs = [], [], [], 0
+    true_images: list[set[int]] = []
+    for repeat in range(repeats):
+        splits = image_level_split(n, fractions, rng)
+        for i, j, score in cross_split_pairs(features, splits):
+            scores.append(score)
+            same.append(labels[i] == labels[j])
+            runs.append((repeat, i, j))
+        cross = (labels[:, None] == labels[None, :]) & (splits[:, None] != splits[None, :])
+        true_pairs += int(np.triu(cross, 1).sum())
+        true_images.append(set(np.flatnonzero(cross.any(1)).tolist()))
+    scores_a, same_a = np.array(scores), np.array(same, dtype=bool)
+    order = np.argsort(-scores_a, kind="stable")
+    hits = np.cumsum(same_a[order])
+    precisions = hits / np.arange(1, len(order) + 1)
     good = np.flatnonzero(precisions >= precision)
-    repeated = sum(1 for p in patients if counts[p] > 1)
-    if good.size == 0 or repeated == 0:
-        return Calibration(None, precision, None, None, n, len(counts), source)
-    cut = int(good.max())  # the longest prefix of the ranking that keeps the precision
+    if not same_a[order[good]].any() or true_pairs == 0:
+        return empty
+    # The longest prefix of the ranking that keeps the precision, cut back to its last true pair: the
+    # pairs below that would only spend the error budget on false ones without finding another leak.
+    good = good[same_a[order[good]]]
+    cut = int(good.max())
+    threshold = float(scores_a[order[cut]])
+    found_images = [set() for _ in range(repeats)]
+    for k in order[: cut + 1]:
+        if same_a[k]:
+            repeat, i, j = runs[k]
+            found_images[repeat].update((i, j))
+    eligible = sum(len(t) for t in true_images)
     return Calibration(
-        threshold=float(scores[order[cut]]),
+        threshold=threshold,
         precision=precision,
         achieved_precision=float(precisions[cut]),
-        recall=float(hits[cut]) / repeated,
+        recall=float(hits[cut]) / true_pairs,
         images=n,
         patients=len(counts),
         source=source,
+        image_recall=sum(len(f & t) for f, t in zip(found_images, true_images)) / max(1, eligible),
+        candidate_pairs=len(scores),
+        true_pairs=true_pairs,
+        scheme=scheme,
+        excluded_fitting_images=excluded,
     )
 
 
@@ -90,42 +165,67 @@ def cross_split_pairs(features: torch.Tensor, splits: np.ndarray) -> list[tuple[
     return sorted(((i, j, s) for (i, j), s in found.items()), key=lambda item: -item[2])
 
 
+def _unfitted(data: Any, matcher: Any) -> np.ndarray:
+    """Rows of `data` outside the learned matcher's fitting patients (all rows for the pixel matcher)."""
+    source = str(data.params.get("source", ""))
+    return np.flatnonzero(~fitted_rows(matcher, data.records, source))
+
+
 def find_leaks(
     data: Any,
     *,
     threshold: float | None = None,
     calibration_data: Any = None,
     precision: float = 0.9,
-    matcher: Matcher | None = None,
+    matcher: Any = None,
     device: str = "cpu",
+    seed: int = 0,
 ) -> dict[str, Any]:
     """Suspect pairs across the splits of `data` and how the threshold was set (module docstring)."""
     matcher = matcher or Matcher()
-    features = clean_features(data, matcher, device)
+    rows = _unfitted(data, matcher)
+    features = clean_features(data, matcher, device, rows)
+    splits = np.asarray(data.splits)[rows]
     calibration = None
     if threshold is None and calibration_data is not None:
-        calibration_features = clean_features(calibration_data, matcher, device)
-        patients = [row["patient_id"] for row in calibration_data.records]
-        calibration = calibrate(calibration_features, patients, precision, str(calibration_data.folder))
+        calibration_rows = _unfitted(calibration_data, matcher)
+        patients = [calibration_data.records[int(r)]["patient_id"] for r in calibration_rows]
+        calibration = calibrate(
+            clean_features(calibration_data, matcher, device, calibration_rows),
+            patients,
+            precision,
+            str(calibration_data.folder),
+            fractions=split_fractions(splits),
+            seed=seed,
+            excluded=len(calibration_data.records) - len(calibration_rows),
+        )
         threshold = calibration.threshold
-    pairs = cross_split_pairs(features, data.splits)
+    pairs = cross_split_pairs(features, splits)
     records = data.records
-    listed = [
-        {
-            "image_a": records[i]["image_id"],
-            "split_a": records[i]["split"],
-            "image_b": records[j]["image_id"],
-            "split_b": records[j]["split"],
-            "score": score,
-            "row_a": i,
-            "row_b": j,
-        }
-        for i, j, score in pairs
-    ]
+    listed = []
+    for i, j, score in pairs:
+        a, b = int(rows[i]), int(rows[j])
+        listed.append(
+            {
+                "image_a": records[a]["image_id"],
+                "split_a": records[a]["split"],
+                "image_b": records[b]["image_id"],
+                "split_b": records[b]["split"],
+                "score": score,
+                "row_a": a,
+                "row_b": b,
+            }
+        )
     suspects = [pair for pair in listed if threshold is not None and pair["score"] >= threshold]
+    test_images = {p["image_a"] for p in suspects if p["split_a"] == "test"} | {
+        p["image_b"] for p in suspects if p["split_b"] == "test"
+    }
+    patients = len({records[int(r)]["patient_id"] for r in rows})
     return {
         "folder": str(data.folder),
         "images": len(records),
+        "images_checked": int(len(rows)),
+        "excluded_fitting_images": int(len(records) - len(rows)),
         "threshold": threshold,
         "threshold_source": (
             "given"
@@ -136,13 +236,20 @@ def find_leaks(
         ),
         "calibration": calibration.to_dict() if calibration is not None else None,
         "suspects": len(suspects) if threshold is not None else None,
-        "suspect_images_in_test": len(
-            {p["image_a"] for p in suspects if p["split_a"] == "test"}
-            | {p["image_b"] for p in suspects if p["split_b"] == "test"}
-        ),
+        "suspects_are": "a lower bound: pairs the matcher misses are not counted",
+        "suspect_images_in_test": len(test_images),
+        "estimated_pairs": _scaled(len(suspects), calibration, "recall") if threshold is not None else None,
+        "estimated_test_images": _scaled(len(test_images), calibration, "image_recall"),
+        "patients_in_manifest": patients,
         "pairs": suspects if threshold is not None else listed[:UNCALIBRATED_LISTED],
-        "matcher": dataclasses.asdict(matcher),
+        "matcher": matcher_info(matcher),
     }
+
+
+def _scaled(count: int, calibration: Calibration | None, key: str) -> float | None:
+    """count / the calibration's estimated recall: about how many exist, if the recall transfers."""
+    recall = getattr(calibration, key, None) if calibration is not None else None
+    return count / recall if recall else None
 
 
 def similar_groups(features: torch.Tensor, threshold: float) -> np.ndarray:
@@ -165,17 +272,31 @@ def similar_groups(features: torch.Tensor, threshold: float) -> np.ndarray:
     return np.array([root(i) for i in range(n)])
 
 
-def regroup_prepared(folder: Any, threshold: float, *, fractions, seed: int, device: str = "cpu") -> dict:
+def regroup_prepared(
+    folder: Any,
+    threshold: float,
+    *,
+    fractions,
+    seed: int,
+    device: str = "cpu",
+    matcher: Any = None,
+    max_shift: float = MAX_FRACTION_SHIFT,
+) -> dict:
     """Rewrite a prepared folder's splits so that images the matcher joins at `threshold` share a group,
-    and so a split; returns what changed (also saved as similar_groups.json beside the manifest)."""
+    and so a split; returns what changed (also saved as similar_groups.json beside the manifest).
+
+    Refuses (DataError, the folder untouched) when a split's share of images would move more than
+    `max_shift` from the requested fraction: at a low threshold chains of weak links join most of the set
+    into one group, which no split can hold."""
     from meddenoise.data.cache import load_prepared
     from meddenoise.data.manifest import MANIFEST_COLUMNS, write_prepared
     from meddenoise.data.records import ImageRecord
     from meddenoise.data.splits import assign_splits
     from meddenoise.fileio import atomic_write_json
 
+    matcher = matcher or Matcher()
     data = load_prepared(folder)
-    labels = similar_groups(clean_features(data, Matcher(), device), threshold)
+    labels = similar_groups(clean_features(data, matcher, device), threshold)
     rows = data.records
     sizes = np.bincount(labels, minlength=len(rows))
     records = []
@@ -186,18 +307,40 @@ def regroup_prepared(folder: Any, threshold: float, *, fractions, seed: int, dev
             ImageRecord(row["image_id"], row["patient_id"], row["source"], row["source_path"], group)
         )
     splits = assign_splits(records, fractions, seed, "patient")
-    extra = {key: [row[key] for row in rows] for key in rows[0] if key not in MANIFEST_COLUMNS}
-    images = np.array(data.images)  # read fully: the file is replaced below
-    params, fingerprint = data.params, data.info.get("input_fingerprint")
-    moved = int(sum(1 for row, split in zip(rows, splits) if row["split"] != split))
-    del data
-    write_prepared(folder, images, records, splits, params, extra_columns=extra, fingerprint=fingerprint)
+    achieved = split_fractions(np.array(splits))
+    shifts = [abs(a - float(f)) for a, f in zip(achieved, fractions)]
     summary = {
         "threshold": threshold,
         "joined_components": int(np.sum(sizes > 1)),
         "images_in_joined_components": int(sizes[sizes > 1].sum()),
-        "images_moved_to_another_split": moved,
-        "matcher": dataclasses.asdict(Matcher()),
+        "largest_component": int(sizes.max()) if len(sizes) else 0,
+        "images_moved_to_another_split": int(
+            sum(1 for row, split in zip(rows, splits) if row["split"] != split)
+        ),
+        "requested_fractions": [float(f) for f in fractions],
+        "fractions_before": list(split_fractions(np.asarray(data.splits))),
+        "fractions_after": list(achieved),
+        "max_fraction_shift": max_shift,
+        "matcher": matcher_info(matcher),
     }
+    if max(shifts) > max_shift:
+
+        def shares(values):
+            return " / ".join(f"{v:.2f}" for v in values)
+
+        raise DataError(
+            f"--group-similar {threshold:g} would join {summary['images_in_joined_components']} of "
+            f"{len(rows)} images into {summary['joined_components']} group(s) (the largest holds "
+            f"{summary['largest_component']}), and the train/val/test shares would become "
+            f"{shares(achieved)} instead of the requested {shares(fractions)} (more than "
+            f"{max_shift * 100:g} points off): the split would no longer measure anything. {folder} is left "
+            "as it was. Raise the threshold (calibrate it with `meddenoise data leaks DIR --calibrate "
+            "ID_FOLDER`), or use patient ids."
+        )
+    extra = {key: [row[key] for row in rows] for key in rows[0] if key not in MANIFEST_COLUMNS}
+    images = np.array(data.images)  # read fully: the file is replaced below
+    params, fingerprint = data.params, data.info.get("input_fingerprint")
+    del data
+    write_prepared(folder, images, records, splits, params, extra_columns=extra, fingerprint=fingerprint)
     atomic_write_json(Path(folder) / "similar_groups.json", summary)
     return summary

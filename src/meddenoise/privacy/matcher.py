@@ -275,4 +275,5 @@ def features_of_rows(
         order = np.argsort(np.argsort(rows[start : start + batch_size]))  # back to the requested order
         pixels = torch.from_numpy(batch[order]).to(device).unsqueeze(1).float() / float(max_value)
         chunks.append(matcher.features(pixels))
-    return torch.cat(chunks) if chunks else torch.zeros(0, matcher.feature_size**2, device=device)
+    dim = getattr(matcher, "dim", None) or matcher.feature_size**2  # the learned matcher has `dim`
+    return torch.cat(chunks) if chunks else torch.zeros(0, dim, device=device)
