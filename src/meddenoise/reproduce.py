@@ -69,7 +69,12 @@ class Preset:
     # beside DP-SGD from scratch; public_images rendered at the private data's size.
     dp_public_pretraining: bool = False
     public_images: int = 480
+    # Membership audits (privacy/membership.py): offline LiRA with this many reference models (0: the
+    # loss-threshold attack only), of membership_reference_epochs (0: the run's), trained once and shared by
+    # every audited run (membership_shared_references) or like each run.
     membership_reference_models: int = 0
+    membership_reference_epochs: int = 0
+    membership_shared_references: bool = False
     membership_images: int = 500
     data_note: str = ""  # the preset's own data, named only when the run really used it
     # Multi-device timing protocols (Table V): "paper" keeps the batch per device (the global batch grows
@@ -134,6 +139,15 @@ PRESETS: dict[str, Preset] = {
         dp_epsilons=(1.0, 4.0, 8.0),
         dp_unit="patient",
         dp_public_pretraining=True,
+        # Offline LiRA in the membership audits, sized to add about a minute: one reference U-Net of the
+        # quick recipe (12 epochs) on the val split's 243 images took 168 s wall (158 s CPU) on the 2 loaded
+        # cores it was timed on, so 2 reference models of 3 epochs (validating on 16 images), trained once
+        # and shared by all ~13 audited runs (their scores are cached), cost ~25-40 s, and scoring every
+        # run's last checkpoint beside its best ~15-20 s. Two is the fewest that gives LiRA's pooled
+        # variance; fewer epochs than the runs only weaken the attack (the references stay OUT models).
+        membership_reference_models=2,
+        membership_reference_epochs=3,
+        membership_shared_references=True,
     ),
     "paper": Preset(
         name="paper",

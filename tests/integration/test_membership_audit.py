@@ -1,5 +1,6 @@
-"""Membership inference sanity: a model overfit on a few images gives them away (AUC clearly above 0.5);
-a model that never saw the "members" scores chance (0.5 inside the patient-bootstrap interval)."""
+"""Membership inference sanity: a model overfit on a few images gives them away (offline LiRA and the loss
+attack clearly above 0.5, on both the best and the last checkpoint); a model that never saw the "members"
+scores chance (0.5 inside the patient-bootstrap interval) and is not called private for it."""
 
 from __future__ import annotations
 
@@ -75,15 +76,25 @@ def test_a_model_overfit_on_few_images_gives_its_members_away(data, tmp_path):
     )
     result = json.loads((audit / "privacy_audit.json").read_text())["membership"]
     assert result["members"]["images"] == 8  # only the images the run trained on (--limit-train)
-    for attack in ("loss_threshold", "calibrated"):
-        assert result[attack]["auc"] > 0.8, attack
-        assert result[attack]["auc_ci"][0] > 0.5, attack
-    assert (audit / "membership" / "reference1" / "checkpoints" / "best.safetensors").is_file()
-    assert "Membership inference" in (audit / "privacy_audit.md").read_text()
+    assert set(result["checkpoints"]) == {"best", "last"} and result["audited_checkpoint"] == "best"
+    for name, checkpoint in result["checkpoints"].items():
+        for attack in ("loss_threshold", "lira"):
+            entry = checkpoint[attack]
+            assert entry["auc"] > 0.8, (name, attack)
+            assert entry["auc_ci"][0] > 0.5, (name, attack)
+            assert entry["auc_ci"][0] <= entry["auc_upper_95"] <= entry["auc_ci"][1]
+            nonmembers = result["nonmembers"]["images"]
+            assert entry["lowest_fpr"] == 1 / nonmembers and 0 <= entry["tpr_at_lowest_fpr"] <= 1
+        assert checkpoint["lira"]["reference_patients_disjoint"] is True
+    assert result["lira"] == result["checkpoints"]["best"]["lira"]
+    assert (audit / "membership" / "reference1" / "checkpoints" / "last.safetensors").is_file()
+    text = (audit / "privacy_audit.md").read_text()
+    assert "Membership inference" in text and "LiRA, offline (2 reference models" in text
+    assert "- last checkpoint" in text and "lowest resolvable FPR" in text and "at 95% (one-sided)" in text
 
 
 def test_a_model_that_never_saw_the_members_scores_chance(data, tmp_path):
-    from meddenoise.privacy.membership import run_membership_audit
+    from meddenoise.privacy.membership import markdown_lines, run_membership_audit
 
     run = tmp_path / "outsider"
     meddenoise(
@@ -108,7 +119,10 @@ def test_a_model_that_never_saw_the_members_scores_chance(data, tmp_path):
     low, high = result["loss_threshold"]["auc_ci"]
     assert result["members"]["split"] == "train" and result["members"]["images"] > 40
     assert low <= 0.5 <= high, result["loss_threshold"]
-    assert "skipped" in result["calibrated"]
+    assert "skipped" in result["lira"]
+    text = "\n".join(markdown_lines(result))
+    assert "not evidence of privacy" in text and "upper bound" in text
+    assert "chance not excluded" not in text and "private" not in text.replace("not evidence of privacy", "")
 
 
 def test_without_patient_ids_the_audit_does_not_speak_of_patients(tmp_path, tiny_fit):

@@ -1,4 +1,5 @@
-"""Membership-inference statistics: AUC, TPR at a low false-positive rate, calibration, patient bootstrap."""
+"""Membership-inference statistics: AUC, TPR at a low false-positive rate, offline LiRA, patient bootstrap,
+and wording that never turns a non-rejection into privacy."""
 
 from __future__ import annotations
 
@@ -27,14 +28,14 @@ def test_tpr_at_low_fpr_uses_the_strictest_threshold_that_keeps_the_rate():
     assert achieved == 0.0 and tpr == pytest.approx(2 / 3)
 
 
-def test_calibration_removes_per_image_difficulty():
+def test_lira_removes_per_image_difficulty():
     rng = np.random.default_rng(0)
     difficulty = rng.lognormal(0.0, 1.0, 400)  # some images are simply harder to denoise
     is_member = np.arange(400) < 200
     target = difficulty * np.where(is_member, 0.8, 1.0)  # members reconstructed 20% better
     reference = difficulty * rng.lognormal(0.0, 0.05, (4, 400))
     raw = membership.roc_auc(-target[is_member], -target[~is_member])
-    scores = membership.calibrated_scores(target, reference)
+    scores = membership.lira_scores(target, reference)
     calibrated = membership.roc_auc(scores[is_member], scores[~is_member])
     assert raw < 0.7 and calibrated > 0.95
 
@@ -89,3 +90,55 @@ def test_too_few_nonmembers_report_the_low_fpr_rate_as_unavailable():
     }  # fmt: skip
     text = "\n".join(membership.markdown_lines(result))
     assert "TPR at 1% FPR n/a (40 non-member images cannot resolve" in text
+
+
+def test_lira_is_the_one_sided_gaussian_likelihood_of_the_reference_models():
+    from scipy.stats import norm
+
+    reference = np.exp(-np.array([[1.0, 2.0], [1.2, 2.4], [0.8, 1.6]]))  # s = -log e per model and image
+    target = np.exp(-np.array([1.5, 2.0]))
+    mu = np.array([1.0, 2.0])
+    pooled = np.sqrt(np.mean([np.var([1.0, 1.2, 0.8], ddof=1), np.var([2.0, 2.4, 1.6], ddof=1)]))
+    expected = norm.cdf((np.array([1.5, 2.0]) - mu) / pooled)
+    scores = membership.lira_scores(target, reference)
+    assert np.allclose(1 / (1 + np.exp(-scores)), expected)  # log odds of Lambda
+    per_image = membership.lira_scores(target, reference, per_example_min=3)
+    assert np.allclose(1 / (1 + np.exp(-per_image)), norm.cdf((np.array([1.5, 2.0]) - mu) / [0.2, 0.4]))
+    # a strongly memorised image keeps its rank (Lambda itself would round to 1)
+    far = membership.lira_scores(np.exp(-np.array([40.0, 60.0])), reference[:, :1].repeat(2, 1))
+    assert far[1] > far[0] > 0
+
+
+def test_the_summary_carries_the_upper_bound_and_the_tpr_at_the_lowest_resolvable_fpr():
+    rng = np.random.default_rng(3)
+    members, nonmembers = rng.normal(0.2, 1, 60), rng.normal(0, 1, 50)
+    groups_m, groups_n = [f"m{i % 20}" for i in range(60)], [f"n{i % 25}" for i in range(50)]
+    summary = membership.attack_summary(members, groups_m, nonmembers, groups_n, seed=0)
+    low, high = summary["auc_ci"]
+    assert low < summary["auc_upper_95"] < high  # one-sided 95% lies inside the two-sided 95%
+    assert (
+        summary["lowest_fpr"] == pytest.approx(1 / 50)
+        and "1/50 non-member images" in summary["lowest_fpr_unit"]
+    )
+    threshold = np.sort(nonmembers)[-2]  # one false positive allowed
+    assert summary["tpr_at_lowest_fpr"] == pytest.approx(np.mean(members > threshold))
+
+
+@pytest.mark.parametrize("interval", [(0.40, 0.70), (0.30, 0.45), (math.nan, math.nan)])
+def test_a_non_rejection_is_never_worded_as_privacy(interval):
+    entry = {
+        "auc": 0.55,
+        "auc_ci": list(interval),
+        "auc_upper_95": 0.66 if not math.isnan(interval[0]) else math.nan,
+    }
+    sentence = membership.interpretation(entry)
+    assert "not evidence of privacy" in sentence
+    for claim in ("is private", "no membership leak", "chance not excluded", "at chance", "protected"):
+        assert claim not in sentence
+    if interval[0] == 0.40:
+        assert "upper bound 0.66 at 95%" in sentence and "an attacker may do this well" in sentence
+
+
+def test_detected_membership_says_so():
+    entry = {"auc": 0.8, "auc_ci": [0.7, 0.9], "auc_upper_95": 0.88}
+    assert "above chance: membership is detectable" in membership.interpretation(entry)

@@ -79,7 +79,14 @@ def test_rows_gaps_cells_and_verdict_follow_the_numbers(tmp_path):
     assert modes.table_cells(paper)[9] == "not measurable"
     sentences = modes.verdict(rows)
     assert "above chance" in sentences[0] and "no formal guarantee" in sentences[0]
-    assert "below supervised (interval excludes 0)" in sentences[1] and "chance not excluded" in sentences[1]
+    assert (
+        "below supervised (interval excludes 0)" in sentences[1] and "not evidence of privacy" in sentences[1]
+    )
+    assert "membership (loss-threshold, best checkpoint) AUC 0.49, upper bound" not in sentences[1]  # none
+    assert (
+        "membership (loss-threshold, best checkpoint) AUC 0.49 [0.43, 0.55]: an attacker may" in sentences[1]
+    )
+    assert "chance not excluded" not in " ".join(sentences)
     assert "interval spans 0" in sentences[2]
     assert modes.markdown_table(rows).count("\n") == 2 + len(rows)
 
@@ -109,3 +116,23 @@ def test_the_per_image_dp_unit_is_explained_by_the_data_actually_used():
     assert "rendered default holds one patient" in notes(preset, "default")[0]
     own = notes(preset, "folder")[0]  # e.g. DICOM with patient ids, given with --data
     assert "rendered default" not in own and "protected less than epsilon says" in own
+
+
+def test_membership_columns_show_lira_with_its_bound_and_both_checkpoints():
+    def attack(auc, low, high, upper):
+        return {"auc": auc, "auc_ci": [low, high], "auc_upper_95": upper, "tpr_at_1pct_fpr": 0.0,
+                "tpr_at_lowest_fpr": 0.04, "lowest_fpr": 1 / 121, "reference_models": 2}  # fmt: skip
+
+    best = {"loss_threshold": attack(0.52, 0.4, 0.64, 0.62), "lira": attack(0.55, 0.43, 0.68, 0.66)}
+    last = {"loss_threshold": attack(0.6, 0.51, 0.7, 0.68), "lira": attack(0.7, 0.6, 0.8, 0.78), "epoch": 12}
+    audit = {**best, "audited_checkpoint": "best", "checkpoints": {"best": best, "last": last}}
+    row = {"mode": "m", "noise_std": 0.2, "test_psnr": 20.0, "linkable": False, "epsilon": None}
+    row.update(modes.membership_columns(audit))
+    assert row["membership_lira_auc_upper"] == 0.66 and row["membership_last_lira_auc"] == 0.7
+    sentence = modes.verdict([row])[0]
+    assert (
+        "membership (LiRA, best checkpoint) AUC 0.55, upper bound 0.66 at 95%: an attacker may do this well"
+        in sentence
+    )
+    assert "not evidence of privacy" in sentence
+    assert "membership (LiRA, last checkpoint) AUC 0.70 [0.60, 0.80], above chance" in sentence

@@ -47,10 +47,13 @@ class PrivacyAuditConfig:
     quiet: bool = quiet_option()
     print_config: bool = print_config_option()
     membership: bool = option(
-        False, "also attack the --run model: membership inference (loss threshold and reference models)"
+        False,
+        "also attack the --run model (best and last checkpoints): membership inference by offline LiRA "
+        "(reference models) beside the loss threshold",
     )
     reference_models: int = option(
-        4, "membership: reference models trained like the run (0: loss attack only)"
+        4,
+        "membership: LiRA reference models trained like the run on the reference split (0: loss attack only)",
     )
     reference_epochs: int = option(0, "membership: epochs of each reference model (0: as the run)")
     reference_split: str = option(

@@ -118,19 +118,45 @@ def mode_row(
         row["reidentification_at_1"] = None if "skipped" in reid else reid.get("top1")
         row["reidentification_note"] = reid.get("skipped")
     if membership is not None:
-        row["membership_auc"] = membership["loss_threshold"]["auc"]
-        row["membership_auc_ci"] = membership["loss_threshold"]["auc_ci"]
-        calibrated = membership.get("calibrated", {})
-        if "auc" in calibrated:
-            row["membership_calibrated_auc"] = calibrated["auc"]
-            row["membership_calibrated_auc_ci"] = calibrated["auc_ci"]
-            row["membership_calibrated_tpr_at_1pct_fpr"] = calibrated["tpr_at_1pct_fpr"]
+        row.update(membership_columns(membership))
     epsilon = summary.get("dp_epsilon")
     row["epsilon"] = float(epsilon) if epsilon not in (None, "") else None
     if row["epsilon"] is not None:
         row["delta"] = float(summary["dp_delta"])
         row["dp_unit"] = summary.get("dp_unit")
     return row
+
+
+def membership_columns(membership: dict[str, Any]) -> dict[str, Any]:
+    """A membership audit's figures for the table: loss attack and offline LiRA on the best checkpoint
+    (`membership_auc*`, `membership_lira_*`), and the last checkpoint's (`membership_last_*`)."""
+    nan = math.nan
+    columns: dict[str, Any] = {}
+
+    def put(prefix: str, entry: dict[str, Any]) -> None:
+        if "auc" not in entry:
+            return
+        columns[prefix] = entry["auc"]
+        columns[f"{prefix}_ci"] = entry["auc_ci"]
+        columns[f"{prefix}_upper"] = entry.get("auc_upper_95", nan)
+
+    def lira_of(audit: dict[str, Any]) -> dict[str, Any]:
+        return audit.get("lira") or audit.get("calibrated") or {}  # "calibrated": audits before LiRA
+
+    put("membership_auc", membership["loss_threshold"])
+    lira = lira_of(membership)
+    put("membership_lira_auc", lira)
+    if "auc" in lira:
+        columns["membership_lira_tpr_at_1pct_fpr"] = lira["tpr_at_1pct_fpr"]
+        columns["membership_lira_tpr_at_lowest_fpr"] = lira.get("tpr_at_lowest_fpr", nan)
+        columns["membership_lira_lowest_fpr"] = lira.get("lowest_fpr", nan)
+        columns["membership_lira_reference_models"] = lira.get("reference_models")
+    last = (membership.get("checkpoints") or {}).get("last")
+    if last is not None and membership.get("audited_checkpoint") != "last":
+        put("membership_last_auc", last["loss_threshold"])
+        put("membership_last_lira_auc", lira_of(last))
+        columns["membership_last_epoch"] = last.get("epoch")
+    return columns
 
 
 def _fmt(value: Any, digits: int = 2) -> str:
@@ -147,13 +173,27 @@ def _gap(entry: dict[str, Any] | None, digits: int) -> str:
     return f"{entry['mean']:+.{digits}f} [{entry['low']:+.{digits}f}, {entry['high']:+.{digits}f}]"
 
 
-def _auc(row: dict[str, Any], key: str) -> str:
+def _auc(row: dict[str, Any], key: str, upper: bool = False) -> str:
     if key not in row:
         return "-"
     low, high = row[f"{key}_ci"]
     if math.isnan(low) or math.isnan(high):
         return f"{row[key]:.2f} [n/a]"
-    return f"{row[key]:.2f} [{low:.2f}, {high:.2f}]"
+    bound = row.get(f"{key}_upper", math.nan)
+    shown = f"; <= {bound:.2f}" if upper and not math.isnan(bound) else ""
+    return f"{row[key]:.2f} [{low:.2f}, {high:.2f}{shown}]"
+
+
+def _tpr(row: dict[str, Any]) -> str:
+    rate = row.get("membership_lira_lowest_fpr", math.nan)
+    if "membership_lira_tpr_at_lowest_fpr" not in row or math.isnan(rate):
+        return "-"
+    return f"{100 * row['membership_lira_tpr_at_lowest_fpr']:.1f}% at {100 * rate:.1f}%"
+
+
+def _last(row: dict[str, Any]) -> str:
+    key = "membership_last_lira_auc" if "membership_last_lira_auc" in row else "membership_last_auc"
+    return _auc(row, key, upper=True)
 
 
 COLUMNS = (
@@ -168,7 +208,9 @@ COLUMNS = (
     "linkage@1",
     "re-id@1",
     "membership AUC, loss (95% CI)",
-    "membership AUC, calibrated",
+    "membership AUC, LiRA (95% CI; one-sided 95% upper bound)",
+    "LiRA TPR at lowest FPR",
+    "membership AUC, last checkpoint (LiRA, else loss)",
     "epsilon",
 )
 
@@ -192,7 +234,9 @@ def table_cells(row: dict[str, Any]) -> list[str]:
         _fmt(row.get("linkage_at_1")),
         reid,
         _auc(row, "membership_auc"),
-        _auc(row, "membership_calibrated_auc"),
+        _auc(row, "membership_lira_auc", upper=True),
+        _tpr(row),
+        _last(row),
         epsilon,
     ]
 
@@ -229,18 +273,7 @@ def verdict(rows: list[dict[str, Any]]) -> list[str]:
             )
         elif not row["linkable"]:
             parts.append("no images released")
-        if "membership_auc" in row:
-            low, high = row["membership_auc_ci"]
-            chance = (
-                "no interval: too few patients to tell it from chance"
-                if math.isnan(low) or math.isnan(high)
-                else "chance not excluded"
-                if low <= 0.5 <= high
-                else "above chance"
-                if low > 0.5
-                else "below chance"
-            )
-            parts.append(f"membership AUC {row['membership_auc']:.2f} ({chance})")
+        parts += _membership_sentences(row)
         to_nonprivate = row.get("gap_psnr_to_nonprivate")
         if to_nonprivate:
             parts.append(f"{_gap(to_nonprivate, 2)} dB against the same network trained without DP")
@@ -249,4 +282,24 @@ def verdict(rows: list[dict[str, Any]]) -> list[str]:
         else:
             parts.append("no formal guarantee")
         sentences.append("; ".join(parts) + ".")
+    return sentences
+
+
+def _membership_sentences(row: dict[str, Any]) -> list[str]:
+    """The strongest attack measured (offline LiRA, else the loss threshold) on the best and the last
+    checkpoint. An interval that includes 0.5 is reported with its upper bound, never as privacy."""
+    from meddenoise.privacy.membership import interpretation
+
+    sentences = []
+    for checkpoint, prefix in (("best", "membership"), ("last", "membership_last")):
+        key = f"{prefix}_lira_auc" if f"{prefix}_lira_auc" in row else f"{prefix}_auc"
+        if key not in row:
+            continue
+        attack = "LiRA" if "lira" in key else "loss-threshold"
+        entry = {
+            "auc": row[key],
+            "auc_ci": row[f"{key}_ci"],
+            "auc_upper_95": row.get(f"{key}_upper", math.nan),
+        }
+        sentences.append(f"{interpretation(entry, f'membership ({attack}, {checkpoint} checkpoint)')}")
     return sentences

@@ -6,7 +6,7 @@
                                                pretrains: public_std<s>/ trains on it, then
                                                dp_eps<E>_public_std<s>/ and nonprivate_public_std<s>/
                                                fine-tune from it on the private data
-    OUT/privacy_modes/membership/              reference models of the calibrated attack (when asked for)
+    OUT/privacy_modes/membership/              reference models of offline LiRA (when asked for)
     OUT/privacy_modes/privacy_modes.json, .md  the table, its verdict, and what each audit measured
 
 DP runs live outside OUT/runs so the paper's tables (which compare BatchNorm U-Nets) never mix them in. The
@@ -123,6 +123,9 @@ def run_privacy_modes(
     data = load_prepared(data_dir)
     groups = {r["image_id"]: r.get("group") or r["patient_id"] for r in data.records}
 
+    # getattr: a reproduction started before these preset fields existed imports this module late
+    shared = getattr(preset, "membership_shared_references", False)
+
     def membership(run: Path) -> dict[str, Any]:
         print(f"privacy modes: membership audit of {run.name}", flush=True)
         return run_membership_audit(
@@ -130,6 +133,10 @@ def run_privacy_modes(
             data_dir=str(data_dir),
             out=folder / "membership" / run.name,
             reference_models=preset.membership_reference_models,
+            reference_epochs=getattr(preset, "membership_reference_epochs", 0),
+            # one set of reference models for every audit, trained like the non-private GroupNorm U-Net
+            reference_dir=folder / "membership" / "shared_references" if shared else None,
+            reference_recipe=nonprivate if shared else None,
             max_images=preset.membership_images,
             device=device,
         )
@@ -316,10 +323,19 @@ def notes(preset: Any, source: str = "default") -> list[str]:
             f"per image (the {preset.name} preset's unit); a patient with several training images is "
             "protected less than epsilon says (train with --dp-unit patient for a per-patient guarantee)"
         )
+    shared = (
+        "one shared set trained like the non-private GroupNorm U-Net"
+        if getattr(preset, "membership_shared_references", False)
+        else "trained like each audited run"
+    )
+    epochs = getattr(preset, "membership_reference_epochs", 0)
     calibrated = (
-        f"{preset.membership_reference_models} reference models per run (calibrated attack)"
+        f"offline LiRA with {preset.membership_reference_models} reference models ({shared}"
+        f"{f', {epochs} epochs' if epochs else ''}) on the val patients, disjoint from members and "
+        "non-members, beside the loss-threshold attack; best and last checkpoints"
         if preset.membership_reference_models
-        else "the loss-threshold attack only (no reference models, to keep the preset's time)"
+        else "the loss-threshold attack only (no reference models, to keep the preset's time): weak, an "
+        "AUC near 0.5 says little"
     )
     epsilons = ", ".join(f"{e:g}" for e in preset.dp_epsilons)
     return [
