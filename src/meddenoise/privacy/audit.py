@@ -393,6 +393,7 @@ def run_audit(
         )
         for std in progress(levels, quiet=quiet, desc="privacy audit", unit="level")
     ]
+    learned = learned_attack(data, split, levels, noise, max_queries, seed, torch_device, batch_size)
     clean_query_features = features_of_rows(
         matcher, data.images, plan.query_rows, data.max_value, device=torch_device
     )
@@ -418,7 +419,73 @@ def run_audit(
         },
         "outsider_overlap": _outsider_overlap(data, plan, outsider_run_dir),
         "levels": levels,
+        "learned_matcher": learned,
     }
+
+
+def learned_attack(
+    data: Any,
+    split: str,
+    levels: list[dict[str, Any]],
+    noise: NoiseSpec,
+    max_queries: int,
+    seed: int,
+    device: torch.device,
+    batch_size: int,
+) -> dict[str, Any]:
+    """Linkage and re-identification by the learned patient embedding, beside the pixel matcher's.
+
+    A stronger attacker than the pixel matcher, and the honest one to report. Patients the embedding was
+    fitted on are left out of queries and gallery alike (scoring them would flatter it), so its figures
+    are over the remaining patients; the result says how many were left out and what chance is there.
+    """
+    from meddenoise.privacy.reid_embedding import LearnedMatcher, fitted_rows, matcher_info, resolve_matcher
+
+    try:
+        learned = resolve_matcher("auto")
+    except (ConfigError, OSError, ValueError) as exc:
+        return {"skipped": f"the learned matcher could not be loaded ({exc})"}
+    if not isinstance(learned, LearnedMatcher):
+        return {"skipped": "the learned matcher's weights are not installed"}
+    fitted = fitted_rows(learned, data.records, str(data.params.get("source", "")))
+    kept = np.flatnonzero(~fitted)
+    patients = [str(data.records[int(row)]["patient_id"]) for row in kept]
+    info = {
+        "matcher": matcher_info(learned),
+        "excluded_images": int(fitted.sum()),
+        "excluded_patients": len({str(data.records[int(r)]["patient_id"]) for r in np.flatnonzero(fitted)}),
+    }
+    try:
+        plan = plan_audit(patients, data.splits[kept], split, max_queries=max_queries, seed=seed)
+    except (DataError, ConfigError) as exc:
+        return {**info, "skipped": f"too few images outside the embedding's fitting patients: {exc}"}
+    plan = dataclasses.replace(plan, groups=patients, unit="patient")
+    if data.params.get("split_unit") == UNIT_IMAGE_UNKNOWN:
+        plan = dataclasses.replace(plan, reid_skip_reason="patient ids are unknown in this prepared folder")
+    gallery = features_of_rows(learned, data.images, kept[plan.gallery_rows], data.max_value, device=device)
+    queries = kept[plan.query_rows]
+    per_level = []
+    for level in levels:
+        level_noise = noise.with_std(level["noise_std"])
+        noise_op, chunks = level_noise.build(), []
+        for start in range(0, queries.size, batch_size):
+            rows = queries[start : start + batch_size]
+            clean = torch.from_numpy(np.ascontiguousarray(data.images[rows])).to(device).unsqueeze(1)
+            clean = clean.float() / float(data.max_value)  # (B, H, W) integer -> (B, 1, H, W) in [0, 1]
+            keys = torch.from_numpy(data.image_keys[rows]).to(device)
+            noisy = noise_op(clean, keys, seed=level_noise.copy_seed(0), mode="fixed")  # the released copy
+            chunks.append(learned.features(noisy).cpu())
+        features = torch.cat(chunks).to(gallery.device)
+        groups = [patients[row] for row in plan.query_rows]
+        true_index = torch.from_numpy(plan.query_in_gallery)
+        per_level.append(
+            {
+                "noise_std": level["noise_std"],
+                "linkage": linkage_rate(features, gallery, true_index, groups, "patient").to_dict(),
+                "reidentification": reidentification(plan, features, gallery),
+            }
+        )
+    return {**info, "queries": int(queries.size), "gallery": int(plan.gallery_rows.size), "levels": per_level}
 
 
 def load_denoisers(
