@@ -75,11 +75,11 @@ def test_the_description_names_the_data_really_used():
     from meddenoise.reproduce import describe_plan
 
     own = describe_plan(PRESETS["quick"], {}, given=False)
-    assert "NIH ChestX-ray14 sample" in own and "264 real patients" in own
+    assert "NIH ChestX-ray14 sample" in own and "real patients" in own
     given = {"source": "folder", "height": 128, "width": 128, "counts": {"train": 100, "val": 60, "test": 40}}
     text = describe_plan(PRESETS["quick"], given, given=True)
     assert "given with --data" in text and "`folder`" in text and "200 images of 128x128" in text
-    assert "not the preset's own (the embedded NIH ChestX-ray14 sample" in text
+    assert "not the preset's own (480 of the 725 images of the embedded NIH ChestX-ray14 sample" in text
     assert "on the embedded NIH" not in text
 
 
