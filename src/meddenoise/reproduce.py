@@ -469,7 +469,7 @@ def _prepare(settings: ReproduceConfig) -> Path:
         save_config(config, folder / "config.json")
     state = "reused" if result.reused else f"prepared in {result.seconds:.1f} s"
     print(f"data: {result.info['shape'][0]} images in {folder} ({state})", flush=True)
-    return folder
+    return folder.resolve()  # absolute, as every run records it: the report matches runs by their folder
 
 
 def _train_config(job: Job, data_dir: Path, settings: ReproduceConfig, resume: bool):

@@ -430,3 +430,22 @@ def test_every_paired_test_has_one_estimand(grid, report):
         assert (p < 0.05) == (low > 0 or high < 0)
     notes = " ".join(find_table(report.blocks, "Paired tests behind Table VI").notes)
     assert "patient means" in notes and "cover test patients" in notes  # not the spread between seeds
+
+
+def test_runs_recorded_with_an_absolute_data_folder_match_a_plan_written_relative(tmp_path, monkeypatch):
+    import types
+    from pathlib import Path
+
+    from meddenoise.report.collect import _one_data_folder
+
+    (tmp_path / "runs" / "quick" / "data").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+
+    def evaluation(folder: str, name: str):
+        return types.SimpleNamespace(info={"data": {"folder": folder}}, folder=Path(name))
+
+    relative = evaluation("runs/quick/data", "baseline")
+    absolute = evaluation(str(tmp_path / "runs" / "quick" / "data"), "network")
+    other = evaluation(str(tmp_path / "elsewhere"), "other")
+    kept, ignored = _one_data_folder([relative, absolute, other], "runs/quick/data")
+    assert kept == [relative, absolute] and ignored == [Path("other")]

@@ -305,7 +305,15 @@ def _set_protocols(evaluations: list[Evaluation], histories: dict[Path, RunHisto
 
 
 def _data_folder(evaluation: Evaluation) -> str:
-    return str((evaluation.info.get("data") or {}).get("folder", ""))
+    return _same_folder_key(str((evaluation.info.get("data") or {}).get("folder", "")))
+
+
+def _same_folder_key(folder: str | None) -> str:
+    """One spelling per folder: runs record their data folder absolute, older records as typed (relative)."""
+    if not folder:
+        return ""
+    path = Path(folder).expanduser()
+    return str(path.resolve()) if path.exists() else folder
 
 
 def _one_data_folder(
@@ -314,6 +322,7 @@ def _one_data_folder(
     """Keep the evaluations of one prepared folder (the plan's, else the most common): tables must compare
     methods on the same images, and `evaluate --data OTHER` results live next to the run's own."""
     folders = [_data_folder(e) for e in evaluations]
+    planned = _same_folder_key(planned)
     chosen = planned if planned in folders else max(set(folders), key=folders.count)
     kept = [e for e, folder in zip(evaluations, folders) if folder == chosen]
     return kept, [e.folder for e, folder in zip(evaluations, folders) if folder != chosen]
