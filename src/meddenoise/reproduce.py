@@ -620,6 +620,12 @@ def merge_audits(per_level: list[dict[str, Any]], outsider_reason: str) -> dict[
         "noise_stds": [level["noise_std"] for level in merged["levels"]],
         "receiver_per_level": True,
     }
+    learned = [result.get("learned_matcher") or {} for result in per_level]
+    if all("levels" in entry for entry in learned) and learned:
+        merged["learned_matcher"] = {
+            **learned[0],
+            "levels": [level for entry in learned for level in entry["levels"]],
+        }
     for level in merged["levels"]:
         outsider = level["reversal"].get("outsider", {})
         if "psnr" not in outsider:

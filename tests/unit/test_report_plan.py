@@ -104,3 +104,16 @@ def test_quick_runs_one_three_site_federation_beside_its_centralized_unet(monkey
     jobs, skipped = plan_jobs(PRESETS["quick"], Path("out"), seeds=1, gpus=0)
     assert not [job for job in jobs if job.kind == "federated"]
     assert "meddenoise[federated]" in {i["what"]: i["reason"] for i in skipped}["federated runs"]
+
+
+def test_merged_audits_keep_the_learned_matcher_of_every_level():
+    from meddenoise.reproduce import merge_audits
+
+    def one(std):
+        level = {"noise_std": std, "reversal": {}}
+        learned = {"matcher": {}, "queries": 4, "levels": [{"noise_std": std}]}
+        return {"levels": [level], "settings": {"noise_stds": [std]}, "learned_matcher": learned}
+
+    merged = merge_audits([one(0.1), one(0.2), one(0.3)], "no outsider")
+    assert [lv["noise_std"] for lv in merged["learned_matcher"]["levels"]] == [0.1, 0.2, 0.3]
+    assert [lv["noise_std"] for lv in merged["levels"]] == [0.1, 0.2, 0.3]
