@@ -16,7 +16,7 @@ cannot run is skipped with the reason in the report. Finished configurations hol
 --resume to continue.
 
 Presets: smoke (seconds, tiny; for tests), quick (rendered default data at 64x64, narrow networks, a few
-epochs: about 10 minutes on 2 CPU cores), paper (NIH ChestX-ray14 via --data-root, 256x256, base 64, 50
+epochs: about 20 minutes on 2 CPU cores), paper (NIH ChestX-ray14 via --data-root, 256x256, base 64, 50
 epochs)."""
 
 
