@@ -13,6 +13,7 @@ from meddenoise.config import (
     option,
     print_config_option,
     quiet_option,
+    seed_option,
 )
 from meddenoise.errors import ConfigError, DataError
 from meddenoise.noise.spec import NoiseSpec, levels_option, with_levels
@@ -96,7 +97,7 @@ class DataLeaksConfig:
         "auto (the learned patient matcher when its weights are installed, else pixel), learned, pixel, or "
         "a .safetensors file from `data fit-matcher`",
     )
-    seed: int = option(0, "calibration: seed of the random image-level splits of the --calibrate folder")
+    seed: int = seed_option()  # calibration: the random image-level splits of the --calibrate folder
     quiet: bool = quiet_option()
     print_config: bool = print_config_option()
 
@@ -212,7 +213,7 @@ class FitMatcherConfig:
     holdout: float = option(
         0.25, "share of patients (seeded) kept out of fitting to measure re-id@1 on; 0: fit on all"
     )
-    seed: int = option(0, "fitting randomness and the held-out patients")
+    seed: int = seed_option()  # fitting randomness and the held-out patients
     device: str = option("cpu", "device to fit on: cpu, cuda, cuda:N")
     quiet: bool = quiet_option()
     print_config: bool = print_config_option()
