@@ -16,6 +16,7 @@ linkage / re-identification figures from OUT/privacy/privacy_audit.json.
 
 from __future__ import annotations
 
+import functools
 import math
 import shutil
 import tempfile
@@ -124,6 +125,8 @@ def run_privacy_modes(
     level = next((lv for lv in audit["levels"] if math.isclose(lv["noise_std"], noise_std)), None)
     data = load_prepared(data_dir)
     groups = {r["image_id"]: r.get("group") or r["patient_id"] for r in data.records}
+    # every row is compared with the same supervised run and audit level
+    mode_row = functools.partial(modes.mode_row, supervised=supervised, groups=groups, audit_level=level)
 
     # getattr: a reproduction started before these preset fields existed imports this module late
     shared = getattr(preset, "membership_shared_references", False)
@@ -150,73 +153,55 @@ def run_privacy_modes(
             continue
         label = SUPERVISED_LABEL if mode == "clean" else mode
         rows.append(
-            modes.mode_row(
+            mode_row(
                 label,
                 mode,
                 run,
-                supervised=supervised,
-                groups=groups,
-                audit_level=level,
                 membership=membership(run),
             )
         )
     rows.append(
-        modes.mode_row(
+        mode_row(
             "non-private GroupNorm U-Net (DP reference)",
             "clean",
             nonprivate,
-            supervised=supervised,
-            groups=groups,
-            audit_level=level,
             membership=membership(nonprivate),
         )
     )
     for epsilon, run in dp_runs.items():
         rows.append(
-            modes.mode_row(
+            mode_row(
                 f"DP-SGD epsilon {epsilon:g}",
                 "dp-sgd",
                 run,
-                supervised=supervised,
-                groups=groups,
-                audit_level=level,
                 membership=membership(run),
                 nonprivate=nonprivate,
             )
         )
     if public_runs:
         rows.append(
-            modes.mode_row(
+            mode_row(
                 "public pretraining only (rendered default; no private data)",
                 "public",
                 public_runs["pretrained"],
-                supervised=supervised,
-                groups=groups,
-                audit_level=level,
                 membership=None,  # it never saw a private image: every private patient is a non-member
                 per_image=public_runs["on_private_test"],
             )
         )
         rows.append(
-            modes.mode_row(
+            mode_row(
                 "non-private GroupNorm U-Net from the public start (DP reference)",
                 "clean",
                 public_runs["nonprivate"],
-                supervised=supervised,
-                groups=groups,
-                audit_level=level,
                 membership=membership(public_runs["nonprivate"]),
             )
         )
         for epsilon, run in public_runs["dp"].items():
             rows.append(
-                modes.mode_row(
+                mode_row(
                     f"DP-SGD epsilon {epsilon:g}, public pretraining",
                     "dp-sgd",
                     run,
-                    supervised=supervised,
-                    groups=groups,
-                    audit_level=level,
                     membership=membership(run),
                     nonprivate=public_runs["nonprivate"],
                 )
@@ -228,13 +213,10 @@ def run_privacy_modes(
         spec = getattr(job, "federation", {}) or {}
         label = f"federated ({spec.get('strategy', 'fedavg')}, {spec.get('sites', '?')} sites)"
         rows.append(
-            modes.mode_row(
+            mode_row(
                 label,
                 "federated",
                 job.folder,
-                supervised=supervised,
-                groups=groups,
-                audit_level=level,
                 membership=_membership_or_none(membership, job.folder),
             )
         )
