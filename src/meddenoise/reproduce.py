@@ -46,6 +46,7 @@ class Preset:
     noise_mean: float = 0.1
     strategies: tuple[str, ...] = STRATEGIES
     multi_device_noise_stds: tuple[float, ...] | None = None  # None: every level
+    multi_device_models: tuple[str, ...] | None = None  # None: every model of `models`
     cpu_ddp: bool = False  # without GPUs, run DDP as 2 gloo processes on the CPU (fp32)
     classical: tuple[str, ...] = CLASSICAL_BASELINES
     baseline_limits: dict[str, int] = dataclasses.field(default_factory=dict)  # method -> max test images
@@ -62,6 +63,7 @@ class Preset:
     tune_limit: int = 16
     # The privacy-modes table (privacy/modes_job.py): DP-SGD runs at one level, membership audits.
     dp_epsilons: tuple[float, ...] = ()
+    dp_scratch_epsilons: tuple[float, ...] | None = None  # DP-SGD from scratch at these (None: dp_epsilons)
     dp_noise_std: float = 0.2
     dp_delta: float = 1e-5
     dp_unit: str = "patient"
@@ -69,6 +71,9 @@ class Preset:
     # beside DP-SGD from scratch; public_images rendered at the private data's size.
     dp_public_pretraining: bool = False
     public_images: int = 480
+    # TrainConfig overrides of the DP-SGD fine-tunes from the public start (DP needs its own batch, rate and
+    # clipping: benchmarks/results/dp_sweep_*.json). Their non-private reference keeps the grid's recipe.
+    dp_finetune_train: dict[str, Any] = dataclasses.field(default_factory=dict)
     # Membership audits (privacy/membership.py): offline LiRA with this many reference models (0: the
     # loss-threshold attack only), of membership_reference_epochs (0: the run's), trained once and shared by
     # every audited run (membership_shared_references) or like each run.
@@ -110,16 +115,18 @@ PRESETS: dict[str, Preset] = {
     ),
     "quick": Preset(
         name="quick",
-        description="CPU-sized version of the paper's grid (narrow networks, few epochs); about 20 minutes "
-        "on 2 cores (21 min 45 s measured from a fresh clone, set-up included).",
+        description="CPU-sized version of the paper's grid (narrow networks, few epochs); about 12 minutes "
+        "on 2 cores, set-up included.",
         data_note="480 of the 725 images of the embedded NIH ChestX-ray14 sample (real patients, 64x64), "
         "split by patient",
         # 480 images drawn with the seed (all 725 took the main job past 18 minutes on 2 cores).
         prepare={"source": "nih-sample", "count": 480, "size": 64},
         # A few hundred steps instead of the paper's 23,000: a larger learning rate with a one-cycle schedule
         # (and batch 8, for more steps) takes the narrow networks well past the noisy input; lr 1e-3 does not.
+        # 6 epochs, not 12: with 12 the main job took 21 min 45 s on 2 cores (the U-Net's val PSNR gained
+        # about 1 dB from epoch 8 to 12).
         train={
-            "epochs": 12,
+            "epochs": 6,
             "batch_size": 8,
             "val_batch_size": 64,
             "patience": 0,
@@ -129,7 +136,9 @@ PRESETS: dict[str, Preset] = {
             "lr_schedule": "onecycle",
         },
         model_train={"dncnn": {"base_channels": 12, "model_options": ["num_layers=6"], "depth": 0}},
+        # Table V times the U-Net only (twice each, for the spread); U-Net++ doubled its cost.
         multi_device_noise_stds=(0.1,),
+        multi_device_models=("unet",),
         cpu_ddp=True,
         protocols=("controlled",),
         baseline_limits={"bm3d": 32},
@@ -139,14 +148,20 @@ PRESETS: dict[str, Preset] = {
         clean_free_noise_stds=(0.2,),
         federated=({"sites": 3, "partition": "iid", "strategy": "fedavg"},),
         privacy_queries=100,
-        # One DP-SGD run per epsilon at std 0.2 only (the main job's time budget), accounted per patient.
+        # DP-SGD at std 0.2 only, accounted per patient: fine-tuned from the public start at each epsilon,
+        # from scratch at 8 only (the main job's time budget; each DP run costs about 3.5 plain ones).
         dp_epsilons=(1.0, 4.0, 8.0),
+        dp_scratch_epsilons=(8.0,),
         dp_unit="patient",
         dp_public_pretraining=True,
+        # The DP settings sweep on these 480 images (benchmarks/results/dp_sweep_h200.json, selected by val
+        # PSNR) put the public-start fine-tunes at expected batch 64, lr 3e-3, clip 0.1 at every epsilon; the
+        # grid's batch 8 left them at their first epoch. From scratch, DP needed 40 epochs (too long here).
+        dp_finetune_train={"batch_size": 64, "lr": 3e-3, "dp_max_grad_norm": 0.1},
         # Offline LiRA in the membership audits, sized to add about a minute: one reference U-Net of the
         # quick recipe (12 epochs) on the val split's 243 images took 168 s wall (158 s CPU) on the 2 loaded
         # cores it was timed on, so 2 reference models of 3 epochs (validating on 16 images), trained once
-        # and shared by all ~13 audited runs (their scores are cached), cost ~25-40 s, and scoring every
+        # and shared by all ~11 audited runs (their scores are cached), cost ~25-40 s, and scoring every
         # run's last checkpoint beside its best ~15-20 s. Two is the fewest that gives LiRA's pooled
         # variance; fewer epochs than the runs only weaken the attack (the references stay OUT models).
         membership_reference_models=2,
@@ -291,6 +306,7 @@ def plan_jobs(preset: Preset, out: Path, seeds: int, gpus: int) -> tuple[list[Jo
     multi_levels = (
         preset.noise_stds if preset.multi_device_noise_stds is None else preset.multi_device_noise_stds
     )
+    multi_models = preset.models if preset.multi_device_models is None else preset.multi_device_models
     free_levels = preset.noise_stds if preset.clean_free_noise_stds is None else preset.clean_free_noise_stds
     available_targets = set(list_targets())
     for noise_std in preset.noise_stds:
@@ -328,7 +344,7 @@ def plan_jobs(preset: Preset, out: Path, seeds: int, gpus: int) -> tuple[list[Jo
             suffix = "" if protocol in ("paper", "") else f"-{protocol}"
             for noise_std in multi_levels:
                 for seed in range(seeds):
-                    for model in preset.models:
+                    for model in multi_models:
                         name = f"{model}_{std_tag(noise_std)}_{label}{suffix}_seed{seed}"
                         overrides = train_overrides(preset, model, seed, {**runtime, **protocol_overrides})
                         job = Job(
@@ -342,6 +358,15 @@ def plan_jobs(preset: Preset, out: Path, seeds: int, gpus: int) -> tuple[list[Jo
                     "what": f"strategy {label} at noise std {', '.join(f'{s:g}' for s in left_out)}",
                     "reason": f"the {preset.name} preset times multi-device strategies at "
                     f"{', '.join(f'{s:g}' for s in multi_levels) or 'no level'} only",
+                }
+            )
+        models_left_out = [m for m in preset.models if m not in multi_models]
+        if models_left_out and multi_levels:
+            skipped.append(
+                {
+                    "what": f"strategy {label} for {', '.join(models_left_out)}",
+                    "reason": f"the {preset.name} preset times multi-device strategies with "
+                    f"{', '.join(multi_models)} only (its time budget)",
                 }
             )
     for target in preset.clean_free:

@@ -118,6 +118,23 @@ def test_the_per_image_dp_unit_is_explained_by_the_data_actually_used():
     assert "rendered default" not in own and "protected less than epsilon says" in own
 
 
+def test_notes_name_the_dp_runs_actually_trained_and_their_own_settings():
+    import dataclasses
+
+    from meddenoise.privacy.modes_job import notes, scratch_epsilons
+    from meddenoise.reproduce import PRESETS
+
+    quick = PRESETS["quick"]
+    assert scratch_epsilons(quick) == (8.0,) and quick.dp_epsilons == (1.0, 4.0, 8.0)
+    text = notes(quick, "nih-sample")[0]
+    assert "epsilon 8 from scratch" in text and "epsilon 1, 4, 8 fine-tuned from the public start" in text
+    assert "batch size 64" in text and "dp max grad norm 0.1" in text and "grid's recipe" in text
+    # a preset without the new fields trains DP-SGD from scratch at every epsilon, with the grid's recipe
+    plain = dataclasses.replace(quick, dp_scratch_epsilons=None, dp_finetune_train={})
+    assert scratch_epsilons(plain) == (1.0, 4.0, 8.0)
+    assert "batch size" not in notes(plain, "nih-sample")[0]
+
+
 def test_membership_columns_show_lira_with_its_bound_and_both_checkpoints():
     def attack(auc, low, high, upper):
         return {"auc": auc, "auc_ci": [low, high], "auc_upper_95": upper, "tpr_at_1pct_fpr": 0.0,

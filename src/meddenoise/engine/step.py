@@ -83,10 +83,20 @@ class TrainStep:
         return loss.detach().float()
 
 
-def build_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float, device: torch.device):
-    """Adam (the paper) or AdamW; the fused CUDA kernel on GPUs (one launch for all parameters)."""
+def build_optimizer(
+    model: nn.Module,
+    name: str,
+    lr: float,
+    weight_decay: float,
+    device: torch.device,
+    *,
+    fused: bool = True,
+):
+    """Adam (the paper) or AdamW; the fused CUDA kernel on GPUs (one launch for all parameters) unless
+    `fused` is False: DP-SGD's optimizer writes contiguous gradients for channels_last parameters, which the
+    fused kernel refuses ("same dtype, device, and layout"); the foreach kernel accepts them."""
     options = {"lr": lr, "weight_decay": weight_decay}
-    if device.type == "cuda":
+    if device.type == "cuda" and fused:
         options["fused"] = True
     optimizer_class = torch.optim.AdamW if name == "adamw" else torch.optim.Adam
     return optimizer_class(model.parameters(), **options)

@@ -114,7 +114,12 @@ class Trainer:
             private.prepare_model(self.model)
         self.ema = WeightAverage(self.model, config.ema_decay) if config.ema_decay > 0 else None
         self.optimizer = build_optimizer(
-            self.model, config.optimizer, config.lr, config.weight_decay, self.runtime.device
+            self.model,
+            config.optimizer,
+            config.lr,
+            config.weight_decay,
+            self.runtime.device,
+            fused=self.private is None,
         )
 
     def _build_batches(self) -> None:

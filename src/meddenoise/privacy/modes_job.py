@@ -112,7 +112,7 @@ def run_privacy_modes(
     print(f"privacy modes: non-private GroupNorm U-Net at std {noise_std:g}", flush=True)
     nonprivate = _train(base, folder / "runs" / f"nonprivate_{tag}")
     dp_runs = {}
-    for epsilon in preset.dp_epsilons:
+    for epsilon in scratch_epsilons(preset):
         print(f"privacy modes: DP-SGD epsilon {epsilon:g} at std {noise_std:g}", flush=True)
         values = {**base, "dp_epsilon": epsilon, "dp_delta": preset.dp_delta, "dp_unit": preset.dp_unit}
         dp_runs[epsilon] = _train(values, folder / "runs" / f"dp_eps{epsilon:g}_{tag}")
@@ -270,7 +270,13 @@ def _public_pretraining(
     dp = {}
     for epsilon in preset.dp_epsilons:
         print(f"privacy modes: DP-SGD epsilon {epsilon:g} from the public start", flush=True)
-        values = {**start, "dp_epsilon": epsilon, "dp_delta": preset.dp_delta, "dp_unit": preset.dp_unit}
+        values = {
+            **start,
+            **getattr(preset, "dp_finetune_train", {}),
+            "dp_epsilon": epsilon,
+            "dp_delta": preset.dp_delta,
+            "dp_unit": preset.dp_unit,
+        }
         dp[epsilon] = _train(values, folder / "runs" / f"dp_eps{epsilon:g}_public_{tag}")
     # Scored on the private test split (its own test split is public), with the same fixed noise. Only the
     # per-image table is kept: an evaluation folder under OUT would enter the paper's tables as a grid run.
@@ -282,6 +288,12 @@ def _public_pretraining(
             )
             shutil.copyfile(Path(evaluation) / "per_image.csv", scores)
     return {"pretrained": pretrained, "nonprivate": nonprivate, "dp": dp, "on_private_test": scores}
+
+
+def scratch_epsilons(preset: Any) -> tuple[float, ...]:
+    """The epsilons DP-SGD is trained at from scratch (getattr: presets from before the field)."""
+    chosen = getattr(preset, "dp_scratch_epsilons", None)
+    return tuple(preset.dp_epsilons if chosen is None else chosen)
 
 
 def _membership_or_none(audit: Any, run: Path) -> dict[str, Any] | None:
@@ -321,11 +333,23 @@ def notes(preset: Any, source: str = "default") -> list[str]:
         else "the loss-threshold attack only (no reference models, to keep the preset's time): weak, an "
         "AUC near 0.5 says little"
     )
-    epsilons = ", ".join(f"{e:g}" for e in preset.dp_epsilons)
+    def listed(values: tuple[float, ...]) -> str:
+        return ", ".join(f"{e:g}" for e in values) or "none"
+
+    runs = f"epsilon {listed(scratch_epsilons(preset))} from scratch"
+    if preset.dp_public_pretraining:
+        finetune = getattr(preset, "dp_finetune_train", {})
+        schedule = ", ".join(
+            f"{k.replace('_', ' ')} {v:g}" if isinstance(v, (int, float)) else f"{k.replace('_', ' ')} {v}"
+            for k, v in sorted(finetune.items())
+        )
+        runs += f", epsilon {listed(preset.dp_epsilons)} fine-tuned from the public start" + (
+            f" ({schedule}; its non-private reference keeps the grid's recipe)" if schedule else ""
+        )
     return [
-        f"DP-SGD runs at noise std {preset.dp_noise_std:g} only, epsilon {epsilons}, delta "
-        f"{preset.dp_delta:g}, guarantee {unit}; same U-Net, schedule and epochs as the grid, with "
-        "GroupNorm (BatchNorm mixes the images of a batch, which DP-SGD cannot bound).",
+        f"DP-SGD runs at noise std {preset.dp_noise_std:g} only: {runs}; delta {preset.dp_delta:g}, "
+        f"guarantee {unit}. Same U-Net as the grid, with GroupNorm (BatchNorm mixes the images of a batch, "
+        "which DP-SGD cannot bound); from scratch with the grid's schedule and epochs.",
         f"Membership: {calibrated}; members are the run's training images, non-members the test split.",
         "linkage@1 / re-id@1 describe the released images (the obfuscation audit at the same level); a DP "
         "model is trained where the clean images are, and only the model leaves.",
