@@ -333,6 +333,7 @@ def notes(preset: Any, source: str = "default") -> list[str]:
         else "the loss-threshold attack only (no reference models, to keep the preset's time): weak, an "
         "AUC near 0.5 says little"
     )
+
     def listed(values: tuple[float, ...]) -> str:
         return ", ".join(f"{e:g}" for e in values) or "none"
 
