@@ -13,7 +13,7 @@ import pytest
 from meddenoise.evaluation import files
 from meddenoise.report.build import build_report
 from meddenoise.report.collect import collect
-from meddenoise.report.document import find_table, render_markdown
+from meddenoise.report.document import Heading, find_table, render_markdown
 from meddenoise.report.tables import pool_runs, table_baselines
 
 IMAGES = [f"img{i:03d}" for i in range(12)]
@@ -333,20 +333,51 @@ def test_the_report_says_plainly_when_a_classical_method_beats_the_networks(tmp_
     files.write_rows(run / "summary.csv", ["global_steps", "epochs_run", "train_seconds"], [
         {"global_steps": 360, "epochs_run": 12, "train_seconds": 10.0}
     ])  # fmt: skip
-    _evaluation_rows(run / "evaluation" / "test", "unet", [26.5] * 12, kind="network", patients=patients)
+    spread = np.random.default_rng(0).normal(0, 0.2, 12)
+    unet = (26.5 + spread).tolist()
+    _evaluation_rows(run / "evaluation" / "test", "unet", unet, kind="network", patients=patients)
     info = files.read_info(run / "evaluation" / "test")
     info["run_dir_relative"] = os.path.relpath(run, run / "evaluation" / "test")
     files.write_info(run / "evaluation" / "test", info)
-    _evaluation_rows(tmp_path / "b", "bm3d", [27.6] * 12, kind="baseline", patients=patients)
-    _evaluation_rows(tmp_path / "g", "gaussian", [26.9] * 12, kind="baseline", patients=patients)
+    bm3d = (27.6 + spread + np.linspace(-0.1, 0.1, 12)).tolist()
+    _evaluation_rows(tmp_path / "b", "bm3d", bm3d, kind="baseline", patients=patients)
+    gaussian = (26.9 + spread).tolist()
+    _evaluation_rows(tmp_path / "g", "gaussian", gaussian, kind="baseline", patients=patients)
     markdown = build_report(tmp_path).markdown.read_text()
     assert (
-        "**Classical methods win here.** At noise std 0.2 a classical method wins: BM3D reaches 27.60 dB"
+        "**Classical methods win here.** At noise std 0.2 a classical method wins: BM3D beats U-Net"
         in markdown
     )
-    assert "26.50 dB for the best network (U-Net), on the same 12 test images" in markdown
-    assert "BM3D 27.60 > Gaussian filter 26.90 > U-Net 26.50" in markdown
+    assert "by +1.10 dB PSNR [" in markdown and "paired t-test, Holm p = " in markdown
+    assert "ranking on 12 test images: BM3D 27.60 > Gaussian filter 26.90 > U-Net 26.50" in markdown
     assert "360 optimizer steps, 12 epochs" in markdown and "likely reason" in markdown
+    summary = markdown.split("## Summary of findings", 1)[1].split("\n## ", 1)[0]
+    assert "at std 0.2 BM3D beats U-Net by +1.10 dB" in summary
+    assert "(#baselines-on-the-same-test-images-table-vi)" in summary
+
+
+def test_a_classical_lead_in_means_alone_is_no_verdict(tmp_path):
+    """BM3D ahead by 0.2 dB on 12 patients with a spread of 1 dB: the test does not reject, so neither the
+    section nor the summary names a winner; both say that no difference is shown, with the p-value."""
+    patients = [f"p{i}" for i in range(12)]
+    rng = np.random.default_rng(1)
+    unet = (26.5 + rng.normal(0, 1.0, 12)).tolist()
+    bm3d = (np.array(unet) + 0.2 + rng.normal(0, 1.0, 12)).tolist()
+    _evaluation_rows(tmp_path / "u", "unet", unet, kind="network", patients=patients)
+    _evaluation_rows(tmp_path / "b", "bm3d", bm3d, kind="baseline", patients=patients)
+    report = build_report(tmp_path)
+    markdown = report.markdown.read_text()
+    assert "Classical methods win here" not in markdown and "wins:" not in markdown
+    assert (
+        "At noise std 0.2 no difference is shown between the best network and the best classical" in markdown
+    )
+    summary = markdown.split("## Summary of findings", 1)[1].split("\n## ", 1)[0]
+    assert "no difference between BM3D and U-Net is shown (Holm p " in summary
+    # the summary is the report's first section, right after the title and the build line
+    headings = [b.text for b in report.blocks if isinstance(b, Heading)]
+    assert headings[1] == "Summary of findings"
+    assert "One training seed per configuration" in summary
+    assert '<h2 id="summary-of-findings">' in report.html.read_text()
 
 
 def test_no_classical_verdict_when_a_network_wins(grid, report):

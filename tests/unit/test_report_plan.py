@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 from meddenoise.reproduce import PRESETS, plan_jobs
@@ -25,9 +26,11 @@ def test_quick_on_cpu_runs_ddp_on_gloo_and_skips_dp_with_a_reason():
     assert sorted(job.name for job in ddp) == ["unet_std0.1_ddp-controlled_seed0"]
     assert all(job.nproc == 2 and job.train_overrides["amp"] == "off" for job in ddp)
     assert all(job.train_overrides["batch_size"] == 4 and job.protocol == "controlled" for job in ddp)
-    # interleaved: each DDP run right after its one-device run; then one more timed pair per model
+    # interleaved: each DDP run right after its one-device run; the quick preset times each pair once
     assert names[names.index("unet_std0.1_single_seed0") + 1] == "unet_std0.1_ddp-controlled_seed0"
-    timing = [job for job in jobs if job.kind == "timing"]
+    assert not [job for job in jobs if job.kind == "timing"]
+    repeated, _ = plan_jobs(dataclasses.replace(PRESETS["quick"], timing_repeats=2), Path("out"), 1, 0)
+    timing = [job for job in repeated if job.kind == "timing"]
     assert [job.name for job in timing] == [
         "unet_std0.1_single_seed0_repeat1",
         "unet_std0.1_ddp-controlled_seed0_repeat1",
@@ -91,7 +94,8 @@ def test_quick_runs_one_three_site_federation_beside_its_centralized_unet(monkey
     assert "unet_std0.2_single_seed0" in _names(jobs)
     config = federated_config(federated.train_overrides, federated.federation, data="d", out="o")
     quick = PRESETS["quick"].train
-    assert (config.rounds, config.local_epochs, config.sites) == (quick["epochs"], 1, 3)
+    # two local epochs per round (one left FedAvg below the noisy input in 6 rounds)
+    assert (config.rounds, config.local_epochs, config.sites) == (quick["epochs"], 2, 3)
     assert (config.lr, config.lr_schedule, config.batch_size) == (quick["lr"], quick["lr_schedule"], 8)
 
     real_find_spec = importlib.util.find_spec

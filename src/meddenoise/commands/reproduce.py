@@ -15,9 +15,9 @@ the same fixed noise; then write OUT/report.md and OUT/report.html (Tables III-V
 cannot run is skipped with the reason in the report. Finished configurations hold a DONE marker; rerun with
 --resume to continue.
 
-Presets: smoke (seconds, tiny; for tests), quick (rendered default data at 64x64, narrow networks, a few
-epochs: about 20 minutes on 2 CPU cores), paper (NIH ChestX-ray14 via --data-root, 256x256, base 64, 50
-epochs)."""
+Presets: smoke (seconds, tiny; for tests), quick (480 images of the embedded NIH sample at 64x64, narrow
+networks, a few epochs: about 12 minutes on 2 CPU cores), paper (NIH ChestX-ray14 via --data-root, 256x256,
+base 64, 50 epochs)."""
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

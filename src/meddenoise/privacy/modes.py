@@ -273,7 +273,7 @@ def verdict(rows: list[dict[str, Any]]) -> list[str]:
             )
         elif not row["linkable"]:
             parts.append("no images released")
-        parts += _membership_sentences(row)
+        parts += membership_sentences(row)
         to_nonprivate = row.get("gap_psnr_to_nonprivate")
         if to_nonprivate:
             parts.append(f"{_gap(to_nonprivate, 2)} dB against the same network trained without DP")
@@ -285,7 +285,7 @@ def verdict(rows: list[dict[str, Any]]) -> list[str]:
     return sentences
 
 
-def _membership_sentences(row: dict[str, Any]) -> list[str]:
+def membership_sentences(row: dict[str, Any]) -> list[str]:
     """The strongest attack measured (offline LiRA, else the loss threshold) on the best and the last
     checkpoint. An interval that includes 0.5 is reported with its upper bound, never as privacy."""
     from meddenoise.privacy.membership import interpretation

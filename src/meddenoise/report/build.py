@@ -2,10 +2,11 @@
 
     build_report("runs/quick")   # reads runs/quick/**/evaluation.json, the runs' files and reproduce.json
 
-Sections: set-up (hardware, versions, data, split policy, noise, LPIPS status, what was not run and why),
-Tables III-VI with their paired tests, the U-Net++ head table, the figures, the privacy audit when
-present, and
-the list of files every number was read from.
+Sections: the summary of findings (`meddenoise.report.summary`: the test-backed sentences of the sections
+below, each linking to its section), set-up (hardware, versions, data, split policy, noise, LPIPS status,
+what was not run and why), Tables III-VI with their paired tests, the clean-free and federated sections, the
+U-Net++ head table, the figures, the privacy audit and the privacy modes when present, and the list of files
+every number was read from.
 """
 
 from __future__ import annotations
@@ -18,13 +19,17 @@ from typing import Any
 from meddenoise.evaluation import files
 from meddenoise.evaluation.environment import describe_hardware
 from meddenoise.fileio import atomic_write_text, ensure_writable_dir, read_json
-from meddenoise.report import figures, scaling, tables
+from meddenoise.report import figures, scaling, summary, tables
+from meddenoise.report.clean_free import SECTION_TITLE as CLEAN_FREE_TITLE
 from meddenoise.report.clean_free import clean_free_section, table_clean_free
 from meddenoise.report.collect import Collection, collect, method_label
 from meddenoise.report.document import Block, BulletList, Figure, Heading, Paragraph, Table, render_markdown
+from meddenoise.report.federated import SECTION_TITLE as FEDERATED_TITLE
 from meddenoise.report.federated import federated_section, table_federated
 from meddenoise.report.html import render_html
+from meddenoise.report.privacy_modes import SECTION_TITLE as MODES_TITLE
 from meddenoise.report.privacy_modes import privacy_modes_section
+from meddenoise.report.summary import Finding
 
 REPORT_MARKDOWN = "report.md"
 REPORT_HTML = "report.html"
@@ -146,6 +151,21 @@ def _split_policy_sentence(data: dict[str, Any]) -> str:
     return "Split policy: " + split_sentence(data)
 
 
+def _seeds_per_configuration(collection: Collection) -> list[int]:
+    """Training seeds of each network configuration (method, noise level, strategy) that was evaluated."""
+    seeds: dict[tuple[str, float, str], set[int | None]] = {}
+    for evaluation in collection.networks():
+        key = (evaluation.method, evaluation.noise_std, evaluation.strategy)
+        seeds.setdefault(key, set()).add(evaluation.seed)
+    return [len(found) for found in seeds.values()]
+
+
+def _lpips_limit(collection: Collection) -> str:
+    """A summary line when LPIPS was not computed everywhere ("" when it was)."""
+    sentence = _lpips_sentence(collection)
+    return "" if sentence.startswith("LPIPS (AlexNet, v0.1): computed") else sentence
+
+
 def _lpips_sentence(collection: Collection) -> str:
     statuses = {}
     for evaluation in collection.evaluations:
@@ -171,32 +191,51 @@ def _table_blocks(result: tables.TableResult, name: str, tables_dir: Path) -> li
     return [result.table]
 
 
-def tables_section(collection: Collection, tables_dir: Path) -> list[Block]:
+def tables_section(collection: Collection, tables_dir: Path, findings: list[Finding]) -> list[Block]:
+    """The paper's tables and the sections beside them; their test-backed sentences also go to `findings`."""
     skipped = collection.plan.get("skipped") or []
     blocks: list[Block] = [Heading(2, "Quality (Table III)")]
     blocks += _table_blocks(tables.table_quality(collection), "table3_quality", tables_dir)
     blocks += [Heading(2, "Configurations (Table IV)")]
     blocks += _table_blocks(tables.table_configurations(collection), "table4_configurations", tables_dir)
-    blocks += [Heading(2, "Speed-up of DP and DDP+AMP (Table V)")]
+    speed_title = "Speed-up of DP and DDP+AMP (Table V)"
+    blocks += [Heading(2, speed_title)]
     speedup, speedup_sentences = scaling.table_speedup(collection, skipped)
     blocks += _table_blocks(speedup, "table5_speedup", tables_dir)
     if speedup_sentences:
         blocks.append(BulletList(speedup_sentences))
-    blocks += [Heading(2, "Baselines on the same test images (Table VI)")]
+        findings += [summary.Finding(sentence, speed_title) for sentence in speedup_sentences]
+    elif speedup.rows:
+        findings.append(
+            summary.Finding(
+                "No speed-up is claimed: Table V's figures lack 2 repeats each or their ranges overlap "
+                "(within 10%).",
+                speed_title,
+            )
+        )
+    baselines_title = "Baselines on the same test images (Table VI)"
+    blocks += [Heading(2, baselines_title)]
     baselines, tests = tables.table_baselines(collection)
     blocks += _table_blocks(baselines, "table6_baselines", tables_dir)
-    verdict = tables.classical_verdict(collection)
-    if verdict:
-        blocks.append(Paragraph("**Classical methods win here.** " + " ".join(verdict)))
+    comparisons = tables.learned_vs_classical(collection)
+    wins = [c["text"] for c in comparisons if c["classical_leads"] and c["shown"]]
+    if wins:
+        blocks.append(Paragraph("**Classical methods win here.** " + " ".join(wins)))
+    others = [c["text"] for c in comparisons if not (c["classical_leads"] and c["shown"])]
+    if others:
+        blocks.append(Paragraph("Best network against best classical method: " + " ".join(others)))
+    findings += summary.learned_vs_classical(comparisons, baselines_title)
     blocks += _table_blocks(tests, "table6_paired_tests", tables_dir)
     clean_free_table = table_clean_free(collection)
     if clean_free_table is not None:
         _write_table_csv(clean_free_table, "clean_free_gaps", tables_dir)
         blocks += clean_free_section(collection, clean_free_table)
+        findings += summary.clean_free(clean_free_table.rows, CLEAN_FREE_TITLE)
     federated_table = table_federated(collection)
     if federated_table is not None:
         _write_table_csv(federated_table, "federated", tables_dir)
         blocks += federated_section(collection, federated_table)
+        findings += summary.federated(federated_table.rows, FEDERATED_TITLE)
     heads = tables.table_heads(collection)
     if heads is not None:
         blocks += [Heading(2, "U-Net++ heads (pruned networks)")]
@@ -233,7 +272,7 @@ def figures_section(collection: Collection, report_dir: Path) -> tuple[list[Bloc
     return blocks, written
 
 
-def privacy_section(collection: Collection) -> list[Block]:
+def privacy_section(collection: Collection, findings: list[Finding]) -> list[Block]:
     found = sorted(
         p
         for p in collection.root.rglob(PRIVACY_FILE)
@@ -265,6 +304,7 @@ def privacy_section(collection: Collection) -> list[Block]:
         ),
         BulletList(summary_sentences(result)),
     ]
+    findings += summary.privacy_audit(result, summary_sentences(result), "Privacy audit of noise obfuscation")
     for level in result.get("levels", []):
         blocks.append(Paragraph(f"Noise std {level['noise_std']:g}:"))
         blocks.append(BulletList(level_sentences(level, result.get("reference", {}))))
@@ -314,13 +354,24 @@ def build_report(root: str | Path, out_dir: str | Path | None = None, *, split: 
             f"report {root}`."
         ),
     ]
-    blocks += failures_section(collection)
-    blocks += setup_section(collection)
-    blocks += tables_section(collection, tables_dir)
+    findings: list[Finding] = []
+    body = failures_section(collection)
+    body += setup_section(collection)
+    body += tables_section(collection, tables_dir, findings)
     figure_blocks, figure_paths = figures_section(collection, report_dir)
-    blocks += figure_blocks
-    blocks += privacy_section(collection)
-    blocks += privacy_modes_section(collection.root)
+    body += figure_blocks
+    body += privacy_section(collection, findings)
+    body += privacy_modes_section(collection.root)
+    from meddenoise.privacy.modes_job import load_result as load_modes_result
+
+    findings += summary.privacy_modes(load_modes_result(collection.root), MODES_TITLE)
+    findings += summary.limits(
+        seeds=_seeds_per_configuration(collection),
+        ids_unknown=tables.ids_unknown(collection),
+        lpips=_lpips_limit(collection),
+    )
+    blocks += summary.summary_blocks(findings)
+    blocks += body
     blocks += sources_section(collection)
     markdown_path = report_dir / REPORT_MARKDOWN
     html_path = report_dir / REPORT_HTML

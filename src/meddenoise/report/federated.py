@@ -64,7 +64,12 @@ def _setup(config: dict[str, Any]) -> str:
     if strategy == "fedprox":
         label += f" (mu {config.get('proximal_mu')})"
     sites = len(config.get("site_data") or []) or config.get("sites", "?")
-    return f"{partition}, {label}, {sites} sites"
+    local = ""
+    if int(config.get("local_steps") or 0) > 0:
+        local = f", {config['local_steps']} local steps per round"
+    elif int(config.get("local_epochs") or 1) != 1:
+        local = f", {config['local_epochs']} local epochs per round"
+    return f"{partition}, {label}, {sites} sites{local}"
 
 
 def _wall_seconds(records: list[dict[str, Any]], federated: bool) -> float:

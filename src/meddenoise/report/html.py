@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from meddenoise.report.document import Block, BulletList, Figure, Heading, Paragraph, Table
+from meddenoise.report.summary import anchor
 
 _STYLE = """
 body { font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; padding: 0 1em; color: #222; }
@@ -75,7 +76,8 @@ def render_html(blocks: Sequence[Block], title: str, base_dir: Path) -> str:
     for block in blocks:
         if isinstance(block, Heading):
             level = min(max(block.level, 1), 6)
-            body.append(f"<h{level}>{inline_html(block.text)}</h{level}>")
+            ident = html.escape(anchor(block.text), quote=True)
+            body.append(f'<h{level} id="{ident}">{inline_html(block.text)}</h{level}>')
         elif isinstance(block, Paragraph):
             body.append(f"<p>{inline_html(block.text)}</p>")
         elif isinstance(block, BulletList):

@@ -6,6 +6,8 @@ from pathlib import Path
 
 from meddenoise.report.document import Block, BulletList, Heading, Paragraph, Table
 
+SECTION_TITLE = "Privacy modes side by side"
+
 
 def privacy_modes_section(root: Path) -> list[Block]:
     from meddenoise.privacy import modes
@@ -16,7 +18,7 @@ def privacy_modes_section(root: Path) -> list[Block]:
         return []
     link = f"{FOLDER}/privacy_modes.md"
     return [
-        Heading(2, "Privacy modes side by side"),
+        Heading(2, SECTION_TITLE),
         Paragraph(
             f"Every training mode at noise std {result['noise_std']:g}: quality against supervised training "
             "on the same test images, what the receiving site holds and what leaks "

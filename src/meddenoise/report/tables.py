@@ -453,16 +453,24 @@ def ranking(configurations: dict[tuple, Pooled], level: float) -> tuple[list[tup
     return sorted(means, key=lambda item: -item[1]), len(common)
 
 
-def table_baselines(collection: Collection) -> tuple[TableResult, TableResult]:
-    """Table VI (methods x noise levels, PSNR / SSIM) and the paired tests behind its marks.
+@dataclasses.dataclass
+class BaselineComparisons:
+    """Table VI's data: pooled runs per (method, level), the best method per level, the image count it was
+    ranked on, and the paired tests of the best against every other method (Holm over all of them)."""
 
-    In each noise level the best method (highest mean PSNR on the images every method was evaluated on) is
-    compared with every other one on their common images: paired t-test (primary) and Wilcoxon signed-rank
-    test (secondary), cluster-aware, on PSNR and SSIM; Holm over every test in the table.
-    """
+    configurations: dict[tuple[str, float], Any]
+    levels: list[float]
+    methods: list[str]
+    best: dict[float, str]
+    ranked_on: dict[float, int]
+    tests: list[dict[str, Any]]
+    unit: str
+    ids_unknown: bool
+
+
+def baseline_comparisons(collection: Collection) -> BaselineComparisons:
     configurations = {key: pool_runs(runs) for key, runs in baseline_configurations(collection).items()}
     unit = collection.cluster_unit()
-    unknown = ids_unknown(collection)
     levels = sorted({key[1] for key in configurations})
     methods = sorted({key[0] for key in configurations}, key=method_sort_key)
     best, ranked_on = {}, {}
@@ -493,6 +501,22 @@ def table_baselines(collection: Collection) -> tuple[TableResult, TableResult]:
                     }
                 )
     add_holm(tests)
+    return BaselineComparisons(
+        configurations, levels, methods, best, ranked_on, tests, unit, ids_unknown(collection)
+    )
+
+
+def table_baselines(collection: Collection) -> tuple[TableResult, TableResult]:
+    """Table VI (methods x noise levels, PSNR / SSIM) and the paired tests behind its marks.
+
+    In each noise level the best method (highest mean PSNR on the images every method was evaluated on) is
+    compared with every other one on their common images: paired t-test (primary) and Wilcoxon signed-rank
+    test (secondary), cluster-aware, on PSNR and SSIM; Holm over every test in the table.
+    """
+    compared = baseline_comparisons(collection)
+    configurations, levels, methods = compared.configurations, compared.levels, compared.methods
+    best, ranked_on, tests = compared.best, compared.ranked_on, compared.tests
+    unit, unknown = compared.unit, compared.ids_unknown
     worse = {
         (t["noise_std"], t["method"], t["metric"])
         for t in tests
@@ -558,26 +582,84 @@ def table_baselines(collection: Collection) -> tuple[TableResult, TableResult]:
 CLASSICAL_METHODS = ("noisy", "gaussian", "nlm", "bm3d")
 
 
-def classical_verdict(collection: Collection) -> list[str]:
-    """Plain sentences for every noise level where a classical method beats every network on the same
-    images, with the networks' training budget as the likely reason (and the ranking it is based on)."""
-    configurations = {key: pool_runs(runs) for key, runs in baseline_configurations(collection).items()}
-    sentences = []
-    for level in sorted({key[1] for key in configurations}):
-        order, count = ranking(configurations, level)
-        classical = [(m, v) for m, v in order if m.partition("+")[0] in CLASSICAL_METHODS and m != "noisy"]
-        networks = [(m, v) for m, v in order if m.partition("+")[0] not in CLASSICAL_METHODS]
-        if not classical or not networks or classical[0][1] <= networks[0][1]:
+def learned_vs_classical(collection: Collection) -> list[dict[str, Any]]:
+    """Per noise level: the best network against the best classical method (the noisy input aside), from
+    Table VI's paired PSNR test of the two (Holm over the table). Each item: level, leader, other,
+    classical_leads, shown (the test rejects), difference, low, high, p and the sentence (`text`): a winner
+    is named only when the test rejects; otherwise "no difference is shown (p = ...)"."""
+    compared = baseline_comparisons(collection)
+    findings = []
+    for level in compared.levels:
+        order, count = ranking(compared.configurations, level)
+        classical = [m for m, _ in order if m.partition("+")[0] in CLASSICAL_METHODS and m != "noisy"]
+        networks = [m for m, _ in order if m.partition("+")[0] not in CLASSICAL_METHODS]
+        if not classical or not networks:
             continue
-        (best_classical, classical_psnr), (best_network, network_psnr) = classical[0], networks[0]
-        sentences.append(
-            f"At noise std {level:g} a classical method wins: {method_label(best_classical)} reaches "
-            f"{classical_psnr:.2f} dB mean PSNR against {network_psnr:.2f} dB for the best network "
-            f"({method_label(best_network)}), on the same {count} test images (ranking: "
-            + " > ".join(f"{method_label(m)} {v:.2f}" for m, v in order if m != "noisy")
-            + f"). {_budget_text(collection, level)}"
+        means = dict(order)
+        leader, other = (
+            (classical[0], networks[0]) if order[0][0] == classical[0] else (networks[0], classical[0])
         )
-    return sentences
+        test = next(
+            (
+                t
+                for t in compared.tests
+                if t["noise_std"] == level and t["metric"] == "psnr" and t["reference"] == leader
+                and t["method"] == other
+            ),
+            None,
+        )  # fmt: skip
+        classical_leads = leader == classical[0]
+        item = {"level": level, "leader": leader, "other": other, "classical_leads": classical_leads}
+        if test is None or not math.isfinite(test["t_p_holm"]):
+            text = (
+                f"At noise std {level:g} {method_label(leader)} has the higher mean PSNR "
+                f"({means[leader]:.2f} dB against {means[other]:.2f} dB for {method_label(other)}, "
+                f"{count} test images), but no test of the difference was possible."
+            )
+            findings.append({**item, "shown": False, "difference": math.nan, "p": math.nan, "text": text})
+            continue
+        unit = "image" if test["test_method"] == _clustered().T_METHOD else compared.unit
+        interval = (
+            f" [{test['difference_low']:+.2f}, {test['difference_high']:+.2f}]"
+            if math.isfinite(test["difference_low"])
+            else ""
+        )
+        shown = test["mean_difference"] > 0 and test["t_p_holm"] < SIGNIFICANCE_LEVEL
+        kind = "classical method" if classical_leads else "network"
+        if shown:
+            text = (
+                f"At noise std {level:g} a {kind} wins: {method_label(leader)} beats {method_label(other)} "
+                f"by {test['mean_difference']:+.2f} dB PSNR{interval} (mean of {test['groups']} {unit} "
+                f"means, paired t-test, Holm p = {_format_p(test['t_p_holm'])}; ranking on {count} test "
+                "images: " + " > ".join(f"{method_label(m)} {v:.2f}" for m, v in order if m != "noisy") + ")."
+            )
+        else:
+            text = (
+                f"At noise std {level:g} no difference is shown between the best network and the best "
+                f"classical method: {method_label(leader)} {means[leader]:.2f} dB against "
+                f"{method_label(other)} {means[other]:.2f} dB, difference {test['mean_difference']:+.2f} dB"
+                f"{interval} (paired t-test, Holm p = {_format_p(test['t_p_holm'])}, {count} test images)."
+            )
+        if classical_leads and shown:
+            text += f" {_budget_text(collection, level)}"
+        findings.append(
+            {
+                **item,
+                "shown": shown,
+                "difference": test["mean_difference"],
+                "low": test["difference_low"],
+                "high": test["difference_high"],
+                "p": test["t_p_holm"],
+                "text": text,
+            }
+        )
+    return findings
+
+
+def classical_verdict(collection: Collection) -> list[str]:
+    """The sentences of the levels where a classical method beats every network by a test (Holm p < 0.05),
+    with the networks' training budget as the likely reason."""
+    return [f["text"] for f in learned_vs_classical(collection) if f["classical_leads"] and f["shown"]]
 
 
 def _budget_text(collection: Collection, level: float) -> str:
