@@ -59,7 +59,15 @@ def packaged_lin_path() -> Path | None:
     return Path(next(iter(spec.submodule_search_locations))) / "weights" / "v0.1" / "alex.pth"
 
 
-def _resolve(explicit: str | os.PathLike | None, env_var: str, fallback: Path | None, what: str) -> Path:
+BACKBONE_HINT = (
+    f"get {BACKBONE_FILENAME} from https://download.pytorch.org/models/ (SHA-256 starts with 7be5be79) and "
+    "run `meddenoise doctor --place-lpips FILE`, or pass --lpips-weights FILE"
+)
+
+
+def _resolve(
+    explicit: str | os.PathLike | None, env_var: str, fallback: Path | None, what: str, hint: str = ""
+) -> Path:
     if explicit is not None:
         path, origin = Path(explicit), "given path"
     elif os.environ.get(env_var):
@@ -71,7 +79,7 @@ def _resolve(explicit: str | os.PathLike | None, env_var: str, fallback: Path | 
     if not path.is_file():
         raise MetricUnavailable(
             f"LPIPS unavailable: {what} not found at {path} ({origin}); "
-            f"place the file there or set {env_var} to its path"
+            f"place the file there or set {env_var} to its path" + (f"; {hint}" if hint else "")
         )
     return path
 
@@ -85,6 +93,7 @@ def resolve_weight_paths(
         BACKBONE_ENV,
         default_backbone_path(),
         f"AlexNet backbone weights ({BACKBONE_FILENAME})",
+        BACKBONE_HINT,
     )
     lin = _resolve(lin_path, LIN_ENV, packaged_lin_path(), "LPIPS v0.1 lin weights (lpips package, alex.pth)")
     return backbone, lin

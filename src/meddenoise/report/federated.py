@@ -211,6 +211,12 @@ def _display_row(row: dict[str, Any]) -> list[str]:
     ]
 
 
+def _p_text(p: Any) -> str:
+    if p is None or not math.isfinite(p):
+        return "n/a"
+    return "< 0.001" if p < 0.001 else f"{p:.3f}" if p < 0.01 else f"{p:.2f}"
+
+
 def _units(row: dict[str, Any]) -> str:
     images, groups = row["gap_images"], row.get("gap_groups") or row["gap_images"]
     return (
@@ -231,8 +237,9 @@ def federated_section(collection: Collection, result: TableResult) -> list[Block
     if gaps:
         sentences = [
             f"{row['setup']}: {row['psnr_gap']:+.2f} dB PSNR against centralized training "
-            f"({_units(row)}; one training seed each, so the gap's interval covers the test "
-            "images, not training randomness)."
+            f"[{_number(row['psnr_gap_low'], 2)}, {_number(row['psnr_gap_high'], 2)}], paired t-test p "
+            f"{_p_text(row.get('psnr_gap_t_p'))} ({_units(row)}; one training seed each, so the gap's "
+            "interval covers the test images, not training randomness)."
             for row in gaps
         ]
         blocks.append(Paragraph(" ".join(sentences)))
