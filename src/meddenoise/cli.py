@@ -127,8 +127,10 @@ def main(argv: list[str] | None = None) -> int:
             message += f" ({flag})"
         # `data info` / `data leaks`: name the subcommand the user typed
         command = " ".join(filter(None, (args.command, getattr(args, "data_command", None))))
-        print(f"meddenoise {command}: error: {message}", file=sys.stderr)
-        return 2
+        exit_code = getattr(exc, "exit_code", 2)
+        kind = "error: " if exit_code == 2 else ""
+        print(f"meddenoise {command}: {kind}{message}", file=sys.stderr)
+        return exit_code
     except KeyboardInterrupt:
         print(f"meddenoise {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -452,15 +452,20 @@ def test_every_paired_test_has_one_estimand(grid, report):
     """Difference, interval, t-test and d_z of Table VI's tests come from the same per-patient differences."""
     rows = files.read_rows(grid / "tables" / "table6_paired_tests.csv")
     assert rows and all(row["test_method"] == "group-means" for row in rows)  # the grid's patients repeat
+    seeded = 0
     for row in rows:
         difference, low, high = (
             float(row[k]) for k in ("mean_difference", "difference_low", "difference_high")
         )
         dz, p = float(row["effect_size"]), float(row["t_p"])
         assert low <= difference <= high and math.copysign(1, dz) == math.copysign(1, difference)
+        if row.get("interval_method") == "seed-and-patient bootstrap":
+            seeded += 1  # also covers training randomness: at least as wide, a claim needs both
+            continue
         assert (p < 0.05) == (low > 0 or high < 0)
+    assert seeded  # the two-seed U-Net at 0.1 is compared with the best method there
     notes = " ".join(find_table(report.blocks, "Paired tests behind Table VI").notes)
-    assert "patient means" in notes and "cover test patients" in notes  # not the spread between seeds
+    assert "patient means" in notes and "resample seeds and test patients" in notes
 
 
 def test_runs_recorded_with_an_absolute_data_folder_match_a_plan_written_relative(tmp_path, monkeypatch):
@@ -480,3 +485,50 @@ def test_runs_recorded_with_an_absolute_data_folder_match_a_plan_written_relativ
     other = evaluation(str(tmp_path / "elsewhere"), "other")
     kept, ignored = _one_data_folder([relative, absolute, other], "runs/quick/data")
     assert kept == [relative, absolute] and ignored == [Path("other")]
+
+
+def _seeded_runs(root, method, per_seed_values, patients):
+    for seed, values in enumerate(per_seed_values):
+        folder = root / f"{method}_seed{seed}"
+        _evaluation_rows(folder, method, list(values), kind="network", patients=patients)
+        info = files.read_info(folder)
+        info["seed"] = seed
+        files.write_info(folder, info)
+
+
+def test_with_several_seeds_a_gap_needs_an_interval_over_seeds_too(tmp_path):
+    """Three seeds per network whose run means scatter by about 1 dB while each seed-averaged difference
+    is steady across patients: the paired test on patient means rejects, but the seed-and-patient interval
+    covers 0, so no winner is named; with steady seeds the same gap is named."""
+    patients = [f"p{i}" for i in range(16)]
+    rng = np.random.default_rng(7)
+    base = 26 + rng.normal(0, 0.5, 16)
+    shifts = {"unet": (-1.2, 0.0, 1.6), "unetpp": (0.0, 0.0, 0.0)}
+    noisy_seeds = tmp_path / "noisy_seeds"
+    for method, offsets in shifts.items():
+        extra = 0.3 if method == "unet" else 0.0
+        values = [base + extra + shift + rng.normal(0, 0.05, 16) for shift in offsets]
+        _seeded_runs(noisy_seeds, method, values, patients)
+    tests = {(t["better"], t["metric"]): t for t in _table_three_tests(noisy_seeds)}
+    psnr = tests[("unet", "psnr")]
+    assert psnr["t_p_holm"] < 0.05 and psnr["interval_method"] == "seed-and-patient bootstrap"
+    assert psnr["difference_low"] < 0 < psnr["difference_high"] and psnr["seeds"] == 3
+    quality = find_table(build_report(noisy_seeds).blocks, "Table III")
+    assert not any(cell.endswith("*") for cell in quality.column("PSNR (dB)"))
+
+    steady = tmp_path / "steady"
+    for method, extra in (("unet", 0.3), ("unetpp", 0.0)):
+        _seeded_runs(steady, method, [base + extra + rng.normal(0, 0.05, 16) for _ in range(3)], patients)
+    psnr = {(t["better"], t["metric"]): t for t in _table_three_tests(steady)}[("unet", "psnr")]
+    assert psnr["difference_low"] > 0
+    quality = find_table(build_report(steady).blocks, "Table III")
+    marked = dict(zip(quality.column("Model"), quality.column("PSNR (dB)")))
+    assert marked["U-Net"].endswith("*") and not marked["U-Net++"].endswith("*")
+
+
+def _table_three_tests(root):
+    from meddenoise.report.tables import _paired_between_models, paper_model_configurations
+
+    collection = collect(root)
+    pooled = {key: pool_runs(runs) for key, runs in paper_model_configurations(collection).items()}
+    return _paired_between_models(pooled, collection.cluster_unit())

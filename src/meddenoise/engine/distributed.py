@@ -12,6 +12,7 @@ import contextlib
 import datetime
 import os
 import secrets
+import signal
 import subprocess
 import sys
 import time
@@ -237,13 +238,26 @@ def launch_torchrun(nproc: int, argv: Sequence[str]) -> int:
     environment = dict(os.environ)
     # One thread per worker unless the user chose otherwise: K workers on K cores, not K x cores threads.
     environment.setdefault("OMP_NUM_THREADS", "1")
-    try:
-        completed = subprocess.run(command, env=environment, check=False)
-    except KeyboardInterrupt:
-        return 130
-    if completed.returncode != 0:
+    from meddenoise.engine.termination import Terminated, TerminationSignal
+
+    process = subprocess.Popen(command, env=environment)
+    # A SIGTERM to this launcher goes on to torchrun, which passes it to the workers: they stop at the same
+    # step, write their last checkpoint and exit, and the run folder's lock goes with rank 0's process.
+    with TerminationSignal() as termination:
+        termination.on_signal = lambda: process.send_signal(signal.SIGTERM)
+        try:
+            returncode = process.wait()
+        except KeyboardInterrupt:
+            process.send_signal(signal.SIGINT)
+            process.wait()
+            return 130
+    if termination.received:
+        raise Terminated(
+            f"terminated (SIGTERM): the {nproc} torchrun worker(s) were asked to stop and exited with status "
+            f"{returncode}; their last checkpoint is kept: run the same command with --resume to continue"
+        )
+    if returncode != 0:
         raise MeddenoiseError(
-            f"the {nproc} torchrun worker(s) failed (exit status {completed.returncode}); "
-            "their messages are above"
+            f"the {nproc} torchrun worker(s) failed (exit status {returncode}); their messages are above"
         )
     return 0

@@ -45,6 +45,7 @@ from meddenoise.engine.schedule import learning_rate
 from meddenoise.engine.selection import released_validation_loss, resolve_rule
 from meddenoise.engine.step import TrainStep, build_optimizer
 from meddenoise.engine.targets import build_target
+from meddenoise.engine.termination import Terminated, TerminationSignal
 from meddenoise.engine.validation import evaluate_batches, evaluate_split, reduce_means
 from meddenoise.errors import MeddenoiseError
 from meddenoise.fileio import atomic_write_text, ensure_writable_dir
@@ -71,6 +72,7 @@ class Trainer:
             ensure_writable_dir(self.out, what="run folder (--out)")
         self.log = RunLog(self.run_dir.log_file, runtime.is_main)
         self.event_log = None
+        self.termination: TerminationSignal | None = None  # set by fit while the loop runs
         if "tensorboard" in config.log:
             summary_writer_class()  # on every rank: a missing package stops all of them, before training
             if runtime.is_main:
@@ -278,17 +280,21 @@ class Trainer:
                 f"training stopped and {kept_text}. Try a lower --lr, --grad-clip 1.0 or --amp off"
             )
 
-    def time_is_up(self, started: float, at_epoch_end: bool = False) -> bool:
-        """Whether --time-limit has passed; under DDP all ranks agree (every few steps, and at epoch ends)."""
-        if not self.config.time_limit:
-            return False
-        over = time.perf_counter() - started > self.config.time_limit
-        if self.runtime.world_size == 1:
-            return over
-        if not at_epoch_end and self.progress.global_step % TIME_CHECK_INTERVAL:
-            return False
-        flag = torch.tensor(int(over), device=self.runtime.device)
-        return bool(distributed.all_reduce_max(flag).item())
+    def outside_stop(self, started: float, at_epoch_end: bool = False) -> str | None:
+        """ "terminated" (SIGTERM received), "time_limit" (--time-limit passed) or None. Under DDP all ranks
+        agree, every few steps and at epoch ends: a SIGTERM reaches the ranks at slightly different steps."""
+        watching = self.termination is not None
+        if not (self.config.time_limit or watching):
+            return None
+        terminated = watching and self.termination.received
+        over = bool(self.config.time_limit) and time.perf_counter() - started > self.config.time_limit
+        if self.runtime.world_size > 1:
+            if not at_epoch_end and self.progress.global_step % TIME_CHECK_INTERVAL:
+                return None
+            flag = torch.tensor(2 if terminated else int(over), device=self.runtime.device)
+            agreed = int(distributed.all_reduce_max(flag).item())
+            terminated, over = agreed == 2, agreed >= 1
+        return "terminated" if terminated else "time_limit" if over else None
 
     def _learning_rate(self, step: int) -> float:
         config = self.config
@@ -312,8 +318,8 @@ class Trainer:
             return earlier
         if config.max_steps and progress.global_step >= config.max_steps:
             return "max_steps"
-        if at != "start" and self.time_is_up(run_started, at_epoch_end=at == "epoch_end"):
-            return "time_limit"
+        if at != "start" and (outside := self.outside_stop(run_started, at_epoch_end=at == "epoch_end")):
+            return outside
         if at != "step" and progress.epoch >= config.epochs:
             return "epochs"
         return None
@@ -659,7 +665,16 @@ def fit(config: TrainConfig) -> Path:
         trainer.write_run_files()
         if trainer.resuming:
             trainer.restore()
-        reason = _train(trainer)
+        with TerminationSignal() as termination:
+            trainer.termination = termination
+            reason = _train(trainer)
+        if reason == "terminated":
+            finished = True  # a clean stop: the process group is torn down normally
+            progress = trainer.progress
+            raise Terminated(
+                f"terminated (SIGTERM) at step {progress.global_step}, epoch {progress.epoch + 1}; the last "
+                f"checkpoint is in {trainer.out}: run the same command with --resume to continue"
+            )
         trainer.log.info(f"training finished ({reason}); run folder {trainer.out}")
         distributed.barrier()
         trainer.evaluate_test()

@@ -318,6 +318,8 @@ def describe_seeds(seeds: Sequence[int], unit: str = "patient") -> str:
         )
     span = str(counts[0]) if len(counts) == 1 else f"{counts[0]}-{counts[-1]}"
     return (
-        f"Networks were trained with {span} seeds; each image's value is the mean over them, so the "
-        f"intervals and tests cover test {unit}s, not the spread between seeds (shown separately)."
+        f"Networks were trained with {span} seeds; each image's value is the mean over them. The intervals "
+        f"of differences resample seeds and test {unit}s (two-level bootstrap), so they cover training "
+        "randomness too; a difference is marked only when its test rejects and that interval excludes 0 "
+        f"(the test itself, on {unit} means of seed-averaged values, sees the test {unit}s only)."
     )

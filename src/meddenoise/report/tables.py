@@ -54,6 +54,7 @@ class Pooled:
     seed_means: dict[str, list[float]]  # metric -> one mean per seed run
     runs: list[Evaluation]
     group_ids: list[str] = dataclasses.field(default_factory=list)  # clusters of intervals and tests
+    per_run: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)  # metric -> (runs, n)
 
 
 def pool_runs(runs: Sequence[Evaluation]) -> Pooled:
@@ -63,7 +64,7 @@ def pool_runs(runs: Sequence[Evaluation]) -> Pooled:
     for run in runs[1:]:
         if sorted(run.image_ids()) != sorted(image_ids):
             raise ValueError(f"{run.folder} was evaluated on other images than {runs[0].folder}")
-    values, seed_means = {}, {}
+    values, seed_means, per_run = {}, {}, {}
     for metric in QUALITY_METRICS:
         stacked = []
         for run in runs:
@@ -72,7 +73,51 @@ def pool_runs(runs: Sequence[Evaluation]) -> Pooled:
         matrix = np.vstack(stacked)  # (runs, n)
         values[metric] = matrix.mean(axis=0)
         seed_means[metric] = [float(row.mean()) for row in matrix]
-    return Pooled(image_ids, runs[0].patient_ids(), values, seed_means, list(runs), runs[0].group_ids())
+        per_run[metric] = matrix
+    return Pooled(
+        image_ids, runs[0].patient_ids(), values, seed_means, list(runs), runs[0].group_ids(), per_run
+    )
+
+
+SEED_INTERVAL_METHOD = "seed-and-patient bootstrap"
+
+
+def add_seed_interval(test: dict[str, Any], first: Pooled, second: Pooled, metric: str) -> dict[str, Any]:
+    """With several training seeds on either side, replace the test's interval of the difference (first -
+    second) by the two-level bootstrap over seeds and patients (`stats.hierarchical_bootstrap_ci`): the
+    estimand stays the same (the mean over patients of each patient's mean difference, of seed-averaged
+    values), its interval now also covers training randomness. Runs pair by seed order when both sides
+    have as many; otherwise each run is compared with the other side's mean over its runs."""
+    a_runs, b_runs = _aligned_runs(first, second, metric)
+    if max(len(a_runs), len(b_runs)) < 2 or a_runs.shape[1] < 2:
+        return test
+    if len(a_runs) == len(b_runs):
+        differences = a_runs - b_runs
+    elif len(b_runs) == 1 or len(a_runs) > 1:
+        differences = a_runs - b_runs.mean(axis=0)
+    else:
+        differences = a_runs.mean(axis=0) - b_runs
+    keep = np.isfinite(differences).all(axis=0)
+    groups = np.asarray(_aligned_groups(first, second), dtype=object)[keep]
+    ci = _stats().hierarchical_bootstrap_ci(differences[:, keep], groups)
+    test.update(
+        difference_low=float(ci.low),
+        difference_high=float(ci.high),
+        interval_method=SEED_INTERVAL_METHOD,
+        seeds=int(differences.shape[0]),
+    )
+    return test
+
+
+def difference_shown(test: dict[str, Any]) -> bool:
+    """A difference is claimed when its test rejects (Holm-adjusted p < 0.05) and, with several training
+    seeds, the seed-and-patient interval also excludes 0 (the test alone sees the test patients only)."""
+    if not test.get("t_p_holm", math.nan) < SIGNIFICANCE_LEVEL:
+        return False
+    if test.get("interval_method") == SEED_INTERVAL_METHOD:
+        low, high = test["difference_low"], test["difference_high"]
+        return bool(low > 0 or high < 0)
+    return True
 
 
 def _stats():
@@ -231,9 +276,7 @@ def table_quality(collection: Collection) -> TableResult:
     unknown = ids_unknown(collection)
     several_seeds = any(len(p.runs) > 1 for p in pooled.values())
     tests = _paired_between_models(pooled, unit)
-    marks = {
-        (t["noise_std"], t["better"], t["metric"]): "*" for t in tests if t["t_p_holm"] < SIGNIFICANCE_LEVEL
-    }
+    marks = {(t["noise_std"], t["better"], t["metric"]): "*" for t in tests if difference_shown(t)}
     columns = ["Noise std", "Model", "Images", *[METRIC_HEADERS[m] for m in QUALITY_METRICS]]
     if several_seeds:
         columns += ["Runs", "PSNR over runs (mean ± sd)"]
@@ -321,7 +364,7 @@ def _paired_between_models(pooled: dict[tuple, Pooled], unit: str = "patient") -
             a, b = first[metric], second[metric]
             if not (np.isfinite(a).all() and np.isfinite(b).all()) or a.size < 2:
                 continue
-            result = paired_test(a, b, groups, unit)
+            result = add_seed_interval(paired_test(a, b, groups, unit), pair[0], pair[1], metric)
             if result["test_method"] == "none":
                 continue
             # the sign of the tested difference (per-patient means), not of the image means
@@ -346,6 +389,18 @@ def _aligned(first: Pooled, second: Pooled) -> tuple[dict[str, np.ndarray], dict
         {m: first.values[m][take_a] for m in QUALITY_METRICS},
         {m: second.values[m][take_b] for m in QUALITY_METRICS},
     )
+
+
+def _aligned_runs(first: Pooled, second: Pooled, metric: str) -> tuple[np.ndarray, np.ndarray]:
+    """Each side's per-run values (runs, images) on the common images, in `_aligned`'s order."""
+    common = [i for i in first.image_ids if i in set(second.image_ids)]
+    index_a = {i: k for k, i in enumerate(first.image_ids)}
+    index_b = {i: k for k, i in enumerate(second.image_ids)}
+    take_a = np.array([index_a[i] for i in common], dtype=np.int64)
+    take_b = np.array([index_b[i] for i in common], dtype=np.int64)
+    runs_a = first.per_run.get(metric, first.values[metric][None, :])
+    runs_b = second.per_run.get(metric, second.values[metric][None, :])
+    return runs_a[:, take_a], runs_b[:, take_b]
 
 
 def _aligned_groups(first: Pooled, second: Pooled) -> list[str]:
@@ -490,6 +545,7 @@ def baseline_comparisons(collection: Collection) -> BaselineComparisons:
                 if first[metric].size < 2:
                     continue
                 result = paired_test(first[metric], second[metric], groups, unit)
+                result = add_seed_interval(result, reference, other, metric)
                 tests.append(
                     {
                         "noise_std": level,
@@ -520,7 +576,7 @@ def table_baselines(collection: Collection) -> tuple[TableResult, TableResult]:
     worse = {
         (t["noise_std"], t["method"], t["metric"])
         for t in tests
-        if t["mean_difference"] > 0 and t["t_p_holm"] < SIGNIFICANCE_LEVEL
+        if t["mean_difference"] > 0 and difference_shown(t)
     }
 
     columns = ["Method", *[f"PSNR / SSIM at std {level:g}" for level in levels]]
@@ -624,7 +680,7 @@ def learned_vs_classical(collection: Collection) -> list[dict[str, Any]]:
             if math.isfinite(test["difference_low"])
             else ""
         )
-        shown = test["mean_difference"] > 0 and test["t_p_holm"] < SIGNIFICANCE_LEVEL
+        shown = test["mean_difference"] > 0 and difference_shown(test)
         kind = "classical method" if classical_leads else "network"
         if shown:
             text = (
