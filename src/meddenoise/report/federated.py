@@ -158,8 +158,9 @@ def table_federated(collection: Collection) -> TableResult | None:
         display.append(_display_row(row))
     notes = [
         "Centralized: the one-device run of the same model, noise level and seed (Tables III/IV), trained "
-        "for as many epochs as the federation has rounds; each site trains one local epoch per round, so "
-        "both take about the same number of optimizer steps (listed). Gap: federated - centralized on the "
+        "for as many epochs as the federation has rounds. With one local epoch per round both take about "
+        "the same number of optimizer steps; with more, the sites together take proportionally more (the "
+        "Steps column lists both). Gap: federated - centralized on the "
         f"same test images, as the mean over {unit}s of each {unit}'s mean difference when {unit}s repeat "
         "(else over images), with its 95% t-interval on the same differences.",
         _clustered().describe_tests(methods, unit, ids_unknown=ids_unknown(collection)),
