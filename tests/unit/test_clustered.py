@@ -206,8 +206,10 @@ def test_captions_say_why_images_are_treated_as_independent():
     unknown = clustered.describe_intervals(["t"], "patient", ids_unknown=True)
     assert "every patient has one image" in known and "every patient has one image" not in unknown
     assert "patient ids are unknown" in unknown and "too narrow" in unknown
+    assert "--group-similar" in unknown  # the way to cluster by suspected same-patient groups
     tests = clustered.describe_tests(["t"], ids_unknown=True)
     assert "one per patient" not in tests and "too narrow" in tests
     assert "patient means" in clustered.describe_tests(["group-means"])
     assert "not training randomness" in clustered.describe_seeds([1, 1])
     assert "3 seeds" in clustered.describe_seeds([3, 3]) and clustered.describe_seeds([]) == ""
+    assert "resample seeds and test patients" in clustered.describe_seeds([3, 3])

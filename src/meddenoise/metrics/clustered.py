@@ -241,8 +241,10 @@ def _units(groups: int, images: int, unit: str) -> str:
 
 
 IDS_UNKNOWN_SENTENCE = (
-    "Patient ids are unknown, so each image is treated as its own patient and the images as independent; "
-    "if some patients contributed several images, these intervals are too narrow and the p-values too small"
+    "Patient ids are unknown, so each image is treated as its own patient and the images as independent "
+    "(except images that `prepare --group-similar` joined as suspected same-patient groups: those are "
+    "clustered); if some patients contributed several images, these intervals are too narrow and the "
+    "p-values too small. Preparing with --group-similar clusters by the learned matcher's suspected patients"
 )
 
 
