@@ -26,6 +26,7 @@ from meddenoise.report.tables import (
     _disagreement_notes,
     _format_p,
     add_holm,
+    add_seed_interval,
     format_interval,
     ids_unknown,
     interval,
@@ -71,6 +72,7 @@ def _gap_tests(configurations: dict[tuple, Pooled], unit: str = "patient") -> li
             if mode_values[metric].size < 2:
                 continue
             result = paired_test(mode_values[metric], supervised_values[metric], groups, unit)
+            result = add_seed_interval(result, pooled, supervised, metric)
             tests.append(
                 {
                     "noise_std": level,

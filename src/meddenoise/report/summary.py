@@ -87,7 +87,8 @@ def clean_free(rows: list[dict[str, Any]], section: str) -> list[Finding]:
             continue
         low, high = row.get("psnr_gap_low", math.nan), row.get("psnr_gap_high", math.nan)
         name = f"{row['target']} (std {row['noise_std']:g})"
-        if math.isfinite(p) and p < 0.05:
+        excludes = not (math.isfinite(low) and math.isfinite(high)) or low > 0 or high < 0
+        if math.isfinite(p) and p < 0.05 and excludes:  # with seeds, the interval covers them too
             parts.append(f"{name} {gap:+.2f} dB{_interval(low, high)} (Holm p {_p(p)})")
         else:
             parts.append(f"{name} no difference shown ({gap:+.2f} dB, Holm p {_p(p)})")
