@@ -117,7 +117,11 @@ def test_rows_and_values_are_the_per_image_aggregates(grid):
             0.95, len(difference) - 1, loc=difference.mean(), scale=scipy_stats.sem(difference)
         )
         assert row["psnr_gap"] == pytest.approx(difference.mean())
-        assert (row["psnr_gap_low"], row["psnr_gap_high"]) == pytest.approx((low, high))
+        if level == 0.1:  # supervised has two seeds there: the interval resamples seeds and patients
+            assert row["psnr_gap_low"] < row["psnr_gap"] < row["psnr_gap_high"]
+            assert (row["psnr_gap_low"], row["psnr_gap_high"]) != pytest.approx((low, high))
+        else:
+            assert (row["psnr_gap_low"], row["psnr_gap_high"]) == pytest.approx((low, high))
         assert row["psnr_wilcoxon_p_holm"] == pytest.approx(holm[2 * number])
         assert row["ssim_wilcoxon_p_holm"] == pytest.approx(holm[2 * number + 1])
         gain = values[(method, level)][0] - values[("noisy", level)][0]
