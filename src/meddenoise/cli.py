@@ -28,6 +28,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "evaluate",
     "baselines",
     "denoise",
+    "export_model",
     "reproduce",
     "report",
     "doctor",

@@ -183,6 +183,9 @@ def resolve_checkpoint(path: str | Path) -> Path:
     """A run folder means its best checkpoint (its last one if no best was written yet)."""
     path = Path(path)
     if path.is_dir():
+        exported = path / "model.safetensors"  # a folder written by `meddenoise export-model`
+        if exported.is_file() and not RunDir(path).checkpoints.is_dir():
+            return exported
         return RunDir(path).weights_for_inference()
     if not path.is_file():
         raise MeddenoiseError(f"checkpoint {path} not found (give a run folder or a .safetensors file)")
