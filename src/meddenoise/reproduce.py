@@ -65,6 +65,9 @@ class Preset:
     dp_epsilons: tuple[float, ...] = ()
     dp_scratch_epsilons: tuple[float, ...] | None = None  # DP-SGD from scratch at these (None: dp_epsilons)
     dp_noise_std: float = 0.2
+    # Robustness: the one-device U-Net (seed 0) trained at this std is also tested at the grid's other
+    # levels (`evaluate --noise-std`); None: not run.
+    robustness_from: float | None = 0.2
     dp_delta: float = 1e-5
     dp_unit: str = "patient"
     # DP-SGD also fine-tuned from a U-Net pretrained on public data (the rendered default: one public CT),
@@ -664,6 +667,49 @@ def merge_audits(per_level: list[dict[str, Any]], outsider_reason: str) -> dict[
     return merged
 
 
+def run_robustness(jobs: list[Job], settings: ReproduceConfig) -> str | None:
+    """Test the one-device U-Net trained at `robustness_from` at the grid's other noise levels (each an
+    evaluation folder `test-std<s>` of that run, kept out of the tables of trained levels). Returns why it
+    failed, or None."""
+    from meddenoise.evaluation.runs import evaluate_run
+
+    grid = settings.grid
+    source = getattr(grid, "robustness_from", None)
+    if source is None:
+        return None
+    run = next(
+        (
+            j.folder
+            for j in jobs
+            if j.kind == "network" and j.method == "unet" and j.strategy == "single" and j.seed == 0
+            and math.isclose(j.noise_std, source) and files.is_done(j.folder)
+        ),
+        None,
+    )  # fmt: skip
+    if run is None:
+        return None
+    for level in grid.noise_stds:
+        if math.isclose(level, source):
+            continue
+        folder = RunDir(run).evaluation_dir(f"test-std{level:g}")
+        if (folder / "evaluation.json").is_file():
+            continue
+        print(f"robustness: {run.name} tested at noise std {level:g}", flush=True)
+        try:
+            evaluate_run(
+                run,
+                split="test",
+                device=settings.device,
+                out_dir=folder,
+                lpips_weights=settings.lpips_weights or None,
+                quiet=settings.quiet,
+                noise_std=level,
+            )
+        except MeddenoiseError as exc:
+            return f"{run.name} at noise std {level:g}: {exc}"
+    return None
+
+
 def run_privacy_audit(data_dir: Path, jobs: list[Job], settings: ReproduceConfig) -> str | None:
     """Audit every noise level into OUT/privacy, the receiver's reversal by the supervised U-Net trained at
     that level; returns why it was skipped, or None."""
@@ -793,6 +839,9 @@ def _reproduce(settings: ReproduceConfig) -> Path:
         seconds = time.perf_counter() - job_started
         files.mark_done(job.folder, f"{seconds:.1f} s")
         print(f"  done in {seconds:.1f} s", flush=True)
+    reason = run_robustness(jobs, settings)
+    if reason:
+        plan["failed"].append({"what": "robustness evaluations", "reason": reason})
     if settings.grid.privacy:
         reason = run_privacy_audit(data_dir, jobs, settings)
         if reason:

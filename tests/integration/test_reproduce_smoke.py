@@ -177,3 +177,26 @@ def test_privacy_modes_table_lists_every_mode_with_its_epsilon_and_membership(sm
     assert len(result["verdict"]) == len(result["rows"])
     markdown = (out / "report.md").read_text()
     assert "Privacy modes side by side" in markdown and "DP-SGD epsilon 8" in markdown
+
+
+def test_robustness_tests_the_unet_away_from_its_level_and_keeps_it_out_of_the_tables(smoke):
+    out, _ = smoke
+    markdown = (out / "report.md").read_text()
+    header, rows = _markdown_table(markdown, "Robustness")
+    assert [(row[0], row[1], row[2]) for row in rows] == [("U-Net", "0.2", "0.1")]
+    folder = out / "runs" / "unet_std0.2_single_seed0" / "evaluation" / "test-std0.1"
+    info = files.read_info(folder)
+    assert info["noise"]["std"] == 0.1 and info["trained_noise_std"] == 0.2
+    per_image = files.read_rows(folder / files.PER_IMAGE_FILE)
+    assert row_mean(rows[0][header.index("PSNR (dB)")]) == round(
+        files.metric_values(per_image, "psnr").mean(), 2
+    )
+    # the same model trained at 0.1 is the comparison, on the same images
+    assert rows[0][header.index("Trained at the tested level (dB)")] != "n/a"
+    assert (
+        "## Robustness to other noise levels" in markdown and "Robustness: U-Net trained at 0.2" in markdown
+    )
+
+
+def row_mean(cell: str) -> float:
+    return float(cell.split()[0])

@@ -532,3 +532,37 @@ def _table_three_tests(root):
     collection = collect(root)
     pooled = {key: pool_runs(runs) for key, runs in paper_model_configurations(collection).items()}
     return _paired_between_models(pooled, collection.cluster_unit())
+
+
+def test_an_evaluation_at_another_noise_level_stays_out_of_the_trained_tables(tmp_path):
+    """`evaluate --noise-std 0.1` of a U-Net trained at 0.2 must not enter Table III/VI as a U-Net of 0.1;
+    the robustness table shows it beside the network trained at 0.1, on the same images."""
+    patients = [f"p{i}" for i in range(12)]
+    rng = np.random.default_rng(3)
+    own = 26 + rng.normal(0, 0.4, 12)
+    _evaluation_rows(tmp_path / "u02", "unet", own.tolist(), kind="network", patients=patients)
+    trained_there = tmp_path / "u01"
+    _evaluation_rows(trained_there, "unet", (own + 1.0 + rng.normal(0, 0.05, 12)).tolist(), kind="network",
+                     patients=patients)  # fmt: skip
+    away = tmp_path / "u02_at01"
+    _evaluation_rows(away, "unet", (own + 0.5 + rng.normal(0, 0.05, 12)).tolist(), kind="network",
+                     patients=patients)  # fmt: skip
+    for folder, std, trained in ((trained_there, 0.1, None), (away, 0.1, 0.2)):
+        info = files.read_info(folder)
+        info["noise"]["std"] = std
+        if trained is not None:
+            info["trained_noise_std"] = trained
+        files.write_info(folder, info)
+        rows = files.read_rows(folder / files.PER_IMAGE_FILE)
+        for row in rows:
+            row["noise_std"] = std
+        files.write_rows(folder / files.PER_IMAGE_FILE, files.PER_IMAGE_COLUMNS, rows)
+    collection = collect(tmp_path)
+    assert len(collection.evaluations) == 2 and [e.folder for e in collection.robustness] == [away]
+    report = build_report(tmp_path)
+    table = find_table(report.blocks, "Robustness")
+    assert table.rows[0][:3] == ["U-Net", "0.2", "0.1"]
+    difference = table.rows[0][table.columns.index("Difference (dB) [95% CI]")]
+    assert float(difference.split()[0]) == pytest.approx(-0.5, abs=0.05) and "[" in difference
+    quality = find_table(report.blocks, "Table III")
+    assert quality.column("Images") == ["12", "12"]  # one U-Net per level, the trained ones

@@ -41,6 +41,12 @@ class EvaluateConfig:
     heads: bool = option(True, "U-Net++: also evaluate each pruned head")
     lpips_weights: str = option("", "AlexNet LPIPS weights file (default: look in the torch hub cache)")
     limit: int = option(0, "evaluate only N images of the split, the same N for every run (0: all)")
+    noise_std: float = option(
+        0.0,
+        "test at this noise std instead of the run's own (robustness; same mean, fixed seed; 0: the run's)",
+        ge=0,
+        le=1,
+    )
     quiet: bool = quiet_option()
     print_config: bool = print_config_option()
 
@@ -103,12 +109,15 @@ def run(args: argparse.Namespace) -> int:
         lpips_weights=config.lpips_weights or None,
         limit=config.limit,
         quiet=config.quiet,
+        noise_std=config.noise_std or None,
     )
     save_config(config, folder / "config.json")
     info = files.read_info(folder)
-    print(
-        f"{info['method']} ({info['strategy']}), noise std {info['noise']['std']}, {info['images']} images:"
+    trained = info.get("trained_noise_std")
+    level = f"noise std {info['noise']['std']}" + (
+        f" (trained at {trained:g})" if trained is not None else ""
     )
+    print(f"{info['method']} ({info['strategy']}), {level}, {info['images']} images:")
     for metric, summary in info["summary"].items():
         print(f"  {metric:<10} {format_summary(summary, info['lpips'].get('reason', ''))}")
     for head in info.get("heads", []):

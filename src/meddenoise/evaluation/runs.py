@@ -4,6 +4,7 @@ the same images, writing evaluation folders (see `meddenoise.evaluation.files`).
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import time
 from pathlib import Path
@@ -147,11 +148,14 @@ def evaluate_run(
     lpips_weights: str | None = None,
     limit: int = 0,
     quiet: bool = True,
+    noise_std: float | None = None,
 ) -> Path:
     """Evaluate the run's best checkpoint on `split` of its own data (or `data_dir`) with the run's
-    fixed noise.
+    fixed noise, or at another noise std (`noise_std`: robustness; same mean, clamp and fixed seed).
 
-    Writes `RUN/evaluation/<split>[-<data folder name>]/` unless `out_dir` is given; returns that folder.
+    Writes `RUN/evaluation/<split>[-std<s>][-<data folder name>]/` unless `out_dir` is given; returns that
+    folder. An evaluation at another level records `trained_noise_std`, and reports keep it out of the
+    tables of trained levels.
     """
     from meddenoise.engine.checkpoint import load_trained_model
     from meddenoise.engine.runtime import resolve_device
@@ -171,10 +175,15 @@ def evaluate_run(
             f"prepared folder {data_dir} (recorded by the run) is gone; give one with --data"
         )
     noise = NoiseSpec.from_dict(metadata["noise"])
+    trained_std = noise.std
+    if noise_std is not None and not math.isclose(noise_std, trained_std):
+        noise = dataclasses.replace(noise, std=float(noise_std))
+    other_level = not math.isclose(noise.std, trained_std)
     target = make_target(data_dir, split, noise, torch_device, limit=limit)
     if out_dir is None:
         same_data = own_data and Path(own_data).resolve() == data_dir.resolve()
-        name = split if same_data else f"{split}-{data_dir.resolve().name}"
+        name = split + (f"-std{noise.std:g}" if other_level else "")
+        name += "" if same_data else f"-{data_dir.resolve().name}"
         out_dir = RunDir(run_dir if run_dir.is_dir() else run_dir.parent).evaluation_dir(name)
     out_dir = Path(out_dir)
 
@@ -218,6 +227,8 @@ def evaluate_run(
         "heads": head_table,
         "evaluated_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
+    if other_level:
+        info["trained_noise_std"] = trained_std
     return write_evaluation(out_dir, target, scores, info, head_rows=head_rows)
 
 

@@ -236,6 +236,11 @@ def tables_section(collection: Collection, tables_dir: Path, findings: list[Find
         _write_table_csv(federated_table, "federated", tables_dir)
         blocks += federated_section(collection, federated_table)
         findings += summary.federated(federated_table.rows, FEDERATED_TITLE)
+    robustness = tables.table_robustness(collection)
+    if robustness is not None:
+        blocks += [Heading(2, tables.ROBUSTNESS_TITLE)]
+        blocks += _table_blocks(robustness, "robustness", tables_dir)
+        findings += summary.robustness(robustness.rows, tables.ROBUSTNESS_TITLE)
     heads = tables.table_heads(collection)
     if heads is not None:
         blocks += [Heading(2, "U-Net++ heads (pruned networks)")]

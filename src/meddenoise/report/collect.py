@@ -219,6 +219,9 @@ class Collection:
     plan: dict[str, Any]
     ignored: list[Path] = dataclasses.field(default_factory=list)  # evaluations of other data
     timing: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # plan's timed runs + "history"
+    # networks tested at another noise level than they were trained at (`evaluate --noise-std`): kept out
+    # of every table of trained levels, shown in the robustness table only
+    robustness: list[Evaluation] = dataclasses.field(default_factory=list)
 
     def networks(self) -> list[Evaluation]:
         return [e for e in self.evaluations if e.kind == "network"]
@@ -266,6 +269,13 @@ def collect(root: str | Path, *, split: str = "test") -> Collection:
     plan_path = root / PLAN_FILE
     plan = read_json(plan_path, what="reproduction plan") if plan_path.is_file() else {}
     evaluations, ignored = _one_data_folder(evaluations, (plan.get("data") or {}).get("folder"))
+    robustness = [e for e in evaluations if e.info.get("trained_noise_std") is not None]
+    evaluations = [e for e in evaluations if e.info.get("trained_noise_std") is None]
+    if not evaluations:
+        raise MeddenoiseError(
+            f"under {root} every evaluation of split {split!r} is at another noise level than its run was "
+            "trained at; evaluate the runs at their own level first"
+        )
     histories = {}
     for evaluation in evaluations:
         run_dir = evaluation.run_dir
@@ -278,7 +288,13 @@ def collect(root: str | Path, *, split: str = "test") -> Collection:
         if folder.is_dir():
             timing.append({**entry, "history": histories.get(folder.resolve()) or load_history(folder)})
     return Collection(
-        root=root, evaluations=evaluations, histories=histories, plan=plan, ignored=ignored, timing=timing
+        root=root,
+        evaluations=evaluations,
+        histories=histories,
+        plan=plan,
+        ignored=ignored,
+        timing=timing,
+        robustness=robustness,
     )
 
 

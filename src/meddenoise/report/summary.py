@@ -126,6 +126,31 @@ def federated(rows: list[dict[str, Any]], section: str) -> list[Finding]:
     return findings
 
 
+def robustness(rows: list[dict[str, Any]], section: str) -> list[Finding]:
+    """Networks tested away from their training level against the same model trained at that level."""
+    from meddenoise.report.collect import method_label
+
+    parts = []
+    for row in rows:
+        name = (
+            f"{method_label(row['method'])} trained at {row['trained_noise_std']:g}, tested at "
+            f"{row['tested_noise_std']:g}"
+        )
+        if not math.isfinite(row["difference"]):
+            parts.append(f"{name}: {row['psnr_mean']:.2f} dB (no network trained at that level to compare)")
+        elif row["shown"]:
+            parts.append(
+                f"{name}: {row['difference']:+.2f} dB"
+                f"{_interval(row['difference_low'], row['difference_high'])} against the one trained there "
+                f"(Holm p {_p(row['t_p_holm'])})"
+            )
+        else:
+            parts.append(
+                f"{name}: no difference to the one trained there shown (Holm p {_p(row['t_p_holm'])})"
+            )
+    return [Finding("Robustness: " + "; ".join(parts) + ".", section)] if parts else []
+
+
 def privacy_audit(result: dict[str, Any], sentences: list[str], section: str) -> list[Finding]:
     """The audit's own summary lines (what the released images hide and what they do not), and
     re-identification at rank 1 by the learned matcher beside the pixel matcher."""

@@ -857,3 +857,102 @@ def table_heads(collection: Collection) -> TableResult | None:
         "images/s measured by `evaluate` on its device (see the hardware section)."
     ]
     return TableResult(Table(columns, display, "U-Net++ heads: quality and inference speed", notes), csv_rows)
+
+
+# -- Robustness: networks tested at other noise levels ---------------------------------------------------
+
+
+ROBUSTNESS_TITLE = "Robustness to other noise levels"
+
+
+def table_robustness(collection: Collection) -> TableResult | None:
+    """Networks tested away from the noise level they were trained at (`evaluate --noise-std`), each beside
+    the same model trained at the tested level on the same images: the difference (tested-away minus
+    trained-there) on patient means with its interval and paired t-test, Holm over the table."""
+    if not collection.robustness:
+        return None
+    unit = collection.cluster_unit()
+    away = group_by(collection.robustness, "method", "noise_std")
+    own = {key: pool_runs(runs) for key, runs in paper_like_singles(collection).items()}
+    noisy = {e.noise_std: e for e in collection.baselines() if e.method == "noisy"}
+    tests, entries = [], []
+    for (method, tested), runs in sorted(away.items(), key=lambda item: (item[0][0], item[0][1])):
+        pooled = pool_runs(runs)
+        trained = float(runs[0].info["trained_noise_std"])
+        entry = {"method": method, "trained": trained, "tested": tested, "pooled": pooled, "test": None}
+        reference = own.get((method, tested))
+        if reference is not None:
+            first, second = _aligned(pooled, reference)
+            groups = _aligned_groups(pooled, reference)
+            if first["psnr"].size >= 2:
+                test = paired_test(first["psnr"], second["psnr"], groups, unit)
+                test = add_seed_interval(test, pooled, reference, "psnr")
+                entry["test"], entry["reference_psnr"] = test, float(np.mean(second["psnr"]))
+                tests.append(test)
+        entries.append(entry)
+    add_holm(tests)
+    columns = ["Model", "Trained at", "Tested at", "Images", "PSNR (dB)", "Trained at the tested level (dB)",
+               "Difference (dB) [95% CI]", "Holm p", "Noisy input (dB)"]  # fmt: skip
+    display, csv_rows = [], []
+    for entry in entries:
+        pooled, test = entry["pooled"], entry["test"]
+        summary = interval(pooled.values["psnr"], pooled.group_ids, unit)
+        noisy_eval = noisy.get(entry["tested"])
+        noisy_psnr = float(np.mean(noisy_eval.values("psnr"))) if noisy_eval is not None else math.nan
+        difference = "n/a (no network trained at this level)"
+        if test is not None:
+            difference = f"{test['mean_difference']:+.2f}" + (
+                f" [{test['difference_low']:+.2f}, {test['difference_high']:+.2f}]"
+                if math.isfinite(test["difference_low"])
+                else " [CI n/a]"
+            )
+        display.append(
+            [
+                method_label(entry["method"]),
+                f"{entry['trained']:g}",
+                f"{entry['tested']:g}",
+                str(len(pooled.image_ids)),
+                format_interval(summary, "psnr"),
+                f"{entry['reference_psnr']:.2f}" if test is not None else "n/a",
+                difference,
+                _format_p(test["t_p_holm"]) if test is not None else "",
+                "n/a" if math.isnan(noisy_psnr) else f"{noisy_psnr:.2f}",
+            ]
+        )
+        csv_rows.append(
+            {
+                "method": entry["method"],
+                "trained_noise_std": entry["trained"],
+                "tested_noise_std": entry["tested"],
+                "images": len(pooled.image_ids),
+                "psnr_mean": summary["mean"],
+                "psnr_low": summary["low"],
+                "psnr_high": summary["high"],
+                "reference_psnr_mean": entry.get("reference_psnr", math.nan),
+                "difference": test["mean_difference"] if test else math.nan,
+                "difference_low": test["difference_low"] if test else math.nan,
+                "difference_high": test["difference_high"] if test else math.nan,
+                "t_p_holm": test["t_p_holm"] if test else math.nan,
+                "shown": bool(test and difference_shown(test)),
+                "noisy_psnr_mean": noisy_psnr,
+            }
+        )
+    notes = [
+        "Each row: a network tested at another noise std than it was trained at (same mean, clamp and fixed "
+        "test noise), beside the same model trained at the tested level, on the same test images. "
+        "Difference: tested-away minus trained-there, on "
+        f"{unit} means (paired t-test, Holm over this table).",
+        _clustered().describe_tests(
+            [t["test_method"] for t in tests], unit, ids_unknown=ids_unknown(collection)
+        ),
+    ]
+    notes = [note for note in notes if note]
+    return TableResult(
+        Table(columns, display, "Robustness: trained at one noise level, tested at others", notes), csv_rows
+    )
+
+
+def paper_like_singles(collection: Collection) -> dict[tuple, list[Evaluation]]:
+    """(method, noise_std) -> one-device seed runs of every network trained on clean targets."""
+    chosen = [e for e in collection.networks() if e.strategy == "single"]
+    return group_by(chosen, "method", "noise_std")
