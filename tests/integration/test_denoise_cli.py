@@ -5,6 +5,7 @@ skipped with a summary."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -164,6 +165,9 @@ def test_inputs_unlike_the_training_inputs_are_flagged_per_file(make_prepared, t
     inputs.mkdir()
     _write_png(inputs / "like.png", (noisy[0, 0].numpy() * 255).round().astype(np.uint8))
     _write_png(inputs / "bright.png", np.full((32, 32), 245, np.uint8))  # another site's overexposed image
+    _write_png(inputs / "clean.png", data.images[rows][0])  # never obfuscated
+    big = torch.nn.functional.interpolate(noisy, scale_factor=4, mode="nearest")[0, 0]
+    _write_png(inputs / "big.png", (big.numpy() * 255).round().astype(np.uint8))
     out = tmp_path / "out"
     assert main(["denoise", str(inputs), "--run", str(run), "--out", str(out), "--device", "cpu"]) == 0
     printed = capsys.readouterr().out
@@ -171,9 +175,14 @@ def test_inputs_unlike_the_training_inputs_are_flagged_per_file(make_prepared, t
     assert "mean intensity 0.961 is outside the training inputs'" in printed
     assert str(inputs / "like.png") + " is unlike" not in printed
     summary = json.loads((out / "denoise_summary.json").read_text())
-    assert [item["file"] for item in summary["unlike_training"]] == [str(inputs / "bright.png")]
-    assert summary["training_input_profile"]["of"] == "noisy training inputs"
-    assert len(summary["written"]) == 2  # a warning, not a refusal
+    reasons = {Path(item["file"]).name: " ".join(item["reasons"]) for item in summary["unlike_training"]}
+    assert sorted(reasons) == ["big.png", "bright.png", "clean.png"]
+    assert "it looks un-obfuscated: estimated noise std" in reasons["clean.png"]
+    assert "it is 128x128 pixels, the training images were 32x32" in reasons["big.png"]
+    profile = summary["training_input_profile"]
+    assert profile["of"] == "noisy training inputs" and profile["size"] == [32, 32]
+    assert 0.1 < profile["noise_std_estimate"] < 0.3  # the training noise: std 0.2, clamped
+    assert len(summary["written"]) == 4  # warnings, not refusals
 
 
 def test_a_checkpoint_without_a_profile_says_inputs_are_not_checked(checkpoint, tmp_path, capsys):

@@ -7,6 +7,11 @@ intensity, the standard deviation and the 1st / 99th percentiles, each summarise
 range over up to PROFILE_IMAGES training images. `denoise` compares each input file with that profile and
 flags it.
 
+The profile also records the training images' size and the noise level estimated on them the same way it is
+estimated on an input (`estimate_noise_std`: the median absolute finest-scale Haar detail / 0.6745, Donoho's
+robust estimator), so `denoise` can also say when an input looks un-obfuscated (far less noise than the
+training inputs: the network will remove detail it takes for noise) or is far from the training resolution.
+
 The check is deliberately simple and one-sided: a flag means "unlike the training inputs", not "the output is
 wrong"; no flag does not prove the output right.
 """
@@ -43,12 +48,31 @@ def image_statistics(images: torch.Tensor) -> dict[str, np.ndarray]:
     }
 
 
+# An input whose estimated noise is below this fraction of the training inputs' looks un-obfuscated; above
+# NOISIER_RATIO times it, noisier than anything seen. Its size is flagged beyond SIZE_RATIO either way.
+CLEAN_RATIO = 0.4
+NOISIER_RATIO = 2.0
+SIZE_RATIO = 2.0
+
+
+def estimate_noise_std(pixels: np.ndarray) -> float:
+    """Robust noise std of an (H, W) image in [0, 1]: median |HH| / 0.6745 over the finest Haar detail."""
+    image = np.asarray(pixels, dtype=np.float64)
+    height, width = (image.shape[0] // 2) * 2, (image.shape[1] // 2) * 2
+    if height < 2 or width < 2:
+        return float("nan")
+    blocks = image[:height, :width]
+    detail = (blocks[0::2, 0::2] - blocks[0::2, 1::2] - blocks[1::2, 0::2] + blocks[1::2, 1::2]) / 2.0
+    return float(np.median(np.abs(detail)) / 0.6745)
+
+
 def training_profile(data: Any, split: str, noise_op: Any, noise_seed: int) -> dict[str, Any]:
     """The profile of the noisy training inputs (fixed noise of the run's level) of `split`."""
     rows = data.indices(split)
     if rows.size > PROFILE_IMAGES:  # evenly spread, deterministic
         rows = rows[np.linspace(0, rows.size - 1, PROFILE_IMAGES).astype(np.int64)]
     values: dict[str, list[np.ndarray]] = {name: [] for name in STATISTICS}
+    noise_estimates: list[float] = []
     for start in range(0, rows.size, 64):
         chunk = rows[start : start + 64]
         clean = torch.from_numpy(np.ascontiguousarray(data.images[chunk])).unsqueeze(1).float()
@@ -56,7 +80,11 @@ def training_profile(data: Any, split: str, noise_op: Any, noise_seed: int) -> d
         noisy = noise_op(clean, torch.from_numpy(data.image_keys[chunk]), seed=noise_seed, mode="fixed")
         for name, found in image_statistics(noisy).items():
             values[name].append(found)
+        noise_estimates.extend(estimate_noise_std(image[0].numpy()) for image in noisy)
     profile: dict[str, Any] = {"images": int(rows.size), "split": split, "of": "noisy training inputs"}
+    profile["size"] = [int(data.images.shape[-2]), int(data.images.shape[-1])]
+    if noise_estimates:
+        profile["noise_std_estimate"] = float(np.median(noise_estimates))
     for name in STATISTICS:
         merged = np.concatenate(values[name]) if values[name] else np.zeros(0)
         if merged.size:
@@ -81,5 +109,27 @@ def compare(profile: dict[str, Any] | None, pixels: np.ndarray) -> list[str]:
             reasons.append(
                 f"{LABELS[name]} {value:.3f} is outside the training inputs' {bounds['low']:.3f}-"
                 f"{bounds['high']:.3f} (1st-99th percentile over {profile.get('images', '?')} images)"
+            )
+    trained_noise = profile.get("noise_std_estimate")
+    if trained_noise:
+        estimate = estimate_noise_std(pixels)
+        if estimate < CLEAN_RATIO * trained_noise:
+            reasons.append(
+                f"it looks un-obfuscated: estimated noise std {estimate:.3f} against {trained_noise:.3f} on "
+                "the training inputs; the network removes what it takes for noise, here real detail"
+            )
+        elif estimate > NOISIER_RATIO * trained_noise:
+            reasons.append(
+                f"it is noisier than the training inputs: estimated noise std {estimate:.3f} against "
+                f"{trained_noise:.3f}"
+            )
+    size = profile.get("size")
+    if size:
+        height, width = np.asarray(pixels).shape[-2:]
+        ratio = max(height / size[0], size[0] / height, width / size[1], size[1] / width)
+        if ratio > SIZE_RATIO:
+            reasons.append(
+                f"it is {width}x{height} pixels, the training images were {size[1]}x{size[0]}: structures "
+                "sit at another scale than the network learned"
             )
     return reasons
