@@ -16,6 +16,9 @@ def test_baselines_are_evaluation_folders_the_report_reads(make_prepared, tmp_pa
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert "gaussian at std 0.2" in printed and "sigma" in printed
+    # each slow stage says so on its own line, so a log (no terminal, no bar) shows progress too
+    assert "gaussian at noise std 0.2: tuning " in printed and " setting(s) on 4 val images" in printed
+    assert "  tuned in " in printed and "gaussian at noise std 0.2: denoising " in printed
     for name in ("noisy_std0.1", "gaussian_std0.1", "noisy_std0.2", "gaussian_std0.2"):
         info = files.read_info(out / name)
         assert info["kind"] == "baseline" and files.is_done(out / name)

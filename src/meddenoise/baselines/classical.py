@@ -156,6 +156,7 @@ def tune_baseline(
     grid: Mapping[str, Sequence[Any]] | None = None,
     subtract_mean: bool = True,
     max_images: int | None = 8,
+    quiet: bool = True,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Pick the parameters with the best mean validation PSNR over `grid` (default DEFAULT_GRIDS[name]).
 
@@ -174,7 +175,10 @@ def tune_baseline(
     keys = list(grid)
     table: list[dict[str, Any]] = []
     best: tuple[float, dict[str, Any]] | None = None
-    for values in itertools.product(*(grid[key] for key in keys)):
+    from meddenoise.console import progress
+
+    points = list(itertools.product(*(grid[key] for key in keys)))
+    for values in progress(points, quiet=quiet, desc=f"tune {name}", unit="setting"):
         candidate = dict(zip(keys, values))
         baseline = build_baseline(name, noise_mean, noise_std, subtract_mean=subtract_mean, **candidate)
         started = time.perf_counter()

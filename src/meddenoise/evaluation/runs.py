@@ -252,8 +252,14 @@ def evaluate_baseline(
     """Evaluate a classical baseline (noisy, gaussian, nlm, bm3d) on the same images and noise as the
     networks.
 
-    Parameters are tuned on `tune_split` (at most `tune_limit` images) unless given in `params`.
+    Parameters are tuned on `tune_split` (at most `tune_limit` images) unless given in `params`. Unless
+    `quiet`, each stage is announced on its own line (a log shows progress too, not only a terminal's bar).
     """
+
+    def say(text: str) -> None:
+        if not quiet:
+            print(text, flush=True)
+
     from meddenoise.baselines.classical import DEFAULT_GRIDS, build_baseline, tune_baseline
     from meddenoise.engine.runtime import resolve_device
 
@@ -268,8 +274,17 @@ def evaluate_baseline(
 
         tune_target = make_target(data_dir, tune_split, noise, torch_device, limit=tune_limit)
         _, clean, noisy = next(iterate_batches(tune_target, tune_target.count))  # (n, 1, H, W) each
-        tuned, tuning = tune_baseline(name, noisy, clean, noise.mean, noise.std, max_images=None)
+        settings = math.prod(len(values) for values in DEFAULT_GRIDS[name].values())
+        say(
+            f"{name} at noise std {noise.std:g}: tuning {settings} setting(s) on {tune_target.count} "
+            f"{tune_split} images"
+        )
+        started = time.perf_counter()
+        tuned, tuning = tune_baseline(name, noisy, clean, noise.mean, noise.std, max_images=None, quiet=quiet)
+        chosen = ", ".join(f"{key} {value}" for key, value in tuned.items())
+        say(f"  tuned in {time.perf_counter() - started:.1f} s: {chosen}")
     baseline = build_baseline(name, noise.mean, noise.std, **tuned)
+    say(f"{name} at noise std {noise.std:g}: denoising {target.count} {split} images")
     lpips_model, lpips_status = lpips_scorer(torch_device, lpips_weights)
     scores = score_denoiser(
         baseline.denoise,
