@@ -126,3 +126,24 @@ def test_the_learning_warning_depends_on_the_margin_over_the_noisy_input():
     assert "did not learn" in learning_warning(9.09, 14.0, config)
     assert "did not learn" in learning_warning(14.3, 14.0, config)
     assert learning_warning(None, 14.0, config) == ""
+
+
+def test_on_a_cpu_a_long_run_says_its_measured_pace_after_the_first_steps(
+    make_prepared, tmp_path, monkeypatch
+):
+    from meddenoise.config import config_from_mapping
+    from meddenoise.engine import train
+    from meddenoise.engine.config import TrainConfig
+
+    monkeypatch.setattr(train, "PACE_STEPS", 2)
+    monkeypatch.setattr(train, "PACE_NOTE_SECONDS", 0.0)  # any run counts as long here
+    data = make_prepared(n=24, size=16, patients=12)
+    options = {"data": str(data), "out": str(tmp_path / "run"), "model": "dncnn", "base_channels": 4,
+               "model_options": ["num_layers=3"], "norm": "group", "epochs": 2, "batch_size": 2,
+               "device": "cpu", "quiet": True, "evaluate_test": False}  # fmt: skip
+    run = train.fit(config_from_mapping(TrainConfig, options))
+    log = (run / "train.log").read_text()
+    assert log.count("pace on this CPU: ") == 1 and "s per step, so the remaining " in log
+    monkeypatch.setattr(train, "PACE_NOTE_SECONDS", 1e9)  # a short run stays quiet
+    run = train.fit(config_from_mapping(TrainConfig, {**options, "out": str(tmp_path / "short")}))
+    assert "pace on this CPU" not in (run / "train.log").read_text()

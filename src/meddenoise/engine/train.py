@@ -54,6 +54,10 @@ from meddenoise.rundir import RunDir, write_per_image
 
 # Under DDP a time limit needs all ranks to agree; they compare clocks every this many steps.
 TIME_CHECK_INTERVAL = 20
+# On a CPU the pace is measured over this many steps, and announced when the rest of the run would take
+# longer than PACE_NOTE_SECONDS.
+PACE_STEPS = 20
+PACE_NOTE_SECONDS = 600.0
 # How often the loop looks at the device-side non-finite flag between checkpoints (a cheap host read).
 FINITE_CHECK_INTERVAL = 100
 
@@ -73,6 +77,7 @@ class Trainer:
         self.log = RunLog(self.run_dir.log_file, runtime.is_main)
         self.event_log = None
         self.termination: TerminationSignal | None = None  # set by fit while the loop runs
+        self.pace_from: tuple[int, float] | None = None  # (step, clock) the CPU pace is measured from
         if "tensorboard" in config.log:
             summary_writer_class()  # on every rank: a missing package stops all of them, before training
             if runtime.is_main:
@@ -346,6 +351,8 @@ class Trainer:
             progress.record_step(self.pipeline.keep_loss(loss), batch.positions)
             if bar is not None:
                 bar.update(1)
+            if self.pace_from is not None and progress.global_step - self.pace_from[0] == PACE_STEPS:
+                self._announce_pace()
             if progress.step_in_epoch == self.steps_per_epoch:
                 continue  # the epoch's end: checks, checkpoint and stop decisions come after validation
             # The clock is saved before a possible mid-epoch checkpoint, so a resumed epoch keeps its time.
@@ -359,6 +366,27 @@ class Trainer:
         progress.train_seconds = time.perf_counter() - epoch_started
         self.epoch_cpu_seconds = time.process_time() - cpu_started
         return None
+
+    def _announce_pace(self) -> None:
+        """On a CPU, after the first steps: the measured pace and what it means for the whole run, when that
+        is long (paper-sized networks take hours per epoch there). GPUs are not timed: their steps are
+        asynchronous, and the loop never waits for them."""
+        _, started = self.pace_from
+        self.pace_from = None
+        if self.runtime.device.type != "cpu":
+            return
+        per_step = (time.perf_counter() - started) / PACE_STEPS
+        remaining = max(0, self.total_steps - self.progress.global_step)
+        estimate = per_step * remaining
+        if estimate < PACE_NOTE_SECONDS:
+            return
+        hours = estimate / 3600
+        span = f"{hours:.1f} hours" if hours >= 1 else f"{estimate / 60:.0f} minutes"
+        self.log.info(
+            f"pace on this CPU: {per_step:.2f} s per step, so the remaining {remaining} steps take about "
+            f"{span} (validation extra); a GPU, fewer epochs, smaller images or a base width of 8-16 "
+            "shorten it"
+        )
 
     def validate(self) -> dict[str, float]:
         return self.validation(self.evaluated_model())
@@ -483,6 +511,7 @@ class Trainer:
         run_started = time.perf_counter()
         bar = self._progress_bar()
         stop_reason = self.should_stop(run_started, "start")
+        self.pace_from = (progress.global_step, time.perf_counter())
         try:
             while stop_reason is None:
                 runtime.reset_peak_memory()
