@@ -393,9 +393,8 @@ def test_when_the_mean_test_and_wilcoxon_disagree_the_table_says_so(tmp_path):
     assert psnr["t_p_holm"] < 0.05 <= psnr["wilcoxon_p_holm"]
     # 4 patients: the smallest exact Wilcoxon p is 2/16 before Holm, so it cannot decide: n/a, not a dispute
     assert psnr["wilcoxon_cannot_decide"] and not psnr["tests_disagree"]
-    assert (
-        tests.table.rows[0][tests.table.columns.index("Tests agree")] == "n/a (Wilcoxon cannot decide here)"
-    )
+    assert tests.table.rows[0][tests.table.columns.index("Tests agree")] == "n/a†"  # one note explains all
+    assert any(note.startswith("n/a†: in 2 of 2 rows the Wilcoxon test cannot") for note in tests.table.notes)
     notes = " ".join(result.table.notes)
     assert "Tests disagree" not in notes
     assert "Wilcoxon n/a in 2 of 2 comparisons: with 4 paired units" in notes
@@ -566,3 +565,24 @@ def test_an_evaluation_at_another_noise_level_stays_out_of_the_trained_tables(tm
     assert float(difference.split()[0]) == pytest.approx(-0.5, abs=0.05) and "[" in difference
     quality = find_table(report.blocks, "Table III")
     assert quality.column("Images") == ["12", "12"]  # one U-Net per level, the trained ones
+
+
+def test_box_plot_labels_stay_clear_of_the_row_below_and_axes_have_units(grid):
+    from meddenoise.report.figures import distribution_figure
+
+    figure = distribution_figure(collect(grid))
+    figure.canvas.draw()
+    renderer = figure.canvas.get_renderer()
+    axes = figure.axes
+    columns = len(axes) // 2
+    for column in range(columns):
+        top, bottom = axes[column], axes[columns + column]
+        lowest_label = min(label.get_window_extent(renderer).y0 for label in top.get_xticklabels())
+        below_top = bottom.title.get_window_extent(renderer).y1
+        assert lowest_label > below_top, "x labels of the PSNR row run into the SSIM row's title"
+        assert top.get_ylabel() == "PSNR (dB)" and bottom.get_ylabel() == "SSIM"
+
+
+def test_html_tables_scroll_inside_their_box(report):
+    html = report.html.read_text()
+    assert '<div class="wide">\n<table>' in html and ".wide { overflow-x: auto" in html

@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -222,10 +223,11 @@ def training_curves(collection: Collection, path: Path) -> str | None:
         for run in runs:
             epochs = collection.history(run).epochs
             colour, label = colours[run.noise_std], f"std {run.noise_std:g}"
+            # markers, so a run of one epoch still shows its point
             xs, ys = _epoch_series(epochs, "train_loss")
-            loss_axis.plot(xs, ys, color=colour, ls="--", lw=1)
+            loss_axis.plot(xs, ys, color=colour, ls="--", lw=1, marker="x", ms=3)
             xs, ys = _epoch_series(epochs, "val_loss")
-            loss_axis.plot(xs, ys, color=colour, lw=1.5, label=label)
+            loss_axis.plot(xs, ys, color=colour, lw=1.5, marker="o", ms=3, label=label)
             xs, ys = _epoch_series(epochs, "val_psnr")
             psnr_axis.plot(xs, ys, color=colour, lw=1.5, marker="o", ms=3, label=label)
         loss_axis.set(
@@ -276,6 +278,15 @@ def training_times(collection: Collection, path: Path) -> str | None:
 
 def metric_distributions(collection: Collection, path: Path) -> str | None:
     """Box plots of per-image PSNR and SSIM per method, one column per noise level."""
+    _save(distribution_figure(collection), path)
+    return (
+        "Distribution of per-image PSNR (dB) and SSIM on the test images (boxes: quartiles; "
+        "whiskers: 1.5 IQR)."
+    )
+
+
+def distribution_figure(collection: Collection) -> Any:
+    """The box-plot figure (laid out, not saved): rows PSNR / SSIM, one column per noise level."""
     levels = collection.noise_levels()
     methods = sorted({e.method for e in collection.evaluations}, key=method_sort_key)
     plt = _pyplot()
@@ -294,9 +305,7 @@ def metric_distributions(collection: Collection, path: Path) -> str | None:
                 axis.set_xticks(range(1, len(names) + 1))
                 axis.set_xticklabels(names, rotation=60, ha="right", fontsize=7)
             axis.set_title(f"{metric.upper()} at noise std {level:g}", fontsize=9)
+            axis.set_ylabel("PSNR (dB)" if metric == "psnr" else "SSIM", fontsize=8)
             axis.grid(axis="y", alpha=0.3)
-    _save(figure, path)
-    return (
-        "Distribution of per-image PSNR (dB) and SSIM on the test images (boxes: quartiles; "
-        "whiskers: 1.5 IQR)."
-    )
+    figure.tight_layout()  # room for the rotated labels: they must not run into the row below
+    return figure

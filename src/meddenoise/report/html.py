@@ -24,6 +24,7 @@ figure img { max-width: 100%; }
 figcaption { font-style: italic; font-size: 0.9em; }
 code { background: #f4f4f4; padding: 0 0.2em; }
 .note { font-size: 0.85em; color: #555; }
+.wide { overflow-x: auto; max-width: 100%; }
 """
 
 _INLINE = re.compile(r"`([^`]+)`|\*\*([^*]+)\*\*|\[([^\]]+)\]\(([^)]+)\)")
@@ -47,13 +48,14 @@ def inline_html(text: str) -> str:
 
 
 def _table_html(table: Table) -> str:
-    lines = ["<table>"]
+    lines = ['<div class="wide">', "<table>"]
     if table.caption:
         lines.append(f"<caption>{inline_html(table.caption)}</caption>")
     lines.append("<tr>" + "".join(f"<th>{inline_html(c)}</th>" for c in table.columns) + "</tr>")
     for row in table.rows:
         lines.append("<tr>" + "".join(f"<td>{inline_html(cell)}</td>" for cell in row) + "</tr>")
     lines.append("</table>")
+    lines.append("</div>")  # a table wider than the page scrolls inside its box
     lines += [f'<p class="note">{inline_html(note)}</p>' for note in table.notes]
     return "\n".join(lines)
 

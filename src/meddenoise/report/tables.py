@@ -790,6 +790,13 @@ def _tests_table(
         + " 'Tests agree': whether the t-test and the Wilcoxon test reach the same decision at "
         f"p < {SIGNIFICANCE_LEVEL} after Holm."
     ]
+    powerless = [t for t in tests if t.get("wilcoxon_cannot_decide")]
+    if powerless:
+        notes.append(
+            f"{POWERLESS_CELL}: in {len(powerless)} of {len(tests)} rows the Wilcoxon test cannot reach p < "
+            f"{SIGNIFICANCE_LEVEL} whatever the data (with n paired units and Holm over m tests its smallest "
+            "possible p is m x 2 / 2^n), so only the t-test and the interval decide there."
+        )
     seed_note = _clustered().describe_seeds(seeds, unit)
     if seed_note:
         notes.append(seed_note)
@@ -805,12 +812,15 @@ def _difference_text(test: dict[str, Any], digits: int = 4) -> str:
     )
 
 
+POWERLESS_CELL = "n/a†"
+
+
 def _agreement(test: dict[str, Any]) -> str:
     """'yes' only when both tests ran; a test that could not run agrees with nothing."""
     if any(math.isnan(test[key]) for key in ("t_p_holm", "wilcoxon_p_holm")):
         return "n/a (no test)"
     if test.get("wilcoxon_cannot_decide"):
-        return "n/a (Wilcoxon cannot decide here)"
+        return POWERLESS_CELL
     return "no: read as uncertain" if test["tests_disagree"] else "yes"
 
 
