@@ -296,7 +296,9 @@ def test_one_place_decides_when_training_stops():
         options = {"epochs": 3, "max_steps": 0, "patience": 0, "time_limit": 0.0, **config}
         progress = SimpleNamespace(epoch=epoch, global_step=step, epochs_without_improvement=without)
         fake = SimpleNamespace(config=SimpleNamespace(**options), progress=progress)
-        fake.time_is_up = lambda started, at_epoch_end=False: bool(options["time_limit"])
+        fake.outside_stop = lambda started, at_epoch_end=False: (
+            "time_limit" if options["time_limit"] else None
+        )
         return fake
 
     def stop(fake, at, earlier=None):
@@ -311,3 +313,6 @@ def test_one_place_decides_when_training_stops():
     assert stop(trainer(without=2, patience=2), "step") is None
     assert stop(trainer(without=2, patience=2), "epoch_end", earlier="time_limit") == "early_stopping"
     assert stop(trainer(epoch=1), "epoch_end", earlier="time_limit") == "time_limit"
+    terminated = trainer()
+    terminated.outside_stop = lambda started, at_epoch_end=False: "terminated"  # SIGTERM received
+    assert stop(terminated, "step") == "terminated" and stop(terminated, "start") is None
