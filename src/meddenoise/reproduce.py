@@ -219,6 +219,9 @@ class ReproduceConfig:
     device: str = option("auto", "device for training and evaluation: auto, cpu, cuda, cuda:N")
     epochs: int = option(0, "override the preset's epochs (0: keep)")
     lpips_weights: str = option("", "AlexNet LPIPS weights file (default: the torch hub cache, else n/a)")
+    dry_run: bool = option(
+        False, "print the plan, every job with its estimated time on this device, and exit without running"
+    )
     quiet: bool = quiet_option()
     print_config: bool = print_config_option()
 
@@ -776,6 +779,33 @@ def _load_plan(settings: ReproduceConfig) -> dict[str, Any]:
             "use the same --preset or another --out"
         )
     return plan
+
+
+def dry_run(settings: ReproduceConfig) -> str:
+    """The plan with an estimated time per job, measured on this device (nothing is written)."""
+    from meddenoise.engine.runtime import resolve_device
+    from meddenoise.plan_estimate import estimate_plan, format_estimates
+
+    grid = settings.grid
+    jobs, skipped = plan_jobs(grid, settings.folder, settings.seeds, gpu_count())
+    if settings.data:
+        from meddenoise.data.cache import load_prepared
+
+        data = load_prepared(settings.data)
+        counts = {split: int(data.indices(split).size) for split in ("train", "val", "test")}
+        size = int(data.images.shape[-1])
+    else:  # the preset's own data, not prepared yet: its split fractions of its image count
+        count, size = int(grid.prepare.get("count", 0)), int(grid.prepare.get("size", 64))
+        fractions = grid.prepare.get("fractions", (0.5, 0.33, 0.17))
+        counts = {split: int(round(count * f)) for split, f in zip(("train", "val", "test"), fractions)}
+    device = resolve_device(settings.device)
+    lines = [
+        f"reproduce --preset {grid.name}: {len(jobs)} jobs on {device} "
+        f"({counts['train']} train / {counts['val']} val / {counts['test']} test images of {size}x{size})"
+    ]
+    lines.append(format_estimates(estimate_plan(jobs, grid, counts, size, device)))
+    lines += [f"not run: {item['what']} ({item['reason']})" for item in skipped]
+    return "\n".join(lines)
 
 
 def reproduce(settings: ReproduceConfig) -> Path:

@@ -32,9 +32,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from meddenoise.reproduce import reproduce
+    from meddenoise.reproduce import dry_run, reproduce
 
     config = command_config(ReproduceConfig, args)
+    if config.dry_run:
+        print(dry_run(config))
+        return 0
     report = reproduce(config)
     print(f"report: {report} and {report.with_suffix('.html')}")
     return report_failures(config.folder)
