@@ -147,3 +147,35 @@ def test_on_a_cpu_a_long_run_says_its_measured_pace_after_the_first_steps(
     monkeypatch.setattr(train, "PACE_NOTE_SECONDS", 1e9)  # a short run stays quiet
     run = train.fit(config_from_mapping(TrainConfig, {**options, "out": str(tmp_path / "short")}))
     assert "pace on this CPU" not in (run / "train.log").read_text()
+
+
+def test_recipe_small_fills_only_the_options_left_at_the_paper_defaults():
+    from meddenoise.config import config_from_mapping
+    from meddenoise.engine.config import TrainConfig
+
+    base = {"data": "d", "out": "o"}
+    paper = config_from_mapping(TrainConfig, base).with_recipe()
+    assert (paper.lr, paper.lr_schedule, paper.batch_size) == (1e-3, "none", 16)
+    small = config_from_mapping(TrainConfig, {**base, "recipe": "small"}).with_recipe()
+    assert (small.lr, small.lr_schedule, small.batch_size) == (5e-3, "onecycle", 8)
+    given = config_from_mapping(TrainConfig, {**base, "recipe": "small", "lr": 2e-3}).with_recipe()
+    assert (given.lr, given.lr_schedule, given.batch_size) == (2e-3, "onecycle", 8)  # explicit value kept
+
+
+def test_a_small_recipe_run_records_the_values_it_trained_with(make_prepared, tmp_path):
+    import json
+
+    from meddenoise.cli import main
+
+    data = make_prepared(n=16, size=16, patients=8)
+    argv = ["train", "--data", str(data), "--out", str(tmp_path / "run"), "--model", "dncnn",
+            "--base-channels", "4", "--model-options", "num_layers=3", "--epochs", "1", "--recipe", "small",
+            "--quiet", "--device", "cpu", "--no-evaluate-test"]  # fmt: skip
+    assert main(argv) == 0
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())["config"]
+    assert (saved["recipe"], saved["lr"], saved["lr_schedule"], saved["batch_size"]) == (
+        "small",
+        5e-3,
+        "onecycle",
+        8,
+    )

@@ -178,6 +178,6 @@ def learning_warning(best_val_psnr: float | None, noisy_val_psnr: float | None, 
         f"({noisy_val_psnr:.2f} dB): this network did not learn to denoise. Likely causes: too few steps "
         f"for the learning rate ({config.epochs} epoch(s) at lr {config.lr:g}, "
         f"schedule {config.lr_schedule}); "
-        "narrow networks on a few hundred images need a larger rate with a schedule, e.g. --lr 5e-3 "
-        "--lr-schedule onecycle --batch-size 8 (docs/training.md, 'Small networks'); or too few epochs"
+        "narrow networks on a few hundred images need a larger rate with a schedule: --recipe small (lr "
+        "5e-3, one-cycle, batch 8; docs/training.md, 'Small networks'); or too few epochs"
     )

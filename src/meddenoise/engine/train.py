@@ -662,7 +662,7 @@ def load_average() -> float | None:
 def fit(config: TrainConfig) -> Path:
     """Train as configured and return the run folder (see docs/training.md for what it holds)."""
     set_cpu_threads_from_env()
-    config = validate_config(dataclasses.replace(config))  # a config built in Python is checked here too
+    config = validate_config(dataclasses.replace(config).with_recipe())  # a config built in code: checked too
     # Absolute, so that evaluate, audits and reports find the data from any directory.
     config = dataclasses.replace(config, data=os.path.abspath(os.path.expanduser(config.data)))
     amp, channels_last = config.runtime_precision()
