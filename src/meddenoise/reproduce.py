@@ -901,5 +901,6 @@ def _reproduce(settings: ReproduceConfig) -> Path:
     atomic_write_json(settings.folder / PLAN_FILE, plan)
     from meddenoise.report.build import build_report
 
-    report = build_report(settings.folder)
+    say = (lambda text: None) if settings.quiet else (lambda text: print(text, flush=True))
+    report = build_report(settings.folder, say=say)
     return report.markdown

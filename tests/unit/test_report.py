@@ -586,3 +586,15 @@ def test_box_plot_labels_stay_clear_of_the_row_below_and_axes_have_units(grid):
 def test_html_tables_scroll_inside_their_box(report):
     html = report.html.read_text()
     assert '<div class="wide">\n<table>' in html and ".wide { overflow-x: auto" in html
+
+
+def test_the_report_command_says_each_stage_and_figure_as_it_goes(grid, tmp_path, capsys):
+    from meddenoise.cli import main
+
+    assert main(["report", str(grid), "--out", str(tmp_path / "built")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("report: reading the evaluations under")
+    assert any(line.startswith("report: tables and paired tests (") for line in lines)
+    assert "report: figure metric_distributions.png" in lines
+    assert main(["report", str(grid), "--out", str(tmp_path / "quiet"), "--quiet"]) == 0
+    assert "report: figure" not in capsys.readouterr().out

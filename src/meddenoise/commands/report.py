@@ -42,7 +42,8 @@ def run(args: argparse.Namespace) -> int:
     from meddenoise.report.build import build_report
 
     config = command_config(ReportConfig, args)
-    report = build_report(config.folder, config.out or None, split=config.split)
+    say = (lambda text: None) if config.quiet else (lambda text: print(text, flush=True))
+    report = build_report(config.folder, config.out or None, split=config.split, say=say)
     save_config(config, report.markdown.parent / "report_config.json")
     print(f"wrote {report.markdown} and {report.html} ({len(report.figures)} figures)")
     return 0

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -248,7 +249,9 @@ def tables_section(collection: Collection, tables_dir: Path, findings: list[Find
     return blocks
 
 
-def figures_section(collection: Collection, report_dir: Path) -> tuple[list[Block], list[Path]]:
+def figures_section(
+    collection: Collection, report_dir: Path, say: Callable[[str], None] = lambda text: None
+) -> tuple[list[Block], list[Path]]:
     figures_dir = ensure_writable_dir(report_dir / FIGURES_DIR, what="figures folder")
     blocks: list[Block] = [Heading(2, "Figures")]
     written: list[Path] = []
@@ -257,6 +260,7 @@ def figures_section(collection: Collection, report_dir: Path) -> tuple[list[Bloc
         if caption is not None:
             blocks.append(Figure(f"{FIGURES_DIR}/{name}", caption))
             written.append(figures_dir / name)
+            say(f"report: figure {name}")
 
     for level in collection.noise_levels():
         tag = f"{level:g}".replace(".", "p")
@@ -342,9 +346,16 @@ def sources_section(collection: Collection) -> list[Block]:
     return blocks
 
 
-def build_report(root: str | Path, out_dir: str | Path | None = None, *, split: str = "test") -> Report:
+def build_report(
+    root: str | Path,
+    out_dir: str | Path | None = None,
+    *,
+    split: str = "test",
+    say: Callable[[str], None] = lambda text: None,
+) -> Report:
     """Read every evaluation below `root` and write report.md, report.html, figures/ and tables/ to `out_dir`
-    (default: `root`)."""
+    (default: `root`). `say` receives a line per stage (tables, each figure, privacy sections)."""
+    say(f"report: reading the evaluations under {root}")
     collection = collect(root, split=split)
     report_dir = ensure_writable_dir(out_dir or root, what="report folder")
     tables_dir = ensure_writable_dir(report_dir / TABLES_DIR, what="tables folder")
@@ -362,8 +373,9 @@ def build_report(root: str | Path, out_dir: str | Path | None = None, *, split: 
     findings: list[Finding] = []
     body = failures_section(collection)
     body += setup_section(collection)
+    say(f"report: tables and paired tests ({len(collection.evaluations)} evaluations)")
     body += tables_section(collection, tables_dir, findings)
-    figure_blocks, figure_paths = figures_section(collection, report_dir)
+    figure_blocks, figure_paths = figures_section(collection, report_dir, say)
     body += figure_blocks
     body += privacy_section(collection, findings)
     body += privacy_modes_section(collection.root)
