@@ -32,6 +32,8 @@ def test_audit_with_repeating_patients_writes_json_and_report(make_prepared, tmp
     assert audit(data, out, "--levels", "0.1", "0.3", "--split", "test") == 0
     printed = capsys.readouterr().out
     assert "link@1" in printed and "reid@1" in printed
+    # a line per stage, so a log shows how far the audit got
+    assert "privacy audit: noise std 0.1: linkage" in printed and "privacy audit: noise std 0.3:" in printed
 
     result = json.loads((out / "privacy_audit.json").read_text())
     assert [level["noise_std"] for level in result["levels"]] == [0.1, 0.3]

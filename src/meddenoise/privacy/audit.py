@@ -379,20 +379,28 @@ def run_audit(
     )
     denoisers, reversal_skips = load_denoisers(run_dir, outsider_run_dir, torch_device)
 
-    levels = [
-        audit_level(
-            data,
-            plan,
-            gallery_features,
-            noise=noise.with_std(std),
-            matcher=matcher,
-            denoisers=denoisers,
-            reversal_skips=reversal_skips,
-            device=torch_device,
-            batch_size=batch_size,
+    def say(text: str) -> None:  # a line per stage: logs (no terminal, no bar) show progress too
+        if not quiet:
+            print(text, flush=True)
+
+    stds = list(levels)
+    levels = []
+    for std in progress(stds, quiet=quiet, desc="privacy audit", unit="level"):
+        say(f"privacy audit: noise std {std:g}: linkage, re-identification (pixel matcher), reversal")
+        levels.append(
+            audit_level(
+                data,
+                plan,
+                gallery_features,
+                noise=noise.with_std(std),
+                matcher=matcher,
+                denoisers=denoisers,
+                reversal_skips=reversal_skips,
+                device=torch_device,
+                batch_size=batch_size,
+            )
         )
-        for std in progress(levels, quiet=quiet, desc="privacy audit", unit="level")
-    ]
+    say("privacy audit: the learned patient matcher at every level")
     learned = learned_attack(data, split, levels, noise, max_queries, seed, torch_device, batch_size)
     clean_query_features = features_of_rows(
         matcher, data.images, plan.query_rows, data.max_value, device=torch_device
