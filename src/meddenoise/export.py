@@ -23,8 +23,12 @@ CONFIG_FILE = "config.json"
 CARD_FILE = "README.md"
 
 
-def export_model(run: str | Path, out: str | Path) -> Path:
-    """Write the export folder of `run` (a run folder) to `out` (created; refused when it holds files)."""
+ONNX_FILE = "model.onnx"
+
+
+def export_model(run: str | Path, out: str | Path, *, onnx: bool = False) -> Path:
+    """Write the export folder of `run` (a run folder) to `out` (created; refused when it holds files);
+    with `onnx`, also `model.onnx` for deployment (fixed input size: the training images')."""
     from meddenoise.engine.checkpoint import load_weights, resolve_checkpoint
     from meddenoise.fileio import atomic_open, atomic_write_json, atomic_write_text, ensure_writable_dir
     from meddenoise.rundir import RunDir
@@ -47,9 +51,58 @@ def export_model(run: str | Path, out: str | Path) -> Path:
     run_dir = RunDir(run)
     summary = run_dir.read_summary()
     description = describe(metadata, summary, _test_rows(run), _data_record(metadata))
+    if onnx:
+        size = (
+            description["data"].get("size") or (description["input"].get("profile") or {}).get("size", [0])[0]
+        )
+        description["onnx"] = export_onnx(out / WEIGHTS_FILE, out / ONNX_FILE, int(size or 0))
     atomic_write_json(out / CONFIG_FILE, description)
     atomic_write_text(out / CARD_FILE, model_card(description))
     return out
+
+
+def export_onnx(weights: Path, target: Path, size: int) -> dict[str, Any]:
+    """`model.onnx` of the exported weights for a (1, 1, size, size) input in [0, 1], checked against the
+    PyTorch model with onnxruntime when it is installed. Needs the `onnx` package (`pip install onnx
+    onnxruntime`). The size is fixed: the network pads inputs to its multiple with Python-side logic that
+    tracing freezes, so other sizes go through `meddenoise denoise` (which tiles) instead."""
+    import importlib.util
+    import io
+
+    import numpy as np
+    import torch
+
+    from meddenoise.engine.checkpoint import load_trained_model
+    from meddenoise.fileio import atomic_write_bytes
+
+    if importlib.util.find_spec("onnx") is None:
+        raise MeddenoiseError("ONNX export needs the onnx package: pip install onnx onnxruntime")
+    if size < 8:
+        raise MeddenoiseError(f"ONNX export needs the training image size; {weights} does not record one")
+    model, _ = load_trained_model(weights, "cpu")
+    example = torch.rand(1, 1, size, size, generator=torch.Generator().manual_seed(0))
+    buffer = io.BytesIO()
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracer notes about the size-dependent padding: the size is fixed
+        torch.onnx.export(
+            model, (example,), buffer, dynamo=False, input_names=["noisy"], output_names=["denoised"]
+        )
+    atomic_write_bytes(target, buffer.getvalue())
+    record: dict[str, Any] = {"file": ONNX_FILE, "input": [1, 1, size, size], "checked_with": None}
+    if importlib.util.find_spec("onnxruntime") is not None:
+        import onnxruntime
+
+        session = onnxruntime.InferenceSession(str(target), providers=["CPUExecutionProvider"])
+        (output,) = session.run(None, {"noisy": example.numpy()})
+        with torch.no_grad():
+            expected = model(example).numpy()
+        difference = float(np.abs(output - expected).max())
+        if difference > 1e-3:
+            raise MeddenoiseError(f"ONNX export of {weights} differs from PyTorch by {difference:.2e}")
+        record.update(checked_with=f"onnxruntime {onnxruntime.__version__}", max_abs_difference=difference)
+    return record
 
 
 def _test_rows(run: Path) -> list[dict[str, str]]:
@@ -256,4 +309,18 @@ def model_card(description: dict[str, Any]) -> str:
         "or `meddenoise denoise --run THIS_FOLDER INPUT_FOLDER --out OUTPUT_FOLDER`.",
         "",
     ]
+    exported = description.get("onnx")
+    if exported:
+        checked = (
+            f"; checked against PyTorch with {exported['checked_with']} (largest difference "
+            f"{exported['max_abs_difference']:.1e})"
+            if exported.get("checked_with")
+            else "; not checked (onnxruntime is not installed)"
+        )
+        shape = "x".join(str(n) for n in exported["input"])
+        body += [
+            f"`{exported['file']}`: input `noisy` of shape {shape} (values in [0, 1]), output `denoised`; "
+            f"the input size is fixed (other sizes: `meddenoise denoise`, which tiles){checked}.",
+            "",
+        ]
     return "\n".join(front + body)

@@ -60,3 +60,19 @@ def test_the_card_states_the_dp_guarantee_and_the_clean_free_mode():
     assert "(epsilon 7.99, delta 1e-05) per patient" in card and "without clean images" in card
     assert "Not recorded: the run has no test_metrics.csv" in card  # never a made-up figure
     assert "not recorded (the training data folder was not found" in card
+
+
+def test_onnx_export_matches_pytorch_under_onnxruntime(trained, tmp_path):
+    pytest.importorskip("onnx")
+    onnxruntime = pytest.importorskip("onnxruntime")
+    out = tmp_path / "deploy"
+    assert main(["export-model", "--run", str(trained), "--out", str(out), "--onnx", "--quiet"]) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["onnx"]["input"] == [1, 1, 32, 32] and config["onnx"]["max_abs_difference"] < 1e-3
+    session = onnxruntime.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    images = torch.rand(1, 1, 32, 32, generator=torch.Generator().manual_seed(3))
+    (output,) = session.run(None, {"noisy": images.numpy()})
+    model, _ = load_trained_model(out)
+    with torch.no_grad():
+        assert torch.allclose(torch.from_numpy(output), model(images), atol=1e-4)
+    assert "`model.onnx`: input `noisy` of shape 1x1x32x32" in (out / "README.md").read_text()

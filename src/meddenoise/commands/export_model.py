@@ -20,6 +20,9 @@ class ExportConfig:
     out: str = option(
         "", "new folder for model.safetensors, config.json and the README model card", required=True
     )
+    onnx: bool = option(
+        False, "also write model.onnx (fixed input size; needs: pip install onnx onnxruntime)"
+    )
     quiet: bool = quiet_option()
     print_config: bool = print_config_option()
 
@@ -41,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
     from meddenoise.export import export_model
 
     config = command_config(ExportConfig, args)
-    out = export_model(config.run, config.out)
+    out = export_model(config.run, config.out, onnx=config.onnx)
     if not config.quiet:
         print(f"exported {config.run} -> {out} (model.safetensors, config.json, README.md)")
     return 0
