@@ -42,6 +42,16 @@ def test_export_writes_weights_config_and_a_card_that_load_like_the_run(trained,
     images = torch.rand(2, 1, 32, 32, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         assert torch.equal(exported(images), original(images))
+    # `denoise --run` reads the export folder like a run folder
+    from PIL import Image
+
+    (tmp_path / "in").mkdir()
+    Image.fromarray((images[0, 0].numpy() * 255).astype("uint8")).save(tmp_path / "in" / "x.png")
+    assert (
+        main(["denoise", "--run", str(out), str(tmp_path / "in"), "--out", str(tmp_path / "o"), "--quiet"])
+        == 0
+    )
+    assert (tmp_path / "o" / "x.png").is_file()
     # an export folder is never overwritten
     assert main(["export-model", "--run", str(trained), "--out", str(out)]) == 2
     assert "is not empty" in capsys.readouterr().err

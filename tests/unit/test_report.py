@@ -598,3 +598,16 @@ def test_the_report_command_says_each_stage_and_figure_as_it_goes(grid, tmp_path
     assert "report: figure metric_distributions.png" in lines
     assert main(["report", str(grid), "--out", str(tmp_path / "quiet"), "--quiet"]) == 0
     assert "report: figure" not in capsys.readouterr().out
+
+
+def test_loss_curves_show_a_single_epoch_as_points(grid, monkeypatch):
+    from meddenoise.report import figures
+
+    drawn = []
+    monkeypatch.setattr(figures, "_save", lambda figure, path: drawn.append(figure))
+    assert figures.training_curves(collect(grid), grid / "unused.png")
+    loss_axes = drawn[0].axes[0::2]  # each row: loss panel, PSNR panel
+    for axis in loss_axes:
+        assert axis.get_lines() and all(
+            line.get_marker() not in (None, "", "None") for line in axis.get_lines()
+        )
