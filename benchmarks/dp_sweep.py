@@ -47,6 +47,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--lrs", type=float, nargs="+", default=[5e-4, 2e-3, 5e-3])
     parser.add_argument("--clips", type=float, nargs="+", default=[0.1, 1.0])
     parser.add_argument("--epochs", type=int, nargs="+", default=[4, 16])
+    parser.add_argument(
+        "--ema-decays", type=float, nargs="+", default=[0.0], help="weight averages to try (0: none)"
+    )
+    parser.add_argument("--name", default="dp_sweep", help="result file name (before _<device>.json)")
     parser.add_argument("--schedule", default="onecycle", choices=["none", "cosine", "onecycle"])
     parser.add_argument("--public-epochs", type=int, default=8)
     parser.add_argument("--base-channels", type=int, default=8)
@@ -128,17 +132,20 @@ def main(argv: list[str] | None = None) -> int:
         runs.append({"start": "public-pretraining", "dp": False, **train(values, public)})
         starts["public"] = str(public)
     grid = [
-        (start, epsilon, batch, lr, epochs, clip)
+        (start, epsilon, batch, lr, epochs, clip, ema)
         for start in args.starts
         for epsilon in args.epsilons
-        for batch, lr, epochs in itertools.product(args.batch_sizes, args.lrs, args.epochs)
+        for batch, lr, epochs, ema in itertools.product(
+            args.batch_sizes, args.lrs, args.epochs, args.ema_decays
+        )
         for clip in (args.clips if epsilon else [0.0])
     ]
-    for start, epsilon, batch, lr, epochs, clip in grid:
+    for start, epsilon, batch, lr, epochs, clip, ema in grid:
         if args.time_budget and time.perf_counter() - started > args.time_budget:
             common.print_flush(f"time budget spent: {len(runs)} of {len(grid)} runs started")
             break
         name = f"{start}_eps{epsilon:g}_b{batch}_lr{lr:g}_e{epochs}" + (f"_c{clip:g}" if clip else "")
+        name += f"_ema{ema:g}" if ema else ""
         values = {
             **base,
             "data": args.data,
@@ -146,6 +153,7 @@ def main(argv: list[str] | None = None) -> int:
             "lr": lr,
             "epochs": epochs,
             "init_from": starts[start],
+            "ema_decay": ema,
         }
         if epsilon:
             values.update(dp_epsilon=epsilon, dp_delta=args.delta, dp_unit="patient", dp_max_grad_norm=clip)
@@ -161,6 +169,7 @@ def main(argv: list[str] | None = None) -> int:
             "lr": lr,
             "epochs": epochs,
             "clip": clip or None,
+            "ema_decay": ema,
             **result,
         }
         runs.append(run)
@@ -170,9 +179,9 @@ def main(argv: list[str] | None = None) -> int:
             + (f" ERROR {run['error']}" if "error" in run else "")
         )
 
-    settings = {k: v for k, v in vars(args).items() if k not in ("out", "merge")}
+    settings = {k: v for k, v in vars(args).items() if k not in ("out", "merge", "name")}
     result = report(runs, settings, time.perf_counter() - started, env)
-    common.finish("dp_sweep", result, device, Path(args.out) if args.out else None)
+    common.finish(args.name, result, device, Path(args.out) if args.out else None)
     return 0
 
 
@@ -210,6 +219,7 @@ def report(runs: list[dict[str, Any]], settings: dict[str, Any], wall: float, en
         ("lr", "lr"),
         ("epochs", "epochs"),
         ("clip", "clip"),
+        ("ema_decay", "EMA"),
         ("best_val_psnr", "val PSNR"),
         ("test_psnr", "test PSNR"),
         ("test_gap_db", "gap to non-private"),
@@ -234,7 +244,7 @@ def merge(args: argparse.Namespace) -> int:
     wall = max(part["wall_seconds"] for part in parts)
     result = report(runs, settings, wall, parts[0]["environment"])
     result["merged_from"] = len(parts)
-    out = Path(args.out or common.RESULTS) / f"dp_sweep_{args.device}.json"
+    out = Path(args.out or common.RESULTS) / f"{args.name}_{args.device}.json"
     from meddenoise.fileio import atomic_write_json
 
     atomic_write_json(out, result)
