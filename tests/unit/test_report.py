@@ -611,3 +611,18 @@ def test_loss_curves_show_a_single_epoch_as_points(grid, monkeypatch):
         assert axis.get_lines() and all(
             line.get_marker() not in (None, "", "None") for line in axis.get_lines()
         )
+
+
+def test_a_truncated_samples_file_skips_its_figure_with_the_reason_and_the_report_is_built(grid, tmp_path):
+    import shutil
+
+    copy = tmp_path / "grid"
+    shutil.copytree(grid, copy)
+    samples = sorted(copy.rglob("samples.npz"))
+    assert samples
+    for path in samples:  # every sample file cut short: the qualitative grids cannot be drawn
+        path.write_bytes(path.read_bytes()[:100])
+    report = build_report(copy)
+    markdown = report.markdown.read_text()
+    assert "Figure `qualitative_std0p1.png` skipped: BadZipFile" in markdown
+    assert "metric_distributions.png" in markdown and "## Summary of findings" in markdown

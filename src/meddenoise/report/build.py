@@ -256,7 +256,17 @@ def figures_section(
     blocks: list[Block] = [Heading(2, "Figures")]
     written: list[Path] = []
 
-    def add(name: str, caption: str | None) -> None:
+    def add(name: str, draw: Callable[[Path], str | None]) -> None:
+        """Draw one figure; a figure whose inputs are unreadable (a truncated samples.npz, say) is skipped
+        with the reason, and the rest of the report is still built."""
+        import zipfile
+
+        try:
+            caption = draw(figures_dir / name)
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+            blocks.append(Paragraph(f"Figure `{name}` skipped: {type(exc).__name__}: {exc}."))
+            say(f"report: figure {name} skipped ({exc})")
+            return
         if caption is not None:
             blocks.append(Figure(f"{FIGURES_DIR}/{name}", caption))
             written.append(figures_dir / name)
@@ -265,19 +275,12 @@ def figures_section(
     for level in collection.noise_levels():
         tag = f"{level:g}".replace(".", "p")
         add(
-            f"qualitative_std{tag}.png",
-            figures.qualitative_grid(collection, level, figures_dir / f"qualitative_std{tag}.png"),
+            f"qualitative_std{tag}.png", lambda path, lv=level: figures.qualitative_grid(collection, lv, path)
         )
-        add(
-            f"error_maps_std{tag}.png",
-            figures.error_maps(collection, level, figures_dir / f"error_maps_std{tag}.png"),
-        )
-    add("training_curves.png", figures.training_curves(collection, figures_dir / "training_curves.png"))
-    add("training_time.png", figures.training_times(collection, figures_dir / "training_time.png"))
-    add(
-        "metric_distributions.png",
-        figures.metric_distributions(collection, figures_dir / "metric_distributions.png"),
-    )
+        add(f"error_maps_std{tag}.png", lambda path, lv=level: figures.error_maps(collection, lv, path))
+    add("training_curves.png", lambda path: figures.training_curves(collection, path))
+    add("training_time.png", lambda path: figures.training_times(collection, path))
+    add("metric_distributions.png", lambda path: figures.metric_distributions(collection, path))
     return blocks, written
 
 
