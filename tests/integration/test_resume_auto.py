@@ -53,3 +53,23 @@ def test_strict_resume_spellings_keep_their_meaning(make_prepared, tmp_path, cap
 def test_saved_boolean_resume_values_still_load(given, expected):
     config = config_from_mapping(TrainConfig, {"data": "d", "out": "o", "resume": given})
     assert config.resume == expected
+
+
+def test_a_run_whose_training_state_is_gone_is_neither_continued_nor_overwritten(
+    make_prepared, tmp_path, capsys
+):
+    """Issue 23, row 14: --resume auto after last.state.pt was deleted once 2 epochs were recorded silently
+    restarted and overwrote best.safetensors and metrics.jsonl."""
+    data, out = make_prepared(n=16, size=16), tmp_path / "run"
+    assert train(data, out, "--epochs", "2", "--resume", "auto") == 0
+    (out / "checkpoints" / "last.state.pt").unlink()
+    best = (out / "checkpoints" / "best.safetensors").read_bytes()
+    metrics = (out / "metrics.jsonl").read_text()
+    capsys.readouterr()
+    for extra in (("--resume", "auto"), ()):
+        assert train(data, out, "--epochs", "3", *extra) == 2
+        err = capsys.readouterr().err
+        assert "holds an earlier run's results" in err and "checkpoints/best.safetensors" in err
+        assert "move the folder aside or choose another --out" in err
+    assert (out / "checkpoints" / "best.safetensors").read_bytes() == best
+    assert (out / "metrics.jsonl").read_text() == metrics

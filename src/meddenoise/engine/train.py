@@ -156,6 +156,14 @@ class Trainer:
         self.validation = make_validation(self.data, config, runtime) if make_validation else self._validate
         self.steps_per_epoch = self.train_batches.steps_per_epoch()
 
+    def _results_without_state(self) -> list[str]:
+        """The files of an earlier run in --out (recorded epochs, checkpoints), relative to it."""
+        found = [path for path in (self.paths["best_weights"], self.paths["last_weights"]) if path.is_file()]
+        metrics = self.run_dir.metrics_file
+        if metrics.is_file() and metrics.read_text(encoding="utf-8").strip():
+            found.append(metrics)
+        return [str(path.relative_to(self.out)) for path in found]
+
     def _decide_resume(self) -> bool:
         """Whether this invocation continues the run in --out (`--resume auto`: when it holds a checkpoint).
 
@@ -163,6 +171,15 @@ class Trainer:
         """
         has_state = self.paths["last_state"].is_file()
         mode = self.config.resume
+        orphaned = [] if has_state else self._results_without_state()
+        if mode in ("auto", "no") and distributed.broadcast_object(bool(orphaned)):
+            # a run's results whose training state is gone: it cannot continue, and a fresh start here would
+            # overwrite its checkpoints and metrics
+            raise MeddenoiseError(
+                f"{self.out} holds an earlier run's results ({', '.join(orphaned) or 'on rank 0'}) but no "
+                f"training state ({self.paths['last_state']}), so it cannot be continued, and starting fresh "
+                "would overwrite them; move the folder aside or choose another --out"
+            )
         if mode == "auto":
             resuming = bool(distributed.broadcast_object(has_state))
             if resuming and not has_state:
