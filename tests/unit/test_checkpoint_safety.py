@@ -108,3 +108,24 @@ def test_a_refused_lpips_weight_file_gets_no_advice_either(tmp_path):
     with pytest.raises(MetricUnavailable) as refused:
         _load_state(path, "LPIPS lin weights")
     assert "weights_only" not in str(refused.value) and "meddenoise refuses" in str(refused.value)
+
+
+def test_a_training_state_with_flipped_bytes_is_refused_not_resumed(tmp_path):
+    """Issue 23, row 13: 400 bytes flipped in last.state.pt resumed silently from wrong values."""
+    state = {"model": {"weight": torch.arange(50_000, dtype=torch.float32)}, "epoch": 3}
+    path = tmp_path / "last.state.pt"
+    path.write_bytes(ckpt.training_state_payload(state))
+    loaded = ckpt.load_training_state(path)
+    assert torch.equal(loaded["model"]["weight"], state["model"]["weight"]) and loaded["epoch"] == 3
+    data = bytearray(path.read_bytes())
+    middle = len(data) // 2
+    data[middle : middle + 400] = bytes(b ^ 0xFF for b in data[middle : middle + 400])
+    path.write_bytes(bytes(data))
+    with pytest.raises(MeddenoiseError, match="is damaged: its content no longer matches the checksum"):
+        ckpt.load_training_state(path)
+
+
+def test_a_training_state_written_before_checksums_still_loads(tmp_path):
+    path = tmp_path / "old.state.pt"
+    torch.save({"format_version": ckpt.FORMAT_VERSION, "epoch": 2}, path)
+    assert ckpt.load_training_state(path)["epoch"] == 2

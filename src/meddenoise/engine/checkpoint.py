@@ -12,6 +12,7 @@ file: a kill between writing the two `last` files can never pair weights and opt
 from __future__ import annotations
 
 import errno
+import hashlib
 import io
 import json
 import random
@@ -105,9 +106,21 @@ def _python_state_to_plain(state: tuple) -> list:
 
 
 def training_state_payload(state: dict[str, Any]) -> bytes:
-    buffer = io.BytesIO()
-    torch.save({"format_version": FORMAT_VERSION, **state}, buffer)
-    return buffer.getvalue()
+    """The training state file's bytes: the state (torch.save) wrapped with its SHA-256, so a damaged file
+    (flipped bytes that still unpickle) is refused on resume instead of continuing from wrong values."""
+    inner = io.BytesIO()
+    torch.save({"format_version": FORMAT_VERSION, **state}, inner)
+    data = inner.getvalue()
+    outer = io.BytesIO()
+    torch.save(
+        {
+            "format_version": FORMAT_VERSION,
+            "sha256": hashlib.sha256(data).hexdigest(),
+            "payload": torch.frombuffer(bytearray(data), dtype=torch.uint8),
+        },
+        outer,
+    )
+    return outer.getvalue()
 
 
 def save_training_state(path: str | Path, state: dict[str, Any]) -> None:
@@ -162,7 +175,18 @@ def load_training_state(path: str | Path, device: torch.device | str = "cpu") ->
     path = Path(path)
     if not path.is_file():
         raise MeddenoiseError(f"no training state to resume at {path}; start without --resume")
-    state = load_plain(path, "training state", map_location=device)
+    state = load_plain(path, "training state", map_location="cpu")
+    if isinstance(state, dict) and "sha256" in state and "payload" in state:
+        data = state["payload"].numpy().tobytes()
+        if hashlib.sha256(data).hexdigest() != state["sha256"]:
+            raise MeddenoiseError(
+                f"training state {path} is damaged: its content no longer matches the checksum written "
+                "with it, so the run is not resumed from it; restore the file from a backup, or start the "
+                "run again in another --out"
+            )
+        state = load_plain(io.BytesIO(data), f"training state {path}", map_location=device)
+    elif isinstance(state, dict) and str(device) != "cpu":  # written before checksums: read it as before
+        state = load_plain(path, "training state", map_location=device)
     if not isinstance(state, dict) or state.get("format_version") != FORMAT_VERSION:
         raise MeddenoiseError(f"{path} is not a meddenoise training state (format {FORMAT_VERSION})")
     return state
