@@ -160,3 +160,20 @@ def test_partition_unit_is_the_split_group(tmp_path):
     for site in sites:
         rows = site_rows(site, data.records, data.splits, "all")
         assert {data.records[r]["group"] for r in rows} == set(site.groups)
+
+
+def test_an_empty_site_folder_is_one_line_naming_the_site(make_prepared, tmp_path, capsys):
+    """Issue 23, row 17: `federated --site-data han64 emptysite` printed a 115-line Ray/Flower traceback."""
+    pytest.importorskip("flwr")
+    from meddenoise.cli import main
+
+    good = make_prepared(n=16, size=16, patients=8)
+    empty = tmp_path / "emptysite"
+    empty.mkdir()
+    argv = ["federated", "--site-data", str(good), str(empty), "--out", str(tmp_path / "fed"),
+            "--rounds", "1", "--model", "unet", "--base-channels", "4", "--depth", "2",
+            "--quiet"]  # fmt: skip
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "site emptysite" in err[0] and "is not usable" in err[0]
+    assert "Traceback" not in err[0]

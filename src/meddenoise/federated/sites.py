@@ -70,9 +70,19 @@ def sites_from_folders(folders: list[str]) -> list[Site]:
     names = [Path(folder).resolve().name or f"site{i + 1}" for i, folder in enumerate(folders)]
     if len(set(names)) < len(names):
         names = [f"site{i + 1}-{name}" for i, name in enumerate(names)]
-    for folder in folders:
+    from meddenoise.data.cache import load_prepared
+    from meddenoise.errors import MeddenoiseError
+
+    for name, folder in zip(names, folders):
         if not Path(folder).is_dir():
             raise DataError(f"--site-data: prepared folder {folder} does not exist")
+        # checked here, before Flower starts: inside a simulated site the same error is a long traceback
+        try:
+            data = load_prepared(folder)
+        except MeddenoiseError as exc:
+            raise DataError(f"--site-data: site {name} ({folder}) is not usable: {exc}") from None
+        if data.indices("train").size == 0:
+            raise DataError(f"--site-data: site {name} ({folder}) has no training images")
     return [Site(name=name, data=str(folder)) for name, folder in zip(names, folders)]
 
 
