@@ -190,3 +190,40 @@ def test_decoding_workers_exit_when_prepare_is_killed(tmp_path, xrays):
                 os.kill(pid, signal.SIGKILL)
         if parent.poll() is None:
             parent.kill()
+
+
+def test_evaluate_on_a_full_disk_leaves_no_partial_folder_and_keeps_the_earlier_one(
+    make_prepared, tmp_path, monkeypatch, capsys
+):
+    """Issue 23, row 21: evaluate on a full disk left per_image.csv and summary.csv without evaluation.json,
+    after a traceback."""
+    from meddenoise.evaluation import files
+
+    data, run = make_prepared(n=16, size=16, patients=8), tmp_path / "run"
+    train = ["train", "--data", str(data), "--out", str(run), "--model", "dncnn", "--base-channels", "4",
+             "--model-options", "num_layers=3", "--epochs", "1", "--quiet", "--device", "cpu"]  # fmt: skip
+    assert main(train) == 0
+    out = tmp_path / "evaluation"
+    real = files.write_rows
+
+    def full(path, columns, rows):
+        if Path(path).name == files.SUMMARY_FILE:  # per_image.csv is written, then the disk is full
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        real(path, columns, rows)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(files, "write_rows", full)
+        assert main(["evaluate", str(run), "--out", str(out), "--device", "cpu", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert (
+        f"writing the evaluation {out} failed: No space left on device" in err
+        and "nothing was written" in err
+    )
+    assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".evaluation")]
+    assert main(["evaluate", str(run), "--out", str(out), "--device", "cpu", "--quiet"]) == 0
+    before = (out / files.INFO_FILE).read_bytes()
+    with monkeypatch.context() as patch:
+        patch.setattr(files, "write_rows", full)
+        assert main(["evaluate", str(run), "--out", str(out), "--device", "cpu", "--quiet"]) == 2
+    assert "the earlier evaluation there is kept" in capsys.readouterr().err
+    assert (out / files.INFO_FILE).read_bytes() == before and (out / files.PER_IMAGE_FILE).is_file()

@@ -179,8 +179,52 @@ def write_evaluation(
     *,
     head_rows: list[dict[str, Any]] | None = None,
 ) -> Path:
-    """Write per_image.csv, summary.csv, samples.npz, per_head.csv and, last, evaluation.json."""
-    out_dir.mkdir(parents=True, exist_ok=True)
+    """Write per_image.csv, summary.csv, samples.npz, per_head.csv and, last, evaluation.json.
+
+    The files are written into a hidden staging folder beside `out_dir`, which replaces `out_dir` only once
+    all of them are written: a failed write (a full disk) leaves no partial evaluation folder, and an earlier
+    evaluation there stays as it was.
+    """
+    import os
+    import shutil
+
+    from meddenoise.errors import DiskFullError
+    from meddenoise.fileio import is_space_error
+
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = out_dir.parent / f".{out_dir.name}.partial-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    try:
+        _write_evaluation_files(staging, target, scores, info, head_rows)
+    except OSError as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        if not is_space_error(exc):
+            raise
+        where = f" ({exc.filename})" if exc.filename else ""
+        kept = "the earlier evaluation there is kept" if out_dir.exists() else "nothing was written"
+        raise DiskFullError(
+            f"writing the evaluation {out_dir} failed: {exc.strerror or exc}{where}; {kept}; free some space "
+            "and evaluate again"
+        ) from None
+    if out_dir.exists():
+        previous = out_dir.parent / f".{out_dir.name}.previous-{os.getpid()}"
+        out_dir.rename(previous)
+        staging.rename(out_dir)
+        shutil.rmtree(previous, ignore_errors=True)
+    else:
+        staging.rename(out_dir)
+    return out_dir
+
+
+def _write_evaluation_files(
+    out_dir: Path,
+    target: EvaluationTarget,
+    scores: Scores,
+    info: dict[str, Any],
+    head_rows: list[dict[str, Any]] | None,
+) -> None:
     rows = per_image_rows(target, scores, info)
     files.write_rows(out_dir / files.PER_IMAGE_FILE, files.PER_IMAGE_COLUMNS, rows)
     patient_ids = [row["patient_id"] for row in rows]
@@ -231,4 +275,3 @@ def write_evaluation(
             "samples": sample_ids,
         },
     )
-    return out_dir
