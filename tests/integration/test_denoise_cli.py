@@ -205,3 +205,28 @@ def test_a_checkpoint_without_a_profile_says_inputs_are_not_checked(checkpoint, 
         == 0
     )
     assert "inputs not checked" in capsys.readouterr().out
+
+
+def test_a_disk_that_fills_at_the_summary_keeps_and_lists_the_written_images(
+    checkpoint, tmp_path, monkeypatch, capsys
+):
+    """Issue 23, row 20: denoise on a disk that filled at the end: OSError traceback writing config.json."""
+    import errno
+
+    from meddenoise import fileio
+
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for name in ("a.png", "b.png"):
+        _write_png(inputs / name, np.full((32, 32), 100, np.uint8))
+
+    def full(path, payload):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(fileio, "atomic_write_json", full)
+    out = tmp_path / "out"
+    assert main(["denoise", str(inputs), "--run", str(checkpoint), "--out", str(out), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and f"writing the summary in {out} failed: No space left on device" in err
+    assert "the 2 denoised image(s) written are kept:" in err and str(out / "a.png") in err
+    assert (out / "a.png").is_file() and (out / "b.png").is_file()

@@ -166,8 +166,21 @@ def denoise_files(config: DenoiseConfig) -> dict[str, Any]:
         "training_input_profile": profile
         or "not recorded in this checkpoint (trained before input profiles were kept): inputs not checked",
     }
-    atomic_write_json(out_dir / "denoise_summary.json", summary)
-    save_config(config, out_dir / "config.json")
+    try:
+        atomic_write_json(out_dir / "denoise_summary.json", summary)
+        save_config(config, out_dir / "config.json")
+    except OSError as exc:  # the disk filled after the images: keep them, and say which they are
+        from meddenoise.errors import DiskFullError
+        from meddenoise.fileio import is_space_error
+
+        if not is_space_error(exc):
+            raise
+        outputs = [item["output"] for item in written]
+        shown = ", ".join(outputs[:10]) + (f" and {len(outputs) - 10} more" if len(outputs) > 10 else "")
+        raise DiskFullError(
+            f"writing the summary in {out_dir} failed: {exc.strerror or exc} ({exc.filename or 'summary'}); "
+            f"the {len(outputs)} denoised image(s) written are kept: {shown or 'none'}"
+        ) from None
     return summary
 
 
