@@ -131,3 +131,21 @@ def test_host_memory_error_during_training_suggests_streaming(make_prepared, tmp
     monkeypatch.setattr(TrainStep, "__call__", exhausted)
     with pytest.raises(MeddenoiseError, match=r"out of host memory during training.*--data-placement stream"):
         fit(tiny_config(make_prepared(n=16), tmp_path / "run"))
+
+
+def test_out_of_memory_while_already_streaming_advises_a_smaller_batch(make_prepared, tmp_path, monkeypatch):
+    """Issue 23, row 16: out of memory while streaming advised "use --data-placement stream"."""
+    import dataclasses
+
+    from meddenoise.engine.step import TrainStep
+
+    def exhausted(self, batch, share, lr):
+        raise MemoryError()
+
+    monkeypatch.setattr(TrainStep, "__call__", exhausted)
+    config = dataclasses.replace(tiny_config(make_prepared(n=16), tmp_path / "run"), data_placement="stream")
+    with pytest.raises(MeddenoiseError) as caught:
+        fit(config)
+    message = str(caught.value)
+    assert "already streamed from disk" in message and "--batch-size" in message
+    assert "use --data-placement stream" not in message

@@ -640,10 +640,15 @@ def _build_trainer(config: TrainConfig, runtime: Runtime) -> Trainer:
         if _is_out_of_memory(exc):
             where = "host memory" if placement.is_host_out_of_memory(exc) else str(runtime.device)
             detail = f"{where}: {type(exc).__name__}: {str(exc)[:300]}"
+            stream = (
+                ""
+                if config.data_placement == "stream"  # already streaming: that advice cannot help
+                else "use --data-placement stream (batches are read from disk as needed), "
+            )
             raise MeddenoiseError(
                 f"out of memory while placing the prepared images and the model on {runtime.device} "
-                f"({detail}); use --data-placement stream (batches are read from disk as needed), fewer "
-                "images (--limit-train / --limit-val), a smaller --base-channels, or prepare smaller images"
+                f"({detail}); {stream}fewer images (--limit-train / --limit-val), a smaller --base-channels, "
+                "or prepare smaller images"
             ) from None
         raise
 
@@ -653,10 +658,19 @@ def _train(trainer: Trainer) -> str:
         return trainer.run()
     except Exception as exc:
         if placement.is_host_out_of_memory(exc):
-            raise MeddenoiseError(
-                f"out of host memory during training ({type(exc).__name__}: {str(exc)[:300]}); use "
-                "--data-placement stream (batches are read from disk as needed) or fewer images "
+            config = trainer.config
+            streaming = getattr(trainer.placement, "kind", "") == "stream"
+            # Already streaming, the images are not what fills memory: the batch and the network are.
+            remedy = (
+                f"the images are already streamed from disk, so use a smaller --batch-size "
+                f"({max(1, config.batch_size // 2)}) or --val-batch-size "
+                f"({max(1, config.val_batch_size // 2)}), or smaller images or network"
+                if streaming
+                else "use --data-placement stream (batches are read from disk as needed) or fewer images "
                 "(--limit-train / --limit-val)"
+            )
+            raise MeddenoiseError(
+                f"out of host memory during training ({type(exc).__name__}: {str(exc)[:300]}); {remedy}"
             ) from None
         if _is_out_of_memory(exc):
             config = trainer.config
