@@ -177,3 +177,19 @@ def test_an_empty_site_folder_is_one_line_naming_the_site(make_prepared, tmp_pat
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "site emptysite" in err[0] and "is not usable" in err[0]
     assert "Traceback" not in err[0]
+
+
+def test_a_moved_federated_run_folder_still_resumes():
+    """Issue 23, row 18: `federated --resume` after moving the run folder was refused (out differed)."""
+    from types import SimpleNamespace
+
+    from meddenoise.config import config_from_mapping
+    from meddenoise.federated.config import FederatedConfig
+    from meddenoise.federated.server import FederatedServer
+
+    def identity(out, **extra):
+        config = config_from_mapping(FederatedConfig, {"data": "d", "sites": 2, "out": out, **extra})
+        return FederatedServer._identity(SimpleNamespace(config=config))
+
+    assert identity("runs/fed") == identity("/elsewhere/fed")  # moved: the same run
+    assert identity("runs/fed") != identity("runs/fed", seed=1)  # another seed: another run

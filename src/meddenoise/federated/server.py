@@ -41,6 +41,7 @@ from meddenoise.rundir import RunDir
 
 # Settings that may change when a run is resumed (the rest must match the original run).
 RESUMABLE_FIELDS = (
+    "out",  # a run folder moved elsewhere still resumes, as `train --resume` does
     "rounds",
     "resume",
     "quiet",
