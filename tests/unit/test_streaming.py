@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import os
 import threading
 
 import numpy as np
@@ -56,15 +57,15 @@ def test_streamed_batches_equal_the_resident_ones_bitwise(make_prepared, dtype, 
 def test_a_rank_reads_only_the_rows_of_its_own_shard(make_prepared, monkeypatch):
     data = load_prepared(make_prepared(n=60, size=8, split_by="image"))
     rows_of_split = data.indices("train")
-    reads: list[tuple[str, int]] = []  # (thread name, memmap row)
-    real_take = np.take
+    reads: list[tuple[str, int]] = []  # (thread name, row of images.npy)
+    real_preadv = os.preadv
+    row_bytes = data.images[0].nbytes
 
-    def recording_take(array, indices, *args, **kwargs):
-        if array is data.images:
-            reads.extend((threading.current_thread().name, int(row)) for row in indices)
-        return real_take(array, indices, *args, **kwargs)
+    def recording_preadv(handle, buffers, offset, *args):
+        reads.append((threading.current_thread().name, (offset - data.images.offset) // row_bytes))
+        return real_preadv(handle, buffers, offset, *args)
 
-    monkeypatch.setattr(np, "take", recording_take)
+    monkeypatch.setattr(os, "preadv", recording_preadv)
     world_size, per_rank = 2, []
     for rank in range(world_size):
         reads.clear()
@@ -93,12 +94,42 @@ def test_a_read_error_in_the_thread_reaches_the_training_loop(make_prepared, mon
     data = load_prepared(make_prepared(n=40, size=8, split_by="image"))
     batches = StreamBatches.from_prepared(data, "train", "cpu", 2)
 
-    def failing_take(*args, **kwargs):
+    def failing_read(*args, **kwargs):
         raise OSError(errno.EIO, "Input/output error")
 
-    monkeypatch.setattr(np, "take", failing_take)
+    monkeypatch.setattr(os, "preadv", failing_read)
     with pytest.raises(OSError, match="Input/output error"):
         list(batches.epoch(0))
+
+
+def test_a_file_truncated_under_the_run_is_a_message_not_sigbus(make_prepared):
+    """Issue 23, row 9: a streamed run whose images.npy was truncated died of SIGBUS with nothing printed."""
+    from meddenoise.errors import DataError
+
+    folder = make_prepared(n=40, size=8, split_by="image")
+    data = load_prepared(folder)
+    batches = StreamBatches.from_prepared(data, "train", "cpu", 2)
+    path = folder / "images.npy"
+    with path.open("r+b") as handle:
+        handle.truncate(path.stat().st_size // 3)
+    with pytest.raises(DataError, match="images.npy is shorter than when it was prepared.*--resume"):
+        list(batches.epoch(0))
+
+
+def test_pixels_rewritten_in_place_are_refused_by_their_content_hash(make_prepared):
+    """Issue 23, row 15: images.npy rewritten with inverted pixels (same size) trained silently."""
+    from meddenoise.errors import DataError
+
+    folder = make_prepared(n=40, size=8, split_by="image")
+    data = load_prepared(folder)
+    batches = StreamBatches.from_prepared(data, "train", "cpu", 2)
+    assert len(list(batches.epoch(0))) > 0  # intact: every row matches its recorded hash
+    rewritten = np.load(folder / "images.npy", mmap_mode="r+")
+    rewritten[:] = 255 - rewritten
+    rewritten.flush()
+    fresh = StreamBatches.from_prepared(data, "train", "cpu", 2)
+    with pytest.raises(DataError, match="differs from what was prepared \\(its content hash changed"):
+        list(fresh.epoch(0))
 
 
 def test_auto_keeps_the_splits_resident_only_when_they_fit_the_stated_share(monkeypatch):

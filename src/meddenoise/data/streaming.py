@@ -13,10 +13,15 @@ batches, hence the same weights, whichever placement it uses. What differs is wh
 - the conversion to float in [0, 1] is the resident path's (`stored.float().div_(max_value)`), on the device.
 
 A read error in the thread (a file truncated under the run, memory exhausted) is raised in the training loop.
+Rows are read with `os.preadv` from the file behind the memmap, not through the mapping: a file truncated
+under the run then gives a short read and a message, where touching a vanished page of the mapping would
+kill the process (SIGBUS). And each row is checked once per run against the content hash the manifest
+recorded at prepare time, so a file rewritten in place (same size, other pixels) is refused, not trained on.
 """
 
 from __future__ import annotations
 
+import os
 import queue
 import threading
 from collections.abc import Iterator
@@ -71,6 +76,8 @@ class StreamBatches:
         seed: int = 0,
         shuffle: bool = True,
         buffers: int = BUFFERS,
+        content_hashes: list[str] | None = None,
+        image_ids: list[str] | None = None,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch size must be >= 1; got {batch_size}")
@@ -88,6 +95,12 @@ class StreamBatches:
         self.buffers = max(2, buffers)
         self.on_cuda = self.device.type == "cuda"
         self.pin = self.on_cuda and torch.cuda.is_available()
+        # positions (into `rows`) -> expected content hash; checked the first time each row is read
+        self.content_hashes = content_hashes
+        self.image_ids = image_ids
+        self.verified = np.zeros(len(self.rows), dtype=bool)
+        self.filename = getattr(images, "filename", None)
+        self.offset = int(getattr(images, "offset", 0) or 0)
 
     @classmethod
     def from_prepared(
@@ -95,7 +108,19 @@ class StreamBatches:
     ) -> StreamBatches:
         """The first `limit` images of `split` (all when 0); nothing is read until a batch is asked for."""
         rows = split_rows(data, split, limit)
-        return cls(data.images, rows, data.image_keys[rows], data.max_value, batch_size, device, **kwargs)
+        records = [data.records[int(row)] for row in rows]
+        hashes = [record.get("content_hash") or "" for record in records]
+        return cls(
+            data.images,
+            rows,
+            data.image_keys[rows],
+            data.max_value,
+            batch_size,
+            device,
+            content_hashes=hashes if all(hashes) else None,
+            image_ids=[record.get("image_id", "") for record in records],
+            **kwargs,
+        )
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -153,8 +178,45 @@ class StreamBatches:
             stop.set()
             reader.join()
 
+    def _read_rows(self, positions: np.ndarray, out: np.ndarray, handle: int | None) -> None:
+        """The rows of `positions` into `out`: by `os.preadv` from the file when there is one (a short read
+        is a message, not SIGBUS), else from the array; each row's first read is checked against its hash."""
+        from meddenoise.data.manifest import pixel_hash
+        from meddenoise.errors import DataError
+
+        rows = self.rows[positions]
+        if handle is None:
+            # mode="clip" writes straight into `out` (the default "raise" buffers it first)
+            np.take(self.images, rows, axis=0, out=out, mode="clip")
+        else:
+            row_bytes = out[0].nbytes if len(out) else 0
+            for index, row in enumerate(rows):
+                got = os.preadv(
+                    handle, [memoryview(out[index]).cast("B")], self.offset + int(row) * row_bytes
+                )
+                if got != row_bytes:
+                    raise DataError(
+                        f"{self.filename} is shorter than when it was prepared: image row {int(row)} cannot "
+                        "be read (the file was truncated or replaced under the run); training stopped and "
+                        "its last checkpoint is kept: prepare the folder again, then continue with --resume"
+                    )
+        if self.content_hashes is None:
+            return
+        for index, position in enumerate(positions):
+            if self.verified[position]:
+                continue
+            if pixel_hash(out[index]) != self.content_hashes[position]:
+                name = self.image_ids[position] if self.image_ids else f"row {int(self.rows[position])}"
+                raise DataError(
+                    f"{self.filename or 'the prepared images'}: image {name} differs from what was prepared "
+                    "(its content hash changed: the file was modified under the run); training stopped and "
+                    "its last checkpoint is kept: prepare the folder again, then continue with --resume"
+                )
+            self.verified[position] = True
+
     def _read_batches(self, plan, free: queue.Queue, ready: queue.Queue, stop: threading.Event) -> None:
         """The thread: fill free buffers with the plan's batches, in order, until done or told to stop."""
+        handle = os.open(self.filename, os.O_RDONLY) if self.filename else None
         try:
             for positions, global_size in plan:
                 buffer = None
@@ -169,16 +231,16 @@ class StreamBatches:
                     buffer.copied.synchronize()  # its previous batch may still be on its way to the device
                     buffer.copied = None
                 count = len(positions)
-                # mode="clip" writes straight into `out` (the default "raise" buffers it first)
-                np.take(
-                    self.images, self.rows[positions], axis=0, out=buffer.images[:count].numpy(), mode="clip"
-                )
+                self._read_rows(positions, buffer.images[:count].numpy(), handle)
                 buffer.keys[:count].copy_(torch.from_numpy(self.image_keys[positions]))
                 buffer.positions[:count].copy_(torch.from_numpy(positions))
                 ready.put((buffer, count, global_size))
             ready.put(_End())
         except BaseException as error:  # handed to the training loop, which raises it
             ready.put(_Failure(error))
+        finally:
+            if handle is not None:
+                os.close(handle)
 
     @staticmethod
     def _next_ready(ready: queue.Queue, reader: threading.Thread) -> Any:
