@@ -227,3 +227,24 @@ def test_evaluate_on_a_full_disk_leaves_no_partial_folder_and_keeps_the_earlier_
         assert main(["evaluate", str(run), "--out", str(out), "--device", "cpu", "--quiet"]) == 2
     assert "the earlier evaluation there is kept" in capsys.readouterr().err
     assert (out / files.INFO_FILE).read_bytes() == before and (out / files.PER_IMAGE_FILE).is_file()
+
+
+def test_no_address_space_for_the_new_images_keeps_the_earlier_cache(tmp_path, xrays, monkeypatch, capsys):
+    """Issue 23, row 10: prepare under `ulimit -v` (--size 8192 --force): OSError traceback, the earlier valid
+    cache lost its prepare.json, and a full-size sparse partial file stayed behind."""
+    out = tmp_path / "cache"
+    assert main(prepare_argv(xrays, out, "--workers", "1")) == 0
+    real = np.lib.format.open_memmap
+
+    def no_address_space(path, *args, **kwargs):
+        Path(path).write_bytes(b"\0" * 4096)  # numpy sizes the file before mapping it
+        raise OSError(errno.ENOMEM, "Cannot allocate memory")
+
+    monkeypatch.setattr(np.lib.format, "open_memmap", no_address_space)
+    assert main(prepare_argv(xrays, out, "--workers", "1", "--force")) == 2
+    message = capsys.readouterr().err
+    assert "not enough memory or address space to map the new prepared images" in message
+    assert "earlier prepared images there are intact" in message and "Traceback" not in message
+    monkeypatch.setattr(np.lib.format, "open_memmap", real)
+    assert len(load_prepared(out)) == 12  # prepare.json and the images of the earlier cache are untouched
+    assert leftovers(out) == ["images.npy"]  # no partial left

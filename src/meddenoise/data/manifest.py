@@ -120,10 +120,13 @@ class PreparedWriter:
         # Checked before the folder is touched, so a refused prepare leaves an earlier valid cache intact.
         needed = count * height * width * np.dtype(dtype).itemsize + _bookkeeping_bytes(count)
         require_free_space(self.folder, needed, what=f"the prepared images ({count} x {height} x {width})")
-        invalidate_prepared(self.folder)
+        remove_partials(self.folder)  # leftovers of killed writers
         self.dtype = dtype
         self.partial_path = self.folder / f"{PARTIAL_PREFIX}{os.getpid()}"
+        # Opened before the earlier cache is invalidated: when memory or address space refuses the new map,
+        # the folder still holds its earlier valid cache.
         self.images = self._open_reserved(self.partial_path, np.dtype(dtype), (count, height, width))
+        invalidate_prepared(self.folder, keep=self.partial_path)
 
     def commit(
         self,
@@ -191,7 +194,20 @@ class PreparedWriter:
 
     def _open_reserved(self, path: Path, dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarray:
         """A new .npy memmap at `path` whose blocks are allocated up front (see `reserve_space`)."""
-        images = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
+        try:
+            images = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
+        except (MemoryError, OSError) as exc:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()  # open_memmap sized the file before mapping it: no sparse partial left
+            if isinstance(exc, OSError) and exc.errno != errno.ENOMEM:
+                raise
+            size = int(np.prod(shape)) * dtype.itemsize
+            raise HostMemoryError(
+                f"not enough memory or address space to map the new prepared images "
+                f"({' x '.join(map(str, shape))}, {size / 2**30:.1f} GiB) in {path.parent} "
+                f"({type(exc).__name__}: {exc}); any earlier prepared images there are intact; prepare fewer "
+                "or smaller images (--count, --size), or raise the limit (ulimit -v)"
+            ) from None
         try:
             what = f"the prepared images ({' x '.join(map(str, shape))})"
             reserve_space(path, path.stat().st_size, what=what)
@@ -275,12 +291,19 @@ def _bookkeeping_bytes(count: int) -> int:
     return 64 * 1024 + 512 * count
 
 
-def invalidate_prepared(folder: Path) -> None:
-    """Remove the commit marker (so the folder stops looking valid) and leftovers of killed writers."""
+def invalidate_prepared(folder: Path, keep: Path | None = None) -> None:
+    """Remove the commit marker (so the folder stops looking valid) and leftovers of killed writers
+    (`keep`: this writer's own partial file)."""
     with contextlib.suppress(FileNotFoundError):
         (folder / MARKER_FILE).unlink()
         _fsync_dir(folder)
+    remove_partials(folder, keep)
+
+
+def remove_partials(folder: Path, keep: Path | None = None) -> None:
     for leftover in folder.glob(PARTIAL_PREFIX + "*"):
+        if keep is not None and leftover.name.startswith(keep.name):
+            continue
         with contextlib.suppress(FileNotFoundError):
             leftover.unlink()
 
