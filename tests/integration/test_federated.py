@@ -118,11 +118,18 @@ class _ReplyRecorder:
 
 @pytest.mark.slow
 def test_server_receives_only_weights_and_site_aggregates(make_prepared, tmp_path, monkeypatch):
+    import glob
+    import tempfile
+
     from meddenoise.models import build_model
 
     data = make_prepared(n=48, patients=12)
     recorder = _ReplyRecorder(monkeypatch)
+    ray_default = glob.glob(os.path.join(tempfile.gettempdir(), "ray", "session_*"))
     run = run_federated(federated_config(tmp_path / "run", data=str(data), sites=3, rounds=2, local_steps=2))
+    # Ray's session files went to a folder of this run and are gone (issue 23: they piled up in /tmp/ray)
+    assert glob.glob(os.path.join(tempfile.gettempdir(), "ray", "session_*")) == ray_default
+    assert not glob.glob(os.path.join(tempfile.gettempdir(), "mdnray-*"))
 
     parameter_shapes = {
         k: tuple(v.shape)

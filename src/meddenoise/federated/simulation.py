@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 from meddenoise.federated.config import FederatedConfig
@@ -71,16 +73,23 @@ def _simulate(config: FederatedConfig, run_simulation) -> Path:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     # Devices are chosen by --device (and the GPUs Ray is given), not by Ray hiding them from its workers.
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+    # Ray's session files (logs, sockets, spilled objects) go to a folder of this run, removed afterwards,
+    # instead of piling up in Ray's shared default. Short and under the system's temporary folder: Ray's
+    # unix sockets live there, and a socket path may not exceed about 100 characters.
+    ray_temp = tempfile.mkdtemp(prefix="mdnray-")
+    settings = backend_config(config)
+    settings["init_args"]["_temp_dir"] = ray_temp
     try:
         run_simulation(
             server_app=server_app,
             client_app=client_app,
             num_supernodes=len(sites),
-            backend_config=backend_config(config),
+            backend_config=settings,
         )
     finally:
         flower_logger.setLevel(level)
         shutdown_ray()
+        shutil.rmtree(ray_temp, ignore_errors=True)
     return Path(config.out)
 
 
