@@ -14,6 +14,7 @@ checkpoint with --resume.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import shutil
@@ -670,6 +671,32 @@ def merge_audits(per_level: list[dict[str, Any]], outsider_reason: str) -> dict[
     return merged
 
 
+RAY_MEMORY_SIGNS = ("OutOfMemoryError", "running low on memory", "memory monitor")
+
+
+def failure_line(exc: BaseException, folder: Path) -> str:
+    """One line for the plan and the report's "Failed jobs": our own messages as they are; for anything else
+    (a Ray or Flower traceback can run to kilobytes) its first line, with the whole text kept in
+    FOLDER/failure.txt. A site Ray stopped for lack of memory gets its cause and fix."""
+    if isinstance(exc, MeddenoiseError):
+        return str(exc)
+    text = f"{type(exc).__name__}: {exc}"
+    if "\n" not in text.strip() and len(text) <= 300:
+        return text
+    kept = ""
+    with contextlib.suppress(OSError):
+        folder.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(folder / "failure.txt", text + "\n")
+        kept = f" (full text: {folder / 'failure.txt'})"
+    if any(sign in text for sign in RAY_MEMORY_SIGNS):
+        return (
+            "Ray stopped a federated site for lack of memory: give the simulation more memory or fewer "
+            f"parallel sites (--sim-cpus 1, a smaller --batch-size or fewer images){kept}"
+        )
+    first = next((line.strip() for line in text.splitlines() if line.strip()), type(exc).__name__)
+    return (first if len(first) <= 300 else first[:297] + "...") + kept
+
+
 def run_robustness(jobs: list[Job], settings: ReproduceConfig) -> str | None:
     """Test the one-device U-Net trained at `robustness_from` at the grid's other noise levels (each an
     evaluation folder `test-std<s>` of that run, kept out of the tables of trained levels). Returns why it
@@ -862,7 +889,7 @@ def _reproduce(settings: ReproduceConfig) -> Path:
             else:
                 run_baseline_job(job, data_dir, settings)
         except Exception as exc:  # noqa: BLE001 - one broken job must not stop the grid; it is recorded
-            reason = str(exc) if isinstance(exc, MeddenoiseError) else f"{type(exc).__name__}: {exc}"
+            reason = failure_line(exc, job.folder)
             print(f"  failed: {reason}", flush=True)
             plan["failed"].append({"what": job.name, "reason": reason})
             continue

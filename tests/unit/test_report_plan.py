@@ -118,3 +118,19 @@ def test_merged_audits_keep_the_learned_matcher_of_every_level():
     merged = merge_audits([one(0.1), one(0.2), one(0.3)], "no outsider")
     assert [lv["noise_std"] for lv in merged["learned_matcher"]["levels"]] == [0.1, 0.2, 0.3]
     assert [lv["noise_std"] for lv in merged["levels"]] == [0.1, 0.2, 0.3]
+
+
+def test_a_failed_job_is_one_line_with_its_full_text_kept(tmp_path):
+    """Issue 23: when Ray killed a site for memory, "Failed jobs" held a several-kilobyte traceback."""
+    from meddenoise.errors import MeddenoiseError
+    from meddenoise.reproduce import failure_line
+
+    blob = "ray.exceptions.OutOfMemoryError: Task was killed due to the node running low on memory.\n" + (
+        "  File ...\n" * 200
+    )
+    line = failure_line(RuntimeError(blob), tmp_path / "job")
+    assert "\n" not in line and "lack of memory" in line and "--sim-cpus 1" in line
+    assert (tmp_path / "job" / "failure.txt").read_text().count("File ...") == 200
+    other = failure_line(ValueError("first line\n" + "x" * 5000), tmp_path / "other")
+    assert other.startswith("ValueError: first line (full text: ") and len(other) < 400
+    assert failure_line(MeddenoiseError("our own message"), tmp_path / "own") == "our own message"
