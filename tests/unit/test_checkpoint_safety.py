@@ -129,3 +129,19 @@ def test_a_training_state_written_before_checksums_still_loads(tmp_path):
     path = tmp_path / "old.state.pt"
     torch.save({"format_version": ckpt.FORMAT_VERSION, "epoch": 2}, path)
     assert ckpt.load_training_state(path)["epoch"] == 2
+
+
+def test_an_empty_tensor_does_not_lift_the_option_cap(tmp_path, real_builds):
+    """Issue 23, row 8: a 672-byte file with a [0, 10**7] tensor and DnCNN num_layers=100000 took 1.7-3.6 GB
+    and up to two minutes before it was refused."""
+    from safetensors.torch import save_file
+
+    path = tmp_path / "tiny.safetensors"
+    metadata = {"model": "dncnn", "model_options": {"num_layers": 100_000, "base_channels": 4}}
+    save_file(
+        {"huge": torch.zeros(0, 10_000_000)}, str(path), metadata={ckpt.METADATA_KEY: json.dumps(metadata)}
+    )
+    assert path.stat().st_size < 1000
+    with pytest.raises(MeddenoiseError, match="num_layers=100000 is larger than anything its 1 tensors hold"):
+        ckpt.load_trained_model(path)
+    assert real_builds.any == []  # refused before any model, even on the meta device

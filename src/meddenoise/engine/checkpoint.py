@@ -278,7 +278,9 @@ def build_checked_model(
         name, options = spec.name, spec.build_options()
     except (MeddenoiseError, KeyError, TypeError, ValueError, AttributeError) as exc:
         raise MeddenoiseError(f"{refuse}: its metadata does not describe a model ({exc})") from None
-    cap = max([64, len(tensors), *(max(t.shape, default=1) for t in tensors.values())])
+    # Only tensors that hold values count: a crafted empty tensor of shape [0, 10**7] costs nothing to store
+    # and must not lift the cap.
+    cap = max([64, len(tensors), *(max(t.shape, default=1) for t in tensors.values() if t.numel() > 0)])
     for key, value in options.items():
         if isinstance(value, int) and not isinstance(value, bool) and abs(value) > cap:
             raise MeddenoiseError(
