@@ -125,11 +125,18 @@ def test_server_receives_only_weights_and_site_aggregates(make_prepared, tmp_pat
 
     data = make_prepared(n=48, patients=12)
     recorder = _ReplyRecorder(monkeypatch)
-    ray_default = glob.glob(os.path.join(tempfile.gettempdir(), "ray", "session_*"))
+
+    def ray_folders():
+        temp = tempfile.gettempdir()
+        return set(
+            glob.glob(os.path.join(temp, "ray", "session_*")) + glob.glob(os.path.join(temp, "mdnray-*"))
+        )
+
+    before = ray_folders()
     run = run_federated(federated_config(tmp_path / "run", data=str(data), sites=3, rounds=2, local_steps=2))
-    # Ray's session files went to a folder of this run and are gone (issue 23: they piled up in /tmp/ray)
-    assert glob.glob(os.path.join(tempfile.gettempdir(), "ray", "session_*")) == ray_default
-    assert not glob.glob(os.path.join(tempfile.gettempdir(), "mdnray-*"))
+    # Ray's session files went to a folder of this run, removed at its end (issue 23: they piled up in
+    # /tmp/ray); compared with before, as other runs on the machine may hold their own
+    assert ray_folders() <= before
 
     parameter_shapes = {
         k: tuple(v.shape)

@@ -6,10 +6,12 @@ process. Ray gets `--sim-cpus` CPUs (one site trains at a time with 1) and is al
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 from meddenoise.federated.config import FederatedConfig
@@ -76,7 +78,13 @@ def _simulate(config: FederatedConfig, run_simulation) -> Path:
     # Ray's session files (logs, sockets, spilled objects) go to a folder of this run, removed afterwards,
     # instead of piling up in Ray's shared default. Short and under the system's temporary folder: Ray's
     # unix sockets live there, and a socket path may not exceed about 100 characters.
-    ray_temp = tempfile.mkdtemp(prefix="mdnray-")
+    # Named after the run folder: a federation killed before its cleanup leaves its folder, and resuming
+    # that run (or starting it again) removes it first.
+    digest = hashlib.sha1(str(Path(config.out).resolve()).encode("utf-8")).hexdigest()[:12]
+    ray_temp = Path(tempfile.gettempdir()) / f"mdnray-{digest}"
+    remove_when_released(ray_temp, seconds=0.0)
+    ray_temp.mkdir(parents=True, exist_ok=True)
+    ray_temp = str(ray_temp)
     settings = backend_config(config)
     settings["init_args"]["_temp_dir"] = ray_temp
     try:
@@ -89,8 +97,19 @@ def _simulate(config: FederatedConfig, run_simulation) -> Path:
     finally:
         flower_logger.setLevel(level)
         shutdown_ray()
-        shutil.rmtree(ray_temp, ignore_errors=True)
+        remove_when_released(Path(ray_temp))
     return Path(config.out)
+
+
+def remove_when_released(folder: Path, seconds: float = 15.0) -> None:
+    """Remove Ray's session folder; its helper processes may still write logs for a moment after
+    `ray.shutdown()` returns, so removal is retried until the folder stays gone (or `seconds` pass)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        shutil.rmtree(folder, ignore_errors=True)
+        if not folder.exists() or time.monotonic() > deadline:
+            return
+        time.sleep(0.2)
 
 
 def shutdown_ray() -> None:
