@@ -16,6 +16,7 @@ from typing import Any
 
 from meddenoise.report.collect import Collection, Evaluation, method_label
 from meddenoise.report.document import Block, Heading, Paragraph, Table
+from meddenoise.report.summary import format_p
 from meddenoise.report.tables import (
     TableResult,
     _aligned,
@@ -212,12 +213,6 @@ def _display_row(row: dict[str, Any]) -> list[str]:
     ]
 
 
-def _p_text(p: Any) -> str:
-    if p is None or not math.isfinite(p):
-        return "n/a"
-    return "< 0.001" if p < 0.001 else f"{p:.3f}" if p < 0.01 else f"{p:.2f}"
-
-
 def _units(row: dict[str, Any]) -> str:
     images, groups = row["gap_images"], row.get("gap_groups") or row["gap_images"]
     return (
@@ -239,7 +234,7 @@ def federated_section(collection: Collection, result: TableResult) -> list[Block
         sentences = [
             f"{row['setup']}: {row['psnr_gap']:+.2f} dB PSNR against centralized training "
             f"[{_number(row['psnr_gap_low'], 2)}, {_number(row['psnr_gap_high'], 2)}], paired t-test p "
-            f"{_p_text(row.get('psnr_gap_t_p'))} ({_units(row)}; one training seed each, so the gap's "
+            f"{format_p(row.get('psnr_gap_t_p'))} ({_units(row)}; one training seed each, so the gap's "
             "interval covers the test images, not training randomness)."
             for row in gaps
         ]

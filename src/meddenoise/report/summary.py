@@ -46,8 +46,9 @@ def summary_blocks(findings: list[Finding]) -> list[Block]:
     ]
 
 
-def _p(p: float) -> str:
-    if not math.isfinite(p):
+def format_p(p: float | None) -> str:
+    """A p-value for a sentence: "< 0.001", three decimals below 0.01, else two; "n/a" when missing."""
+    if p is None or not math.isfinite(p):
         return "n/a"
     return "< 0.001" if p < 0.001 else f"{p:.3f}" if p < 0.01 else f"{p:.2f}"
 
@@ -68,12 +69,12 @@ def learned_vs_classical(items: list[dict[str, Any]], section: str) -> list[Find
         if item["shown"]:
             parts.append(
                 f"at std {item['level']:g} {leader} beats {other} by {item['difference']:+.2f} dB"
-                f"{_interval(item['low'], item['high'])} (Holm p {_p(item['p'])})"
+                f"{_interval(item['low'], item['high'])} (Holm p {format_p(item['p'])})"
             )
         else:
             parts.append(
                 f"at std {item['level']:g} no difference between {leader} and {other} is shown "
-                f"(Holm p {_p(item['p'])})"
+                f"(Holm p {format_p(item['p'])})"
             )
     return [Finding("Best network against best classical method, PSNR: " + "; ".join(parts) + ".", section)]
 
@@ -89,9 +90,9 @@ def clean_free(rows: list[dict[str, Any]], section: str) -> list[Finding]:
         name = f"{row['target']} (std {row['noise_std']:g})"
         excludes = not (math.isfinite(low) and math.isfinite(high)) or low > 0 or high < 0
         if math.isfinite(p) and p < 0.05 and excludes:  # with seeds, the interval covers them too
-            parts.append(f"{name} {gap:+.2f} dB{_interval(low, high)} (Holm p {_p(p)})")
+            parts.append(f"{name} {gap:+.2f} dB{_interval(low, high)} (Holm p {format_p(p)})")
         else:
-            parts.append(f"{name} no difference shown ({gap:+.2f} dB, Holm p {_p(p)})")
+            parts.append(f"{name} no difference shown ({gap:+.2f} dB, Holm p {format_p(p)})")
     if not parts:
         return []
     return [
@@ -114,13 +115,13 @@ def federated(rows: list[dict[str, Any]], section: str) -> list[Finding]:
         if excludes and math.isfinite(p) and p < 0.05:
             text = (
                 f"Federated {row['setup']}: {gap:+.2f} dB{_interval(low, high)} PSNR against centralized "
-                f"training (paired t-test p {_p(p)}; one seed each, so the interval covers test patients, "
-                "not training randomness)."
+                f"training (paired t-test p {format_p(p)}; one seed each, so the interval covers test "
+                "patients, not training randomness)."
             )
         else:
             text = (
                 f"Federated {row['setup']}: no PSNR difference to centralized training shown "
-                f"({gap:+.2f} dB, p {_p(p)})."
+                f"({gap:+.2f} dB, p {format_p(p)})."
             )
         findings.append(Finding(text, section))
     return findings
@@ -142,11 +143,11 @@ def robustness(rows: list[dict[str, Any]], section: str) -> list[Finding]:
             parts.append(
                 f"{name}: {row['difference']:+.2f} dB"
                 f"{_interval(row['difference_low'], row['difference_high'])} against the one trained there "
-                f"(Holm p {_p(row['t_p_holm'])})"
+                f"(Holm p {format_p(row['t_p_holm'])})"
             )
         else:
             parts.append(
-                f"{name}: no difference to the one trained there shown (Holm p {_p(row['t_p_holm'])})"
+                f"{name}: no difference to the one trained there shown (Holm p {format_p(row['t_p_holm'])})"
             )
     return [Finding("Robustness: " + "; ".join(parts) + ".", section)] if parts else []
 
