@@ -118,3 +118,58 @@ def test_units_follow_the_split_grouping_or_each_image():
     rows = np.array([0, 1, 2, 3])
     assert private.unit_indices(records, rows, "patient").tolist() == [1, 0, 1, 2]
     assert private.unit_indices(records, rows, "image").tolist() == [0, 1, 2, 3]
+
+
+def test_a_resumed_run_goes_on_counting_the_privacy_spent(make_prepared, tmp_path):
+    """The accountant counts the noisy steps actually taken and is saved with the training state: a run
+    stopped after 3 steps and resumed to 6 has spent what an uninterrupted 6-step run spends, which is the
+    RDP analysis of (noise multiplier, q, 6 steps)."""
+    from meddenoise.config import config_from_mapping
+    from meddenoise.engine.train import fit
+
+    data = make_prepared(n=32, size=16, patients=8, seed=3)
+    common = {
+        "data": str(data),
+        "model": "dncnn",
+        "base_channels": 4,
+        "model_options": ["num_layers=3"],
+        "norm": "group",
+        "epochs": 2,
+        "batch_size": 8,
+        "device": "cpu",
+        "quiet": True,
+        "evaluate_test": False,
+        "dp_noise_multiplier": 1.5,
+        "dp_delta": 1e-3,
+    }
+
+    def summary(out):
+        import csv
+
+        with open(out / "summary.csv", newline="") as handle:
+            return next(csv.DictReader(handle))
+
+    whole = fit(config_from_mapping(TrainConfig, {**common, "out": str(tmp_path / "whole")}))
+    parted = tmp_path / "parted"
+    fit(config_from_mapping(TrainConfig, {**common, "out": str(parted), "max_steps": 3}))
+    fit(config_from_mapping(TrainConfig, {**common, "out": str(parted), "resume": "yes"}))
+    row, reference = summary(parted), summary(whole)
+    steps = int(reference["global_steps"])
+    assert int(row["global_steps"]) == steps and steps > 3
+    plan = private.PrivacyPlan("patient", 8, float(row["dp_sample_rate"]), steps, 1.5, 1.0, 1e-3, None)
+    assert float(row["dp_epsilon"]) == pytest.approx(private.epsilon_spent(plan, steps), rel=1e-9)
+    assert float(row["dp_epsilon"]) == pytest.approx(float(reference["dp_epsilon"]), rel=1e-9)
+
+
+def test_the_loop_never_asks_whether_it_trains_privately():
+    """DP-SGD is a setup (engine/setup.py chooses it once); the loop and the step hold no DP branch."""
+    from pathlib import Path
+
+    import meddenoise.engine as engine
+
+    folder = Path(engine.__file__).parent
+    for name in ("train.py", "step.py", "loop.py", "pipelines.py"):
+        text = (folder / name).read_text(encoding="utf-8")
+        assert "private" not in text, name
+    setup = (folder / "setup.py").read_text(encoding="utf-8")
+    assert setup.count("private.enabled(") == 1

@@ -242,6 +242,12 @@ class TrainConfig:
             return ("off" if self.amp == "auto" else self.amp), False
         return self.amp, self.channels_last
 
+    def step_budget(self, steps_per_epoch: int) -> int:
+        """The optimizer steps this run takes: `epochs` epochs, capped by `max_steps` (the one place that
+        counts them; DP-SGD derives its noise multiplier from the same number)."""
+        planned = self.epochs * steps_per_epoch
+        return min(planned, self.max_steps) if self.max_steps else planned
+
     def model_spec(self) -> ModelSpec:
         """The network this config trains (`--model`, `--base-channels`, `--depth`, `--norm`, ...)."""
         from meddenoise.models.spec import ModelSpec

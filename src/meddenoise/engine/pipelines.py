@@ -16,12 +16,13 @@ import torch
 from meddenoise.data.loader import CleanBatch
 from meddenoise.engine import reference as reference_pipeline
 from meddenoise.engine.placement import make_batches
-from meddenoise.engine.targets import TargetBatch, make_target_batch
+from meddenoise.engine.targets import TargetBatch, TrainingTarget, make_target_batch
 from meddenoise.registry import Registry
 
 if TYPE_CHECKING:
     from meddenoise.engine.config import TrainConfig
     from meddenoise.engine.runtime import Runtime
+    from meddenoise.noise.spec import NoiseSpec
 
 
 class BatchSource(Protocol):
@@ -36,24 +37,36 @@ class BatchSource(Protocol):
 ValidationFactory = Callable[[Any, "TrainConfig", "Runtime"], Callable[[torch.nn.Module], dict[str, float]]]
 
 
-def obfuscated_on_device(trainer: Any, batch: CleanBatch) -> TargetBatch:
+@dataclasses.dataclass(frozen=True)
+class BatchContext:
+    """What turns a clean batch into the step's input: the target, the noise operator and its settings, the
+    runtime (device, memory format) and the epoch (the noise of `--noise-mode fresh` depends on it)."""
+
+    target: TrainingTarget
+    noise_op: Any
+    noise: NoiseSpec
+    runtime: Runtime
+    epoch: int
+
+
+def obfuscated_on_device(batch: CleanBatch, context: BatchContext) -> TargetBatch:
     """The fast path: the target's noisy copies made on the device from the clean batch (clean pixels kept
     only if the target may see them)."""
     if batch.clean.shape[0] == 0:  # DP-SGD's Poisson sampling can draw nobody for this rank
-        return TargetBatch([batch.clean] * trainer.target.copies, None, batch.image_keys)
+        return TargetBatch([batch.clean] * context.target.copies, None, batch.image_keys)
     return make_target_batch(
-        trainer.target,
-        trainer.runtime.to_device_batch(batch.clean),
+        context.target,
+        context.runtime.to_device_batch(batch.clean),
         batch.image_keys,
-        trainer.noise,
-        trainer.config.noise,
-        epoch=trainer.progress.epoch,
+        context.noise_op,
+        context.noise,
+        epoch=context.epoch,
     )
 
 
-def noisy_from_host(trainer: Any, batch: CleanBatch) -> TargetBatch:
+def noisy_from_host(batch: CleanBatch, context: BatchContext) -> TargetBatch:
     """The reference: the batch carries its noisy copy, made on the host once, up front."""
-    return TargetBatch([trainer.runtime.to_device_batch(batch.noisy)], batch.clean, batch.image_keys)
+    return TargetBatch([context.runtime.to_device_batch(batch.noisy)], batch.clean, batch.image_keys)
 
 
 def loss_stays_on_device(loss: torch.Tensor) -> torch.Tensor:
@@ -74,8 +87,8 @@ class Pipeline:
     name: str
     # (data, config, runtime, placement "device" | "stream") -> the training batches
     make_train_batches: Callable[[Any, TrainConfig, Runtime, str], BatchSource]
-    # (trainer, clean batch) -> what the target trains on, on the device
-    target_batch: Callable[[Any, CleanBatch], TargetBatch] = obfuscated_on_device
+    # (clean batch, context) -> what the target trains on, on the device
+    target_batch: Callable[[CleanBatch, BatchContext], TargetBatch] = obfuscated_on_device
     # the step's loss -> the loss the loop sums (the reference reads it on the host every step)
     keep_loss: Callable[[torch.Tensor], torch.Tensor] = loss_stays_on_device
     # Replaces the device-side validation when set (the reference scores per image on the CPU).

@@ -1,6 +1,6 @@
 """DP-SGD with Opacus: Poisson sampling of privacy units, per-unit clipping, Gaussian noise, accounting.
 
-What differs from ordinary training (the loop only calls the hooks below):
+What differs from ordinary training (`make_private` returns it all; the loop does not know which it runs):
 - Sampling. Ordinary epochs walk a fixed permutation and see every image exactly once. DP-SGD's guarantee
   (amplification by subsampling) needs Poisson sampling instead: at every step each privacy unit joins the
   batch independently with probability q, so batch sizes vary, some units appear twice in an "epoch" and
@@ -15,15 +15,17 @@ What differs from ordinary training (the loop only calls the hooks below):
   number of units per step (Opacus's DPOptimizer). Under DDP every rank draws the same unit sample, keeps the
   units assigned to it (unit index mod ranks), clips them locally; Opacus's DistributedDPOptimizer adds the
   noise once (on rank 0) and sums over ranks, which is the single-device update.
-- Accounting: Opacus's RDP accountant over (noise multiplier, q, steps); `--dp-epsilon` picks the noise
-  multiplier that spends exactly that budget over the planned steps. Epsilon is a function of the steps
-  taken, so a resumed run needs no extra state.
+- Accounting: Opacus's RDP accountant, hooked to the DP optimizer's steps (its public step hook), so it
+  counts the noisy steps actually taken; `--dp-epsilon` picks the noise multiplier that spends exactly that
+  budget over the planned steps. The accountant is saved with the training state, so a resumed run goes on
+  counting.
 Validation and model selection use held-out patients only, which costs the training patients no privacy.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -33,6 +35,9 @@ from torch import nn
 
 from meddenoise.data.loader import CleanBatch
 from meddenoise.engine.config import MAX_NOISE_MULTIPLIER
+from meddenoise.engine.setup import TrainingSetup
+from meddenoise.engine.step import TrainStep, build_optimizer
+from meddenoise.engine.targets import TargetBatch
 from meddenoise.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -151,7 +156,7 @@ class PoissonUnitBatches:
         return int(self.images.shape[0])
 
     def steps_per_epoch(self) -> int:
-        return max(1, round(1.0 / self.sample_rate))
+        return steps_per_epoch(self.sample_rate)
 
     def sampled_units(self, epoch: int, step: int) -> np.ndarray:
         rng = np.random.default_rng([self.seed, epoch, step, 0xD9])
@@ -184,14 +189,17 @@ class PrivacyPlan:
     target_epsilon: float | None
 
 
+def steps_per_epoch(sample_rate: float) -> int:
+    """As many Poisson steps per epoch as an ordinary epoch has batches: 1 / q."""
+    return max(1, round(1.0 / sample_rate))
+
+
 def plan_privacy(config: TrainConfig, train_images: int, units: int, world_size: int) -> PrivacyPlan:
     """q from the global batch; the noise multiplier from --dp-epsilon over the planned steps (or given)."""
     from opacus.accountants.utils import get_noise_multiplier
 
     sample_rate = min(1.0, config.batch_size * world_size / max(1, train_images))
-    steps_per_epoch = max(1, round(1.0 / sample_rate))
-    planned = config.epochs * steps_per_epoch
-    steps = min(planned, config.max_steps) if config.max_steps else planned
+    steps = config.step_budget(steps_per_epoch(sample_rate))
     if config.dp_noise_multiplier > 0:
         noise, target = config.dp_noise_multiplier, None
     else:
@@ -255,16 +263,18 @@ def epsilon_spent(plan: PrivacyPlan, steps: int) -> float:
     """The RDP accountant's epsilon at `plan.delta` after `steps` noisy steps."""
     if steps <= 0:
         return 0.0
-    from opacus.accountants import RDPAccountant
+    from opacus.accountants.analysis import rdp
 
-    accountant = RDPAccountant()
-    accountant.history = [(plan.noise_multiplier, plan.sample_rate, steps)]
-    return float(accountant.get_epsilon(plan.delta, alphas=ALPHAS))
+    orders = rdp.compute_rdp(
+        q=plan.sample_rate, noise_multiplier=plan.noise_multiplier, steps=steps, orders=ALPHAS
+    )
+    epsilon, _ = rdp.get_privacy_spent(orders=ALPHAS, rdp=orders, delta=plan.delta)
+    return float(epsilon)
 
 
 class PrivateTraining:
-    """The DP-SGD side of one run; the trainer calls `make_batches`, `make_optimizer`, `before_step`,
-    `record_fields` and `summary_fields`."""
+    """The DP-SGD side of one run: Poisson unit batches, the DP optimizer with Opacus's RDP accountant
+    hooked to its steps, per-unit gradient sums before each step, and what the run records about them."""
 
     def __init__(self, config: TrainConfig, runtime: Runtime) -> None:
         import warnings
@@ -272,9 +282,12 @@ class PrivateTraining:
         # Opacus's hooks on the first layer fire although the input image needs no gradient: expected.
         warnings.filterwarnings("ignore", message="Full backward hook is firing")
         require_opacus()
+        from opacus.accountants import RDPAccountant
+
         self.config, self.runtime = config, runtime
         self.batches: PoissonUnitBatches | None = None
         self.plan: PrivacyPlan | None = None
+        self.accountant = RDPAccountant()
 
     def make_batches(self, data: Any) -> PoissonUnitBatches:
         from meddenoise.errors import DataError
@@ -302,6 +315,7 @@ class PrivateTraining:
         return self.batches
 
     def make_optimizer(self, optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
+        """Opacus's DP optimizer around `optimizer`; every step it takes is counted by the accountant."""
         from opacus.optimizers import DistributedDPOptimizer, DPOptimizer
 
         plan = self.plan
@@ -309,13 +323,17 @@ class PrivateTraining:
         # Expected units per step on this rank: the DDP optimizer sums over ranks and divides by ranks.
         expected = plan.sample_rate * plan.units / self.runtime.world_size
         optimizer_class = DistributedDPOptimizer if self.runtime.world_size > 1 else DPOptimizer
-        return optimizer_class(
+        private_optimizer = optimizer_class(
             optimizer,
             noise_multiplier=plan.noise_multiplier,
             max_grad_norm=plan.max_grad_norm,
             expected_batch_size=expected,
             loss_reduction="mean",
         )
+        private_optimizer.attach_step_hook(
+            self.accountant.get_optimizer_hook_fn(sample_rate=plan.sample_rate)
+        )
+        return private_optimizer
 
     def empty_batch(self, model: nn.Module) -> None:
         """A rank with no sampled unit still takes part in the noisy step (with zero clipped gradients)."""
@@ -337,16 +355,32 @@ class PrivateTraining:
             grouped = torch.zeros((count, *sample.shape[1:]), dtype=sample.dtype, device=sample.device)
             p.grad_sample = grouped.index_add_(0, units, sample)
 
-    def epsilon(self, steps: int) -> float:
-        return epsilon_spent(self.plan, steps)
+    # -- accounting -----------------------------------------------------------------------------------------
+    def epsilon(self) -> float:
+        """Epsilon spent by the noisy steps taken so far (the accountant's count, resumed runs included)."""
+        return float(self.accountant.get_epsilon(self.plan.delta, alphas=ALPHAS))
 
-    def record_fields(self, global_step: int) -> dict[str, Any]:
-        return {"dp_epsilon": self.epsilon(global_step), "dp_delta": self.plan.delta}
+    def state_dict(self) -> dict[str, Any]:
+        return {"accountant": self.accountant.state_dict()}
 
-    def summary_fields(self, global_step: int) -> dict[str, Any]:
+    def load_state_dict(self, state: dict[str, Any], steps_taken: int) -> None:
+        """The accountant of a resumed run; a training state written before the accountant was saved
+        replays the steps taken (all of them with this run's noise multiplier and sample rate)."""
+        if state.get("accountant") is not None:
+            self.accountant.load_state_dict(state["accountant"])
+            return
+        for _ in range(steps_taken):
+            self.accountant.step(
+                noise_multiplier=self.plan.noise_multiplier, sample_rate=self.plan.sample_rate
+            )
+
+    def record_fields(self) -> dict[str, Any]:
+        return {"dp_epsilon": self.epsilon(), "dp_delta": self.plan.delta}
+
+    def summary_fields(self) -> dict[str, Any]:
         plan = self.plan
         return {
-            "dp_epsilon": self.epsilon(global_step),
+            "dp_epsilon": self.epsilon(),
             "dp_target_epsilon": plan.target_epsilon,
             "dp_delta": plan.delta,
             "dp_noise_multiplier": plan.noise_multiplier,
@@ -356,12 +390,59 @@ class PrivateTraining:
             "dp_units": plan.units,
         }
 
-    def describe(self) -> str:
+    def notes(self) -> list[str]:
+        """What the run log says about the guarantee before training, warnings last."""
         plan = self.plan
         target = f"target epsilon {plan.target_epsilon:g}, " if plan.target_epsilon else ""
-        return (
+        lines = [
             f"DP-SGD: {target}delta {plan.delta:g}, noise multiplier {plan.noise_multiplier:.3f}, "
             f"clip {plan.max_grad_norm:g} per {plan.unit}, {plan.units} {plan.unit}s, "
             f"Poisson sampling q={plan.sample_rate:.4f}, {plan.steps} planned steps "
-            f"(epsilon at the end: {self.epsilon(plan.steps):.2f})"
-        )
+            f"(epsilon at the end: {epsilon_spent(plan, plan.steps):.2f})"
+        ]
+        if warning := delta_warning(plan):
+            lines.append(warning)
+        return lines
+
+
+class PrivateStep(TrainStep):
+    """DP-SGD's update: per-image gradients of the mean loss (Opacus rescales them), summed per unit, clipped
+    and noised by the DP optimizer; no share weighting (the optimizer divides by the expected batch)."""
+
+    def __init__(self, *args: Any, private: PrivateTraining, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.private = private
+
+    def update(self, batch: TargetBatch, share: float) -> torch.Tensor:
+        if batch.noisy[0].shape[0] == 0:
+            self.private.empty_batch(self.model)
+            loss = torch.zeros((), device=batch.noisy[0].device)
+        else:
+            with self.runtime.autocast():
+                loss = self.target.loss(self.model, batch, self.loss_fn)
+            loss.backward()
+            self.private.before_step(self.model)
+        self.optimizer.step()
+        return loss
+
+
+def make_private(model: nn.Module, data: Any, config: TrainConfig, runtime: Runtime) -> TrainingSetup:
+    """DP-SGD's model, optimizer and batches in one call (cf. Opacus's `PrivacyEngine.make_private`): the
+    model checked and made hook-safe, the DP optimizer with its accountant, Poisson unit batches, and the
+    step budget the noise multiplier was derived from."""
+    private = PrivateTraining(config, runtime)
+    prepare_model(model)
+    batches = private.make_batches(data)
+    # DP-SGD's optimizer writes contiguous gradients that the fused kernel refuses (see build_optimizer).
+    optimizer = build_optimizer(
+        model, config.optimizer, config.lr, config.weight_decay, runtime.device, fused=False
+    )
+    return TrainingSetup(
+        model=model,
+        optimizer=private.make_optimizer(optimizer),
+        train_batches=batches,
+        total_steps=private.plan.steps,
+        make_step=functools.partial(PrivateStep, private=private),
+        wrap=functools.partial(runtime.wrap, private=True),
+        extras=private,
+    )

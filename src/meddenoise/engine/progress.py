@@ -43,6 +43,12 @@ class Progress:
         self.global_step += 1
         self.step_in_epoch += 1
 
+    def first_non_finite_step(self) -> int | None:
+        """The first global step whose loss was NaN or infinite on any rank, or None: a host read, and a
+        collective under DDP (every rank calls it)."""
+        first = int(distributed.all_reduce_max(self.bad_steps.clone()).item())
+        return first - 1 if first else None
+
     def record_validation(self, val_loss: float, finished: bool) -> bool:
         """Update best / early-stopping counters; True when `val_loss` is the lowest so far."""
         improved = val_loss < self.best_val_loss

@@ -2,6 +2,7 @@
 
 No host synchronisation happens here: the loss stays on the device (the loop sums it and reads it once per
 epoch), and a non-finite loss is recorded on the device together with the step where it first happened.
+DP-SGD's step (`PrivateStep`, with the DP-SGD setup) replaces `update` only.
 """
 
 from __future__ import annotations
@@ -12,9 +13,9 @@ import torch
 from torch import nn
 
 from meddenoise.engine.ema import WeightAverage
-from meddenoise.engine.private import PrivateTraining
 from meddenoise.engine.runtime import Runtime, unwrap
 from meddenoise.engine.targets import TargetBatch, TrainingTarget
+from meddenoise.registry import Registry
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -30,7 +31,6 @@ class TrainStep:
         *,
         grad_clip: float = 0.0,
         ema: WeightAverage | None = None,
-        private: PrivateTraining | None = None,
     ) -> None:
         self.model = model  # the wrapped module the loop trains
         self.optimizer = optimizer
@@ -39,20 +39,25 @@ class TrainStep:
         self.loss_fn = loss_fn
         self.grad_clip = grad_clip
         self.ema = ema
-        self.private = private  # DP-SGD: per-unit gradients and a noisy step (engine/private.py)
 
     def __call__(self, batch: TargetBatch, share: float, lr: float) -> torch.Tensor:
         """Train on `batch`; `share` = this rank's images / mean images per rank in the global batch.
 
-        DDP averages gradients over ranks; weighting each rank's mean loss by its share makes that average
-        equal the gradient of the mean loss over the global batch even when the last batch splits unevenly.
-        Returns the unweighted loss (a 0-d tensor on the device, detached).
-        """
+        Returns the unweighted loss (a 0-d tensor on the device, detached)."""
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.optimizer.zero_grad(set_to_none=True)
-        if self.private is not None:
-            return self._private_step(batch)
+        loss = self.update(batch, share)
+        if self.ema is not None:
+            self.ema.update(unwrap(self.model))
+        return loss.detach().float()
+
+    def update(self, batch: TargetBatch, share: float) -> torch.Tensor:
+        """Forward, backward and the optimizer's step; returns the loss.
+
+        DDP averages gradients over ranks; weighting each rank's mean loss by its share makes that average
+        equal the gradient of the mean loss over the global batch even when the last batch splits unevenly.
+        """
         with self.runtime.autocast():
             loss = self.target.loss(self.model, batch, self.loss_fn)
         scaler = self.runtime.scaler
@@ -62,25 +67,13 @@ class TrainStep:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
         scaler.step(self.optimizer)
         scaler.update()
-        if self.ema is not None:
-            self.ema.update(unwrap(self.model))
-        return loss.detach().float()
+        return loss
 
-    def _private_step(self, batch: TargetBatch) -> torch.Tensor:
-        """DP-SGD: per-image gradients of the mean loss (Opacus rescales them), summed per unit, clipped and
-        noised by the DP optimizer; no share weighting (the optimizer divides by the expected batch)."""
-        if batch.noisy[0].shape[0] == 0:
-            self.private.empty_batch(self.model)
-            loss = torch.zeros((), device=batch.noisy[0].device)
-        else:
-            with self.runtime.autocast():
-                loss = self.target.loss(self.model, batch, self.loss_fn)
-            loss.backward()
-            self.private.before_step(self.model)
-        self.optimizer.step()
-        if self.ema is not None:
-            self.ema.update(unwrap(self.model))
-        return loss.detach().float()
+
+# The optimizers `optimizer` names; TrainConfig's choices are kept equal to it (tests/unit/test_registry.py).
+OPTIMIZERS: Registry[type[torch.optim.Optimizer]] = Registry("optimizer", parameter="optimizer")
+OPTIMIZERS.add("adam", torch.optim.Adam)
+OPTIMIZERS.add("adamw", torch.optim.AdamW)
 
 
 def build_optimizer(
@@ -91,12 +84,11 @@ def build_optimizer(
     device: torch.device,
     *,
     fused: bool = True,
-):
+) -> torch.optim.Optimizer:
     """Adam (the paper) or AdamW; the fused CUDA kernel on GPUs (one launch for all parameters) unless
     `fused` is False: DP-SGD's optimizer writes contiguous gradients for channels_last parameters, which the
     fused kernel refuses ("same dtype, device, and layout"); the foreach kernel accepts them."""
     options = {"lr": lr, "weight_decay": weight_decay}
     if device.type == "cuda" and fused:
         options["fused"] = True
-    optimizer_class = torch.optim.AdamW if name == "adamw" else torch.optim.Adam
-    return optimizer_class(model.parameters(), **options)
+    return OPTIMIZERS.get(name)(model.parameters(), **options)

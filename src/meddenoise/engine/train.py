@@ -5,14 +5,17 @@ batch source. Per step: gather a clean batch on the device -> obfuscate it there
 target's loss -> backward / step. Nothing reads the device per step: losses are summed on the device and
 read at checkpoints and epoch ends, where non-finite losses are also detected.
 
-Helpers live next door: pipelines.py (where batches come from), progress.py (the position and the epoch's
-sums), identity.py (what must match to resume), run_files.py (logs and tables), checkpoint.py (files).
+Helpers live next door: setup.py (model, optimizer, batches and step: ordinary or DP-SGD, from one call),
+loop.py (the step loop, shared with federated sites), pipelines.py (where batches come from), progress.py
+(the position and the epoch's sums), identity.py (what must match to resume), run_files.py (logs and
+tables), checkpoint.py (files). docs/architecture.md follows one optimizer step through them.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import os
 import time
 from pathlib import Path
@@ -22,14 +25,15 @@ import torch
 
 from meddenoise.config import config_to_dict, save_config, validate_config
 from meddenoise.engine import checkpoint as ckpt
-from meddenoise.engine import distributed, placement, private
+from meddenoise.engine import distributed, placement
 from meddenoise.engine.config import TrainConfig, parse_options
 from meddenoise.engine.ema import WeightAverage
 from meddenoise.engine.event_log import TensorBoardLog, summary_writer_class
 from meddenoise.engine.identity import check_identity, run_identity
 from meddenoise.engine.input_profile import training_profile
+from meddenoise.engine.loop import train_steps
 from meddenoise.engine.losses import build_loss
-from meddenoise.engine.pipelines import get_pipeline
+from meddenoise.engine.pipelines import BatchContext, get_pipeline
 from meddenoise.engine.progress import Progress
 from meddenoise.engine.run_files import (
     RunLog,
@@ -43,7 +47,8 @@ from meddenoise.engine.run_files import (
 from meddenoise.engine.runtime import Runtime, build_runtime, set_cpu_threads_from_env, unwrap
 from meddenoise.engine.schedule import learning_rate
 from meddenoise.engine.selection import released_validation_loss, resolve_rule
-from meddenoise.engine.step import TrainStep, build_optimizer
+from meddenoise.engine.setup import training_setup
+from meddenoise.engine.step import TrainStep
 from meddenoise.engine.targets import build_target
 from meddenoise.engine.termination import Terminated, TerminationSignal
 from meddenoise.engine.validation import evaluate_batches, evaluate_split, reduce_means
@@ -83,12 +88,8 @@ class Trainer:
             if runtime.is_main:
                 self.event_log = TensorBoardLog(self.run_dir.tensorboard_dir)
         self.pipeline = get_pipeline(config.pipeline)
-        self.private = private.PrivateTraining(config, runtime) if private.enabled(config) else None
         self._build_data_and_noise()
-        self._build_model()
-        self._build_batches()
-        planned = config.epochs * self.steps_per_epoch
-        self.total_steps = min(planned, config.max_steps) if config.max_steps else planned
+        self._build_model_and_batches()
         self.progress = Progress()
         self.history: list[dict[str, Any]] = []
 
@@ -98,16 +99,16 @@ class Trainer:
 
         config = self.config
         self.data = load_prepared(config.data)
-        self.noise = config.noise.build()
+        self.noise_op = config.noise.build()
         target_options = parse_options(config.target_options)
-        self.target = build_target(config.target, self.noise, seed=config.seed, **target_options)
+        self.target = build_target(config.target, self.noise_op, seed=config.seed, **target_options)
         self.target.rank = self.runtime.rank
         self.selection = resolve_rule(config.selection, self.target)
         self.loss_fn = build_loss(config.loss)
-        self.input_profile = training_profile(self.data, config.train_split, self.noise, config.noise.seed)
+        self.input_profile = training_profile(self.data, config.train_split, self.noise_op, config.noise.seed)
 
-    def _build_model(self) -> None:
-        config = self.config
+    def _build_model_and_batches(self) -> None:
+        config, runtime = self.config, self.runtime
         self.model_spec = config.model_spec()
         self.model_spec.check_input_size(*self.data.images.shape[-2:])  # before any memory is asked for
         torch.manual_seed(config.seed)  # identical initial weights on every rank and on resume
@@ -116,30 +117,16 @@ class Trainer:
             # Before any wrapper (DDP, Opacus) sees the network; a resumed run restores its own state later.
             state, self.initialized_from = ckpt.initial_weights(config.init_from, self.model_spec)
             network.load_state_dict(state)
-        self.model = self.runtime.place(network)
-        if self.private is not None:
-            private.prepare_model(self.model)
-        self.ema = WeightAverage(self.model, config.ema_decay) if config.ema_decay > 0 else None
-        self.optimizer = build_optimizer(
-            self.model,
-            config.optimizer,
-            config.lr,
-            config.weight_decay,
-            self.runtime.device,
-            fused=self.private is None,
-        )
-
-    def _build_batches(self) -> None:
-        config, runtime = self.config, self.runtime
         splits = [(config.train_split, config.limit_train), (config.val_split, config.limit_val)]
         needed = placement.split_bytes(self.data, splits)
         self.placement = placement.choose_placement(config.data_placement, needed, runtime.device)
-        if self.private is not None:
-            self.train_batches = self.private.make_batches(self.data)
-            self.optimizer = self.private.make_optimizer(self.optimizer)
-        else:
-            kind = self.placement.kind
-            self.train_batches = self.pipeline.make_train_batches(self.data, config, runtime, kind)
+        # Ordinary training or DP-SGD: model, optimizer, batches and step budget come from one call.
+        self.setup = training_setup(
+            runtime.place(network), self.data, config, runtime, self.pipeline, self.placement.kind
+        )
+        self.model, self.optimizer = self.setup.model, self.setup.optimizer
+        self.train_batches, self.total_steps = self.setup.train_batches, self.setup.total_steps
+        self.ema = WeightAverage(self.model, config.ema_decay) if config.ema_decay > 0 else None
         self.val_batches = placement.make_batches(
             self.data,
             config.val_split,
@@ -225,6 +212,7 @@ class Trainer:
             state["progress"], runtime.device, runtime.rank, runtime.world_size
         )
         ckpt.restore_rng_states(state["rng"])
+        self.setup.extras.load_state_dict(state.get("extras") or {}, self.progress.global_step)
         if self.runtime.is_main:
             # Records at or after the resumed epoch are recomputed (the kill may have come after writing);
             # records count epochs from 1, the position from 0.
@@ -273,6 +261,7 @@ class Trainer:
             "progress": progress_state,
             "rng": ckpt.rng_states(),
             "identity": run_identity(self.config, self.runtime),
+            "extras": self.setup.extras.state_dict(),  # DP-SGD: the privacy accountant
         }
         files = []
         if best is not None:
@@ -289,10 +278,8 @@ class Trainer:
     # -- checks ---------------------------------------------------------------------------------------------
     def check_finite(self) -> None:
         """Read the device-side non-finite flag (all ranks agree); stop with the step named if it was set."""
-        flag = distributed.all_reduce_max(self.progress.bad_steps.clone())
-        first_bad = int(flag.item())  # host read: the only per-interval synchronisation
-        if first_bad:
-            step = first_bad - 1
+        step = self.progress.first_non_finite_step()  # host read: the only per-interval synchronisation
+        if step is not None:
             kept = self.paths["last_weights"]
             kept_text = (
                 f"the last good checkpoint is {kept}" if kept.is_file() else "no checkpoint was written yet"
@@ -357,32 +344,39 @@ class Trainer:
 
     def train_epoch(self, step: TrainStep, run_started: float, bar: Any) -> str | None:
         """Train from the current position to the epoch's end; returns why it stopped early, if it did."""
-        progress, world = self.progress, self.runtime.world_size
+        progress = self.progress
         step.model.train()
         epoch_started = time.perf_counter() - progress.train_seconds
         cpu_started = time.process_time()  # this process's CPU time: load from others does not inflate it
-        for batch in self.train_batches.epoch(progress.epoch, progress.step_in_epoch):
-            share = batch.clean.shape[0] * world / batch.global_size
-            lr = self._learning_rate(progress.global_step)
-            loss = step(self.pipeline.target_batch(self, batch), share, lr)
-            progress.record_step(self.pipeline.keep_loss(loss), batch.positions)
+
+        def after_step() -> str | None:
             if bar is not None:
                 bar.update(1)
             if self.pace_from is not None and progress.global_step - self.pace_from[0] == PACE_STEPS:
                 self._announce_pace()
             if progress.step_in_epoch == self.steps_per_epoch:
-                continue  # the epoch's end: checks, checkpoint and stop decisions come after validation
+                return None  # the epoch's end: checks, checkpoint and stop decisions come after validation
             # The clock is saved before a possible mid-epoch checkpoint, so a resumed epoch keeps its time.
             progress.train_seconds = time.perf_counter() - epoch_started
             self._between_steps()
-            stop_reason = self.should_stop(run_started, "step")
-            if stop_reason:
-                self.epoch_cpu_seconds = time.process_time() - cpu_started
-                return stop_reason
-        self.runtime.synchronize()
-        progress.train_seconds = time.perf_counter() - epoch_started
+            return self.should_stop(run_started, "step")
+
+        context = functools.partial(BatchContext, self.target, self.noise_op, self.config.noise, self.runtime)
+        stop_reason = train_steps(
+            step,
+            ((progress.epoch, b) for b in self.train_batches.epoch(progress.epoch, progress.step_in_epoch)),
+            progress,
+            target_batch=lambda batch, epoch: self.pipeline.target_batch(batch, context(epoch)),
+            learning_rate=self._learning_rate,
+            world_size=self.runtime.world_size,
+            keep_loss=self.pipeline.keep_loss,
+            after_step=after_step,
+        )
+        if stop_reason is None:
+            self.runtime.synchronize()
+            progress.train_seconds = time.perf_counter() - epoch_started
         self.epoch_cpu_seconds = time.process_time() - cpu_started
-        return None
+        return stop_reason
 
     def _announce_pace(self) -> None:
         """On a CPU, after the first steps: the measured pace and what it means for the whole run, when that
@@ -412,7 +406,7 @@ class Trainer:
         result = evaluate_batches(
             self.target.inference_model(model),
             self.val_batches,
-            self.noise,
+            self.noise_op,
             self.runtime,
             noise_seed=self.config.noise.seed,
             loss_name=self.config.loss,
@@ -423,7 +417,7 @@ class Trainer:
                 self.evaluated_model(),
                 self.val_batches,
                 self.target,
-                self.noise,
+                self.noise_op,
                 self.config.noise,
                 self.loss_fn,
                 self.runtime,
@@ -437,7 +431,7 @@ class Trainer:
             evaluate_batches(
                 None,
                 self.val_batches,
-                self.noise,
+                self.noise_op,
                 self.runtime,
                 noise_seed=config.noise.seed,
                 loss_name=config.loss,
@@ -484,7 +478,7 @@ class Trainer:
             "val_seconds": val_seconds,
             "images_per_second": images / seconds if seconds > 0 else float("nan"),
             "peak_memory_mb": self.runtime.peak_memory_mb(),
-            **(self.private.record_fields(progress.global_step) if self.private else {}),
+            **self.setup.extras.record_fields(),
         }
 
     def end_epoch(
@@ -512,16 +506,14 @@ class Trainer:
         config, runtime, progress = self.config, self.runtime, self.progress
         if progress.loss_sum is None:
             progress.start_epoch(len(self.train_batches), runtime.device)
-        model = runtime.wrap(self.model, private=self.private is not None)
-        step = TrainStep(
-            model,
+        step = self.setup.make_step(
+            self.setup.wrap(self.model),
             self.optimizer,
             runtime,
             self.target,
             self.loss_fn,
             grad_clip=config.grad_clip,
             ema=self.ema,
-            private=self.private,
         )
         noisy = self.validate_noisy_input()
         self.load_average_start = load_average()
@@ -574,8 +566,7 @@ class Trainer:
             noisy=noisy,
         )
         row["selection"] = self.selection
-        if self.private is not None:
-            row.update(self.private.summary_fields(self.progress.global_step))
+        row.update(self.setup.extras.summary_fields())
         # What a timing comparison needs to judge itself: other load on the machine and CPU time.
         row["cpu_seconds"] = sum(r.get("cpu_seconds") or 0.0 for r in self.history)
         row["load_average_start"] = getattr(self, "load_average_start", None)
@@ -601,7 +592,7 @@ class Trainer:
             model,
             self.data,
             config.test_split,
-            self.noise,
+            self.noise_op,
             self.runtime,
             noise_seed=config.noise.seed,
             batch_size=config.val_batch_size,
@@ -718,10 +709,8 @@ def fit(config: TrainConfig) -> Path:
         )
         if config.init_from and not trainer.resuming:
             trainer.log.info(f"initial weights from {trainer.initialized_from}")
-        if trainer.private is not None:
-            trainer.log.info(trainer.private.describe())
-            if warning := private.delta_warning(trainer.private.plan):
-                trainer.log.warning(warning)
+        for note in trainer.setup.extras.notes():
+            (trainer.log.warning if note.startswith("warning:") else trainer.log.info)(note)
         trainer.write_run_files()
         if trainer.resuming:
             trainer.restore()

@@ -1,5 +1,6 @@
 """A site's own work, without Flower: load only its images, train the global model on them for one round
-with the engine's `TrainStep`, and score a model on its validation or test images.
+through the engine's step loop (`engine.loop.train_steps`), and score a model on its validation or test
+images.
 
 Everything a site is told comes in a *recipe* (the server's local-training settings, the same fields as
 `meddenoise train`); everything it sends back is weights and aggregates (means and counts), never an image
@@ -139,6 +140,8 @@ class LocalSite:
         `optimizer_state` (from `flatten_optimizer_state`) continues the site's optimizer from its last round;
         returns (aggregate metrics, the optimizer state flattened)."""
         from meddenoise.engine.config import parse_options
+        from meddenoise.engine.loop import train_steps
+        from meddenoise.engine.progress import Progress
         from meddenoise.engine.schedule import learning_rate
         from meddenoise.engine.step import TrainStep, build_optimizer
         from meddenoise.engine.targets import build_target, make_target_batch
@@ -162,31 +165,36 @@ class LocalSite:
             optimizer.load_state_dict(unflatten_optimizer_state(optimizer_state, optimizer.state_dict()))
         step = TrainStep(self.model, optimizer, runtime, target, self.loss_fn, grad_clip=config.grad_clip)
         self.model.train()
-        loss_sum = torch.zeros((), dtype=torch.float64, device=runtime.device)
-        images = 0
+        # The round's position continues the site's step count, so the schedule runs over all rounds.
+        progress = Progress(global_step=first_step)
+        progress.start_epoch(len(self.batches("train")), runtime.device)
         started = time.perf_counter()
-        for offset, (epoch, batch) in enumerate(self._stream(first_step, steps)):
-            target_batch = make_target_batch(
+        train_steps(
+            step,
+            self._stream(first_step, steps),
+            progress,
+            target_batch=lambda batch, epoch: make_target_batch(
                 target,
                 runtime.to_device_batch(batch.clean),
                 batch.image_keys,
                 self.noise,
                 config.noise,
                 epoch=epoch,
-            )
-            lr = learning_rate(
-                first_step + offset,
+            ),
+            learning_rate=lambda global_step: learning_rate(
+                global_step,
                 base_lr=config.lr,
                 kind=config.lr_schedule,
                 total_steps=total_steps,
                 warmup_steps=config.warmup_steps,
-            )
-            loss_sum += step(target_batch, 1.0, lr)
-            images += int(batch.clean.shape[0])
+            ),
+        )
         runtime.synchronize()
         seconds = time.perf_counter() - started
-        train_loss = float(loss_sum.item()) / steps  # the round's one host read of the loss
-        if not np.isfinite(train_loss):
+        # The round's one host read of the loss and of the non-finite flag.
+        train_loss = float(progress.loss_sum.item()) / steps
+        images = int(progress.seen.sum().item())
+        if progress.first_non_finite_step() is not None or not np.isfinite(train_loss):
             raise MeddenoiseError(
                 f"site {self.site.name}: the training loss became NaN or infinite in round {server_round}; "
                 "try a lower --lr or --grad-clip 1.0"

@@ -24,6 +24,7 @@ import torch
 
 from meddenoise.config import config_to_dict, save_config
 from meddenoise.engine import checkpoint as ckpt
+from meddenoise.engine.identity import check_identity
 from meddenoise.engine.run_files import RunLog, csv_text
 from meddenoise.errors import MeddenoiseError
 from meddenoise.federated.client import (
@@ -250,12 +251,7 @@ class FederatedServer:
     def restore(self, strategy: Any) -> dict[str, torch.Tensor]:
         source = self.paths["last_state"]
         state = ckpt.load_training_state(source)
-        saved, current = json.loads(state["identity"]), self._identity()
-        differences = [f"{k}: {saved.get(k)!r} vs now {v!r}" for k, v in current.items() if saved.get(k) != v]
-        if differences:
-            raise MeddenoiseError(
-                f"cannot resume from {source}: it was trained with other settings ({'; '.join(differences)})"
-            )
+        check_identity(json.loads(state["identity"]), self._identity(), source)
         restore_strategy_state(strategy, state["strategy"])
         self.best_val_loss, self.best_round = float(state["best_val_loss"]), int(state["best_round"])
         self.start_round = int(state["round"]) + 1
