@@ -417,39 +417,6 @@ def given_options(cls: type, args: argparse.Namespace) -> set[str]:
     return given
 
 
-def config_to_argv(config: Any, skip: typing.Iterable[str] = ()) -> list[str]:
-    """Command-line options that rebuild `config` (options left at their default are omitted). Never
-    `--print-config`: the command rebuilt (e.g. a torchrun worker's) is to run, and that flag stops it."""
-    argv: list[str] = []
-    hints = typing.get_type_hints(type(config))
-    skip = {*skip, "print_config"}
-    for field in dataclasses.fields(config):
-        if field.name in skip or not field.metadata.get("cli", True):
-            continue
-        value = getattr(config, field.name)
-        if _group_class(hints[field.name]) is not None:
-            default = _field_default(field)
-            for member in dataclasses.fields(value):
-                argv += _option_argv(
-                    _flag(member, prefix=field.name + "_"),
-                    getattr(value, member.name),
-                    getattr(default, member.name),
-                )
-        else:
-            argv += _option_argv(_flag(field), value, _field_default(field))
-    return argv
-
-
-def _option_argv(flag: str, value: Any, default: Any) -> list[str]:
-    if value == default or value is None:
-        return []
-    if isinstance(value, bool):
-        return [flag if value else "--no-" + flag[2:]]
-    if isinstance(value, (list, tuple)):
-        return [flag, *map(str, value)]
-    return [flag, repr(value) if isinstance(value, float) else str(value)]
-
-
 def config_to_dict(config: Any) -> dict[str, Any]:
     return json.loads(json.dumps(dataclasses.asdict(config), default=str))
 

@@ -580,14 +580,9 @@ def _evaluate(job: Job, settings: ReproduceConfig) -> None:
 def train_job(job: Job, data_dir: Path, settings: ReproduceConfig) -> None:
     resume = _resumable(job.folder)
     config = _train_config(job, data_dir, settings, resume)
-    if config.strategy == "ddp":
-        from meddenoise.engine.launch import fit_with_torchrun
+    from meddenoise.engine.launch import train
 
-        fit_with_torchrun(config, job.nproc)
-    else:
-        from meddenoise.engine.train import fit
-
-        fit(config)
+    train(dataclasses.replace(config, nproc=job.nproc) if config.strategy == "ddp" else config)
 
 
 def run_federated_job(job: Job, data_dir: Path, settings: ReproduceConfig) -> None:

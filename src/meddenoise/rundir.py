@@ -93,6 +93,8 @@ class RunDir:
     SUMMARY = "summary.csv"
     LOG = "train.log"
     TEST_TABLE = "test_metrics.csv"
+    # The config a launcher hands its torchrun workers (they read it, then save config.json as any run does).
+    LAUNCH_CONFIG = "launch_config.json"
     CHECKPOINTS = "checkpoints"
     EVALUATION = "evaluation"
 
@@ -106,6 +108,10 @@ class RunDir:
     @property
     def config_file(self) -> Path:
         return self.path / self.CONFIG
+
+    @property
+    def launch_config_file(self) -> Path:
+        return self.path / self.LAUNCH_CONFIG
 
     @property
     def split_file(self) -> Path:

@@ -209,28 +209,26 @@ def test_torchrun_command_relaunches_this_package():
     assert command[-5:] == ["-m", "meddenoise", "train", "--data", "d"]
 
 
-def test_config_round_trips_through_the_relaunch_command_line():
+def test_launched_workers_read_the_runs_config_from_the_run_folder(tmp_path, monkeypatch):
+    """DDP from `train` outside torchrun: the launcher writes the config into the run folder and the workers
+    read it there (no option travels through a command line); the hand-off file goes when they finish."""
     import argparse
 
     from meddenoise.commands.train import register
-    from meddenoise.config import config_from_args
+    from meddenoise.config import config_from_args, load_config
+    from meddenoise.engine import launch
     from meddenoise.engine.config import TrainConfig
-    from meddenoise.engine.launch import worker_argv
-
-    def config_to_argv(config):
-        command, *options = worker_argv(config)
-        assert command == "train"
-        return options
 
     parser = argparse.ArgumentParser()
     register(parser.add_subparsers())
+    out = tmp_path / "run"
     args = parser.parse_args(
         [
             "train",
             "--data",
             "d",
             "--out",
-            "o",
+            str(out),
             "--noise-std",
             "0.3",
             "--lr",
@@ -240,16 +238,38 @@ def test_config_round_trips_through_the_relaunch_command_line():
             "residual=true",
             "--strategy",
             "ddp",
+            "--nproc",
+            "2",
         ]
     )
     config = config_from_args(TrainConfig, args)
     assert config.noise.std == 0.3 and config.noise.clamp is False
-    assert "--noise-std" in config_to_argv(config) and "--no-noise-clamp" in config_to_argv(config)
-    config.nproc = 2
-    argv = config_to_argv(config)
-    assert "--nproc" not in argv  # torchrun would read it as its own --nproc-per-node
-    again = config_from_args(TrainConfig, parser.parse_args(["train", *argv]))
-    assert again == dataclasses.replace(config, nproc=0)
+    seen = {}
+
+    def fake_torchrun(nproc, argv, module):
+        seen.update(nproc=nproc, module=module, config=load_config(TrainConfig, argv[0]))
+        return 0
+
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    monkeypatch.delenv("TORCHELASTIC_RUN_ID", raising=False)
+    monkeypatch.setattr(distributed, "launch_torchrun", fake_torchrun)
+    said = []
+    assert launch.train(config, say=said.append) == out
+    assert seen == {"nproc": 2, "module": "meddenoise.engine.worker", "config": config}
+    assert said == ["launching 2 DDP worker(s) with torchrun"]
+    assert not (out / "launch_config.json").exists()
+
+
+def test_a_worker_prints_errors_like_the_train_command(tmp_path, capsys):
+    from meddenoise.config import save_config
+    from meddenoise.engine import worker
+    from meddenoise.engine.config import TrainConfig
+
+    handoff = tmp_path / "launch_config.json"
+    save_config(TrainConfig(data=str(tmp_path / "missing"), out=str(tmp_path / "run")), handoff)
+    assert worker.main([str(handoff)]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("meddenoise train: error: ") and "missing" in error
 
 
 def test_train_help_lists_every_option(capsys):

@@ -191,10 +191,3 @@ def test_print_config_hides_the_export_seed_and_exits(make_prepared, tmp_path, c
     printed = capsys.readouterr().out
     assert "987654321" not in printed and "# seed = <secret>" in printed
     assert "seed" not in tomllib.loads(printed)["noise"] and not out.exists()
-
-
-def test_a_command_rebuilt_from_a_config_never_carries_print_config():
-    from meddenoise.config import config_to_argv
-
-    argv = config_to_argv(TrainConfig(data="d", out="o", epochs=3, print_config=True))
-    assert "--epochs" in argv and "--print-config" not in argv  # a torchrun worker must train, not print

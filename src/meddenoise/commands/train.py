@@ -28,16 +28,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from meddenoise.engine import distributed
-    from meddenoise.engine.launch import fit_with_torchrun
-    from meddenoise.engine.runtime import default_process_count
+    from meddenoise.engine.launch import train
 
     config = command_config(TrainConfig, args)  # --print-config prints it and exits here
-    if config.strategy == "ddp" and not distributed.launched_by_torchrun():
-        nproc = config.nproc or default_process_count(config.device)
-        print(f"launching {nproc} DDP worker(s) with torchrun", flush=True)
-        return fit_with_torchrun(config, nproc)
-    from meddenoise.engine.train import fit
-
-    fit(config)
+    train(config, say=lambda line: print(line, flush=True))
     return 0

@@ -224,17 +224,20 @@ def teardown(clean: bool = True) -> None:
             dist.destroy_process_group()
 
 
-def torchrun_command(nproc: int, argv: Sequence[str], nnodes: int = 1) -> list[str]:
-    """The command that re-runs `meddenoise <argv>` under torchrun with `nproc` processes on this node."""
+def torchrun_command(
+    nproc: int, argv: Sequence[str], nnodes: int = 1, module: str = "meddenoise"
+) -> list[str]:
+    """The command that runs `python -m <module> <argv>` under torchrun with `nproc` processes on this
+    node."""
     command = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}"]
     if nnodes == 1:
         command.append("--standalone")  # a free local port, no rendezvous server to configure
-    return [*command, "-m", "meddenoise", *argv]
+    return [*command, "-m", module, *argv]
 
 
-def launch_torchrun(nproc: int, argv: Sequence[str]) -> int:
-    """Run `python -m torch.distributed.run --nproc_per_node nproc -m meddenoise ARGV` and wait for it."""
-    command = torchrun_command(nproc, argv)
+def launch_torchrun(nproc: int, argv: Sequence[str], module: str = "meddenoise") -> int:
+    """Run `python -m torch.distributed.run --nproc_per_node nproc -m MODULE ARGV` and wait for it."""
+    command = torchrun_command(nproc, argv, module=module)
     environment = dict(os.environ)
     # One thread per worker unless the user chose otherwise: K workers on K cores, not K x cores threads.
     environment.setdefault("OMP_NUM_THREADS", "1")
