@@ -173,3 +173,59 @@ def test_the_loop_never_asks_whether_it_trains_privately():
         assert "private" not in text, name
     setup = (folder / "setup.py").read_text(encoding="utf-8")
     assert setup.count("private.enabled(") == 1
+
+
+def test_augmented_views_shift_and_scale_each_copy_but_never_mirror():
+    generator = torch.Generator().manual_seed(0)
+    image = torch.zeros(1, 1, 32, 32)
+    image[..., 4:12, 2:10] = 1.0  # a bright block near the left edge
+    views = private.augmented_views(image, 6, generator)
+    assert views.shape == (6, 1, 32, 32) and float(views.min()) >= 0.0 and float(views.max()) <= 1.0
+    assert len({tuple(v.flatten().tolist()) for v in views}) == 6  # every view differs
+    columns = views[:, 0].sum(dim=1)  # brightness per column
+    for view in columns:
+        bright = torch.nonzero(view > view.mean()).flatten()
+        # shifted by at most 2 pixels, never mirrored: the block stays at columns 2..9, give or take 2
+        assert int(bright.min()) >= 0 and int(bright.max()) <= 11, view
+
+
+def test_views_stay_with_their_unit_and_replay_identically():
+    units = [0, 0, 0, 1, 2, 2, 3, 4, 4, 4, 5, 6]
+
+    def draw():
+        source = batches(units)
+        source.views = 3
+        out = []
+        for batch in source.epoch(2):
+            out.append((batch, source.current_units.clone(), source.current_count))
+        return out
+
+    first, again = draw(), draw()
+    for (batch, unit_of_row, count), (replay, replay_units, _) in zip(first, again):
+        images = len(batch.positions)
+        assert batch.clean.shape[0] == 3 * images and batch.image_keys.shape[0] == 3 * images
+        assert unit_of_row.tolist() == [u for u in unit_of_row.tolist()[::3] for _ in range(3)]
+        assert int(unit_of_row.max()) + 1 == count
+        assert len(set(batch.image_keys.tolist())) == 3 * images  # each view its own noise draw
+        assert torch.equal(batch.clean, replay.clean) and torch.equal(unit_of_row, replay_units)
+
+
+def test_a_units_gradient_averages_each_images_views():
+    from opacus import GradSampleModule
+
+    torch.manual_seed(0)
+    plain = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.GroupNorm(1, 2), nn.ReLU(), nn.Conv2d(2, 1, 1))
+    model = GradSampleModule(plain, loss_reduction="mean")
+    rows = torch.rand(6, 1, 6, 6)  # unit 0: one image with 2 views; unit 1: two images with 2 views each
+    target = torch.rand(6, 1, 6, 6)
+    trainer = private.PrivateTraining(config(dp_unit="patient", dp_views=2), runtime=None)
+    trainer.batches = batches([0, 1, 1])
+    trainer.batches.views = 2
+    trainer.batches.current_units = torch.tensor([0, 0, 1, 1, 1, 1])
+    trainer.batches.current_count = 2
+    nn.functional.l1_loss(model(rows), target).backward()
+    per_row = plain[0].weight.grad_sample.clone()
+    trainer.before_step(plain)
+    grouped = plain[0].weight.grad_sample
+    assert torch.allclose(grouped[0], per_row[0:2].sum(0) / 2)
+    assert torch.allclose(grouped[1], per_row[2:6].sum(0) / 2)

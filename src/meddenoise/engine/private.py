@@ -121,6 +121,37 @@ def unit_indices(records: list[dict[str, str]], rows: np.ndarray, unit: str) -> 
     return inverse.astype(np.int64)
 
 
+# Augmented views: shifts up to this fraction of the image side, gain and offset within these ranges.
+VIEW_SHIFT = 1 / 16
+VIEW_GAIN = (0.9, 1.1)
+VIEW_OFFSET = (-0.05, 0.05)
+
+
+def augmented_views(clean: torch.Tensor, views: int, generator: torch.Generator) -> torch.Tensor:
+    """(n, 1, H, W) -> (n * views, 1, H, W): each image's views in a row, every view shifted (reflecting at
+    the border) and its intensity scaled and offset at random. No flips: a mirrored chest X-ray puts the
+    heart on the wrong side, which no real radiograph shows."""
+    n, channels, height, width = clean.shape
+    images = clean.repeat_interleave(views, dim=0)
+    pad = max(1, round(min(height, width) * VIEW_SHIFT))
+    padded = nn.functional.pad(images, (pad, pad, pad, pad), mode="reflect")
+    device = clean.device
+    count = images.shape[0]
+    dy = torch.randint(0, 2 * pad + 1, (count,), generator=generator, device=device)
+    dx = torch.randint(0, 2 * pad + 1, (count,), generator=generator, device=device)
+    rows = (torch.arange(height, device=device)[None, :] + dy[:, None])[:, None, :, None]
+    cols = (torch.arange(width, device=device)[None, :] + dx[:, None])[:, None, None, :]
+    index = torch.arange(count, device=device)[:, None, None, None]
+    shifted = padded[index, torch.arange(channels, device=device)[None, :, None, None], rows, cols]
+    gain = torch.empty(count, 1, 1, 1, device=device).uniform_(*VIEW_GAIN, generator=generator)
+    offset = torch.empty(count, 1, 1, 1, device=device).uniform_(*VIEW_OFFSET, generator=generator)
+    return (shifted * gain + offset).clamp_(0.0, 1.0)
+
+
+# Image keys of views 1.. are the image's key XOR a per-view constant: each view gets its own noise draw.
+VIEW_KEY_STRIDE = 0x2545F4914F6CDD1D
+
+
 class PoissonUnitBatches:
     """Training batches for DP-SGD: each step every unit joins with probability `sample_rate`.
 
@@ -139,8 +170,10 @@ class PoissonUnitBatches:
         rank: int = 0,
         world_size: int = 1,
         seed: int = 0,
+        views: int = 1,
     ) -> None:
         self.images, self.image_keys = images, image_keys
+        self.views = views
         self.units = units
         self.unit_count = int(units.max()) + 1 if len(units) else 0
         self.max_value = float(max_value)
@@ -171,10 +204,20 @@ class PoissonUnitBatches:
             index = torch.from_numpy(positions.astype(np.int64)).to(self.device)
             # Per image: which of this step's units it belongs to (0..len(mine)-1), for per-unit clipping.
             local = np.repeat(np.arange(len(mine)), [len(self._members[u]) for u in mine])
+            clean = self.images.index_select(0, index).float().div_(self.max_value)
+            keys = self.image_keys.index_select(0, index)
+            if self.views > 1 and len(positions):
+                generator = torch.Generator(device=self.device)
+                draw = np.random.default_rng([self.seed, epoch, step, 0xA6]).integers(2**62)
+                generator.manual_seed(int(draw))  # a pure function of the step: a resumed run redraws it
+                clean = augmented_views(clean, self.views, generator)
+                view = torch.arange(self.views, device=self.device).repeat(len(keys))
+                keys = keys.repeat_interleave(self.views) ^ (view * VIEW_KEY_STRIDE)
+                local = np.repeat(local, self.views)
             self.current_units = torch.from_numpy(local.astype(np.int64)).to(self.device)
             self.current_count = len(mine)
-            clean = self.images.index_select(0, index).float().div_(self.max_value)
-            yield CleanBatch(clean, self.image_keys.index_select(0, index), index, max(1, global_size))
+            # `index` (the images, not their views) is what the epoch's coverage counts.
+            yield CleanBatch(clean, keys, index, max(1, global_size))
 
 
 @dataclasses.dataclass
@@ -311,6 +354,7 @@ class PrivateTraining:
             rank=runtime.rank,
             world_size=runtime.world_size,
             seed=config.seed,
+            views=config.dp_views,
         )
         return self.batches
 
@@ -350,10 +394,13 @@ class PrivateTraining:
                 continue
             if isinstance(sample, list):
                 raise RuntimeError("DP-SGD: the target ran the model twice with gradients in one step")
-            if self.config.dp_unit == "image" or count == sample.shape[0]:
-                continue
+            views = self.batches.views
+            if count == sample.shape[0]:
+                continue  # one row per unit already (one image each, one view)
             grouped = torch.zeros((count, *sample.shape[1:]), dtype=sample.dtype, device=sample.device)
-            p.grad_sample = grouped.index_add_(0, units, sample)
+            grouped.index_add_(0, units, sample)
+            # A unit's gradient is the sum over its images of the mean over each image's views.
+            p.grad_sample = grouped.div_(views) if views > 1 else grouped
 
     # -- accounting -----------------------------------------------------------------------------------------
     def epsilon(self) -> float:
