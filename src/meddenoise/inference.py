@@ -171,7 +171,9 @@ def denoise_array(denoiser: Denoiser, images: Any, tile: int, overlap: int, batc
     results = []
     for index, image in enumerate(stack):
         # one image at a time, as files are: the same tiles, so an array and its file agree exactly
-        pixels = image.astype(np.float32) / scale if scale else np.ascontiguousarray(image, dtype=np.float32)
+        pixels = image.astype(np.float32)  # a copy: torch would share, and warn about, a read-only memmap
+        if scale:
+            pixels /= scale
         reasons = compare(denoiser.input_profile, pixels)
         if reasons:
             warnings.warn(
