@@ -1,6 +1,6 @@
 """meddenoise: train, evaluate and audit deep denoisers for medical images.
 
-    from meddenoise import prepare, fit, TrainConfig, NoiseSpec, ModelSpec, evaluate_run
+    from meddenoise import prepare, fit, TrainConfig, NoiseSpec, ModelSpec, evaluate_run, obfuscate, denoise
 
 The names are loaded on first use, so `import meddenoise` (and `meddenoise --help`) stays fast.
 """
@@ -23,6 +23,9 @@ _PUBLIC = {
     "build_noise": "meddenoise.noise.operators",
     "load_trained_model": "meddenoise.engine.checkpoint",
     "evaluate_run": "meddenoise.evaluation.runs",
+    "denoise": "meddenoise.inference",
+    "obfuscate": "meddenoise.release",
+    "ObfuscateConfig": "meddenoise.release",
 }
 
 __all__ = ["__version__", *_PUBLIC]

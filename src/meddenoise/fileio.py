@@ -16,21 +16,25 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from meddenoise.errors import DiskFullError, MeddenoiseError
+from meddenoise.errors import ConfigError, DiskFullError, MeddenoiseError
 
 # Errors of a write that the file system refused for lack of room (or quota, or file size limit).
 SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 
-def ensure_writable_dir(path: str | os.PathLike, what: str = "output folder") -> Path:
-    """Create `path` if needed and check that we can write into it; raise a clear error otherwise."""
+def ensure_writable_dir(
+    path: str | os.PathLike, what: str = "output folder", parameter: str | None = None
+) -> Path:
+    """Create `path` if needed and check that we can write into it; raise a clear error otherwise (a
+    `ConfigError` naming `parameter` when one is given, so the CLI can name the flag that chose the path)."""
     folder = Path(path)
+    error = MeddenoiseError if parameter is None else lambda message: ConfigError(message, parameter)
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise MeddenoiseError(f"cannot create {what} {folder}: {exc.strerror or exc}") from None
+        raise error(f"cannot create {what} {folder}: {exc.strerror or exc}") from None
     if not os.access(folder, os.W_OK | os.X_OK):
-        raise MeddenoiseError(f"{what} {folder} is not writable; choose another path")
+        raise error(f"{what} {folder} is not writable; choose another path")
     return folder
 
 

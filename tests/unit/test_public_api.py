@@ -20,12 +20,15 @@ def test_the_public_names_import_from_the_package():
     from meddenoise import (  # noqa: F401
         ModelSpec,
         NoiseSpec,
+        ObfuscateConfig,
         TrainConfig,
         build_model,
         build_noise,
+        denoise,
         evaluate_run,
         fit,
         load_trained_model,
+        obfuscate,
         prepare,
     )
 
@@ -36,9 +39,21 @@ def test_the_public_names_import_from_the_package():
         "NoiseSpec",
         "ModelSpec",
         "evaluate_run",
+        "denoise",
+        "obfuscate",
     }
+    assert callable(denoise) and callable(obfuscate)
     with pytest.raises(AttributeError):
         meddenoise.no_such_name  # noqa: B018
+
+
+def test_the_library_calls_are_not_shadowed_by_their_modules():
+    # a submodule named like a public function would replace it on the package once imported
+    import meddenoise.inference
+    import meddenoise.release  # noqa: F401
+
+    assert meddenoise.denoise is meddenoise.inference.denoise
+    assert meddenoise.obfuscate is meddenoise.release.obfuscate
 
 
 @pytest.mark.slow
