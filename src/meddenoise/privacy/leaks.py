@@ -272,6 +272,33 @@ def similar_groups(features: torch.Tensor, threshold: float) -> np.ndarray:
     return np.array([root(i) for i in range(n)])
 
 
+def move_joined_groups(splits: np.ndarray, labels: np.ndarray, fractions) -> tuple[np.ndarray, int, int]:
+    """Each joined component (label shared by several images) that spans splits moves whole into the split
+    holding most of its images (a tie: the split furthest below its target count); every other image keeps
+    its split. Returns the new splits, the images moved and the components moved."""
+    names = ("train", "val", "test")
+    new = np.asarray(splits).astype(str).copy()
+    targets = np.array([float(f) for f in fractions]) * len(new)
+    counts = np.array([np.sum(new == name) for name in names], dtype=float)
+    sizes = np.bincount(labels, minlength=len(new))
+    # the largest components first: they move the shares most, so the small ones can even them out after
+    joined = sorted(np.flatnonzero(sizes > 1).tolist(), key=lambda label: (-sizes[label], label))
+    moved_images = moved_groups = 0
+    for label in joined:
+        members = np.flatnonzero(labels == label)
+        held = np.array([np.sum(new[members] == name) for name in names])
+        if np.count_nonzero(held) < 2:
+            continue
+        tied = np.flatnonzero(held == held.max())
+        chosen = int(tied[np.argmax((targets - counts)[tied])])
+        counts -= held
+        counts[chosen] += len(members)
+        moved_images += int(len(members) - held[chosen])
+        moved_groups += 1
+        new[members] = names[chosen]
+    return new, moved_images, moved_groups
+
+
 def regroup_prepared(
     folder: Any,
     threshold: float,
@@ -282,18 +309,20 @@ def regroup_prepared(
     matcher: Any = None,
     max_shift: float = MAX_FRACTION_SHIFT,
 ) -> dict:
-    """Rewrite a prepared folder's splits so that images the matcher joins at `threshold` share a group,
-    and so a split; returns what changed (also saved as similar_groups.json beside the manifest).
+    """Keep images the matcher joins at `threshold` in one split, and every other image where the prepared
+    split put it; returns what changed (also saved as similar_groups.json beside the manifest).
 
-    Refuses (DataError, the folder untouched) when a split's share of images would move more than
-    `max_shift` from the requested fraction: at a low threshold chains of weak links join most of the set
-    into one group, which no split can hold."""
+    Only the joined groups move: re-drawing the whole split would scatter patients whose images were never
+    joined, and make new cross-split patients out of them. Refuses (DataError, the folder untouched) when a
+    split's share of images would move more than `max_shift` from the requested fraction: at a low
+    threshold chains of weak links join most of the set into one group, which no split can hold. `seed` is
+    kept for the signature; the moves are deterministic."""
     from meddenoise.data.cache import load_prepared
     from meddenoise.data.manifest import MANIFEST_COLUMNS, write_prepared
     from meddenoise.data.records import ImageRecord
-    from meddenoise.data.splits import assign_splits
     from meddenoise.fileio import atomic_write_json
 
+    del seed
     matcher = matcher or Matcher()
     data = load_prepared(folder)
     labels = similar_groups(clean_features(data, matcher, device), threshold)
@@ -306,19 +335,20 @@ def regroup_prepared(
         records.append(
             ImageRecord(row["image_id"], row["patient_id"], row["source"], row["source_path"], group)
         )
-    splits = assign_splits(records, fractions, seed, "patient")
-    achieved = split_fractions(np.array(splits))
+    before = np.asarray(data.splits).astype(str)
+    moved, moved_images, moved_groups = move_joined_groups(before, labels, fractions)
+    splits = moved.tolist()
+    achieved, unjoined = split_fractions(moved), split_fractions(before)
     shifts = [abs(a - float(f)) for a, f in zip(achieved, fractions)]
     summary = {
         "threshold": threshold,
         "joined_components": int(np.sum(sizes > 1)),
         "images_in_joined_components": int(sizes[sizes > 1].sum()),
         "largest_component": int(sizes.max()) if len(sizes) else 0,
-        "images_moved_to_another_split": int(
-            sum(1 for row, split in zip(rows, splits) if row["split"] != split)
-        ),
+        "components_moved": moved_groups,
+        "images_moved_to_another_split": moved_images,
         "requested_fractions": [float(f) for f in fractions],
-        "fractions_before": list(split_fractions(np.asarray(data.splits))),
+        "fractions_before": list(unjoined),
         "fractions_after": list(achieved),
         "max_fraction_shift": max_shift,
         "matcher": matcher_info(matcher),
@@ -331,8 +361,9 @@ def regroup_prepared(
         raise DataError(
             f"--group-similar {threshold:g} would join {summary['images_in_joined_components']} of "
             f"{len(rows)} images into {summary['joined_components']} group(s) (the largest holds "
-            f"{summary['largest_component']}), and the train/val/test shares would become "
-            f"{shares(achieved)} instead of the requested {shares(fractions)} (more than "
+            f"{summary['largest_component']}); keeping each in one split moves {moved_images} image(s) of "
+            f"{moved_groups} group(s), and the train/val/test shares would become {shares(achieved)} "
+            f"(unjoined {shares(unjoined)}) instead of the requested {shares(fractions)} (more than "
             f"{max_shift * 100:g} points off): the split would no longer measure anything. {folder} is left "
             "as it was. Raise the threshold (calibrate it with `meddenoise data leaks DIR --calibrate "
             "ID_FOLDER`), or use patient ids."
