@@ -188,7 +188,8 @@ def test_group_similar_names_the_shares_when_it_refuses(tmp_path):
     assert "would become" in message and "requested 0.50 / 0.33 / 0.17" in message
     assert (folder / "manifest.csv").read_bytes() == before  # left as it was
 
-    # a three-image group goes where two of its images are; a tie goes to the split short of its share
+    # a three-image group goes where two of its images are; a pair goes where the shares end closest to the
+    # request (test is one image short)
     splits = np.array(["train", "val", "val", "test", "train", "train", "train", "train"])
     labels = np.array([1, 1, 1, 3, 3, 5, 6, 7])
     moved, images, groups = move_joined_groups(splits, labels, (0.5, 0.33, 0.17))

@@ -33,6 +33,8 @@ NEIGHBOURS = 5  # candidates kept per image before thresholding
 UNCALIBRATED_LISTED = 200  # without a threshold: the best-scoring pairs, for inspection only
 CALIBRATION_REPEATS = 5  # random image-level splits of the calibration folder, pooled
 MAX_FRACTION_SHIFT = 0.05  # --group-similar refuses when a split's share moves further than this
+TTA_SHIFT = 3  # learned matcher: its embedding is averaged over shifts of 0 and +-this many pixels (at 64 px)
+PIXEL_WEIGHT = 0.35  # learned matcher: the pixel correlation's share of a pair's score
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,9 +56,65 @@ class Calibration:
         return dataclasses.asdict(self)
 
 
+class LeakScorer:
+    """The features whose dot product is a pair's score: for the learned matcher, its embedding averaged over
+    small shifts, joined with the pixel matcher's features (score = (1 - w) * learned cosine + w * pixel
+    correlation); any other matcher unchanged.
+
+    Both halves measured separately on held-out NIH patients: averaging over shifts steadies the embedding
+    (a few pixels of pose change its nearest neighbours), and the pixel score breaks ties between patients
+    the embedding finds alike (benchmarks/reid_embedding.py, docs/privacy.md). Shifts only: a chest
+    radiograph is never mirrored, so no left-right flips."""
+
+    def __init__(self, matcher: Any, shift: int | None = None, pixel_weight: float | None = None) -> None:
+        from meddenoise.privacy.reid_embedding import LearnedMatcher
+
+        self.matcher = matcher
+        self.learned = isinstance(matcher, LearnedMatcher)
+        self.shift = (TTA_SHIFT if shift is None else shift) if self.learned else 0
+        self.pixel_weight = (PIXEL_WEIGHT if pixel_weight is None else pixel_weight) if self.learned else 0.0
+        self.pixel = Matcher()
+        self.dim = (
+            matcher.dim + self.pixel.feature_size**2
+            if self.learned
+            else getattr(matcher, "dim", None) or matcher.feature_size**2
+        )
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        if not self.learned:
+            return self.matcher.features(images)
+        import torch.nn.functional as F
+
+        from meddenoise.privacy.reid_embedding import resize_input
+
+        small = resize_input(images.float())
+        pad = self.shift
+        padded = F.pad(small, (pad, pad, pad, pad), mode="replicate")
+        side = small.shape[-1]
+        offsets = [(dy, dx) for dy in (-pad, 0, pad) for dx in (-pad, 0, pad)] if pad else [(0, 0)]
+        learned = sum(
+            self.matcher.features(padded[:, :, pad + dy : pad + dy + side, pad + dx : pad + dx + side])
+            for dy, dx in offsets
+        )
+        learned = F.normalize(learned, dim=1)
+        pixel = self.pixel.features(images)
+        w = self.pixel_weight
+        return torch.cat([learned * (1 - w) ** 0.5, pixel * w**0.5], dim=1)
+
+    def describe(self) -> dict[str, Any]:
+        if not self.learned:
+            return {"score": "the matcher's own"}
+        return {
+            "score": f"{1 - self.pixel_weight:g} x learned cosine (embedding averaged over shifts of 0 and "
+            f"+-{self.shift} px at 64 x 64, no flips) + {self.pixel_weight:g} x pixel correlation",
+            "shift_px": self.shift,
+            "pixel_weight": self.pixel_weight,
+        }
+
+
 def clean_features(data: Any, matcher: Any, device: str = "cpu", rows: np.ndarray | None = None):
     rows = np.arange(len(data.records)) if rows is None else rows
-    return features_of_rows(matcher, data.images, rows, data.max_value, device=device)
+    return features_of_rows(LeakScorer(matcher), data.images, rows, data.max_value, device=device)
 
 
 def split_fractions(splits: np.ndarray) -> tuple[float, float, float]:
@@ -243,6 +301,7 @@ def find_leaks(
         "patients_in_manifest": patients,
         "pairs": suspects if threshold is not None else listed[:UNCALIBRATED_LISTED],
         "matcher": matcher_info(matcher),
+        "score": LeakScorer(matcher).describe(),
     }
 
 
@@ -273,9 +332,14 @@ def similar_groups(features: torch.Tensor, threshold: float) -> np.ndarray:
 
 
 def move_joined_groups(splits: np.ndarray, labels: np.ndarray, fractions) -> tuple[np.ndarray, int, int]:
-    """Each joined component (label shared by several images) that spans splits moves whole into the split
-    holding most of its images (a tie: the split furthest below its target count); every other image keeps
-    its split. Returns the new splits, the images moved and the components moved."""
+    """Each joined component (label shared by several images) that spans splits moves whole into one of the
+    splits already holding some of its images; every other image keeps its split. Returns the new splits,
+    the images moved and the components moved.
+
+    The split chosen is the one that leaves the image counts closest to `fractions` (sum of squared
+    misses), ties going to the split holding most of the component. Always taking the majority split
+    would drift the shares: a component spread over train and test mostly has more images in train, so
+    train would keep growing."""
     names = ("train", "val", "test")
     new = np.asarray(splits).astype(str).copy()
     targets = np.array([float(f) for f in fractions]) * len(new)
@@ -286,12 +350,17 @@ def move_joined_groups(splits: np.ndarray, labels: np.ndarray, fractions) -> tup
     moved_images = moved_groups = 0
     for label in joined:
         members = np.flatnonzero(labels == label)
-        held = np.array([np.sum(new[members] == name) for name in names])
+        held = np.array([np.sum(new[members] == name) for name in names], dtype=float)
         if np.count_nonzero(held) < 2:
             continue
-        tied = np.flatnonzero(held == held.max())
-        chosen = int(tied[np.argmax((targets - counts)[tied])])
-        counts -= held
+        rest = counts - held
+        costs = []
+        for split in np.flatnonzero(held > 0).tolist():
+            after = rest.copy()
+            after[split] += len(members)
+            costs.append((float(np.sum((after - targets) ** 2)), -held[split], split))
+        chosen = min(costs)[2]
+        counts = rest
         counts[chosen] += len(members)
         moved_images += int(len(members) - held[chosen])
         moved_groups += 1
@@ -352,6 +421,7 @@ def regroup_prepared(
         "fractions_after": list(achieved),
         "max_fraction_shift": max_shift,
         "matcher": matcher_info(matcher),
+        "score": LeakScorer(matcher).describe(),
     }
     if max(shifts) > max_shift:
 
