@@ -4,7 +4,8 @@ When patient ids are unknown, every image is its own "patient" and a split by pa
 repeat studies of one person can sit in training and test. A matcher (the learned patient embedding of
 `privacy.reid_embedding` by default, or the pixel matcher of `privacy.matcher`) scores every image against
 the images of the other splits; each image keeps its NEIGHBOURS best partners there, and a candidate pair
-scoring at or above a threshold is a suspect.
+scoring at or above a threshold is a suspect. With the learned matcher the score is `LeakScorer`'s: the
+embedding averaged over small shifts, mixed with the pixel correlation.
 
 The threshold is never a guess: it is calibrated on a prepared folder whose patient ids are known with the
 SAME candidate scheme it is applied with (the calibration images are split by image at random with the
