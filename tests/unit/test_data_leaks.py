@@ -12,6 +12,7 @@ from meddenoise.cli import main
 from meddenoise.data.cache import write_prepared
 from meddenoise.data.records import ImageRecord
 from meddenoise.data.splits import assign_splits
+from meddenoise.privacy.matcher import Matcher
 
 
 def _studies(patients: int, per_patient: int, seed: int) -> np.ndarray:
@@ -140,3 +141,57 @@ def test_a_calibration_folder_without_repeat_patients_is_named_as_the_reason(tmp
     )
     printed = capsys.readouterr().out
     assert "0 likely same-patient pair(s)" in printed and "may be optimistic" not in printed
+
+
+def test_group_similar_moves_only_the_joined_groups(tmp_path):
+    from meddenoise.data.cache import load_prepared
+    from meddenoise.privacy.leaks import regroup_prepared
+
+    # 10 patients with two studies each among 60 unrelated single images, split by image (ids hidden)
+    repeats, singles = _studies(10, 2, 21), _studies(60, 1, 5)
+    images = np.concatenate([repeats, singles])
+    folder = tmp_path / "anonymous"
+    truth = [f"q{i // 2}" for i in range(20)] + [f"s{i}" for i in range(60)]
+    before = np.array(_prepared(folder, images, truth, known=False))
+    straddling = [k for k in range(10) if before[2 * k] != before[2 * k + 1]]
+    assert straddling  # the image-level split put some repeat studies in two splits
+
+    summary = regroup_prepared(folder, 0.95, fractions=(0.5, 0.33, 0.17), seed=0, matcher=Matcher())
+    after = np.array(load_prepared(folder).splits)
+    assert all(after[2 * k] == after[2 * k + 1] for k in range(10))  # every repeat pair in one split
+    joined = {2 * k for k in range(10)} | {2 * k + 1 for k in range(10)}
+    unrelated = [i for i in range(len(images)) if i not in joined]
+    assert all(after[i] == before[i] for i in unrelated)  # nothing else was re-drawn
+    # each straddling pair moves one image; the pairs already in one split stay
+    assert summary["components_moved"] == len(straddling)
+    assert summary["images_moved_to_another_split"] == int(np.sum(after != before)) == len(straddling)
+    assert summary["joined_components"] == 10
+    for share, wanted in zip(summary["fractions_after"], (0.5, 0.33, 0.17)):
+        assert abs(share - wanted) <= 0.05
+
+
+def test_group_similar_names_the_shares_when_it_refuses(tmp_path):
+    from meddenoise.errors import DataError
+    from meddenoise.privacy.leaks import move_joined_groups, regroup_prepared
+
+    folder = tmp_path / "anonymous"
+    _prepared(folder, _studies(10, 2, 21), [f"q{i // 2}" for i in range(20)], known=False)
+    before = (folder / "manifest.csv").read_bytes()
+    try:
+        regroup_prepared(
+            folder, 0.95, fractions=(0.5, 0.33, 0.17), seed=0, matcher=Matcher(), max_shift=0.001
+        )
+    except DataError as error:
+        message = str(error)
+    else:
+        raise AssertionError("a 0.1-point limit must refuse any move")
+    assert "would become" in message and "requested 0.50 / 0.33 / 0.17" in message
+    assert (folder / "manifest.csv").read_bytes() == before  # left as it was
+
+    # a three-image group goes where two of its images are; a pair goes where the shares end closest to the
+    # request (test is one image short)
+    splits = np.array(["train", "val", "val", "test", "train", "train", "train", "train"])
+    labels = np.array([1, 1, 1, 3, 3, 5, 6, 7])
+    moved, images, groups = move_joined_groups(splits, labels, (0.5, 0.33, 0.17))
+    assert moved.tolist() == ["val", "val", "val", "test", "test", "train", "train", "train"]
+    assert (images, groups) == (2, 2)

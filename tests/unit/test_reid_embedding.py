@@ -70,3 +70,23 @@ def test_fit_matcher_writes_a_file_that_loads(sample, tmp_path, capsys):
     mine = load_matcher(out)
     assert mine.metadata["training"]["steps"] == 3 and mine.metadata["measured"]["held_out_patients"] > 0
     assert mine.features(torch.rand(2, 1, 64, 64)).shape == (2, 64)
+
+
+def test_leak_score_mixes_the_shifted_embedding_with_the_pixel_correlation():
+    from meddenoise.privacy.leaks import PIXEL_WEIGHT, TTA_SHIFT, LeakScorer
+
+    learned = load_matcher(SHIPPED_WEIGHTS)
+    images = torch.rand(3, 1, 64, 64, generator=torch.Generator().manual_seed(0))
+    scorer = LeakScorer(learned)
+    features = scorer.features(images)
+    assert features.shape == (3, scorer.dim) and torch.allclose(features.norm(dim=1), torch.ones(3))
+    plain = LeakScorer(learned, shift=0, pixel_weight=0.0).features(images)
+    assert torch.allclose(plain[:, : learned.dim], learned.features(images), atol=1e-5)
+    # the score of a pair: (1 - w) x cosine of the shift-averaged embeddings + w x pixel correlation
+    pixel = Matcher().features(images)
+    shifted = LeakScorer(learned, pixel_weight=0.0).features(images)[:, : learned.dim]
+    expected = (1 - PIXEL_WEIGHT) * (shifted[0] @ shifted[1]) + PIXEL_WEIGHT * (pixel[0] @ pixel[1])
+    assert torch.allclose(features[0] @ features[1], expected, atol=1e-5)
+    assert scorer.describe()["shift_px"] == TTA_SHIFT
+    # the pixel matcher is left as it is: thresholds calibrated for it keep their meaning
+    assert torch.equal(LeakScorer(Matcher()).features(images), pixel)

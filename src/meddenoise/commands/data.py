@@ -172,6 +172,8 @@ def describe_leaks(result: dict) -> str:
         f"{result['folder']}: {result['suspects']} likely same-patient pair(s) across splits at {kind} "
         f"matcher score >= {result['threshold']:.4f} ({how})."
     ]
+    if (result.get("score") or {}).get("shift_px") is not None:
+        lines.append(f"  Score: {result['score']['score']}.")
     if excluded:
         lines.append(
             f"  {excluded} image(s) of the learned matcher's own fitting patients were left out (scoring "

@@ -52,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _group_similar(result, config: PrepareConfig) -> None:
-    """Rewrite the splits so that images the matcher joins at --group-similar share one (privacy.leaks)."""
+    """Move the images the matcher joins at --group-similar into one split each (privacy.leaks)."""
     from meddenoise.data.manifest import read_prepare_info
     from meddenoise.privacy.leaks import regroup_prepared
     from meddenoise.privacy.reid_embedding import matcher_name, resolve_matcher
@@ -68,12 +68,15 @@ def _group_similar(result, config: PrepareConfig) -> None:
     )
     result.info = read_prepare_info(result.folder) or result.info
     shares = " / ".join(f"{value:.2f}" for value in regrouped["fractions_after"])
+    before = " / ".join(f"{value:.2f}" for value in regrouped["fractions_before"])
     result.notes.append(
         f"--group-similar {config.group_similar:g} ({matcher_name(matcher)} matcher): "
         f"{regrouped['joined_components']} group(s) of similar images "
         f"({regrouped['images_in_joined_components']} images) kept in one split each (suspected patients "
         f"with several images; the largest group holds {regrouped['largest_component']}); "
-        f"{regrouped['images_moved_to_another_split']} image(s) changed split; train/val/test shares {shares}"
+        f"{regrouped['images_moved_to_another_split']} image(s) of {regrouped['components_moved']} suspected "
+        f"patient(s) moved to another split, every other image kept its split; train/val/test shares "
+        f"{before} -> {shares}"
     )
 
 

@@ -84,7 +84,8 @@ class PrepareConfig:
     )
     similar_max_shift: float = option(
         0.05,
-        "--group-similar refuses when a split's share of images would move more than this from --fractions",
+        "--group-similar refuses when moving the joined groups would put a split's share of images further "
+        "than this from --fractions",
     )
     render_option: list[str] = option([], "default source only: KEY=VALUE options of the renderer")
     device: str = option("auto", "device for rendering the default source (auto: cuda if available)")

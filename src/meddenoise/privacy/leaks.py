@@ -4,7 +4,8 @@ When patient ids are unknown, every image is its own "patient" and a split by pa
 repeat studies of one person can sit in training and test. A matcher (the learned patient embedding of
 `privacy.reid_embedding` by default, or the pixel matcher of `privacy.matcher`) scores every image against
 the images of the other splits; each image keeps its NEIGHBOURS best partners there, and a candidate pair
-scoring at or above a threshold is a suspect.
+scoring at or above a threshold is a suspect. With the learned matcher the score is `LeakScorer`'s: the
+embedding averaged over small shifts, mixed with the pixel correlation.
 
 The threshold is never a guess: it is calibrated on a prepared folder whose patient ids are known with the
 SAME candidate scheme it is applied with (the calibration images are split by image at random with the
@@ -33,6 +34,8 @@ NEIGHBOURS = 5  # candidates kept per image before thresholding
 UNCALIBRATED_LISTED = 200  # without a threshold: the best-scoring pairs, for inspection only
 CALIBRATION_REPEATS = 5  # random image-level splits of the calibration folder, pooled
 MAX_FRACTION_SHIFT = 0.05  # --group-similar refuses when a split's share moves further than this
+TTA_SHIFT = 3  # learned matcher: its embedding is averaged over shifts of 0 and +-this many pixels (at 64 px)
+PIXEL_WEIGHT = 0.35  # learned matcher: the pixel correlation's share of a pair's score
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,9 +57,65 @@ class Calibration:
         return dataclasses.asdict(self)
 
 
+class LeakScorer:
+    """The features whose dot product is a pair's score: for the learned matcher, its embedding averaged over
+    small shifts, joined with the pixel matcher's features (score = (1 - w) * learned cosine + w * pixel
+    correlation); any other matcher unchanged.
+
+    Both halves measured separately on held-out NIH patients: averaging over shifts steadies the embedding
+    (a few pixels of pose change its nearest neighbours), and the pixel score breaks ties between patients
+    the embedding finds alike (benchmarks/reid_embedding.py, docs/privacy.md). Shifts only: a chest
+    radiograph is never mirrored, so no left-right flips."""
+
+    def __init__(self, matcher: Any, shift: int | None = None, pixel_weight: float | None = None) -> None:
+        from meddenoise.privacy.reid_embedding import LearnedMatcher
+
+        self.matcher = matcher
+        self.learned = isinstance(matcher, LearnedMatcher)
+        self.shift = (TTA_SHIFT if shift is None else shift) if self.learned else 0
+        self.pixel_weight = (PIXEL_WEIGHT if pixel_weight is None else pixel_weight) if self.learned else 0.0
+        self.pixel = Matcher()
+        self.dim = (
+            matcher.dim + self.pixel.feature_size**2
+            if self.learned
+            else getattr(matcher, "dim", None) or matcher.feature_size**2
+        )
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        if not self.learned:
+            return self.matcher.features(images)
+        import torch.nn.functional as F
+
+        from meddenoise.privacy.reid_embedding import resize_input
+
+        small = resize_input(images.float())
+        pad = self.shift
+        padded = F.pad(small, (pad, pad, pad, pad), mode="replicate")
+        side = small.shape[-1]
+        offsets = [(dy, dx) for dy in (-pad, 0, pad) for dx in (-pad, 0, pad)] if pad else [(0, 0)]
+        learned = sum(
+            self.matcher.features(padded[:, :, pad + dy : pad + dy + side, pad + dx : pad + dx + side])
+            for dy, dx in offsets
+        )
+        learned = F.normalize(learned, dim=1)
+        pixel = self.pixel.features(images)
+        w = self.pixel_weight
+        return torch.cat([learned * (1 - w) ** 0.5, pixel * w**0.5], dim=1)
+
+    def describe(self) -> dict[str, Any]:
+        if not self.learned:
+            return {"score": "the matcher's own"}
+        return {
+            "score": f"{1 - self.pixel_weight:g} x learned cosine (embedding averaged over shifts of 0 and "
+            f"+-{self.shift} px at 64 x 64, no flips) + {self.pixel_weight:g} x pixel correlation",
+            "shift_px": self.shift,
+            "pixel_weight": self.pixel_weight,
+        }
+
+
 def clean_features(data: Any, matcher: Any, device: str = "cpu", rows: np.ndarray | None = None):
     rows = np.arange(len(data.records)) if rows is None else rows
-    return features_of_rows(matcher, data.images, rows, data.max_value, device=device)
+    return features_of_rows(LeakScorer(matcher), data.images, rows, data.max_value, device=device)
 
 
 def split_fractions(splits: np.ndarray) -> tuple[float, float, float]:
@@ -243,6 +302,7 @@ def find_leaks(
         "patients_in_manifest": patients,
         "pairs": suspects if threshold is not None else listed[:UNCALIBRATED_LISTED],
         "matcher": matcher_info(matcher),
+        "score": LeakScorer(matcher).describe(),
     }
 
 
@@ -272,6 +332,43 @@ def similar_groups(features: torch.Tensor, threshold: float) -> np.ndarray:
     return np.array([root(i) for i in range(n)])
 
 
+def move_joined_groups(splits: np.ndarray, labels: np.ndarray, fractions) -> tuple[np.ndarray, int, int]:
+    """Each joined component (label shared by several images) that spans splits moves whole into one of the
+    splits already holding some of its images; every other image keeps its split. Returns the new splits,
+    the images moved and the components moved.
+
+    The split chosen is the one that leaves the image counts closest to `fractions` (sum of squared
+    misses), ties going to the split holding most of the component. Always taking the majority split
+    would drift the shares: a component spread over train and test mostly has more images in train, so
+    train would keep growing."""
+    names = ("train", "val", "test")
+    new = np.asarray(splits).astype(str).copy()
+    targets = np.array([float(f) for f in fractions]) * len(new)
+    counts = np.array([np.sum(new == name) for name in names], dtype=float)
+    sizes = np.bincount(labels, minlength=len(new))
+    # the largest components first: they move the shares most, so the small ones can even them out after
+    joined = sorted(np.flatnonzero(sizes > 1).tolist(), key=lambda label: (-sizes[label], label))
+    moved_images = moved_groups = 0
+    for label in joined:
+        members = np.flatnonzero(labels == label)
+        held = np.array([np.sum(new[members] == name) for name in names], dtype=float)
+        if np.count_nonzero(held) < 2:
+            continue
+        rest = counts - held
+        costs = []
+        for split in np.flatnonzero(held > 0).tolist():
+            after = rest.copy()
+            after[split] += len(members)
+            costs.append((float(np.sum((after - targets) ** 2)), -held[split], split))
+        chosen = min(costs)[2]
+        counts = rest
+        counts[chosen] += len(members)
+        moved_images += int(len(members) - held[chosen])
+        moved_groups += 1
+        new[members] = names[chosen]
+    return new, moved_images, moved_groups
+
+
 def regroup_prepared(
     folder: Any,
     threshold: float,
@@ -282,18 +379,20 @@ def regroup_prepared(
     matcher: Any = None,
     max_shift: float = MAX_FRACTION_SHIFT,
 ) -> dict:
-    """Rewrite a prepared folder's splits so that images the matcher joins at `threshold` share a group,
-    and so a split; returns what changed (also saved as similar_groups.json beside the manifest).
+    """Keep images the matcher joins at `threshold` in one split, and every other image where the prepared
+    split put it; returns what changed (also saved as similar_groups.json beside the manifest).
 
-    Refuses (DataError, the folder untouched) when a split's share of images would move more than
-    `max_shift` from the requested fraction: at a low threshold chains of weak links join most of the set
-    into one group, which no split can hold."""
+    Only the joined groups move: re-drawing the whole split would scatter patients whose images were never
+    joined, and make new cross-split patients out of them. Refuses (DataError, the folder untouched) when a
+    split's share of images would move more than `max_shift` from the requested fraction: at a low
+    threshold chains of weak links join most of the set into one group, which no split can hold. `seed` is
+    kept for the signature; the moves are deterministic."""
     from meddenoise.data.cache import load_prepared
     from meddenoise.data.manifest import MANIFEST_COLUMNS, write_prepared
     from meddenoise.data.records import ImageRecord
-    from meddenoise.data.splits import assign_splits
     from meddenoise.fileio import atomic_write_json
 
+    del seed
     matcher = matcher or Matcher()
     data = load_prepared(folder)
     labels = similar_groups(clean_features(data, matcher, device), threshold)
@@ -306,22 +405,24 @@ def regroup_prepared(
         records.append(
             ImageRecord(row["image_id"], row["patient_id"], row["source"], row["source_path"], group)
         )
-    splits = assign_splits(records, fractions, seed, "patient")
-    achieved = split_fractions(np.array(splits))
+    before = np.asarray(data.splits).astype(str)
+    moved, moved_images, moved_groups = move_joined_groups(before, labels, fractions)
+    splits = moved.tolist()
+    achieved, unjoined = split_fractions(moved), split_fractions(before)
     shifts = [abs(a - float(f)) for a, f in zip(achieved, fractions)]
     summary = {
         "threshold": threshold,
         "joined_components": int(np.sum(sizes > 1)),
         "images_in_joined_components": int(sizes[sizes > 1].sum()),
         "largest_component": int(sizes.max()) if len(sizes) else 0,
-        "images_moved_to_another_split": int(
-            sum(1 for row, split in zip(rows, splits) if row["split"] != split)
-        ),
+        "components_moved": moved_groups,
+        "images_moved_to_another_split": moved_images,
         "requested_fractions": [float(f) for f in fractions],
-        "fractions_before": list(split_fractions(np.asarray(data.splits))),
+        "fractions_before": list(unjoined),
         "fractions_after": list(achieved),
         "max_fraction_shift": max_shift,
         "matcher": matcher_info(matcher),
+        "score": LeakScorer(matcher).describe(),
     }
     if max(shifts) > max_shift:
 
@@ -331,8 +432,9 @@ def regroup_prepared(
         raise DataError(
             f"--group-similar {threshold:g} would join {summary['images_in_joined_components']} of "
             f"{len(rows)} images into {summary['joined_components']} group(s) (the largest holds "
-            f"{summary['largest_component']}), and the train/val/test shares would become "
-            f"{shares(achieved)} instead of the requested {shares(fractions)} (more than "
+            f"{summary['largest_component']}); keeping each in one split moves {moved_images} image(s) of "
+            f"{moved_groups} group(s), and the train/val/test shares would become {shares(achieved)} "
+            f"(unjoined {shares(unjoined)}) instead of the requested {shares(fractions)} (more than "
             f"{max_shift * 100:g} points off): the split would no longer measure anything. {folder} is left "
             "as it was. Raise the threshold (calibrate it with `meddenoise data leaks DIR --calibrate "
             "ID_FOLDER`), or use patient ids."
