@@ -50,6 +50,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--ema-decays", type=float, nargs="+", default=[0.0], help="weight averages to try (0: none)"
     )
+    parser.add_argument(
+        "--views", type=int, nargs="+", default=[1], help="DP-SGD augmentation multiplicities (dp_views)"
+    )
     parser.add_argument("--name", default="dp_sweep", help="result file name (before _<device>.json)")
     parser.add_argument("--schedule", default="onecycle", choices=["none", "cosine", "onecycle"])
     parser.add_argument("--public-epochs", type=int, default=8)
@@ -132,20 +135,22 @@ def main(argv: list[str] | None = None) -> int:
         runs.append({"start": "public-pretraining", "dp": False, **train(values, public)})
         starts["public"] = str(public)
     grid = [
-        (start, epsilon, batch, lr, epochs, clip, ema)
+        (start, epsilon, batch, lr, epochs, clip, ema, views)
         for start in args.starts
         for epsilon in args.epsilons
         for batch, lr, epochs, ema in itertools.product(
             args.batch_sizes, args.lrs, args.epochs, args.ema_decays
         )
         for clip in (args.clips if epsilon else [0.0])
+        for views in (args.views if epsilon else [1])
     ]
-    for start, epsilon, batch, lr, epochs, clip, ema in grid:
+    for start, epsilon, batch, lr, epochs, clip, ema, views in grid:
         if args.time_budget and time.perf_counter() - started > args.time_budget:
             common.print_flush(f"time budget spent: {len(runs)} of {len(grid)} runs started")
             break
         name = f"{start}_eps{epsilon:g}_b{batch}_lr{lr:g}_e{epochs}" + (f"_c{clip:g}" if clip else "")
         name += f"_ema{ema:g}" if ema else ""
+        name += f"_k{views}" if views > 1 else ""
         values = {
             **base,
             "data": args.data,
@@ -156,7 +161,8 @@ def main(argv: list[str] | None = None) -> int:
             "ema_decay": ema,
         }
         if epsilon:
-            values.update(dp_epsilon=epsilon, dp_delta=args.delta, dp_unit="patient", dp_max_grad_norm=clip)
+            values.update(dp_epsilon=epsilon, dp_delta=args.delta, dp_unit="patient")
+            values.update(dp_max_grad_norm=clip, dp_views=views)
         t0 = time.perf_counter()
         try:
             result = train(values, work / name)
@@ -170,6 +176,7 @@ def main(argv: list[str] | None = None) -> int:
             "epochs": epochs,
             "clip": clip or None,
             "ema_decay": ema,
+            "views": views,
             **result,
         }
         runs.append(run)
@@ -186,16 +193,24 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def select(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per start and epsilon the best configuration by validation PSNR, with its test gap to non-private."""
+    """Per start, epsilon and augmentation multiplicity the best configuration by validation PSNR, with its
+    test gap to non-private."""
     selected = []
     keys = sorted(
-        {(r["start"], r["target_epsilon"]) for r in runs if r.get("start") in ("scratch", "public")}
+        {
+            (r["start"], r["target_epsilon"], r.get("views", 1))
+            for r in runs
+            if r.get("start") in ("scratch", "public")
+        }
     )
-    for start, epsilon in keys:
+    for start, epsilon, views in keys:
         candidates = [
             r
             for r in runs
-            if r.get("start") == start and r.get("target_epsilon") == epsilon and "error" not in r
+            if r.get("start") == start
+            and r.get("target_epsilon") == epsilon
+            and r.get("views", 1) == views
+            and "error" not in r
         ]
         if candidates:
             best = max(candidates, key=lambda r: r["best_val_psnr"])
@@ -220,6 +235,7 @@ def report(runs: list[dict[str, Any]], settings: dict[str, Any], wall: float, en
         ("epochs", "epochs"),
         ("clip", "clip"),
         ("ema_decay", "EMA"),
+        ("views", "views"),
         ("best_val_psnr", "val PSNR"),
         ("test_psnr", "test PSNR"),
         ("test_gap_db", "gap to non-private"),
