@@ -39,6 +39,16 @@ FORMAT_VERSION = 1
 # Room left for the small files written beside a checkpoint (metrics, log, summary).
 CHECKPOINT_SPACE_MARGIN = 1 << 20
 METADATA_KEY = "meddenoise"
+# The keys of a weights file's metadata, in the order they have always been written (readers ignore the
+# order; it is kept so that files stay byte-identical to those of earlier versions).
+TRAINER_METADATA_KEYS = (
+    "format_version", "kind", "model", "model_spec", "model_options", "noise", "target", "weights", "epoch",
+    "epochs_from", "global_step", "step_in_epoch", "val_loss", "strategy", "config", "input_profile",
+)  # fmt: skip
+FEDERATED_METADATA_KEYS = (
+    "format_version", "kind", "model", "model_spec", "model_options", "epochs_from", "noise", "target",
+    "weights", "epoch", "round", "global_step", "val_loss", "strategy", "config", "federated",
+)  # fmt: skip
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,7 +132,7 @@ class CheckpointMetadata:
     def to_dict(self) -> dict[str, Any]:
         """The JSON stored in the weights file. Trainer and federated files differ in their run keys:
         `step_in_epoch` and `input_profile` for the trainer, `round` and `federated` for the server."""
-        values: dict[str, Any] = {
+        values = {
             "format_version": self.format_version,
             "kind": self.kind,
             "model": self.model_name,
@@ -139,20 +149,19 @@ class CheckpointMetadata:
             "strategy": self.strategy,
             "config": self.config,
             "input_profile": self.input_profile,
+            "round": self.round,
+            "federated": self.federated,
         }
-        if self.is_federated:
-            del values["step_in_epoch"], values["input_profile"]
-            values.update(round=self.round, federated=self.federated)
-        return values
+        keys = FEDERATED_METADATA_KEYS if self.is_federated else TRAINER_METADATA_KEYS
+        return {key: values[key] for key in keys}
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], checkpoint: str | Path | None = None) -> CheckpointMetadata:
         """From `to_dict()` output or an older file's metadata (missing keys take their defaults)."""
-        # The text in a file is anyone's: a key present with null or a wrong type must not pass as a value.
-        noise = values.get("noise") or {}
         return cls(
             model_spec=ModelSpec.from_metadata(values),
-            noise=NoiseSpec.from_dict(noise if isinstance(noise, dict) else {"kind": noise}),
+            # files without noise settings: the defaults, as readers have always assumed
+            noise=NoiseSpec.from_dict(values.get("noise") or {}),
             format_version=values.get("format_version"),
             kind=values.get("kind"),
             target=values.get("target") or "clean",
