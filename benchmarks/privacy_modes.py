@@ -99,10 +99,9 @@ def r2r_gain(run: Path, data: Any, samples: list[int]) -> dict[str, float]:
     from meddenoise.engine.runtime import Runtime
     from meddenoise.engine.targets import build_target
     from meddenoise.engine.validation import evaluate_split
-    from meddenoise.noise.spec import NoiseSpec
 
     model, metadata = load_trained_model(run, inference=False)
-    noise = NoiseSpec.from_dict(metadata["noise"])
+    noise = metadata.noise
     noise_op = noise.build()
     runtime = Runtime(torch.device("cpu"))
     result = {}

@@ -22,6 +22,7 @@ _PUBLIC = {
     "build_model": "meddenoise.models.registry",
     "build_noise": "meddenoise.noise.operators",
     "load_trained_model": "meddenoise.engine.checkpoint",
+    "CheckpointMetadata": "meddenoise.engine.checkpoint",
     "evaluate_run": "meddenoise.evaluation.runs",
     "denoise": "meddenoise.inference",
     "obfuscate": "meddenoise.release",

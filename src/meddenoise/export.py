@@ -14,9 +14,12 @@ import json
 import math
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from meddenoise.errors import MeddenoiseError
+
+if TYPE_CHECKING:
+    from meddenoise.engine.checkpoint import CheckpointMetadata
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
@@ -29,7 +32,7 @@ ONNX_FILE = "model.onnx"
 def export_model(run: str | Path, out: str | Path, *, onnx: bool = False) -> Path:
     """Write the export folder of `run` (a run folder) to `out` (created; refused when it holds files);
     with `onnx`, also `model.onnx` for deployment (fixed input size: the training images')."""
-    from meddenoise.engine.checkpoint import load_weights, resolve_checkpoint
+    from meddenoise.engine.checkpoint import read_checkpoint, resolve_checkpoint
     from meddenoise.fileio import atomic_open, atomic_write_json, atomic_write_text, ensure_writable_dir
     from meddenoise.rundir import RunDir
 
@@ -40,11 +43,7 @@ def export_model(run: str | Path, out: str | Path, *, onnx: bool = False) -> Pat
     if out.exists() and any(out.iterdir()):
         raise MeddenoiseError(f"{out} is not empty; export into a new folder")
     checkpoint = resolve_checkpoint(run)
-    _, metadata = load_weights(checkpoint)
-    if "model" not in metadata:
-        raise MeddenoiseError(
-            f"{checkpoint} has no meddenoise metadata; was it written by `meddenoise train`?"
-        )
+    _, metadata = read_checkpoint(checkpoint)
     ensure_writable_dir(out, what="export folder")
     with checkpoint.open("rb") as source, atomic_open(out / WEIGHTS_FILE, "wb") as target:
         shutil.copyfileobj(source, target, 1 << 20)
@@ -112,9 +111,9 @@ def _test_rows(run: Path) -> list[dict[str, str]]:
     return read_rows(path, "test metrics") if path.is_file() else []
 
 
-def _data_record(metadata: dict[str, Any]) -> dict[str, Any]:
+def _data_record(metadata: CheckpointMetadata) -> dict[str, Any]:
     """The training data's prepare.json (source, counts, patients), when the folder is still there."""
-    folder = (metadata.get("config") or {}).get("data")
+    folder = metadata.config.get("data")
     path = Path(folder) / "prepare.json" if folder else None
     if path is None or not path.is_file():
         return {}
@@ -125,7 +124,7 @@ def _data_record(metadata: dict[str, Any]) -> dict[str, Any]:
 
 
 def describe(
-    metadata: dict[str, Any],
+    metadata: CheckpointMetadata,
     summary: dict[str, str],
     test_rows: list[dict[str, str]],
     data: dict[str, Any],
@@ -133,7 +132,7 @@ def describe(
     """config.json's content: the model, its training, its data, its test metrics and its privacy mode."""
     from meddenoise import __version__
 
-    config = metadata.get("config") or {}
+    config = metadata.config
     privacy: dict[str, Any] = {"mode": "none", "formal_guarantee": False}
     if summary.get("dp_epsilon"):
         privacy = {
@@ -143,29 +142,29 @@ def describe(
             "delta": float(summary["dp_delta"]),
             "unit": summary.get("dp_unit") or "patient",
         }
-    elif metadata.get("strategy", "").startswith("federated") or config.get("sites"):
+    elif (metadata.strategy or "").startswith("federated") or config.get("sites"):
         privacy = {"mode": "federated", "formal_guarantee": False}
-    target = metadata.get("target") or "clean"
+    target = metadata.target
     if target != "clean":
         privacy["clean_images_at_training_site"] = False
     return {
         "library": "meddenoise",
         "library_version": __version__,
-        "model": metadata.get("model"),
-        "model_spec": metadata.get("model_spec"),
-        "weights": metadata.get("weights", "raw"),
-        "noise": metadata.get("noise"),
+        "model": metadata.model_name,
+        "model_spec": metadata.model_spec.to_dict(),
+        "weights": metadata.weights,
+        "noise": metadata.noise.to_dict(),
         "target": target,
-        "input": {"channels": 1, "value_range": [0.0, 1.0], "profile": metadata.get("input_profile")},
+        "input": {"channels": 1, "value_range": [0.0, 1.0], "profile": metadata.input_profile},
         "training": {
-            "epoch": metadata.get("epoch"),
-            "global_step": metadata.get("global_step"),
-            "strategy": metadata.get("strategy") or config.get("strategy"),
+            "epoch": metadata.epoch,
+            "global_step": metadata.global_step,
+            "strategy": metadata.strategy or config.get("strategy"),
             "epochs": config.get("epochs"),
             "batch_size": config.get("batch_size"),
             "lr": config.get("lr"),
             "seed": config.get("seed"),
-            "val_loss": metadata.get("val_loss"),
+            "val_loss": metadata.val_loss,
         },
         "data": {
             "source": (data.get("params") or {}).get("source") or data.get("source"),

@@ -12,7 +12,7 @@ import dataclasses
 import os
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from meddenoise.config import (
     config_from_mapping,
@@ -25,6 +25,9 @@ from meddenoise.config import (
 )
 from meddenoise.data.decode import DEFAULT_MAX_PIXELS
 from meddenoise.errors import ConfigError, DataError, MeddenoiseError
+
+if TYPE_CHECKING:
+    from meddenoise.engine.checkpoint import CheckpointMetadata
 
 NO_PROFILE = "not recorded in this checkpoint (trained before input profiles were kept): inputs not checked"
 # full scale of the integer arrays `denoise` accepts, as read from 8- and 16-bit PNGs
@@ -79,15 +82,13 @@ class Denoiser:
     input_profile: dict[str, Any] | None  # statistics of the training inputs; None for older checkpoints
 
 
-def read_checkpoint_metadata(metadata: Any) -> tuple[str, str, dict[str, Any] | None]:
-    """(checkpoint file, description for outputs, training input profile or None): the only reader of the
-    checkpoint's metadata here."""
-    noise = metadata.get("noise") or {}
+def read_checkpoint_metadata(metadata: CheckpointMetadata) -> tuple[str, str, dict[str, Any] | None]:
+    """(checkpoint file, description for outputs, training input profile or None)."""
     description = (
-        f"denoised by meddenoise ({metadata.get('model')}, trained with noise {noise.get('kind', '')} std "
-        f"{noise.get('std')}) from {Path(metadata['checkpoint']).name}"
+        f"denoised by meddenoise ({metadata.model_name}, trained with noise {metadata.noise.kind} std "
+        f"{metadata.noise.std}) from {Path(metadata.checkpoint).name}"
     )
-    return metadata["checkpoint"], description, metadata.get("input_profile") or None
+    return str(metadata.checkpoint), description, metadata.input_profile or None
 
 
 def load_denoiser(run: str | os.PathLike, device: str = "auto") -> Denoiser:

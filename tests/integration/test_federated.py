@@ -86,8 +86,8 @@ def test_one_site_one_local_epoch_per_round_is_centralized_training(make_prepare
     # Evaluation and the report accept the federated run like any other; the report's federated section
     # sets it against the centralized run: identical weights, so no gap and the same number of steps.
     model, metadata = load_trained_model(federated)
-    assert metadata["model"] == "dncnn" and metadata["strategy"] == "federated-fedavg"
-    assert metadata["config"]["data"] == str(data)
+    assert metadata.model_name == "dncnn" and metadata.strategy == "federated-fedavg"
+    assert metadata.config["data"] == str(data)
     from meddenoise.evaluation.runs import evaluate_run
     from meddenoise.report.build import build_report
 

@@ -91,8 +91,8 @@ def test_test_metrics_and_the_trained_model_can_be_reloaded(trained_run):
     assert rows and tuple(rows[0]) == PER_IMAGE_COLUMNS  # the same schema as `meddenoise evaluate`
     assert all(float(r["psnr"]) > 0 and float(r["noisy_psnr"]) > 0 and r["split"] == "test" for r in rows)
     model, metadata = load_trained_model(out)
-    assert metadata["model"] == "unet" and metadata["noise"]["std"] == 0.2 and not model.training
-    best_epoch = metadata["epoch"]
+    assert metadata.model_name == "unet" and metadata.noise.std == 0.2 and not model.training
+    best_epoch = metadata.epoch
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert best_epoch == min(records, key=lambda r: r["val_loss"])["epoch"]
     with torch.no_grad():

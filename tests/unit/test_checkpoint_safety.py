@@ -30,7 +30,7 @@ def save(path, model_name, options, tensors=None):
 def test_every_model_loads_after_the_shape_check(tmp_path, name):
     path = save(tmp_path / f"{name}.safetensors", name, TINY.get(name, {}))
     model, metadata = ckpt.load_trained_model(path)
-    assert metadata["model"] == name and next(model.parameters()).device.type == "cpu"
+    assert metadata.model_name == name and next(model.parameters()).device.type == "cpu"
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from meddenoise.cli import main
-from meddenoise.engine.checkpoint import load_trained_model
+from meddenoise.engine.checkpoint import CheckpointMetadata, load_trained_model
 from meddenoise.export import describe, model_card
 
 TINY = ["--model", "unet", "--base-channels", "4", "--depth", "2", "--epochs", "1", "--batch-size", "4",
@@ -61,7 +61,7 @@ def test_the_card_states_the_dp_guarantee_and_the_clean_free_mode():
     metadata = {"model": "unet", "model_spec": {"name": "unet", "depth": 3}, "target": "noise2noise",
                 "noise": {"kind": "gaussian", "mean": 0.1, "std": 0.2}, "config": {}}  # fmt: skip
     summary = {"dp_epsilon": "7.99", "dp_delta": "1e-05", "dp_unit": "patient"}
-    description = describe(metadata, summary, [], {})
+    description = describe(CheckpointMetadata.from_dict(metadata), summary, [], {})
     card = model_card(description)
     assert description["privacy"] == {
         "mode": "dp-sgd", "formal_guarantee": True, "epsilon": 7.99, "delta": 1e-05, "unit": "patient",

@@ -59,12 +59,12 @@ def test_checkpoints_store_the_spec_and_old_ones_still_load(tmp_path):
     metadata = {"model": "unet", "model_spec": spec.to_dict(), "epoch": 2, "epochs_from": 1}
     ckpt.save_weights(tmp_path / "new.safetensors", model, metadata)
     loaded, meta = ckpt.load_trained_model(tmp_path / "new.safetensors")
-    assert meta["epoch"] == 2 and ModelSpec.from_metadata(meta) == spec
+    assert meta.epoch == 2 and meta.model_spec == spec
     # written before ModelSpec: the resolved build_model options, epochs counted from 0
     old = {"model": "unet", "model_options": spec.build_options(), "epoch": 1}
     ckpt.save_weights(tmp_path / "old.safetensors", model, old)
     loaded_old, meta_old = ckpt.load_trained_model(tmp_path / "old.safetensors")
-    assert meta_old["epoch"] == 2 and ModelSpec.from_metadata(meta_old) == spec
+    assert meta_old.epoch == 2 and meta_old.model_spec == spec
     x = torch.rand(1, 1, 16, 16)
     with torch.no_grad():
         assert torch.equal(loaded(x), loaded_old(x))

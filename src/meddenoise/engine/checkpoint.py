@@ -7,10 +7,14 @@
 
 Each file is written atomically. The state file holds its own copy of the raw weights, so resuming reads one
 file: a kill between writing the two `last` files can never pair weights and optimizer state of two steps.
+
+A weights file's metadata is a `CheckpointMetadata`, built by `CheckpointMetadata.for_run` for both
+`meddenoise train` and the federated server, and stored as its `to_dict()` (JSON).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import hashlib
 import io
@@ -23,15 +27,164 @@ import numpy as np
 import torch
 from torch import nn
 
+from meddenoise.config import config_to_dict
 from meddenoise.engine.runtime import strip_wrapper_prefixes, unwrap
 from meddenoise.errors import DiskFullError, MeddenoiseError
 from meddenoise.fileio import atomic_write_bytes, is_space_error, require_free_space
+from meddenoise.models.spec import ModelSpec
+from meddenoise.noise.spec import NoiseSpec
 from meddenoise.rundir import RunDir
 
 FORMAT_VERSION = 1
 # Room left for the small files written beside a checkpoint (metrics, log, summary).
 CHECKPOINT_SPACE_MARGIN = 1 << 20
 METADATA_KEY = "meddenoise"
+# The keys of a weights file's metadata, in the order they have always been written (readers ignore the
+# order; it is kept so that files stay byte-identical to those of earlier versions).
+TRAINER_METADATA_KEYS = (
+    "format_version", "kind", "model", "model_spec", "model_options", "noise", "target", "weights", "epoch",
+    "epochs_from", "global_step", "step_in_epoch", "val_loss", "strategy", "config", "input_profile",
+)  # fmt: skip
+FEDERATED_METADATA_KEYS = (
+    "format_version", "kind", "model", "model_spec", "model_options", "epochs_from", "noise", "target",
+    "weights", "epoch", "round", "global_step", "val_loss", "strategy", "config", "federated",
+)  # fmt: skip
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointMetadata:
+    """What a weights file says about its network and the run that trained it.
+
+    Written by `for_run` only; `to_dict()` is the JSON stored in the file and `from_dict()` reads it back,
+    including files written before the model spec (`model` + `model_options`) or before epochs were
+    counted from 1 (no `epochs_from`). `checkpoint` (the file it was read from) is never written.
+    """
+
+    model_spec: ModelSpec
+    noise: NoiseSpec = NoiseSpec()
+    format_version: int | None = FORMAT_VERSION
+    kind: str | None = None  # "best" or "last"
+    target: str = "clean"
+    weights: str = "raw"  # "ema" when the file holds the weight average
+    epoch: int | None = None
+    epochs_from: int | None = 1  # None: an older file counting epochs from 0
+    global_step: int | None = None
+    step_in_epoch: int | None = None
+    val_loss: float | None = None
+    strategy: str | None = None  # single, dp, ddp, ..., or federated-<strategy>
+    config: dict[str, Any] = dataclasses.field(default_factory=dict)  # the training config
+    input_profile: dict[str, Any] | None = None  # what `denoise` compares new inputs with
+    round: int | None = None  # federated runs: the server round (their epoch)
+    federated: dict[str, Any] | None = None  # federated runs: the federation config
+    checkpoint: str | None = None
+
+    @classmethod
+    def for_run(
+        cls,
+        kind: str,
+        config: Any,
+        *,
+        epoch: int,
+        global_step: int,
+        val_loss: float | None,
+        strategy: str,
+        weights: str = "raw",
+        step_in_epoch: int | None = None,
+        input_profile: dict[str, Any] | None = None,
+        federated: Any = None,
+    ) -> CheckpointMetadata:
+        """The metadata of a checkpoint of a run trained with `config` (a TrainConfig); `federated` (a
+        FederatedConfig) for the federated server, whose rounds stand for epochs."""
+        return cls(
+            model_spec=config.model_spec(),
+            noise=config.noise,
+            kind=kind,
+            target=config.target,
+            weights=weights,
+            epoch=epoch,
+            global_step=global_step,
+            step_in_epoch=step_in_epoch,
+            val_loss=val_loss,
+            strategy=strategy,
+            config=config_to_dict(config),
+            input_profile=input_profile,
+            round=epoch if federated is not None else None,
+            federated=config_to_dict(federated) if federated is not None else None,
+        )
+
+    @property
+    def is_federated(self) -> bool:
+        return self.federated is not None
+
+    @property
+    def model_name(self) -> str:
+        return self.model_spec.name
+
+    @property
+    def model_options(self) -> dict[str, Any]:
+        """What `build_model` gets (`ModelSpec.build_options()`)."""
+        return self.model_spec.build_options()
+
+    @property
+    def target_options(self) -> list[str]:
+        return list(self.config.get("target_options") or [])
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON stored in the weights file. Trainer and federated files differ in their run keys:
+        `step_in_epoch` and `input_profile` for the trainer, `round` and `federated` for the server."""
+        values = {
+            "format_version": self.format_version,
+            "kind": self.kind,
+            "model": self.model_name,
+            "model_spec": self.model_spec.to_dict(),
+            "model_options": self.model_options,
+            "noise": self.noise.to_dict(),
+            "target": self.target,
+            "weights": self.weights,
+            "epoch": self.epoch,
+            "epochs_from": self.epochs_from,
+            "global_step": self.global_step,
+            "step_in_epoch": self.step_in_epoch,
+            "val_loss": self.val_loss,
+            "strategy": self.strategy,
+            "config": self.config,
+            "input_profile": self.input_profile,
+            "round": self.round,
+            "federated": self.federated,
+        }
+        keys = FEDERATED_METADATA_KEYS if self.is_federated else TRAINER_METADATA_KEYS
+        return {key: values[key] for key in keys}
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], checkpoint: str | Path | None = None) -> CheckpointMetadata:
+        """From `to_dict()` output or an older file's metadata (missing keys take their defaults)."""
+        return cls(
+            model_spec=ModelSpec.from_metadata(values),
+            # files without noise settings: the defaults, as readers have always assumed
+            noise=NoiseSpec.from_dict(values.get("noise") or {}),
+            format_version=values.get("format_version"),
+            kind=values.get("kind"),
+            target=values.get("target") or "clean",
+            weights=values.get("weights") or "raw",
+            epoch=values.get("epoch"),
+            epochs_from=values.get("epochs_from"),
+            global_step=values.get("global_step"),
+            step_in_epoch=values.get("step_in_epoch"),
+            val_loss=values.get("val_loss"),
+            strategy=values.get("strategy"),
+            config=dict(values.get("config") or {}),
+            input_profile=values.get("input_profile"),
+            round=values.get("round"),
+            federated=values.get("federated"),
+            checkpoint=str(checkpoint) if checkpoint is not None else None,
+        )
+
+    def counted_from_one(self) -> CheckpointMetadata:
+        """The same metadata with `epoch` counted from 1, as every reader expects."""
+        if self.epochs_from == 1 or not isinstance(self.epoch, int):
+            return self
+        # files written before epochs were counted from 1
+        return dataclasses.replace(self, epoch=self.epoch + 1, epochs_from=1)
 
 
 def checkpoint_paths(run_dir: str | Path) -> dict[str, Path]:
@@ -45,14 +198,17 @@ def plain_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return {key: value.detach().to("cpu").contiguous().clone() for key, value in state.items()}
 
 
-def weights_payload(model: nn.Module, metadata: dict[str, Any]) -> bytes:
-    """The bytes of a weights file (safetensors) of `model` with `metadata`."""
+def weights_payload(model: nn.Module, metadata: CheckpointMetadata | dict[str, Any]) -> bytes:
+    """The bytes of a weights file (safetensors) of `model` with `metadata` (a plain dict only to write
+    files other programs could have written, as tests do)."""
     from safetensors.torch import save
 
+    if isinstance(metadata, CheckpointMetadata):
+        metadata = metadata.to_dict()
     return save(plain_state_dict(model), metadata={METADATA_KEY: json.dumps(metadata, default=str)})
 
 
-def save_weights(path: str | Path, model: nn.Module, metadata: dict[str, Any]) -> None:
+def save_weights(path: str | Path, model: nn.Module, metadata: CheckpointMetadata | dict[str, Any]) -> None:
     atomic_write_bytes(path, weights_payload(model, metadata))
 
 
@@ -71,6 +227,24 @@ def load_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, A
         metadata = json.loads((header.get("__metadata__") or {}).get(METADATA_KEY, "{}"))
     except (SafetensorError, ValueError, OSError) as exc:
         raise MeddenoiseError(f"checkpoint {path} is not a readable safetensors file ({exc})") from None
+    return tensors, metadata
+
+
+def read_checkpoint(path: str | Path, what: str = "") -> tuple[dict[str, torch.Tensor], CheckpointMetadata]:
+    """(tensors, metadata) of a weights file, refused unless its metadata describes a meddenoise model.
+    `what` starts the error messages (e.g. "init_from RUN: ")."""
+    tensors, values = load_weights(path)
+    if "model" not in values:
+        raise MeddenoiseError(
+            f"{what}{path} has no meddenoise metadata; was it written by `meddenoise train`?"
+        )
+    try:
+        metadata = CheckpointMetadata.from_dict(values, path)
+    except (MeddenoiseError, KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise MeddenoiseError(
+            f"{what}{path} was refused before building its model: its metadata does not describe a model "
+            f"({exc})"
+        ) from None
     return tensors, metadata
 
 
@@ -218,50 +392,39 @@ def resolve_checkpoint(path: str | Path) -> Path:
 
 def load_trained_model(
     path: str | Path, device: torch.device | str = "cpu", *, inference: bool = True
-) -> tuple[nn.Module, dict[str, Any]]:
-    """(model in eval mode on `device`, metadata) from a run folder (best checkpoint) or a checkpoint file.
+) -> tuple[nn.Module, CheckpointMetadata]:
+    """(model in eval mode on `device`, its `CheckpointMetadata`) from a run folder (best checkpoint) or a
+    checkpoint file; the metadata's `epoch` is counted from 1 and `checkpoint` names the file read.
 
-    Metadata: `model`, `model_spec` (`ModelSpec.to_dict()`), `model_options` (what `build_model` got),
-    `noise` (`NoiseSpec.to_dict()`), `target`, `config` (the training config), `epoch` (counted from 1),
-    `global_step`, `weights` (raw or ema), `val_loss`. The model is rebuilt by the registry's `build_model`.
-    With `inference` (default) the model is wrapped as its training method prescribes for denoising
-    (`inference_model`).
+    The model is rebuilt by the registry's `build_model` from `metadata.model_spec`. With `inference`
+    (default) the model is wrapped as its training method prescribes for denoising (`inference_model`).
     """
     checkpoint = resolve_checkpoint(path)
-    tensors, metadata = load_weights(checkpoint)
-    if "model" not in metadata:
-        raise MeddenoiseError(
-            f"{checkpoint} has no meddenoise metadata; was it written by `meddenoise train`?"
-        )
+    tensors, metadata = read_checkpoint(checkpoint)
     model = build_checked_model(metadata, tensors, checkpoint)
     load_state_into(model, tensors, checkpoint)
-    metadata = {**metadata, "checkpoint": str(checkpoint)}
-    if metadata.get("epochs_from") != 1 and isinstance(metadata.get("epoch"), int):
-        metadata["epoch"] += 1  # checkpoints written before epochs were counted from 1 in files
+    metadata = metadata.counted_from_one()
     if inference:
         model = inference_model(model, metadata)
     return model.to(device).eval(), metadata
 
 
-def inference_model(model: nn.Module, metadata: dict[str, Any]) -> nn.Module:
+def inference_model(model: nn.Module, metadata: CheckpointMetadata) -> nn.Module:
     """The denoiser the run's training method prescribes at test time (R2R: an average over
     re-corruptions, `--target-options samples=K`); the plain model for the others."""
-    target_name = metadata.get("target") or "clean"
-    if target_name == "clean":
+    if metadata.target == "clean":
         return model
     from meddenoise.engine.config import parse_options
     from meddenoise.engine.targets import build_target
-    from meddenoise.noise.spec import NoiseSpec
 
-    config = metadata.get("config") or {}
-    options = parse_options(list(config.get("target_options") or []))
-    noise_op = NoiseSpec.from_dict(metadata.get("noise") or {}).build()
-    target = build_target(target_name, noise_op, seed=int(config.get("seed", 0)), **options)
+    options = parse_options(metadata.target_options)
+    seed = int(metadata.config.get("seed", 0))
+    target = build_target(metadata.target, metadata.noise.build(), seed=seed, **options)
     return target.inference_model(model)
 
 
 def build_checked_model(
-    metadata: dict[str, Any], tensors: dict[str, torch.Tensor], source: str | Path
+    metadata: CheckpointMetadata, tensors: dict[str, torch.Tensor], source: str | Path
 ) -> nn.Module:
     """The model the metadata describes, built only after its shapes were checked against the file's tensors.
 
@@ -270,11 +433,9 @@ def build_checked_model(
     every integer option capped by what the file holds, and must have exactly the file's tensor names and
     shapes.
     """
-    from meddenoise.models.spec import ModelSpec
-
     refuse = f"{source} was refused before building its model"
+    spec = metadata.model_spec
     try:
-        spec = ModelSpec.from_metadata(metadata)
         name, options = spec.name, spec.build_options()
     except (MeddenoiseError, KeyError, TypeError, ValueError, AttributeError) as exc:
         raise MeddenoiseError(f"{refuse}: its metadata does not describe a model ({exc})") from None
@@ -310,16 +471,9 @@ def build_checked_model(
 def initial_weights(source: str | Path, spec: Any) -> tuple[dict[str, torch.Tensor], str]:
     """(state dict, description) of the checkpoint `--init-from` names, refused unless it holds `spec`'s
     network (a ModelSpec): the same architecture and options, so every tensor fits."""
-    from meddenoise.models.spec import ModelSpec
-
     checkpoint = resolve_checkpoint(source)
-    tensors, metadata = load_weights(checkpoint)
-    if "model" not in metadata:
-        raise MeddenoiseError(
-            f"init_from {source}: {checkpoint} has no meddenoise model metadata; was it written by "
-            "`meddenoise train`?"
-        )
-    theirs = ModelSpec.from_metadata(metadata).to_dict()
+    tensors, metadata = read_checkpoint(checkpoint, what=f"init_from {source}: ")
+    theirs = metadata.model_spec.to_dict()
     ours = spec.to_dict()
     differences = [
         f"{name}: {theirs.get(name)!r} there vs {value!r} here"
@@ -333,5 +487,4 @@ def initial_weights(source: str | Path, spec: Any) -> tuple[dict[str, torch.Tens
         )
     model = build_checked_model(metadata, tensors, checkpoint)  # checks every tensor's shape
     load_state_into(model, tensors, checkpoint)
-    epoch = metadata.get("epoch")
-    return model.state_dict(), f"{checkpoint} (epoch {epoch}, {metadata.get('weights', 'raw')} weights)"
+    return model.state_dict(), f"{checkpoint} (epoch {metadata.epoch}, {metadata.weights} weights)"

@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from meddenoise.config import config_to_dict, save_config, validate_config
+from meddenoise.config import save_config, validate_config
 from meddenoise.engine import checkpoint as ckpt
 from meddenoise.engine import distributed, placement
 from meddenoise.engine.config import TrainConfig, parse_options
@@ -221,25 +221,18 @@ class Trainer:
         self.log.info(f"resumed from {source}: epoch {p.epoch + 1}, step {p.step_in_epoch}")
 
     # -- checkpoints ----------------------------------------------------------------------------------------
-    def _metadata(self, kind: str, epoch: int, val_loss: float | None = None) -> dict[str, Any]:
-        return {
-            "format_version": ckpt.FORMAT_VERSION,
-            "kind": kind,
-            "model": self.model_spec.name,
-            "model_spec": self.model_spec.to_dict(),
-            "model_options": self.model_spec.build_options(),
-            "noise": self.config.noise.to_dict(),
-            "target": self.config.target,
-            "weights": "ema" if self.ema is not None else "raw",
-            "epoch": epoch,
-            "epochs_from": 1,
-            "global_step": self.progress.global_step,
-            "step_in_epoch": self.progress.step_in_epoch,
-            "val_loss": val_loss,
-            "strategy": self.runtime.strategy,
-            "config": config_to_dict(self.config),
-            "input_profile": self.input_profile,  # what `denoise` compares new inputs with
-        }
+    def _metadata(self, kind: str, epoch: int, val_loss: float | None = None) -> ckpt.CheckpointMetadata:
+        return ckpt.CheckpointMetadata.for_run(
+            kind,
+            self.config,
+            epoch=epoch,
+            global_step=self.progress.global_step,
+            val_loss=val_loss,
+            strategy=self.runtime.strategy,
+            weights="ema" if self.ema is not None else "raw",
+            step_in_epoch=self.progress.step_in_epoch,
+            input_profile=self.input_profile,
+        )
 
     def evaluated_model(self) -> torch.nn.Module:
         return self.ema.module if self.ema is not None else unwrap(self.model)
@@ -603,7 +596,7 @@ class Trainer:
         path = self.run_dir.test_table_file
         write_per_image(path, rows)
         self.log.info(
-            f"test ({len(rows)} images, best epoch {metadata['epoch']}): "
+            f"test ({len(rows)} images, best epoch {metadata.epoch}): "
             f"PSNR {float(result['psnr'].mean()):.2f} dB (noisy {float(result['noisy_psnr'].mean()):.2f}), "
             f"SSIM {float(result['ssim'].mean()):.4f} -> {path}"
         )

@@ -8,7 +8,7 @@ import math
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -18,6 +18,9 @@ from meddenoise.evaluation.core import EvaluationTarget, score_denoiser, write_e
 from meddenoise.evaluation.environment import describe_environment
 from meddenoise.noise.spec import NoiseSpec
 from meddenoise.rundir import RunDir, recorded_folder
+
+if TYPE_CHECKING:
+    from meddenoise.engine.checkpoint import CheckpointMetadata
 
 
 def describe_data(data: Any) -> dict[str, Any]:
@@ -98,7 +101,7 @@ def _network_denoiser(model: torch.nn.Module, device: torch.device):
 
 def _head_results(
     model_name: str,
-    metadata: dict[str, Any],
+    metadata: CheckpointMetadata,
     target: EvaluationTarget,
     labels: dict[str, Any],
     batch_size: int,
@@ -107,11 +110,10 @@ def _head_results(
     """U-Net++: each head k as its own pruned network (only nodes with i + j <= k run): quality and speed."""
     from meddenoise.engine.checkpoint import load_weights
     from meddenoise.evaluation.core import per_image_rows
-    from meddenoise.models.spec import ModelSpec
     from meddenoise.models.summary import count_active_parameters
 
-    tensors, _ = load_weights(metadata["checkpoint"])
-    spec = ModelSpec.from_metadata(metadata)
+    tensors, _ = load_weights(metadata.checkpoint)
+    spec = metadata.model_spec
     spec = dataclasses.replace(spec, options={k: v for k, v in spec.options.items() if k != "head"})
     full = spec.build()
     heads, rows = [], []
@@ -163,7 +165,7 @@ def evaluate_run(
     run_dir = Path(run_dir)
     torch_device = resolve_device(device)
     model, metadata = load_trained_model(run_dir, torch_device)
-    train_config = metadata.get("config", {})
+    train_config = metadata.config
     own_data = train_config.get("data")
     if own_data:
         own_data = str(recorded_folder(own_data, run_dir, train_config.get("out", "")))
@@ -174,7 +176,7 @@ def evaluate_run(
         raise MeddenoiseError(
             f"prepared folder {data_dir} (recorded by the run) is gone; give one with --data"
         )
-    noise = NoiseSpec.from_dict(metadata["noise"])
+    noise = metadata.noise
     trained_std = noise.std
     if noise_std is not None and not math.isclose(noise_std, trained_std):
         noise = dataclasses.replace(noise, std=float(noise_std))
@@ -188,15 +190,13 @@ def evaluate_run(
     out_dir = Path(out_dir)
 
     run_summary = RunDir(run_dir).read_summary() if run_dir.is_dir() else {}
-    target_name = metadata.get("target", "clean")
-    model_name = metadata["model"]
+    target_name = metadata.target
+    model_name = metadata.model_name
     labels = {
         "kind": "network",
         "method": model_name if target_name == "clean" else f"{model_name}+{target_name}",
         "model": model_name,
-        "strategy": strategy_name(
-            metadata.get("strategy", "single"), run_summary.get("amp", "off"), train_config
-        ),
+        "strategy": strategy_name(metadata.strategy or "single", run_summary.get("amp", "off"), train_config),
         "seed": train_config.get("seed"),
     }
     lpips_model, lpips_status = lpips_scorer(torch_device, lpips_weights)
@@ -218,9 +218,9 @@ def evaluate_run(
         "amp": run_summary.get("amp", ""),
         "world_size": int(run_summary["world_size"]) if run_summary.get("world_size") else None,
         "run_dir_relative": os.path.relpath(run_dir if run_dir.is_dir() else run_dir.parent, out_dir),
-        "checkpoint": metadata["checkpoint"],
-        "best_epoch": metadata.get("epoch"),
-        "model_options": metadata.get("model_options", {}),
+        "checkpoint": metadata.checkpoint,
+        "best_epoch": metadata.epoch,
+        "model_options": metadata.model_options,
         "data": describe_data(target.data),
         "lpips": lpips_status,
         "environment": describe_environment(),

@@ -196,31 +196,20 @@ class FederatedServer:
         model = self.train_config.model_spec().build()
         return ckpt.plain_state_dict(model)
 
-    def _metadata(self, kind: str, server_round: int, val_loss: float | None) -> dict[str, Any]:
-        spec = self.train_config.model_spec()
-        return {
-            "format_version": ckpt.FORMAT_VERSION,
-            "kind": kind,
-            "model": self.train_config.model,
-            "model_spec": spec.to_dict(),
-            "model_options": spec.build_options(),
-            "epochs_from": 1,
-            "noise": self.train_config.noise.to_dict(),
-            "target": self.train_config.target,
-            "weights": "raw",
-            "epoch": server_round,  # a round stands for an epoch in evaluate and the report (from 1)
-            "round": server_round,
-            "global_step": server_round,
-            "val_loss": val_loss,
-            "strategy": f"federated-{self.config.strategy}",
-            "config": config_to_dict(self.train_config),
-            "federated": config_to_dict(self.config),
-        }
+    def _metadata(self, kind: str, server_round: int, val_loss: float | None) -> ckpt.CheckpointMetadata:
+        # a round stands for an epoch (from 1) in evaluate and the report, and for the step count
+        return ckpt.CheckpointMetadata.for_run(
+            kind,
+            self.train_config,
+            epoch=server_round,
+            global_step=server_round,
+            val_loss=val_loss,
+            strategy=f"federated-{self.config.strategy}",
+            federated=self.config,
+        )
 
-    def _weights_payload(self, state: dict[str, torch.Tensor], metadata: dict[str, Any]) -> bytes:
-        from meddenoise.models.spec import ModelSpec
-
-        model = ModelSpec.from_metadata(metadata).build()
+    def _weights_payload(self, state: dict[str, torch.Tensor], metadata: ckpt.CheckpointMetadata) -> bytes:
+        model = metadata.model_spec.build()
         ckpt.load_state_into(model, state, "the aggregated global model")
         return ckpt.weights_payload(model, metadata)
 

@@ -167,7 +167,9 @@ def load_denoiser(role: str, path: str | None, device: torch.device) -> AuditedD
 
     model, metadata = load_trained_model(path, device=device)
     model.eval()
-    return AuditedDenoiser(role=role, path=str(path), model=model, metadata=dict(metadata or {}))
+    # the audit records the same few facts of every denoiser, trained or classical
+    info = {"model": metadata.model_name, "target": metadata.target, "noise": metadata.noise.to_dict()}
+    return AuditedDenoiser(role=role, path=str(path), model=model, metadata=info)
 
 
 def _quality(pred: torch.Tensor, clean: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

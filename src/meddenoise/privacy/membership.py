@@ -401,13 +401,12 @@ def run_membership_audit(
     from meddenoise.data.cache import load_prepared
     from meddenoise.engine.checkpoint import load_trained_model
     from meddenoise.engine.runtime import resolve_device
-    from meddenoise.noise.spec import NoiseSpec
     from meddenoise.rundir import recorded_folder
 
     torch_device = resolve_device(device)
     checkpoints = _checkpoints(run_dir)
     model, metadata = load_trained_model(checkpoints[0][1], device=torch_device)
-    run_config = dict(metadata.get("config") or {})
+    run_config = dict(metadata.config)
     if not run_config:
         raise ConfigError(
             f"--run {run_dir}: the checkpoint has no training config; retrain with this version"
@@ -429,7 +428,7 @@ def run_membership_audit(
     sets = choose_sets(
         data, member_split, nonmember_split, max_images=max_images, seed=seed, trained_rows=trained
     )
-    noise = NoiseSpec.from_dict(metadata.get("noise") or {})
+    noise = metadata.noise
     noise_op, noise_seed = noise.build(), noise.seed
     rows = np.concatenate([sets.members, sets.nonmembers])
     count = sets.members.size
@@ -483,7 +482,7 @@ def run_membership_audit(
         errors = errors_of(net)
         entry: dict[str, Any] = {
             "checkpoint": str(file),
-            "epoch": meta.get("epoch"),
+            "epoch": meta.epoch,
             "mean_error": {
                 "members": float(errors[:count].mean()),
                 "nonmembers": float(errors[count:].mean()),
@@ -547,7 +546,7 @@ def _reference_errors(
     recipe_config = run_config
     if recipe is not None:
         _, recipe_metadata = load_trained_model(recipe, device="cpu", inference=False)
-        recipe_config = dict(recipe_metadata.get("config") or run_config)
+        recipe_config = dict(recipe_metadata.config or run_config)
     folders = train_reference_models(recipe_config, data_dir, folder, count=count, split=split, epochs=epochs)
     stacked = []
     for reference in folders:
