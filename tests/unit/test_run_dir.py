@@ -29,6 +29,34 @@ def test_layout_and_readers(tmp_path):
     assert [r["epoch"] for r in run.read_metrics()] == [1, 2]
 
 
+def test_resume_or_start_clean_keeps_a_checkpointed_run_and_removes_an_unfinished_one(tmp_path):
+    unfinished = RunDir(tmp_path / "killed-before-checkpoint")
+    unfinished.path.mkdir()
+    (unfinished.path / "train.log").write_text("epoch 1\n")
+    assert unfinished.resume_or_start_clean() is False and not unfinished.path.exists()
+    assert RunDir(tmp_path / "never-started").resume_or_start_clean() is False
+
+    resumable = RunDir(tmp_path / "checkpointed")
+    resumable.checkpoints.mkdir(parents=True)
+    resumable.last_state.write_bytes(b"state")
+    assert resumable.resume_or_start_clean() is True and resumable.last_state.is_file()
+
+
+def test_reproduction_folder_layout_and_readers(tmp_path):
+    from meddenoise.reprodir import ReproDir, write_privacy_audit
+
+    layout = ReproDir(tmp_path)
+    assert (layout.read_plan(), layout.read_privacy_audit(), layout.read_privacy_modes()) == ({}, None, None)
+    assert layout.plan_file == tmp_path / "reproduce.json" and layout.run_dir("a") == tmp_path / "runs" / "a"
+    layout.privacy_dir.mkdir()
+    written = write_privacy_audit(layout.privacy_dir, {"levels": []}, "# audit\n")
+    assert written == (layout.privacy_audit_file, layout.privacy_dir / "privacy_audit.md")
+    assert layout.read_privacy_audit() == {"levels": []}
+    layout.modes_dir.mkdir()
+    layout.modes_file.write_text("{not json")
+    assert layout.read_privacy_modes() is None  # an unreadable table is left out of the report
+
+
 def test_runs_that_counted_epochs_from_zero_are_renumbered(tmp_path):
     (tmp_path / "metrics.jsonl").write_text('{"epoch": 0}\n{"epoch": 1}\n')
     assert [r["epoch"] for r in RunDir(tmp_path).read_metrics()] == [1, 2]

@@ -1,4 +1,5 @@
-"""The privacy-modes step of `meddenoise reproduce`: DP-SGD runs, membership audits, one table.
+"""The privacy-modes step of `meddenoise reproduce`: DP-SGD runs, membership audits, one table
+(OUT/privacy_modes/, `ReproDir.modes_dir`).
 
     OUT/privacy_modes/runs/dp_eps<E>_std<s>/   DP-SGD U-Nets (GroupNorm), one per epsilon
     OUT/privacy_modes/runs/nonprivate_std<s>/  the same U-Net without DP (the DP reference, equal epochs)
@@ -26,11 +27,10 @@ from typing import Any
 
 from meddenoise.errors import MeddenoiseError
 from meddenoise.evaluation import files
-from meddenoise.fileio import atomic_write_json, atomic_write_text, ensure_writable_dir, read_json
+from meddenoise.fileio import atomic_write_json, atomic_write_text, ensure_writable_dir
+from meddenoise.reprodir import ReproDir
 from meddenoise.rundir import RunDir
 
-FOLDER = "privacy_modes"
-RESULT = "privacy_modes.json"
 SUPERVISED_LABEL = "paper mode (released pairs, clean targets)"
 
 
@@ -56,12 +56,7 @@ def _train(values: dict[str, Any], out: Path) -> Path:
 
     if files.is_done(out):
         return out
-    resume = RunDir(out).has_training_state()
-    values = {**values, "out": str(out), "resume": resume}
-    if out.exists() and not resume:
-        import shutil
-
-        shutil.rmtree(out)
+    values = {**values, "out": str(out), "resume": RunDir(out).resume_or_start_clean()}
     started = time.perf_counter()
     fit(config_from_mapping(TrainConfig, values, source=f"privacy modes run {out.name}"))
     files.mark_done(out, f"{time.perf_counter() - started:.1f} s")
@@ -84,7 +79,8 @@ def run_privacy_modes(
     from meddenoise.privacy import modes
     from meddenoise.privacy.membership import run_membership_audit
 
-    folder = out / FOLDER
+    layout = ReproDir(out)
+    folder = layout.modes_dir
     if files.is_done(folder):
         return None
     noise_std = preset.dp_noise_std
@@ -120,8 +116,7 @@ def run_privacy_modes(
     if preset.dp_public_pretraining and preset.dp_epsilons:
         public_runs = _public_pretraining(folder, data_dir, base, preset, tag)
 
-    audit_path = out / "privacy" / "privacy_audit.json"
-    audit = read_json(audit_path, what="privacy audit") if audit_path.is_file() else {"levels": []}
+    audit = layout.read_privacy_audit() or {"levels": []}
     level = next((lv for lv in audit["levels"] if math.isclose(lv["noise_std"], noise_std)), None)
     data = load_prepared(data_dir)
     groups = {r["image_id"]: r.get("group") or r["patient_id"] for r in data.records}
@@ -226,8 +221,8 @@ def run_privacy_modes(
         "verdict": modes.verdict(rows),
         "notes": notes(preset, str(data.params.get("source", ""))),
     }
-    atomic_write_json(folder / RESULT, result)
-    atomic_write_text(folder / "privacy_modes.md", markdown(result))
+    atomic_write_json(layout.modes_file, result)
+    atomic_write_text(layout.modes_markdown, markdown(result))
     files.mark_done(folder)
     return None
 
@@ -370,13 +365,3 @@ def markdown(result: dict[str, Any]) -> str:
     )
     lines += [f"- {sentence}" for sentence in result["verdict"]]
     return "\n".join(lines) + "\n"
-
-
-def load_result(root: Path) -> dict[str, Any] | None:
-    path = Path(root) / FOLDER / RESULT
-    if not path.is_file():
-        return None
-    try:
-        return read_json(path, what="privacy modes table")
-    except MeddenoiseError:
-        return None
