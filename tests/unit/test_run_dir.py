@@ -76,9 +76,29 @@ def test_model_spec_builds_through_the_registry_and_round_trips():
     same = build_model("unetpp", base_channels=4, depth=3, norm="group", deep_supervision=False)
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), same.state_dict().values()))
     assert ModelSpec.from_dict(spec.to_dict()) == spec
-    dncnn = ModelSpec("dncnn", base_channels=4, depth=3, options={"num_layers": 3})
-    # DnCNN has no depth or deep supervision: those are left out
+    dncnn = ModelSpec("dncnn", base_channels=4, options={"num_layers": 3})
+    # DnCNN has no depth or deep supervision: left at their defaults, those are left out
     assert dncnn.build_options() == {"base_channels": 4, "norm": "batch", "num_layers": 3}
+
+
+@pytest.mark.parametrize(
+    ("name", "field", "value"), [("dncnn", "depth", 3), ("unet", "deep_supervision", False)]
+)
+def test_model_spec_refuses_a_setting_the_model_does_not_take(name, field, value):
+    from meddenoise.errors import ConfigError
+
+    spec = ModelSpec(name, base_channels=4, **{field: value})
+    with pytest.raises(ConfigError, match=f"model '{name}' has no option {field}") as caught:
+        spec.build()
+    assert caught.value.parameter == field and "its options are: base_channels" in str(caught.value)
+    with pytest.raises(ConfigError, match="has no option"):
+        spec.check_input_size(16, 16)
+
+
+def test_a_checkpoint_that_stored_an_ignored_setting_still_loads():
+    stored = ModelSpec("dncnn", base_channels=4, depth=3, options={"num_layers": 3}).to_dict()
+    spec = ModelSpec.from_metadata({"model": "dncnn", "model_spec": stored})
+    assert spec.depth == 0 and spec.build_options() == {"base_channels": 4, "norm": "batch", "num_layers": 3}
 
 
 def test_checkpoints_store_the_spec_and_old_ones_still_load(tmp_path):

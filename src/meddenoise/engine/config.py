@@ -63,7 +63,7 @@ class TrainConfig:
         "batch", "normalisation layers: batch (the paper) or group", choices=("batch", "group")
     )
     deep_supervision: bool = option(
-        True, "U-Net++: train every output head (the paper); ignored by other models"
+        True, "U-Net++ only: train every output head (the paper); other models take only the default"
     )
     model_options: list[str] = option([], "extra model options KEY=VALUE (e.g. residual=true)")
     # -- obfuscation and target ----------------------------------------------------------------------------
