@@ -17,7 +17,8 @@ from meddenoise.errors import ConfigError
 from meddenoise.noise.spec import NoiseSpec
 
 PARTITIONS = ("iid", "by-source", "dirichlet")
-STRATEGIES = ("fedavg", "fedprox", "fedadam", "fedyogi")
+# The --strategy choices without importing Flower; tests keep them equal to `strategies.STRATEGIES`.
+STRATEGY_CHOICES = ("fedavg", "fedprox", "fedadam", "fedyogi")
 LOCAL_OPTIMIZER_STATES = ("reset", "keep")
 
 DEPLOYMENT_DATA = "(sites)"
@@ -88,7 +89,7 @@ class FederatedConfig:
         "fedavg",
         "Flower server strategy: fedavg (weighted by site training images), fedprox (adds a proximal "
         "term mu/2 ||w - w_global||^2 to the local loss), fedadam or fedyogi (adaptive server optimizer)",
-        choices=STRATEGIES,
+        choices=STRATEGY_CHOICES,
     )
     proximal_mu: float = option(0.01, "fedprox: weight of the proximal term")
     server_lr: float = option(0.01, "fedadam / fedyogi: server learning rate (eta)")
