@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from meddenoise.config import config_to_dict, option, print_config_option, quiet_option
+from meddenoise.config import option, print_config_option, quiet_option
 from meddenoise.engine.config import MODEL_FIELDS, TrainConfig
 from meddenoise.errors import ConfigError
 from meddenoise.noise.spec import NoiseSpec
@@ -192,7 +192,3 @@ def local_train_config(config: FederatedConfig, *, data: str, out: str) -> Train
     values["noise"] = config.noise.to_dict()
     values.update(data=data, out=out, evaluate_test=False, patience=0, quiet=True, epochs=config.rounds)
     return config_from_mapping(TrainConfig, values, source="federated options")
-
-
-def config_dict(config: FederatedConfig) -> dict[str, Any]:
-    return config_to_dict(config)
