@@ -9,7 +9,8 @@ the CLI read through it.
     OUT/timing/<configuration>/    extra timing repeats of Table V (trained only)
     OUT/baselines/<method>_std<s>/ an evaluation folder + DONE
     OUT/privacy/                   privacy_audit.json / .md
-    OUT/privacy_modes/             DP-SGD runs, membership audits, privacy_modes.json / .md
+    OUT/privacy_modes/             DP-SGD runs (runs/), public data and its per-image scores, membership
+                                   audits (membership/), privacy_modes.json / .md
     OUT/report.md, report.html, figures/, tables/
 
 A privacy-audit folder (`OUT/privacy/`, or what `meddenoise privacy-audit --out` writes) holds
@@ -68,6 +69,22 @@ class ReproDir:
     @property
     def modes_dir(self) -> Path:
         return self.root / MODES_FOLDER
+
+    def modes_run_dir(self, name: str) -> Path:
+        """A run of the privacy-modes step: outside runs/, so the paper's tables never mix DP runs in."""
+        return self.modes_dir / "runs" / name
+
+    @property
+    def modes_public_data(self) -> Path:
+        return self.modes_dir / "public_data"
+
+    @property
+    def modes_public_scores(self) -> Path:
+        """The publicly pretrained U-Net's per-image table on the private test split."""
+        return self.modes_dir / "public_on_private_test.csv"
+
+    def membership_dir(self, name: str) -> Path:
+        return self.modes_dir / "membership" / name
 
     @property
     def modes_file(self) -> Path:
