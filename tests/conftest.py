@@ -126,10 +126,12 @@ def image_files():
 
 @pytest.fixture
 def tiny_fit():
-    """Factory: `tiny_fit(data, out, target="clean", epochs=4) -> run folder`: a seconds-long CPU training run
-    (5-layer DnCNN, GroupNorm, noise std 0.2) through the real engine."""
+    """Factory: `tiny_fit(data, out, target="clean", epochs=4, noise_kind="gaussian") -> run folder`: a
+    seconds-long CPU training run (5-layer DnCNN, GroupNorm, noise std 0.2) through the real engine."""
 
-    def fit_tiny(data: Path, out: Path, target: str = "clean", epochs: int = 4) -> Path:
+    def fit_tiny(
+        data: Path, out: Path, target: str = "clean", epochs: int = 4, noise_kind: str = "gaussian"
+    ) -> Path:
         from meddenoise.config import config_from_mapping
         from meddenoise.engine.config import TrainConfig
         from meddenoise.engine.train import fit
@@ -143,6 +145,7 @@ def tiny_fit():
             "norm": "group",
             "target": target,
             "noise_std": 0.2,
+            "noise_kind": noise_kind,
             "epochs": epochs,
             "batch_size": 8,
             "lr": 2e-3,

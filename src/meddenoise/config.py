@@ -65,7 +65,9 @@ def option(
     is a group: its fields become `--noise-kind`, `--noise-std`, ... in one argparse group, a `[noise]` table
     in TOML and a nested object in config.json. Flat keys (`noise_std = 0.2`) are read too.
     """
-    metadata = {"help": help, "choices": tuple(choices) if choices else None, "required": required}
+    # A tuple is kept as it is: a subclass may accept more than it lists (registered noise kinds).
+    kept = choices if isinstance(choices, tuple) else tuple(choices) if choices else None
+    metadata = {"help": help, "choices": kept or None, "required": required}
     metadata.update({"flag": flag, "cli": cli, "bare": bare})
     bounds = {"ge": ge, "gt": gt, "le": le, "lt": lt}
     metadata["bounds"] = {key: value for key, value in bounds.items() if value is not None}

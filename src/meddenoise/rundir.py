@@ -21,6 +21,7 @@ import io
 import json
 import math
 import os
+import shutil
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -158,6 +159,16 @@ class RunDir:
 
     def has_training_state(self) -> bool:
         return self.last_state.is_file()
+
+    def resume_or_start_clean(self) -> bool:
+        """True when training can continue from the last checkpoint; otherwise the folder (a run killed
+        before its first checkpoint, so nothing worth keeping) is removed so training starts clean, and
+        False is returned. The one rule for every caller that reruns an unfinished run."""
+        if self.has_training_state():
+            return True
+        if self.path.exists():
+            shutil.rmtree(self.path)
+        return False
 
     def weights_for_inference(self) -> Path:
         """The best checkpoint (the last one if no best was written yet)."""

@@ -106,3 +106,37 @@ def test_every_command_that_takes_noise_has_the_same_flags():
         "--noise-seed",
     ]
     assert all(group == first for group in groups.values()), groups
+
+
+def test_a_registered_noise_kind_is_accepted_everywhere_and_trains(make_prepared, tiny_fit, tmp_path):
+    from meddenoise.noise.operators import OPERATORS, GaussianNoise
+    from meddenoise.rundir import RunDir
+
+    class HalfGaussian(GaussianNoise):
+        kind = "half_gaussian"
+
+        def _noisy(self, clean, key0, key1):
+            return clean + (super()._noisy(clean, key0, key1) - clean).abs()
+
+    unknown = "unknown noise kind 'half_gaussian'; available: gaussian, poisson, poisson_gaussian"
+    with pytest.raises(ConfigError, match=unknown) as raised:
+        NoiseSpec(kind="half_gaussian").check()
+    assert raised.value.parameter == "noise.kind"
+    with pytest.raises(ConfigError, match="unknown noise kind 'half_gaussian'"):
+        build_noise("half_gaussian")
+    OPERATORS.add("half_gaussian", lambda mean, std, clamp, dose: HalfGaussian(mean, std, clamp))
+    try:
+        spec = NoiseSpec(kind="half_gaussian", mean=0.0, std=0.1)
+        spec.check()
+        assert isinstance(spec.build(), HalfGaussian)
+        assert isinstance(build_noise("half_gaussian"), HalfGaussian)
+        noisy = spec.build()(torch.full((1, 1, 4, 4), 0.5), torch.tensor([3]), seed=0)
+        assert bool((noisy >= 0.5).all())
+        values = {"data": "d", "out": "o", "noise": {"kind": "half_gaussian"}}
+        config = config_from_mapping(TrainConfig, values)
+        assert config.noise.kind == "half_gaussian"
+        data = make_prepared(n=16, size=16)
+        run = tiny_fit(data, tmp_path / "run", epochs=1, noise_kind="half_gaussian")
+        assert RunDir(run).read_config()["noise"]["kind"] == "half_gaussian"
+    finally:
+        OPERATORS.remove("half_gaussian")

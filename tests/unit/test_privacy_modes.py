@@ -108,8 +108,8 @@ def test_a_gap_over_one_patient_has_no_interval_and_no_claim_never_a_zero_width_
 
 
 def test_the_per_image_dp_unit_is_explained_by_the_data_actually_used():
-    from meddenoise.privacy.modes_job import notes
     from meddenoise.reproduce import PRESETS
+    from meddenoise.reproduce.modes_job import notes
 
     preset = PRESETS["smoke"]
     assert preset.dp_unit == "image"
@@ -121,8 +121,8 @@ def test_the_per_image_dp_unit_is_explained_by_the_data_actually_used():
 def test_notes_name_the_dp_runs_actually_trained_and_their_own_settings():
     import dataclasses
 
-    from meddenoise.privacy.modes_job import notes, scratch_epsilons
     from meddenoise.reproduce import PRESETS
+    from meddenoise.reproduce.modes_job import notes, scratch_epsilons
 
     quick = PRESETS["quick"]
     assert scratch_epsilons(quick) == (8.0,) and quick.dp_epsilons == (1.0, 4.0, 8.0)

@@ -29,6 +29,34 @@ def test_layout_and_readers(tmp_path):
     assert [r["epoch"] for r in run.read_metrics()] == [1, 2]
 
 
+def test_resume_or_start_clean_keeps_a_checkpointed_run_and_removes_an_unfinished_one(tmp_path):
+    unfinished = RunDir(tmp_path / "killed-before-checkpoint")
+    unfinished.path.mkdir()
+    (unfinished.path / "train.log").write_text("epoch 1\n")
+    assert unfinished.resume_or_start_clean() is False and not unfinished.path.exists()
+    assert RunDir(tmp_path / "never-started").resume_or_start_clean() is False
+
+    resumable = RunDir(tmp_path / "checkpointed")
+    resumable.checkpoints.mkdir(parents=True)
+    resumable.last_state.write_bytes(b"state")
+    assert resumable.resume_or_start_clean() is True and resumable.last_state.is_file()
+
+
+def test_reproduction_folder_layout_and_readers(tmp_path):
+    from meddenoise.reprodir import ReproDir, write_privacy_audit
+
+    layout = ReproDir(tmp_path)
+    assert (layout.read_plan(), layout.read_privacy_audit(), layout.read_privacy_modes()) == ({}, None, None)
+    assert layout.plan_file == tmp_path / "reproduce.json" and layout.run_dir("a") == tmp_path / "runs" / "a"
+    layout.privacy_dir.mkdir()
+    written = write_privacy_audit(layout.privacy_dir, {"levels": []}, "# audit\n")
+    assert written == (layout.privacy_audit_file, layout.privacy_dir / "privacy_audit.md")
+    assert layout.read_privacy_audit() == {"levels": []}
+    layout.modes_dir.mkdir()
+    layout.modes_file.write_text("{not json")
+    assert layout.read_privacy_modes() is None  # an unreadable table is left out of the report
+
+
 def test_runs_that_counted_epochs_from_zero_are_renumbered(tmp_path):
     (tmp_path / "metrics.jsonl").write_text('{"epoch": 0}\n{"epoch": 1}\n')
     assert [r["epoch"] for r in RunDir(tmp_path).read_metrics()] == [1, 2]
@@ -48,9 +76,29 @@ def test_model_spec_builds_through_the_registry_and_round_trips():
     same = build_model("unetpp", base_channels=4, depth=3, norm="group", deep_supervision=False)
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), same.state_dict().values()))
     assert ModelSpec.from_dict(spec.to_dict()) == spec
-    dncnn = ModelSpec("dncnn", base_channels=4, depth=3, options={"num_layers": 3})
-    # DnCNN has no depth or deep supervision: those are left out
+    dncnn = ModelSpec("dncnn", base_channels=4, options={"num_layers": 3})
+    # DnCNN has no depth or deep supervision: left at their defaults, those are left out
     assert dncnn.build_options() == {"base_channels": 4, "norm": "batch", "num_layers": 3}
+
+
+@pytest.mark.parametrize(
+    ("name", "field", "value"), [("dncnn", "depth", 3), ("unet", "deep_supervision", False)]
+)
+def test_model_spec_refuses_a_setting_the_model_does_not_take(name, field, value):
+    from meddenoise.errors import ConfigError
+
+    spec = ModelSpec(name, base_channels=4, **{field: value})
+    with pytest.raises(ConfigError, match=f"model '{name}' has no option {field}") as caught:
+        spec.build()
+    assert caught.value.parameter == field and "its options are: base_channels" in str(caught.value)
+    with pytest.raises(ConfigError, match="has no option"):
+        spec.check_input_size(16, 16)
+
+
+def test_a_checkpoint_that_stored_an_ignored_setting_still_loads():
+    stored = ModelSpec("dncnn", base_channels=4, depth=3, options={"num_layers": 3}).to_dict()
+    spec = ModelSpec.from_metadata({"model": "dncnn", "model_spec": stored})
+    assert spec.depth == 0 and spec.build_options() == {"base_channels": 4, "norm": "batch", "num_layers": 3}
 
 
 def test_checkpoints_store_the_spec_and_old_ones_still_load(tmp_path):

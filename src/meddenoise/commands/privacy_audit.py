@@ -102,10 +102,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     config = command_config(PrivacyAuditConfig, args, with_levels)
-    from meddenoise.fileio import atomic_write_json, atomic_write_text, ensure_writable_dir
+    from meddenoise.fileio import ensure_writable_dir
     from meddenoise.privacy.audit import run_audit
     from meddenoise.privacy.matcher import Matcher
     from meddenoise.privacy.verdict import format_table, markdown_section
+    from meddenoise.reprodir import write_privacy_audit
 
     for option_name in ("run", "outsider_run"):
         folder = getattr(config, option_name)
@@ -151,8 +152,7 @@ def run(args: argparse.Namespace) -> int:
         )
     result["config"] = config_to_dict(config)
     save_config(config, out_dir / "config.json")
-    atomic_write_json(out_dir / "privacy_audit.json", result)
-    atomic_write_text(out_dir / "privacy_audit.md", text)
+    json_path, markdown_path = write_privacy_audit(out_dir, result, text)
     print(format_table(result))
     if config.membership:
         print("\n".join(markdown_lines(result["membership"])))
@@ -161,5 +161,5 @@ def run(args: argparse.Namespace) -> int:
         if "skipped" in reid:
             print(f"re-identification skipped: {reid['skipped']}")
             break
-    print(f"wrote {out_dir / 'privacy_audit.json'} and {out_dir / 'privacy_audit.md'}")
+    print(f"wrote {json_path} and {markdown_path}")
     return 0

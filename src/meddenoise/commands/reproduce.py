@@ -46,10 +46,9 @@ def run(args: argparse.Namespace) -> int:
 def report_failures(out) -> int:
     """1 (after listing them) when jobs of the reproduction failed, else 0: a grid with holes must not
     look like a success to a script or a CI job."""
-    from meddenoise.fileio import read_json
-    from meddenoise.reproduce import PLAN_FILE
+    from meddenoise.reprodir import ReproDir
 
-    failed = (read_json(out / PLAN_FILE, what="reproduction plan") or {}).get("failed") or []
+    failed = ReproDir(out).read_plan().get("failed") or []
     for item in failed:
         print(f"failed: {item['what']}: {item['reason']}")
     if failed:

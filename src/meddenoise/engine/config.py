@@ -20,6 +20,10 @@ MODEL_FIELDS = ("model", "base_channels", "depth", "norm", "deep_supervision", "
 RESUME_CHOICES = ("no", "yes", "auto")
 # `--recipe small`: what took narrow networks (base 8, depth 3) past their noisy input in a few hundred steps
 # (docs/training.md, "Small networks"); the paper's lr 1e-3 without a schedule left them below it.
+# The --loss and --lr-schedule choices without importing torch; tests keep them equal to the registries
+# (`losses.LOSSES`, `schedule.SCHEDULES`).
+LOSS_CHOICES = ("l1", "l2")
+SCHEDULE_CHOICES = ("none", "cosine", "onecycle")
 SMALL_RECIPE = {"lr": 5e-3, "lr_schedule": "onecycle", "batch_size": 8}
 
 # Beyond these a network does not fit any device (U-Net channels double per level: base x 2^(depth-1)).
@@ -63,7 +67,7 @@ class TrainConfig:
         "batch", "normalisation layers: batch (the paper) or group", choices=("batch", "group")
     )
     deep_supervision: bool = option(
-        True, "U-Net++: train every output head (the paper); ignored by other models"
+        True, "U-Net++ only: train every output head (the paper); other models take only the default"
     )
     model_options: list[str] = option([], "extra model options KEY=VALUE (e.g. residual=true)")
     # -- obfuscation and target ----------------------------------------------------------------------------
@@ -87,8 +91,8 @@ class TrainConfig:
     lr: float = option(1e-3, "learning rate (Adam)", gt=0)
     optimizer: str = option("adam", "optimizer", choices=("adam", "adamw"))
     weight_decay: float = option(0.0, "weight decay (decoupled with adamw)", ge=0)
-    loss: str = option("l1", "pixel loss: l1 (the paper) or l2", choices=("l1", "l2"))
-    lr_schedule: str = option("none", "learning-rate schedule", choices=("none", "cosine", "onecycle"))
+    loss: str = option("l1", "pixel loss: l1 (the paper) or l2", choices=LOSS_CHOICES)
+    lr_schedule: str = option("none", "learning-rate schedule", choices=SCHEDULE_CHOICES)
     warmup_steps: int = option(0, "linear warm-up steps (onecycle: 0 means 30 percent of the steps)", ge=0)
     grad_clip: float = option(0.0, "clip the gradient norm to this value (0: off)", ge=0)
     ema_decay: float = option(

@@ -11,13 +11,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from meddenoise.config import config_to_dict, option, print_config_option, quiet_option
+from meddenoise.config import option, print_config_option, quiet_option
 from meddenoise.engine.config import MODEL_FIELDS, TrainConfig
 from meddenoise.errors import ConfigError
 from meddenoise.noise.spec import NoiseSpec
 
 PARTITIONS = ("iid", "by-source", "dirichlet")
-STRATEGIES = ("fedavg", "fedprox", "fedadam", "fedyogi")
+# The --strategy choices without importing Flower; tests keep them equal to `strategies.STRATEGIES`.
+STRATEGY_CHOICES = ("fedavg", "fedprox", "fedadam", "fedyogi")
 LOCAL_OPTIMIZER_STATES = ("reset", "keep")
 
 DEPLOYMENT_DATA = "(sites)"
@@ -88,7 +89,7 @@ class FederatedConfig:
         "fedavg",
         "Flower server strategy: fedavg (weighted by site training images), fedprox (adds a proximal "
         "term mu/2 ||w - w_global||^2 to the local loss), fedadam or fedyogi (adaptive server optimizer)",
-        choices=STRATEGIES,
+        choices=STRATEGY_CHOICES,
     )
     proximal_mu: float = option(0.01, "fedprox: weight of the proximal term")
     server_lr: float = option(0.01, "fedadam / fedyogi: server learning rate (eta)")
@@ -191,7 +192,3 @@ def local_train_config(config: FederatedConfig, *, data: str, out: str) -> Train
     values["noise"] = config.noise.to_dict()
     values.update(data=data, out=out, evaluate_test=False, patience=0, quiet=True, epochs=config.rounds)
     return config_from_mapping(TrainConfig, values, source="federated options")
-
-
-def config_dict(config: FederatedConfig) -> dict[str, Any]:
-    return config_to_dict(config)

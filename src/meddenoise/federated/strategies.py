@@ -6,18 +6,29 @@ here, so a killed server resumes with it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
 from meddenoise.federated.client import ARRAYS_RECORD, CONFIG_RECORD, WEIGHT_KEY
+from meddenoise.registry import Registry
 
 MOMENT_ATTRIBUTES = ("m_t", "v_t")
+
+# (Flower's strategy module, the options every strategy shares, proximal_mu, server_lr, server_tau)
+StrategyBuilder = Callable[[Any, dict[str, Any], float, float, float], Any]
+STRATEGIES: Registry[StrategyBuilder] = Registry("federated strategy", parameter="strategy")
+STRATEGIES.add("fedavg", lambda flower, common, mu, lr, tau: flower.FedAvg(**common))
+STRATEGIES.add("fedprox", lambda flower, common, mu, lr, tau: flower.FedProx(**common, proximal_mu=mu))
+STRATEGIES.add("fedadam", lambda flower, common, mu, lr, tau: flower.FedAdam(**common, eta=lr, tau=tau))
+STRATEGIES.add("fedyogi", lambda flower, common, mu, lr, tau: flower.FedYogi(**common, eta=lr, tau=tau))
 
 
 def build_strategy(
     name: str, *, fraction: float, train_sites: int, proximal_mu: float, server_lr: float, server_tau: float
 ) -> Any:
+    builder = STRATEGIES.get(name)  # before importing Flower: an unknown name is a config error either way
     from flwr.serverapp import strategy as flower
 
     common = {
@@ -30,15 +41,7 @@ def build_strategy(
         "arrayrecord_key": ARRAYS_RECORD,
         "configrecord_key": CONFIG_RECORD,
     }
-    if name == "fedavg":
-        return flower.FedAvg(**common)
-    if name == "fedprox":
-        return flower.FedProx(**common, proximal_mu=proximal_mu)
-    if name == "fedadam":
-        return flower.FedAdam(**common, eta=server_lr, tau=server_tau)
-    if name == "fedyogi":
-        return flower.FedYogi(**common, eta=server_lr, tau=server_tau)
-    raise ValueError(f"unknown strategy {name!r}")
+    return builder(flower, common, proximal_mu, server_lr, server_tau)
 
 
 def strategy_state(strategy: Any) -> dict[str, Any]:

@@ -21,18 +21,33 @@ class ModelSpec:
     options: dict[str, Any] = dataclasses.field(default_factory=dict)  # any other constructor option
 
     def build_options(self) -> dict[str, Any]:
-        """Keyword arguments of `build_model(self.name, ...)`: only the options this model has, so one spec
-        type serves U-Net (depth, norm), U-Net++ (also deep supervision) and DnCNN (neither)."""
+        """Keyword arguments of `build_model(self.name, ...)`. A field left at its default is passed only to a
+        model that has that option, so one spec type serves U-Net (depth, norm), U-Net++ (also deep
+        supervision) and DnCNN (neither); a field set to anything else must be an option of the model, or a
+        `ConfigError` names it and the model's options (as timm refuses unexpected keyword arguments)."""
         from meddenoise.models.registry import get_model_entry
 
         accepted = get_model_entry(self.name).defaults
         options: dict[str, Any] = {"base_channels": self.base_channels}
+        for key, value in self._typed_options().items():
+            if key in accepted:
+                options[key] = value
+            elif value != _FIELD_DEFAULTS[key]:
+                from meddenoise.errors import ConfigError
+
+                known = ", ".join(sorted(accepted))
+                raise ConfigError(
+                    f"model {self.name!r} has no option {key} ({key}={value!r}); its options are: {known}",
+                    key,
+                )
+        options.update(self.options)
+        return options
+
+    def _typed_options(self) -> dict[str, Any]:
         wanted: dict[str, Any] = {"norm": self.norm, "deep_supervision": self.deep_supervision}
         if self.depth:
             wanted["depth"] = self.depth
-        options.update({key: value for key, value in wanted.items() if key in accepted})
-        options.update(self.options)
-        return options
+        return wanted
 
     def check_input_size(self, height: int, width: int) -> None:
         """Refuse a depth the images cannot take, before the network is built: each U-Net / U-Net++ level
@@ -71,7 +86,7 @@ class ModelSpec:
         """From checkpoint metadata: its `model_spec`, or (older checkpoints) `model` and the resolved
         `model_options` it was built with."""
         if isinstance(metadata.get("model_spec"), dict):
-            return cls.from_dict(metadata["model_spec"])
+            return cls.from_dict(metadata["model_spec"])._without_ignored_fields()
         options = dict(metadata.get("model_options") or {})
         fields = {
             key: options.pop(key)
@@ -79,3 +94,20 @@ class ModelSpec:
             if key in options
         }
         return cls(name=metadata["model"], **fields, options=options)
+
+    def _without_ignored_fields(self) -> ModelSpec:
+        """Checkpoints written while unaccepted settings were silently ignored may store one (a DnCNN with
+        depth 3); its network was built without it, so it is reset to the default rather than refused."""
+        from meddenoise.models.registry import get_model_entry
+
+        accepted = get_model_entry(self.name).defaults
+        ignored = {key: _FIELD_DEFAULTS[key] for key in self._typed_options() if key not in accepted}
+        return dataclasses.replace(self, **ignored) if ignored else self
+
+
+# A typed field at its default counts as not set (timm drops None keyword arguments the same way).
+_FIELD_DEFAULTS = {
+    field.name: field.default
+    for field in dataclasses.fields(ModelSpec)
+    if field.name in ("depth", "norm", "deep_supervision")
+}

@@ -277,7 +277,7 @@ def build_noise(
     """
     if options:
         raise ConfigError(f"unknown noise option(s): {', '.join(sorted(options))}", "noise")
-    check_kind(kind)
+    check_kind(kind)  # the registry's error when unknown, as NoiseSpec gives
     if not isinstance(clamp, bool):
         raise ConfigError(f"noise.clamp must be true or false; got {clamp!r}", "noise.clamp")
     return OPERATORS.get(kind)(mean=mean, std=std, clamp=clamp, dose=dose)

@@ -19,7 +19,23 @@ from typing import Any, ClassVar
 from meddenoise.config import option
 from meddenoise.errors import ConfigError
 
-KINDS = ("gaussian", "poisson", "poisson_gaussian")
+
+class Kinds(tuple):
+    """The built-in noise kinds, listed as the `--noise-kind` choices without importing torch; a kind is
+    in it when `noise.operators.OPERATORS` has it, so a kind a user registers there is accepted wherever
+    the built-ins are (flags, config files, `NoiseSpec`, `build_noise`)."""
+
+    def __contains__(self, kind: object) -> bool:
+        if tuple.__contains__(self, kind) or not isinstance(kind, str):
+            return tuple.__contains__(self, kind)
+        from meddenoise.noise.operators import OPERATORS
+
+        return kind in OPERATORS
+
+
+KINDS = Kinds(("gaussian", "poisson", "poisson_gaussian"))
+# The kinds whose noise is photon counting: they need a dose.
+DOSE_KINDS = ("poisson", "poisson_gaussian")
 MODES = ("fixed", "fresh")
 # The paper's three levels (std 0.1, 0.2, 0.3 of the full intensity range).
 PAPER_STDS = (0.1, 0.2, 0.3)
@@ -64,8 +80,11 @@ def check_dose(dose: Any) -> float:
 
 
 def check_kind(kind: Any) -> str:
+    """A registered noise kind, or the registry's error naming `noise.kind` and the available kinds."""
     if kind not in KINDS:
-        raise ConfigError(f"noise.kind must be one of {', '.join(KINDS)}; got {kind!r}", "noise.kind")
+        from meddenoise.noise.operators import OPERATORS
+
+        OPERATORS.get(kind if isinstance(kind, str) else repr(kind))
     return kind
 
 
@@ -107,7 +126,7 @@ class NoiseSpec:
         check_int(self.seed, "noise.seed")
         if not isinstance(self.clamp, bool):
             raise ConfigError(f"noise.clamp must be true or false; got {self.clamp!r}", "noise.clamp")
-        if self.kind != "gaussian" or self.dose is not None:
+        if self.kind in DOSE_KINDS or self.dose is not None:
             check_dose(self.dose)
 
     # -- the operator and its seeds ------------------------------------------------------------------------

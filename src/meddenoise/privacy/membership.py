@@ -124,25 +124,6 @@ def bootstrap_aucs(
     return aucs
 
 
-def patient_bootstrap_auc(
-    members: np.ndarray,
-    member_groups: list[str],
-    nonmembers: np.ndarray,
-    nonmember_groups: list[str],
-    *,
-    resamples: int = 1000,
-    seed: int = 0,
-    confidence: float = CONFIDENCE,
-) -> tuple[float, float]:
-    """Percentile interval of the AUC, resampling patients (groups) with replacement on each side."""
-    aucs = bootstrap_aucs(
-        members, member_groups, nonmembers, nonmember_groups, resamples=resamples, seed=seed
-    )
-    alpha = 1.0 - confidence
-    low, high = np.quantile(aucs, [alpha / 2, 1 - alpha / 2])
-    return float(low), float(high)
-
-
 def attack_summary(
     members: np.ndarray,
     member_groups: list[str],

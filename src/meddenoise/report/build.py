@@ -31,12 +31,12 @@ from meddenoise.report.html import render_html
 from meddenoise.report.privacy_modes import SECTION_TITLE as MODES_TITLE
 from meddenoise.report.privacy_modes import privacy_modes_section
 from meddenoise.report.summary import Finding
+from meddenoise.reprodir import AUDIT_FILE, ReproDir
 
 REPORT_MARKDOWN = "report.md"
 REPORT_HTML = "report.html"
 FIGURES_DIR = "figures"
 TABLES_DIR = "tables"
-PRIVACY_FILE = "privacy_audit.json"
 
 
 @dataclasses.dataclass
@@ -287,7 +287,7 @@ def figures_section(
 def privacy_section(collection: Collection, findings: list[Finding]) -> list[Block]:
     found = sorted(
         p
-        for p in collection.root.rglob(PRIVACY_FILE)
+        for p in collection.root.rglob(AUDIT_FILE)
         if not any(part.startswith(".") for part in p.relative_to(collection.root).parts)
     )
     if not found:
@@ -382,9 +382,8 @@ def build_report(
     body += figure_blocks
     body += privacy_section(collection, findings)
     body += privacy_modes_section(collection.root)
-    from meddenoise.privacy.modes_job import load_result as load_modes_result
 
-    findings += summary.privacy_modes(load_modes_result(collection.root), MODES_TITLE)
+    findings += summary.privacy_modes(ReproDir(collection.root).read_privacy_modes(), MODES_TITLE)
     findings += summary.limits(
         seeds=_seeds_per_configuration(collection),
         ids_unknown=tables.ids_unknown(collection),

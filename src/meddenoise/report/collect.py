@@ -16,10 +16,8 @@ import numpy as np
 
 from meddenoise.errors import MeddenoiseError
 from meddenoise.evaluation import files
-from meddenoise.fileio import read_json
+from meddenoise.reprodir import ReproDir
 from meddenoise.rundir import RunDir
-
-PLAN_FILE = "reproduce.json"
 
 METHOD_LABELS = {
     "noisy": "Noisy input",
@@ -266,8 +264,7 @@ def collect(root: str | Path, *, split: str = "test") -> Collection:
             f"no evaluations of split {split!r} under {root}; run `meddenoise evaluate RUN_DIR` or "
             "`meddenoise reproduce --out DIR` first"
         )
-    plan_path = root / PLAN_FILE
-    plan = read_json(plan_path, what="reproduction plan") if plan_path.is_file() else {}
+    plan = ReproDir(root).read_plan()
     evaluations, ignored = _one_data_folder(evaluations, (plan.get("data") or {}).get("folder"))
     robustness = [e for e in evaluations if e.info.get("trained_noise_std") is not None]
     evaluations = [e for e in evaluations if e.info.get("trained_noise_std") is None]

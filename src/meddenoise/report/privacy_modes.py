@@ -5,18 +5,19 @@ from __future__ import annotations
 from pathlib import Path
 
 from meddenoise.report.document import Block, BulletList, Heading, Paragraph, Table
+from meddenoise.reprodir import ReproDir
 
 SECTION_TITLE = "Privacy modes side by side"
 
 
 def privacy_modes_section(root: Path) -> list[Block]:
     from meddenoise.privacy import modes
-    from meddenoise.privacy.modes_job import FOLDER, load_result
 
-    result = load_result(root)
+    layout = ReproDir(root)
+    result = layout.read_privacy_modes()
     if result is None:
         return []
-    link = f"{FOLDER}/privacy_modes.md"
+    link = layout.modes_markdown.relative_to(layout.root).as_posix()
     return [
         Heading(2, SECTION_TITLE),
         Paragraph(

@@ -712,12 +712,6 @@ def learned_vs_classical(collection: Collection) -> list[dict[str, Any]]:
     return findings
 
 
-def classical_verdict(collection: Collection) -> list[str]:
-    """The sentences of the levels where a classical method beats every network by a test (Holm p < 0.05),
-    with the networks' training budget as the likely reason."""
-    return [f["text"] for f in learned_vs_classical(collection) if f["classical_leads"] and f["shown"]]
-
-
 def _budget_text(collection: Collection, level: float) -> str:
     """The networks' training budget at `level` (optimizer steps, epochs, training images) from the runs'
     summary files: the likely reason a network trails a classical filter."""

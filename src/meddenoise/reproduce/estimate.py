@@ -186,7 +186,7 @@ def _after_grid(preset: Any, timed: Any, network_seconds: Any) -> list[Estimate]
             )
         )
         if importlib.util.find_spec("opacus"):
-            from meddenoise.privacy.modes_job import scratch_epsilons
+            from meddenoise.reproduce.modes_job import scratch_epsilons
 
             scratch = len(scratch_epsilons(preset))
             finetune = getattr(preset, "dp_finetune_train", {})

@@ -1,4 +1,5 @@
-"""The privacy-modes step of `meddenoise reproduce`: DP-SGD runs, membership audits, one table.
+"""The privacy-modes step of `meddenoise reproduce`: DP-SGD runs, membership audits, one table
+(OUT/privacy_modes/, `ReproDir.modes_dir`).
 
     OUT/privacy_modes/runs/dp_eps<E>_std<s>/   DP-SGD U-Nets (GroupNorm), one per epsilon
     OUT/privacy_modes/runs/nonprivate_std<s>/  the same U-Net without DP (the DP reference, equal epochs)
@@ -26,11 +27,10 @@ from typing import Any
 
 from meddenoise.errors import MeddenoiseError
 from meddenoise.evaluation import files
-from meddenoise.fileio import atomic_write_json, atomic_write_text, ensure_writable_dir, read_json
+from meddenoise.fileio import atomic_write_json, atomic_write_text, ensure_writable_dir
+from meddenoise.reprodir import ReproDir
 from meddenoise.rundir import RunDir
 
-FOLDER = "privacy_modes"
-RESULT = "privacy_modes.json"
 SUPERVISED_LABEL = "paper mode (released pairs, clean targets)"
 
 
@@ -56,12 +56,7 @@ def _train(values: dict[str, Any], out: Path) -> Path:
 
     if files.is_done(out):
         return out
-    resume = RunDir(out).has_training_state()
-    values = {**values, "out": str(out), "resume": resume}
-    if out.exists() and not resume:
-        import shutil
-
-        shutil.rmtree(out)
+    values = {**values, "out": str(out), "resume": RunDir(out).resume_or_start_clean()}
     started = time.perf_counter()
     fit(config_from_mapping(TrainConfig, values, source=f"privacy modes run {out.name}"))
     files.mark_done(out, f"{time.perf_counter() - started:.1f} s")
@@ -84,7 +79,8 @@ def run_privacy_modes(
     from meddenoise.privacy import modes
     from meddenoise.privacy.membership import run_membership_audit
 
-    folder = out / FOLDER
+    layout = ReproDir(out)
+    folder = layout.modes_dir
     if files.is_done(folder):
         return None
     noise_std = preset.dp_noise_std
@@ -110,18 +106,17 @@ def run_privacy_modes(
         base["device"] = device
     tag = f"std{noise_std:g}"
     print(f"privacy modes: non-private GroupNorm U-Net at std {noise_std:g}", flush=True)
-    nonprivate = _train(base, folder / "runs" / f"nonprivate_{tag}")
+    nonprivate = _train(base, layout.modes_run_dir(f"nonprivate_{tag}"))
     dp_runs = {}
     for epsilon in scratch_epsilons(preset):
         print(f"privacy modes: DP-SGD epsilon {epsilon:g} at std {noise_std:g}", flush=True)
         values = {**base, "dp_epsilon": epsilon, "dp_delta": preset.dp_delta, "dp_unit": preset.dp_unit}
-        dp_runs[epsilon] = _train(values, folder / "runs" / f"dp_eps{epsilon:g}_{tag}")
+        dp_runs[epsilon] = _train(values, layout.modes_run_dir(f"dp_eps{epsilon:g}_{tag}"))
     public_runs: dict[str, Any] = {}
     if preset.dp_public_pretraining and preset.dp_epsilons:
-        public_runs = _public_pretraining(folder, data_dir, base, preset, tag)
+        public_runs = _public_pretraining(layout, data_dir, base, preset, tag)
 
-    audit_path = out / "privacy" / "privacy_audit.json"
-    audit = read_json(audit_path, what="privacy audit") if audit_path.is_file() else {"levels": []}
+    audit = layout.read_privacy_audit() or {"levels": []}
     level = next((lv for lv in audit["levels"] if math.isclose(lv["noise_std"], noise_std)), None)
     data = load_prepared(data_dir)
     groups = {r["image_id"]: r.get("group") or r["patient_id"] for r in data.records}
@@ -136,11 +131,11 @@ def run_privacy_modes(
         return run_membership_audit(
             run,
             data_dir=str(data_dir),
-            out=folder / "membership" / run.name,
+            out=layout.membership_dir(run.name),
             reference_models=preset.membership_reference_models,
             reference_epochs=getattr(preset, "membership_reference_epochs", 0),
             # one set of reference models for every audit, trained like the non-private GroupNorm U-Net
-            reference_dir=folder / "membership" / "shared_references" if shared else None,
+            reference_dir=layout.membership_dir("shared_references") if shared else None,
             reference_recipe=nonprivate if shared else None,
             max_images=preset.membership_images,
             device=device,
@@ -226,14 +221,14 @@ def run_privacy_modes(
         "verdict": modes.verdict(rows),
         "notes": notes(preset, str(data.params.get("source", ""))),
     }
-    atomic_write_json(folder / RESULT, result)
-    atomic_write_text(folder / "privacy_modes.md", markdown(result))
+    atomic_write_json(layout.modes_file, result)
+    atomic_write_text(layout.modes_markdown, markdown(result))
     files.mark_done(folder)
     return None
 
 
 def _public_pretraining(
-    folder: Path, data_dir: Path, base: dict[str, Any], preset: Any, tag: str
+    layout: ReproDir, data_dir: Path, base: dict[str, Any], preset: Any, tag: str
 ) -> dict[str, Any]:
     """Pretrain on public data, then fine-tune on the private data with and without DP-SGD.
 
@@ -248,7 +243,7 @@ def _public_pretraining(
     from meddenoise.evaluation.runs import evaluate_run
 
     size = int(load_prepared(data_dir).images.shape[-1])
-    public_data = folder / "public_data"
+    public_data = layout.modes_public_data
     config = config_from_mapping(
         PrepareConfig,
         {
@@ -263,10 +258,10 @@ def _public_pretraining(
     print(f"privacy modes: public data ({preset.public_images} rendered images of {size}x{size})", flush=True)
     prepare(build_source(config), config)
     print("privacy modes: U-Net pretrained on the public data", flush=True)
-    pretrained = _train({**base, "data": str(public_data)}, folder / "runs" / f"public_{tag}")
+    pretrained = _train({**base, "data": str(public_data)}, layout.modes_run_dir(f"public_{tag}"))
     start = {**base, "init_from": str(pretrained)}
     print("privacy modes: non-private fine-tune from the public start", flush=True)
-    nonprivate = _train(start, folder / "runs" / f"nonprivate_public_{tag}")
+    nonprivate = _train(start, layout.modes_run_dir(f"nonprivate_public_{tag}"))
     dp = {}
     for epsilon in preset.dp_epsilons:
         print(f"privacy modes: DP-SGD epsilon {epsilon:g} from the public start", flush=True)
@@ -277,12 +272,12 @@ def _public_pretraining(
             "dp_delta": preset.dp_delta,
             "dp_unit": preset.dp_unit,
         }
-        dp[epsilon] = _train(values, folder / "runs" / f"dp_eps{epsilon:g}_public_{tag}")
+        dp[epsilon] = _train(values, layout.modes_run_dir(f"dp_eps{epsilon:g}_public_{tag}"))
     # Scored on the private test split (its own test split is public), with the same fixed noise. Only the
     # per-image table is kept: an evaluation folder under OUT would enter the paper's tables as a grid run.
-    scores = folder / "public_on_private_test.csv"
+    scores = layout.modes_public_scores
     if not scores.is_file():
-        with tempfile.TemporaryDirectory(dir=folder) as scratch:
+        with tempfile.TemporaryDirectory(dir=layout.modes_dir) as scratch:
             evaluation = evaluate_run(
                 pretrained, data_dir=data_dir, split="test", out_dir=Path(scratch) / "eval", keep_samples=0
             )
@@ -370,13 +365,3 @@ def markdown(result: dict[str, Any]) -> str:
     )
     lines += [f"- {sentence}" for sentence in result["verdict"]]
     return "\n".join(lines) + "\n"
-
-
-def load_result(root: Path) -> dict[str, Any] | None:
-    path = Path(root) / FOLDER / RESULT
-    if not path.is_file():
-        return None
-    try:
-        return read_json(path, what="privacy modes table")
-    except MeddenoiseError:
-        return None
