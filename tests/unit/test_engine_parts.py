@@ -322,7 +322,11 @@ def test_one_place_decides_when_training_stops():
         return fake
 
     def stop(fake, at, earlier=None):
-        return Trainer.should_stop(fake, 0.0, at, earlier)
+        if at == "start":
+            return Trainer.stop_before_training(fake)
+        if at == "step":
+            return Trainer.stop_after_step(fake, 0.0)
+        return Trainer.stop_after_epoch(fake, 0.0, earlier)
 
     assert stop(trainer(), "start") is None and stop(trainer(), "step") is None
     assert stop(trainer(epoch=3), "start") == "epochs" and stop(trainer(epoch=3), "epoch_end") == "epochs"

@@ -309,22 +309,27 @@ class Trainer:
         )
 
     # -- the loop -------------------------------------------------------------------------------------------
-    def should_stop(self, run_started: float, at: str, earlier: str | None = None) -> str | None:
-        """Why training stops now, or None: the one place that decides. `at` is "start" (before an epoch),
-        "step" (after a step inside an epoch) or "epoch_end" (after validation, with `earlier` the reason an
-        epoch was cut short, if it was)."""
+    # -- when to stop: these three decide, nothing else ---------------------------------------------------
+    def stop_before_training(self) -> str | None:
+        """Before the first epoch (a resumed run may have nothing left to do)."""
+        return steps_spent(self.config, self.progress) or epochs_done(self.config, self.progress)
+
+    def stop_after_step(self, run_started: float) -> str | None:
+        """After a step inside an epoch: the step budget, SIGTERM or --time-limit (the epoch count is looked
+        at between epochs only)."""
+        return steps_spent(self.config, self.progress) or self.outside_stop(run_started)
+
+    def stop_after_epoch(self, run_started: float, cut_short: str | None) -> str | None:
+        """After validation: early stopping, then why the epoch was cut short (if it was), then the limits."""
         config, progress = self.config, self.progress
-        if at == "epoch_end" and config.patience and progress.epochs_without_improvement >= config.patience:
+        if config.patience and progress.epochs_without_improvement >= config.patience:
             return "early_stopping"
-        if earlier:
-            return earlier
-        if config.max_steps and progress.global_step >= config.max_steps:
-            return "max_steps"
-        if at != "start" and (outside := self.outside_stop(run_started, at_epoch_end=at == "epoch_end")):
-            return outside
-        if at != "step" and progress.epoch >= config.epochs:
-            return "epochs"
-        return None
+        return (
+            cut_short
+            or steps_spent(config, progress)
+            or self.outside_stop(run_started, at_epoch_end=True)
+            or epochs_done(config, progress)
+        )
 
     def _between_steps(self) -> None:
         """After a step that did not end the epoch: the periodic finite check and mid-epoch checkpoints."""
@@ -352,7 +357,7 @@ class Trainer:
             # The clock is saved before a possible mid-epoch checkpoint, so a resumed epoch keeps its time.
             progress.train_seconds = time.perf_counter() - epoch_started
             self._between_steps()
-            return self.should_stop(run_started, "step")
+            return self.stop_after_step(run_started)
 
         context = functools.partial(BatchContext, self.target, self.noise_op, self.config.noise, self.runtime)
         stop_reason = train_steps(
@@ -512,7 +517,7 @@ class Trainer:
         self.load_average_start = load_average()
         run_started = time.perf_counter()
         bar = self._progress_bar()
-        stop_reason = self.should_stop(run_started, "start")
+        stop_reason = self.stop_before_training()
         self.pace_from = (progress.global_step, time.perf_counter())
         try:
             while stop_reason is None:
@@ -525,7 +530,7 @@ class Trainer:
                 epoch_shown = progress.epoch + 1
                 record = self.end_epoch(cut_short, val_seconds, val, noisy)
                 self.log.info(epoch_line(epoch_shown, config.epochs, record))
-                stop_reason = self.should_stop(run_started, "epoch_end", earlier=cut_short)
+                stop_reason = self.stop_after_epoch(run_started, cut_short)
         finally:
             if bar is not None:
                 bar.close()
@@ -601,6 +606,14 @@ class Trainer:
             f"SSIM {float(result['ssim'].mean()):.4f} -> {path}"
         )
         return path
+
+
+def steps_spent(config: TrainConfig, progress: Progress) -> str | None:
+    return "max_steps" if config.max_steps and progress.global_step >= config.max_steps else None
+
+
+def epochs_done(config: TrainConfig, progress: Progress) -> str | None:
+    return "epochs" if progress.epoch >= config.epochs else None
 
 
 def _is_out_of_memory(exc: BaseException) -> bool:
