@@ -1,6 +1,6 @@
 """meddenoise: train, evaluate and audit deep denoisers for medical images.
 
-    from meddenoise import prepare, fit, TrainConfig, NoiseSpec, ModelSpec, evaluate_run, obfuscate, denoise
+    from meddenoise import prepare, train, TrainConfig, NoiseSpec, evaluate_run, obfuscate, denoise
 
 The names are loaded on first use, so `import meddenoise` (and `meddenoise --help`) stays fast.
 """
@@ -16,6 +16,7 @@ __version__ = "0.1.0"
 _PUBLIC = {
     "prepare": "meddenoise.api",
     "fit": "meddenoise.engine.train",
+    "train": "meddenoise.engine.launch",  # fit with any strategy: DDP outside torchrun starts the workers
     "TrainConfig": "meddenoise.engine.config",
     "NoiseSpec": "meddenoise.noise.spec",
     "ModelSpec": "meddenoise.models.spec",

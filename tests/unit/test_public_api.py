@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import re
 from pathlib import Path
 
@@ -43,6 +44,7 @@ def test_the_public_names_import_from_the_package():
         "obfuscate",
     }
     assert callable(denoise) and callable(obfuscate)
+    assert meddenoise.train is importlib.import_module("meddenoise.engine.launch").train
     with pytest.raises(AttributeError):
         meddenoise.no_such_name  # noqa: B018
 
