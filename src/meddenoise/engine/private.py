@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import warnings
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -258,19 +259,21 @@ def plan_privacy(config: TrainConfig, train_images: int, units: int, world_size:
         except ValueError:
             # Opacus's "The privacy budget is too low.": no noise multiplier up to its MAX_SIGMA (1e6) spends
             # this little. Say which budget, and the smallest the accountant reaches for these steps.
-            floor = epsilon_spent(
-                PrivacyPlan(
-                    config.dp_unit,
-                    units,
-                    sample_rate,
+            with warnings.catch_warnings():  # at this noise the best RDP order is the largest: expected
+                warnings.simplefilter("ignore", UserWarning)
+                floor = epsilon_spent(
+                    PrivacyPlan(
+                        config.dp_unit,
+                        units,
+                        sample_rate,
+                        steps,
+                        MAX_NOISE_MULTIPLIER,
+                        1.0,
+                        config.dp_delta,
+                        None,
+                    ),
                     steps,
-                    MAX_NOISE_MULTIPLIER,
-                    1.0,
-                    config.dp_delta,
-                    None,
-                ),
-                steps,
-            )
+                )
             raise ConfigError(
                 f"dp_epsilon {config.dp_epsilon:g} cannot be reached with dp_delta {config.dp_delta:g} over "
                 f"{steps} steps at sample rate {sample_rate:.3g}: even noise multiplier "
@@ -320,8 +323,6 @@ class PrivateTraining:
     hooked to its steps, per-unit gradient sums before each step, and what the run records about them."""
 
     def __init__(self, config: TrainConfig, runtime: Runtime) -> None:
-        import warnings
-
         # Opacus's hooks on the first layer fire although the input image needs no gradient: expected.
         warnings.filterwarnings("ignore", message="Full backward hook is firing")
         require_opacus()
