@@ -248,14 +248,17 @@ def plan_privacy(config: TrainConfig, train_images: int, units: int, world_size:
         noise, target = config.dp_noise_multiplier, None
     else:
         try:
-            noise = get_noise_multiplier(
-                target_epsilon=config.dp_epsilon,
-                target_delta=config.dp_delta,
-                sample_rate=sample_rate,
-                steps=steps,
-                accountant="rdp",
-                alphas=ALPHAS,
-            )
+            # The search tries noise levels whose best RDP order is the largest: Opacus warns needlessly.
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)
+                noise = get_noise_multiplier(
+                    target_epsilon=config.dp_epsilon,
+                    target_delta=config.dp_delta,
+                    sample_rate=sample_rate,
+                    steps=steps,
+                    accountant="rdp",
+                    alphas=ALPHAS,
+                )
         except ValueError:
             # Opacus's "The privacy budget is too low.": no noise multiplier up to its MAX_SIGMA (1e6) spends
             # this little. Say which budget, and the smallest the accountant reaches for these steps.
