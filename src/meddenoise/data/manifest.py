@@ -206,7 +206,8 @@ class PreparedWriter:
                 f"not enough memory or address space to map the new prepared images "
                 f"({' x '.join(map(str, shape))}, {size / 2**30:.1f} GiB) in {path.parent} "
                 f"({type(exc).__name__}: {exc}); any earlier prepared images there are intact; prepare fewer "
-                "or smaller images (--count, --size), or raise the limit (ulimit -v)"
+                "or smaller images (count, size), or raise the limit (ulimit -v)",
+                parameter="count",
             ) from None
         try:
             what = f"the prepared images ({' x '.join(map(str, shape))})"

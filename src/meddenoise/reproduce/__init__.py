@@ -115,15 +115,16 @@ def _load_plan(settings: ReproduceConfig) -> dict[str, Any]:
         return {}
     if not settings.resume:
         raise ConfigError(
-            f"{settings.folder} already holds a reproduction; add --resume to continue it (finished "
-            f"configurations "
-            "are kept) or choose another --out"
+            f"{settings.folder} already holds a reproduction; turn resume on to continue it (finished "
+            "configurations are kept) or choose another output folder (out)",
+            "resume",
         )
     plan = layout.read_plan()
     if plan.get("preset") != settings.grid.name:
         raise ConfigError(
             f"{settings.folder} holds a '{plan.get('preset')}' reproduction, not '{settings.grid.name}'; "
-            "use the same --preset or another --out"
+            "use the same preset or another output folder (out)",
+            "preset",
         )
     return plan
 
