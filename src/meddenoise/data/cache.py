@@ -77,7 +77,7 @@ class PrepareResult:
 def prepare(source, config: PrepareConfig) -> PrepareResult:
     """Build (or reuse) the prepared folder `config.out` from `source`."""
     started = time.perf_counter()
-    out = ensure_writable_dir(config.out, what="output folder (--out)")
+    out = ensure_writable_dir(config.out, what="output folder", parameter="out")
     with folder_lock(out):
         try:
             return _prepare_locked(source, config, out, started)

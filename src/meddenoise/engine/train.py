@@ -78,7 +78,7 @@ class Trainer:
         # On every rank: none may wait in a collective for one that failed.
         self.resuming = self._decide_resume()
         if runtime.is_main:
-            ensure_writable_dir(self.out, what="run folder (--out)")
+            ensure_writable_dir(self.out, what="run folder", parameter="out")
         self.log = RunLog(self.run_dir.log_file, runtime.is_main)
         self.event_log = None
         self.termination: TerminationSignal | None = None  # set by fit while the loop runs
@@ -717,7 +717,8 @@ def fit(config: TrainConfig) -> Path:
     locked = contextlib.ExitStack()
     try:
         if runtime.is_main:  # only rank 0 writes the run folder
-            locked.enter_context(folder_lock(ensure_writable_dir(config.out, what="run folder (--out)")))
+            run_folder = ensure_writable_dir(config.out, what="run folder", parameter="out")
+            locked.enter_context(folder_lock(run_folder))
         trainer = _build_trainer(config, runtime)
         trainer.log.info(
             f"runtime: {runtime.describe()}; global batch {config.batch_size * runtime.data_parallel_width}; "

@@ -95,7 +95,7 @@ class FederatedServer:
         self.run_dir = RunDir(self.out)
         self.paths = ckpt.checkpoint_paths(self.out)
         self._check_fresh_or_resumable()
-        ensure_writable_dir(self.out, what="run folder (--out)")
+        ensure_writable_dir(self.out, what="run folder", parameter="out")
         self.log = RunLog(self.run_dir.log_file, True)
         self.train_config = local_train_config(config, data=config.reference_data, out=str(self.out))
         self.recipe_json = json.dumps(self._recipe(), sort_keys=True)

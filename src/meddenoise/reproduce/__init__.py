@@ -158,7 +158,7 @@ def dry_run(settings: ReproduceConfig) -> str:
 
 def reproduce(settings: ReproduceConfig) -> Path:
     """Run (or continue) the grid and build the report; returns the report's Markdown path."""
-    ensure_writable_dir(settings.folder, what="output folder (--out)")
+    ensure_writable_dir(settings.folder, what="output folder", parameter="out")
     with folder_lock(settings.folder):  # one reproduction per folder (its jobs lock their own folders too)
         return _reproduce(settings)
 
