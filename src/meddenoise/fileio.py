@@ -108,12 +108,15 @@ def require_free_space(
     needed: int,
     what: str,
     advice: str = "free some space or choose another folder",
+    parameter: str | None = None,
 ) -> None:
-    """DiskFullError ("needs X GB in DIR, Y GB free") unless `folder`'s file system has `needed` bytes."""
+    """DiskFullError ("needs X GB in DIR, Y GB free") unless `folder`'s file system has `needed` bytes;
+    `parameter` names the option the advice is about."""
     free = free_bytes(folder)
     if needed > free:
         raise DiskFullError(
-            f"{what} needs {format_size(needed)} in {folder}, {format_size(free)} free; {advice}"
+            f"{what} needs {format_size(needed)} in {folder}, {format_size(free)} free; {advice}",
+            parameter=parameter,
         )
 
 

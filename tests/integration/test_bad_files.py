@@ -107,7 +107,8 @@ def test_a_prepare_that_leaves_a_split_empty_is_an_error(tmp_path, image_files, 
     argv += ["--patient-from", "folder", "--workers", "1", "--quiet"]
     assert main(argv) == 2
     message = capsys.readouterr().err
-    assert "split of" in message and "would be empty" in message and "--allow-empty-split" in message
+    assert "split of" in message and "would be empty" in message and "allow_empty_split" in message
+    assert message.rstrip().endswith("(--fractions)")
     assert not (out / "prepare.json").exists()
     assert main([*argv, "--allow-empty-split"]) == 0
     assert "warning: empty split(s)" in capsys.readouterr().out

@@ -73,11 +73,12 @@ def test_auto_streams_when_the_splits_exceed_the_share_of_free_memory(make_prepa
 
 
 def test_reference_pipeline_refuses_a_placement(make_prepared, tmp_path):
-    with pytest.raises(ConfigError, match="--data-placement applies to --pipeline fast"):
+    with pytest.raises(ConfigError, match="data_placement applies to the fast pipeline") as refused:
         tiny_config(make_prepared(n=16), tmp_path / "run", pipeline="reference", data_placement="stream")
+    assert refused.value.parameter == "data_placement"
 
 
-ADVICE = r"out of memory while placing .*--data-placement stream.*fewer images \(--limit-train"
+ADVICE = r"out of memory while placing .*data_placement stream.*fewer images \(limit_train"
 
 
 def test_host_memory_error_while_copying_the_splits_gets_the_out_of_memory_advice(
@@ -129,8 +130,10 @@ def test_host_memory_error_during_training_suggests_streaming(make_prepared, tmp
         raise MemoryError()
 
     monkeypatch.setattr(TrainStep, "__call__", exhausted)
-    with pytest.raises(MeddenoiseError, match=r"out of host memory during training.*--data-placement stream"):
+    advice = r"out of host memory during training.*data_placement stream"
+    with pytest.raises(MeddenoiseError, match=advice) as caught:
         fit(tiny_config(make_prepared(n=16), tmp_path / "run"))
+    assert caught.value.parameter == "data_placement"
 
 
 def test_out_of_memory_while_already_streaming_advises_a_smaller_batch(make_prepared, tmp_path, monkeypatch):
@@ -147,5 +150,6 @@ def test_out_of_memory_while_already_streaming_advises_a_smaller_batch(make_prep
     with pytest.raises(MeddenoiseError) as caught:
         fit(config)
     message = str(caught.value)
-    assert "already streamed from disk" in message and "--batch-size" in message
-    assert "use --data-placement stream" not in message
+    assert "already streamed from disk" in message and "batch_size" in message
+    assert caught.value.parameter == "batch_size"
+    assert "use data_placement stream" not in message

@@ -39,7 +39,8 @@ def test_resume_auto_starts_fresh_then_continues(make_prepared, tmp_path, capsys
 def test_strict_resume_spellings_keep_their_meaning(make_prepared, tmp_path, capsys):
     data, out = make_prepared(n=16, size=16), tmp_path / "run"
     assert train(data, out, "--epochs", "1", "--resume") == 2
-    assert "--resume auto" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "use resume auto to start fresh" in err and "(--resume)" in err
     assert train(data, out, "--epochs", "1") == 0
     assert train(data, out, "--epochs", "1") == 2
     assert "already holds a run" in capsys.readouterr().err
@@ -70,6 +71,6 @@ def test_a_run_whose_training_state_is_gone_is_neither_continued_nor_overwritten
         assert train(data, out, "--epochs", "3", *extra) == 2
         err = capsys.readouterr().err
         assert "holds an earlier run's results" in err and "checkpoints/best.safetensors" in err
-        assert "move the folder aside or choose another --out" in err
+        assert "move the folder aside or choose another output folder (--out)" in err
     assert (out / "checkpoints" / "best.safetensors").read_bytes() == best
     assert (out / "metrics.jsonl").read_text() == metrics

@@ -192,8 +192,9 @@ def test_out_of_memory_suggests_a_smaller_batch(make_prepared, tmp_path, monkeyp
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
     monkeypatch.setattr(TrainStep, "__call__", exhausted)
-    with pytest.raises(MeddenoiseError, match=r"out of memory with --batch-size 4 .*--batch-size 2"):
+    with pytest.raises(MeddenoiseError, match=r"out of memory with batch_size 4 .*batch_size 2") as caught:
         fit(tiny_config(make_prepared(n=16), tmp_path / "run"))
+    assert caught.value.parameter == "batch_size"
 
 
 def summary(out) -> dict:
@@ -236,5 +237,5 @@ def test_out_of_memory_while_placing_the_data_suggests_smaller_inputs(make_prepa
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
 
     monkeypatch.setattr(DeviceBatches, "from_prepared", exhausted)
-    with pytest.raises(MeddenoiseError, match=r"out of memory while placing .*--limit-train"):
+    with pytest.raises(MeddenoiseError, match=r"out of memory while placing .*limit_train"):
         fit(tiny_config(make_prepared(n=16), tmp_path / "run"))

@@ -45,7 +45,8 @@ def test_sigterm_saves_the_run_says_how_to_continue_and_resume_finishes_it(make_
         if process.poll() is None:
             process.kill()
     assert process.returncode == 143, stderr
-    assert "meddenoise train: terminated (SIGTERM) at step " in stderr and "--resume to continue" in stderr
+    assert "meddenoise train: terminated (SIGTERM) at step " in stderr and "resume to continue" in stderr
+    assert "(--resume)" in stderr  # the CLI names the flag of the parameter
     assert "Traceback" not in stderr
     with (out / "summary.csv").open() as handle:
         assert next(csv.DictReader(handle))["stop_reason"] == "terminated"

@@ -65,7 +65,8 @@ def test_python_dash_m_is_the_console_command(tmp_path):
     assert module.returncode == script.returncode == 0
     assert module.stdout == script.stdout and "--split-by {patient,image}" in module.stdout
     bad = run_python("-m", "meddenoise", "prepare", "--out", "x", "--source", "nih", cwd=tmp_path)
-    assert bad.returncode == 2 and bad.stderr.startswith("meddenoise prepare: error: --root is required")
+    assert bad.returncode == 2 and bad.stderr.startswith("meddenoise prepare: error: root is required")
+    assert bad.stderr.rstrip().endswith("(--root)")
 
 
 @pytest.mark.parametrize(

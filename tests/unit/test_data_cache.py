@@ -122,8 +122,9 @@ def test_strict_mode_fails_and_leaves_no_valid_cache(tmp_path, image_files):
     root = make_folder(tmp_path / "in", image_files, count=4)
     run_prepare(root, tmp_path / "out")  # a valid cache from before
     (root / "zero.png").write_bytes(b"")
-    with pytest.raises(DataError, match=r"--strict: 1 of 5 .*zero.png"):
+    with pytest.raises(DataError, match=r"strict: 1 of 5 .*zero.png") as refused:
         run_prepare(root, tmp_path / "out", strict=True)
+    assert refused.value.parameter == "strict"
     with pytest.raises(DataError):
         load_prepared(tmp_path / "out")
     assert not list((tmp_path / "out").glob(".images.npy.partial-*"))

@@ -70,8 +70,9 @@ def test_nih_without_csv_derives_patients_from_names_and_says_so(kaggle_root):
     source = NihSource(str(kaggle_root))
     assert [r.patient_id for r in source.records()] == ["1", "1", "2", "13", "13"]
     assert any("derived from file names" in note for note in source.notes)
-    with pytest.raises(ConfigError, match="--view-position needs the metadata CSV"):
+    with pytest.raises(ConfigError, match="view_position needs the metadata CSV") as refused:
         NihSource(str(kaggle_root), view_position="PA").records()
+    assert refused.value.parameter == "view_position"
 
 
 def test_nih_flat_images_folder(tmp_path, image_files):
@@ -79,8 +80,9 @@ def test_nih_flat_images_folder(tmp_path, image_files):
         tiny_png(image_files, tmp_path / "images" / name)
     write_csv(tmp_path / "Data_Entry_2017.csv", [(n, int(n[:8]), "PA") for n in NIH_NAMES])
     assert len(NihSource(str(tmp_path)).records()) == len(NIH_NAMES)
-    with pytest.raises(ConfigError, match="--nih-folders needs the Kaggle layout"):
+    with pytest.raises(ConfigError, match="nih_folders needs the Kaggle layout") as refused:
         NihSource(str(tmp_path), nih_folders=2).records()
+    assert refused.value.parameter == "nih_folders"
 
 
 def test_nih_csv_mismatch_is_reported_with_names(kaggle_root):
@@ -156,8 +158,9 @@ def test_folder_errors_for_missing_empty_and_file_roots(tmp_path):
     (tmp_path / "file.png").write_bytes(b"x")
     with pytest.raises(DataError, match="is a file"):
         FolderSource(str(tmp_path / "file.png"))
-    with pytest.raises(ConfigError, match="--root is required"):
+    with pytest.raises(ConfigError, match="root is required") as refused:
         FolderSource("")
+    assert refused.value.parameter == "root"
 
 
 def test_build_source_and_option_checks(tmp_path):
@@ -196,5 +199,6 @@ def test_default_source_gets_its_options_or_a_clear_error(tmp_path, monkeypatch)
     source = build_source(config)
     assert source.name == "default" and source.pose_groups == 2 and len(source.records()) == 3
     monkeypatch.setitem(sys.modules, "meddenoise.data.sources.rendered", None)  # as if the module were absent
-    with pytest.raises(ConfigError, match="--source default is not available"):
+    with pytest.raises(ConfigError, match="the default source is not available") as refused:
         build_source(config)
+    assert refused.value.parameter == "source"

@@ -122,8 +122,9 @@ def test_missing_data_folder_is_a_clean_error(prepared, tmp_path):
 
     run = tmp_path / "run"
     _fake_run(run, tmp_path / "gone", base_channels=4, depth=3)
-    with pytest.raises(MeddenoiseError, match="--data"):
+    with pytest.raises(MeddenoiseError, match="is gone; give the prepared folder to use") as refused:
         evaluate_run(run, device="cpu")
+    assert refused.value.parameter == "data"
 
 
 def test_evaluate_command_prints_the_summary(prepared, tmp_path, capsys):

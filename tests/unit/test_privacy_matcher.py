@@ -154,7 +154,9 @@ def test_plan_includes_query_originals_and_states_why_reid_is_skipped():
 
     from meddenoise.errors import ConfigError, DataError
 
-    with pytest.raises(ConfigError, match="gallery-size"):
+    with pytest.raises(ConfigError, match="gallery_size 5 is smaller than") as refused:
         plan_audit(repeating, splits, "test", gallery_size=5)
-    with pytest.raises(DataError, match="split"):
+    assert refused.value.parameter == "gallery_size"
+    with pytest.raises(DataError, match="split") as refused:
         plan_audit(repeating, np.array(["train"] * 30), "test")
+    assert refused.value.parameter == "split"

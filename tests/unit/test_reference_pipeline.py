@@ -178,12 +178,13 @@ def test_train_with_pipeline_reference_matches_the_fast_path_epoch_by_epoch(prep
 
 
 @pytest.mark.parametrize(
-    "options, message",
-    [(["--amp", "bf16"], "fp16"), (["--compile"], "compile"), (["--noise-mode", "fresh"], "noise-mode"),
-     (["--target", "noise2noise"], "--target clean")],
+    "options, message, flag",
+    [(["--amp", "bf16"], "fp16", "--amp"), (["--compile"], "compile", "--compile"),
+     (["--noise-mode", "fresh"], "noise.mode fixed", "--noise-mode"),
+     (["--target", "noise2noise"], "target clean", "--target")],
 )  # fmt: skip
 def test_reference_pipeline_refuses_what_the_seed_code_never_did(
-    prepared, tmp_path, capsys, options, message
+    prepared, tmp_path, capsys, options, message, flag
 ):
     from meddenoise.cli import main
 
@@ -198,4 +199,5 @@ def test_reference_pipeline_refuses_what_the_seed_code_never_did(
     ]
     assert main([*argv, *options]) == 2
     error = capsys.readouterr().err
-    assert "--pipeline reference" in error and message in error and "Traceback" not in error
+    assert "reference pipeline" in error and message in error and "Traceback" not in error
+    assert error.rstrip().endswith(f"({flag})")  # the CLI names the flag of the parameter at fault

@@ -112,8 +112,9 @@ def test_a_file_truncated_under_the_run_is_a_message_not_sigbus(make_prepared):
     path = folder / "images.npy"
     with path.open("r+b") as handle:
         handle.truncate(path.stat().st_size // 3)
-    with pytest.raises(DataError, match="images.npy is shorter than when it was prepared.*--resume"):
+    with pytest.raises(DataError, match="images.npy is shorter than when it was prepared.*resume") as refused:
         list(batches.epoch(0))
+    assert refused.value.parameter == "resume"
 
 
 def test_pixels_rewritten_in_place_are_refused_by_their_content_hash(make_prepared):
@@ -146,8 +147,9 @@ def test_auto_keeps_the_splits_resident_only_when_they_fit_the_stated_share(monk
     # an explicit choice is kept whatever the memory
     assert placement.choose_placement("device", 100 * 2**30, cpu).kind == "device"
     assert placement.choose_placement("stream", 1, cpu).kind == "stream"
-    with pytest.raises(ConfigError, match="--data-placement"):
+    with pytest.raises(ConfigError, match="data_placement must be one of") as refused:
         placement.choose_placement("disk", 1, cpu)
+    assert refused.value.parameter == "data_placement"
 
 
 def test_split_bytes_counts_the_limited_splits_in_their_stored_dtype(make_prepared):

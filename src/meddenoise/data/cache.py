@@ -77,7 +77,7 @@ class PrepareResult:
 def prepare(source, config: PrepareConfig) -> PrepareResult:
     """Build (or reuse) the prepared folder `config.out` from `source`."""
     started = time.perf_counter()
-    out = ensure_writable_dir(config.out, what="output folder (--out)")
+    out = ensure_writable_dir(config.out, what="output folder", parameter="out")
     with folder_lock(out):
         try:
             return _prepare_locked(source, config, out, started)
@@ -271,7 +271,7 @@ def _decode_into(out, source, records, splits, params, fingerprint, config) -> t
         progress.close()
     if not keep.any() or (config.strict and skipped):
         writer.abort()
-        raise DataError(_skip_failure_message(out, skipped, count, config.strict))
+        raise _skip_failure(out, skipped, count, config.strict)
     try:  # skipped files can empty a split the assignment had filled
         check_split_counts(_counts([s for s, kept in zip(splits, keep) if kept]), config, out, skipped)
     except DataError:
@@ -315,7 +315,8 @@ def _results(source, records, options, workers):
                 paths = ", ".join(record.path for _, record in futures[future][:3])
                 raise DataError(
                     "a decoding worker process died (a crash in an image decoder, or killed for lack of "
-                    f"memory) while reading one of: {paths} ...; rerun with --workers 1 to find the file"
+                    f"memory) while reading one of: {paths} ...; rerun with workers 1 to find the file",
+                    parameter="workers",
                 ) from None
             yield from chunk_result
     finally:
@@ -350,23 +351,27 @@ def check_split_counts(counts: dict[str, int], config: PrepareConfig, out: Path,
         return
     total = sum(counts.values())
     cause = f" after skipping {len(skipped)} unreadable file(s)" if skipped else ""
-    advice = "add images or patients, or change --fractions"
+    advice = "add images or patients, or change the fractions"
     if empty != ["train"]:
-        advice += "; --allow-empty-split accepts an empty val or test split (never an empty train split)"
+        advice += "; allow_empty_split accepts an empty val or test split (never an empty train split)"
     raise DataError(
         f"the {' and '.join(empty)} split{'s' if len(empty) > 1 else ''} of {out} would be empty: "
         f"{total} image(s) in "
-        f"{', '.join(f'{n} {counts.get(n, 0)}' for n in SPLIT_NAMES)}{cause} with --fractions "
-        f"{' '.join(f'{f:g}' for f in config.fractions)}, split by {config.split_by}; {advice}"
+        f"{', '.join(f'{n} {counts.get(n, 0)}' for n in SPLIT_NAMES)}{cause} with fractions "
+        f"{' '.join(f'{f:g}' for f in config.fractions)}, split by {config.split_by}; {advice}",
+        parameter="fractions",
     )
 
 
-def _skip_failure_message(out: Path, skipped, count: int, strict: bool) -> str:
+def _skip_failure(out: Path, skipped, count: int, strict: bool) -> DataError:
     first = "; ".join(reason for _, reason in skipped[:3])
     where = f"the full list is in {out / SKIPPED_FILE}"
     if strict and len(skipped) < count:
-        return f"--strict: {len(skipped)} of {count} image(s) could not be read ({first}); {where}"
-    return f"none of the {count} image(s) could be read ({first}); {where}"
+        return DataError(
+            f"strict: {len(skipped)} of {count} image(s) could not be read ({first}); {where}",
+            parameter="strict",
+        )
+    return DataError(f"none of the {count} image(s) could be read ({first}); {where}")
 
 
 def _write_skipped(out: Path, skipped: list[tuple[str, str]]) -> None:

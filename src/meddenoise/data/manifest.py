@@ -116,7 +116,7 @@ class PreparedWriter:
             raise DataError(f"prepared images must be uint8 or uint16, not {dtype}")
         if count <= 0:
             raise DataError(f"no usable images to write to {out_dir}")
-        self.folder = ensure_writable_dir(out_dir, what="output folder (--out)")
+        self.folder = ensure_writable_dir(out_dir, what="output folder", parameter="out")
         # Checked before the folder is touched, so a refused prepare leaves an earlier valid cache intact.
         needed = count * height * width * np.dtype(dtype).itemsize + _bookkeeping_bytes(count)
         require_free_space(self.folder, needed, what=f"the prepared images ({count} x {height} x {width})")
@@ -206,7 +206,8 @@ class PreparedWriter:
                 f"not enough memory or address space to map the new prepared images "
                 f"({' x '.join(map(str, shape))}, {size / 2**30:.1f} GiB) in {path.parent} "
                 f"({type(exc).__name__}: {exc}); any earlier prepared images there are intact; prepare fewer "
-                "or smaller images (--count, --size), or raise the limit (ulimit -v)"
+                "or smaller images (count, size), or raise the limit (ulimit -v)",
+                parameter="count",
             ) from None
         try:
             what = f"the prepared images ({' x '.join(map(str, shape))})"

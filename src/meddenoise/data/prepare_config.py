@@ -104,34 +104,42 @@ class PrepareConfig:
 
     def check(self) -> None:
         if not 16 <= self.size <= 8192:
-            raise ConfigError(f"--size must be between 16 and 8192 pixels; got {self.size}")
-        if self.count < 0 or self.workers < 0 or self.nih_folders < 0 or self.max_pixels < 0:
-            raise ConfigError("--count, --workers, --nih-folders and --max-pixels cannot be negative")
+            raise ConfigError(f"size must be between 16 and 8192 pixels; got {self.size}", "size")
+        for name in ("count", "workers", "nih_folders", "max_pixels"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} cannot be negative; got {getattr(self, name)}", name)
         from meddenoise.data.splits import check_fractions
 
         self.fractions = list(check_fractions(self.fractions))
         if self.source != "nih":
             for name, default in (("nih_folders", 0), ("csv", "")):
                 if getattr(self, name) != default:
-                    raise ConfigError(f"--{name.replace('_', '-')} applies to --source nih only")
+                    raise ConfigError(f"{name} applies to the nih source only", name)
         if self.source not in ("nih", "nih-sample") and self.view_position != "any":
-            raise ConfigError("--view-position applies to --source nih only (and the embedded nih-sample)")
+            raise ConfigError(
+                "view_position applies to the nih source only (and the embedded nih-sample)", "view_position"
+            )
         if self.source in ("default", "nih-sample") and self.root:
             raise ConfigError(
-                f"--root does not apply to --source {self.source}: its images come with meddenoise "
-                "(use --source nih or folder for images of your own)"
+                f"root does not apply to the {self.source} source: its images come with meddenoise "
+                "(use the nih or folder source for images of your own)",
+                "root",
             )
         if self.source != "folder" and self.patient_from != "auto":
-            raise ConfigError("--patient-from applies to --source folder only")
+            raise ConfigError("patient_from applies to the folder source only", "patient_from")
         if not 0.0 <= self.group_similar <= 1.0:
-            raise ConfigError(f"--group-similar is a matcher score in (0, 1]; got {self.group_similar}")
+            raise ConfigError(
+                f"group_similar is a matcher score in (0, 1]; got {self.group_similar}", "group_similar"
+            )
         if not 0.0 < self.similar_max_shift <= 1.0:
-            raise ConfigError(f"--similar-max-shift must be in (0, 1]; got {self.similar_max_shift}")
+            raise ConfigError(
+                f"similar_max_shift must be in (0, 1]; got {self.similar_max_shift}", "similar_max_shift"
+            )
         if self.group_similar and self.split_by == "image":
-            raise ConfigError("--group-similar groups images, so it needs --split-by patient")
+            raise ConfigError("group_similar groups images, so it needs split_by patient", "group_similar")
         if self.source != "default" and self.render_option:
-            raise ConfigError("--render-option applies to --source default only")
+            raise ConfigError("render_option applies to the default source only", "render_option")
         if self.source in ("nih", "folder") and not self.root:
             raise ConfigError(
-                f"--root is required for --source {self.source}: the folder that holds the images"
+                f"root is required for the {self.source} source: the folder that holds the images", "root"
             )

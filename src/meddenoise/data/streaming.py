@@ -198,7 +198,8 @@ class StreamBatches:
                     raise DataError(
                         f"{self.filename} is shorter than when it was prepared: image row {int(row)} cannot "
                         "be read (the file was truncated or replaced under the run); training stopped and "
-                        "its last checkpoint is kept: prepare the folder again, then continue with --resume"
+                        "its last checkpoint is kept: prepare the folder again, then resume the run",
+                        parameter="resume",
                     )
         if self.content_hashes is None:
             return
@@ -210,7 +211,8 @@ class StreamBatches:
                 raise DataError(
                     f"{self.filename or 'the prepared images'}: image {name} differs from what was prepared "
                     "(its content hash changed: the file was modified under the run); training stopped and "
-                    "its last checkpoint is kept: prepare the folder again, then continue with --resume"
+                    "its last checkpoint is kept: prepare the folder again, then resume the run",
+                    parameter="resume",
                 )
             self.verified[position] = True
 

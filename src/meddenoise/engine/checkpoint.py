@@ -310,7 +310,13 @@ def write_checkpoint_files(run_dir: str | Path, files: list[tuple[Path, bytes]])
     folder = RunDir(run_dir).checkpoints
     folder.mkdir(parents=True, exist_ok=True)
     needed = sum(len(payload) for _, payload in files) + CHECKPOINT_SPACE_MARGIN
-    require_free_space(folder, needed, what="the checkpoint", advice=f"training stopped; {_kept(run_dir)}")
+    require_free_space(
+        folder,
+        needed,
+        what="the checkpoint",
+        advice=f"training stopped; {_kept(run_dir)}",
+        parameter=_resume_parameter(run_dir),
+    )
     try:
         for path, payload in files:
             atomic_write_bytes(path, payload)
@@ -328,7 +334,13 @@ def explain_write_failure(exc: BaseException, run_dir: str | Path) -> DiskFullEr
         return None
     where = f" ({exc.filename})" if exc.filename else ""
     reason = f"writing to the run folder {run_dir} failed: {exc.strerror or exc}{where}"
-    return DiskFullError(f"{reason}; training stopped; {_kept(run_dir)}")
+    advice = _kept(run_dir)
+    return DiskFullError(f"{reason}; training stopped; {advice}", parameter=_resume_parameter(run_dir))
+
+
+def _resume_parameter(run_dir: str | Path) -> str | None:
+    """The option that continues the run once there is space, when a checkpoint is there to continue from."""
+    return "resume" if checkpoint_paths(run_dir)["last_state"].is_file() else None
 
 
 def _kept(run_dir: str | Path) -> str:
@@ -336,7 +348,7 @@ def _kept(run_dir: str | Path) -> str:
     if state.is_file():
         kept = (
             f"the previous checkpoint in {state.parent} is intact: free some space, then continue the run "
-            "with --resume (or --resume auto)"
+            "with resume (yes or auto)"
         )
     else:
         kept = "no checkpoint had been written yet: free some space, then start the run again"
@@ -348,7 +360,9 @@ def load_training_state(path: str | Path, device: torch.device | str = "cpu") ->
 
     path = Path(path)
     if not path.is_file():
-        raise MeddenoiseError(f"no training state to resume at {path}; start without --resume")
+        raise MeddenoiseError(
+            f"no training state to resume at {path}; start without resume", parameter="resume"
+        )
     state = load_plain(path, "training state", map_location="cpu")
     if isinstance(state, dict) and "sha256" in state and "payload" in state:
         data = state["payload"].numpy().tobytes()
@@ -356,7 +370,8 @@ def load_training_state(path: str | Path, device: torch.device | str = "cpu") ->
             raise MeddenoiseError(
                 f"training state {path} is damaged: its content no longer matches the checksum written "
                 "with it, so the run is not resumed from it; restore the file from a backup, or start the "
-                "run again in another --out"
+                "run again in another output folder",
+                parameter="out",
             )
         state = load_plain(io.BytesIO(data), f"training state {path}", map_location=device)
     elif isinstance(state, dict) and str(device) != "cpu":  # written before checksums: read it as before

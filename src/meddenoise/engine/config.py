@@ -222,8 +222,9 @@ class TrainConfig:
             self._check_reference()
             if self.data_placement != "auto":
                 raise ConfigError(
-                    "--data-placement applies to --pipeline fast (the reference pipeline keeps its own "
-                    "host dataset); drop --data-placement"
+                    "data_placement applies to the fast pipeline (the reference pipeline keeps its own "
+                    "host dataset); leave data_placement at auto",
+                    "data_placement",
                 )
         from meddenoise.engine import private
 
@@ -237,13 +238,15 @@ class TrainConfig:
         """The paper's code's modes only: fp32 or fp16 AMP, no compile, one fixed noisy copy, supervised."""
         if self.amp == "bf16" or self.compile:
             raise ConfigError(
-                "--pipeline reference reproduces the paper's code: fp32 (--amp off) or its fp16 AMP "
-                "(--amp fp16), without --compile; use --pipeline fast for bf16 or torch.compile"
+                "the reference pipeline reproduces the paper's code: fp32 (amp off) or its fp16 AMP "
+                "(amp fp16), without compile; use the fast pipeline for bf16 or torch.compile",
+                "amp" if self.amp == "bf16" else "compile",
             )
         if self.noise.mode != "fixed" or self.target != "clean":
             raise ConfigError(
-                "--pipeline reference trains like the paper's, on one fixed noisy copy per image against "
-                "the clean image: use --noise-mode fixed and --target clean (or --pipeline fast)"
+                "the reference pipeline trains like the paper's, on one fixed noisy copy per image against "
+                "the clean image: use noise.mode fixed and target clean (or the fast pipeline)",
+                "noise.mode" if self.noise.mode != "fixed" else "target",
             )
 
     def runtime_precision(self) -> tuple[str, bool]:

@@ -48,9 +48,10 @@ def place_from_env() -> ProcessPlace:
     missing = [name for name in TORCHRUN_VARIABLES if not os.environ.get(name)]
     if missing:
         raise MeddenoiseError(
-            f"--strategy ddp needs the torchrun environment but {', '.join(missing)} "
+            f"the ddp strategy needs the torchrun environment but {', '.join(missing)} "
             "is not set; launch with `torchrun --nproc_per_node=K -m meddenoise train ...` "
-            "or let meddenoise launch it: `meddenoise train --strategy ddp --nproc K ...`"
+            "or let meddenoise launch it: `meddenoise train --strategy ddp --nproc K ...`",
+            parameter="strategy",
         )
     try:
         rank, local_rank, world_size = (int(os.environ[n]) for n in ("RANK", "LOCAL_RANK", "WORLD_SIZE"))
@@ -79,7 +80,8 @@ def init_process_group(
     backend = "nccl" if device.type == "cuda" else "gloo"
     if backend == "nccl" and not dist.is_nccl_available():
         raise MeddenoiseError(
-            "this torch build has no NCCL; DDP on GPUs needs it (or use --device cpu for gloo)"
+            "this torch build has no NCCL; DDP on GPUs needs it (or use device cpu for gloo)",
+            parameter="device",
         )
     kwargs: dict = {"device_id": device} if device.type == "cuda" else {}
     timeout = datetime.timedelta(seconds=_timeout_seconds)
@@ -95,8 +97,10 @@ def init_process_group(
         address = f"{os.environ.get('MASTER_ADDR')}:{os.environ.get('MASTER_PORT')}"
         raise MeddenoiseError(
             f"could not join the process group at {address} as rank {place.rank}/{place.world_size} within "
-            f"{_timeout_seconds:g} s (--dist-timeout) ({_first_line(exc)}); check that every node uses the "
-            "same --rdzv-endpoint and --nnodes, that the port is reachable and the other processes started"
+            f"{_timeout_seconds:g} s (dist_timeout) ({_first_line(exc)}); check that every node uses the "
+            "same torchrun `--rdzv-endpoint` and `--nnodes`, that the port is reachable and the other "
+            "processes started",
+            parameter="dist_timeout",
         ) from None
 
 
@@ -257,7 +261,8 @@ def launch_torchrun(nproc: int, argv: Sequence[str], module: str = "meddenoise")
     if termination.received:
         raise Terminated(
             f"terminated (SIGTERM): the {nproc} torchrun worker(s) were asked to stop and exited with status "
-            f"{returncode}; their last checkpoint is kept: run the same command with --resume to continue"
+            f"{returncode}; their last checkpoint is kept: run the same command with resume to continue",
+            parameter="resume",
         )
     if returncode != 0:
         raise MeddenoiseError(

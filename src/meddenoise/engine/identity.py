@@ -43,5 +43,6 @@ def check_identity(saved: dict[str, Any], current: dict[str, Any], source: Path)
     if differences:
         raise MeddenoiseError(
             f"cannot resume from {source}: it was trained with other settings ({'; '.join(differences)}); "
-            "use the same options as the original run or start a new run with another --out"
+            "use the same options as the original run or start a new run in another output folder",
+            parameter="out",
         )

@@ -50,7 +50,7 @@ def fit_with_torchrun(config: TrainConfig, nproc: int) -> Path:
     handoff = RunDir(out).launch_config_file
     # Under the run folder's lock: a run already training there keeps its files (the workers would then
     # stop at the same lock with its message).
-    with folder_lock(ensure_writable_dir(out, what="run folder (out)")):
+    with folder_lock(ensure_writable_dir(out, what="run folder", parameter="out")):
         save_config(config, handoff)
     try:
         distributed.launch_torchrun(nproc, [str(handoff.resolve())], module=WORKER_MODULE)

@@ -77,7 +77,9 @@ def processes_sharing_memory(device: torch.device) -> int:
 def choose_placement(requested: str, needed: int, device: torch.device) -> Placement:
     """Decide the placement; `needed` is the bytes of the splits one process would hold."""
     if requested not in PLACEMENTS:
-        raise ConfigError(f"--data-placement must be one of {', '.join(PLACEMENTS)}; got {requested!r}")
+        raise ConfigError(
+            f"data_placement must be one of {', '.join(PLACEMENTS)}; got {requested!r}", "data_placement"
+        )
     size = f"{needed / 2**30:.2f} GiB"
     if requested != "auto":
         return Placement(requested, f"{requested} (as asked; the splits take {size})")

@@ -251,13 +251,15 @@ def check_reference_config(config: Any) -> None:
     """The paper's code trains one noisy copy per image (fixed noise) against the clean image only."""
     if config.noise.mode != "fixed":
         raise ConfigError(
-            "--pipeline reference adds the noise once, up front, like the paper's: use --noise-mode fixed "
-            "(or the fast pipeline for fresh noise)"
+            "the reference pipeline adds the noise once, up front, like the paper's: use noise.mode fixed "
+            "(or the fast pipeline for fresh noise)",
+            "noise.mode",
         )
     if config.target != "clean":
         raise ConfigError(
-            f"--pipeline reference trains the supervised 'clean' target only (the paper's); got --target "
-            f"{config.target}: use --pipeline fast"
+            f"the reference pipeline trains the supervised 'clean' target only (the paper's); got target "
+            f"{config.target}: use the fast pipeline",
+            "target",
         )
 
 

@@ -165,12 +165,16 @@ def resolve_device(name: str) -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise ConfigError(f"--device {name!r} is not a device name; use auto, cpu, cuda or cuda:N") from None
+        raise ConfigError(
+            f"device {name!r} is not a device name; use auto, cpu, cuda or cuda:N", "device"
+        ) from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise ConfigError(f"--device {name}: CUDA is not available here; use --device cpu")
+            raise ConfigError(f"device {name}: CUDA is not available here; use device cpu", "device")
         if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ConfigError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) are visible")
+            raise ConfigError(
+                f"device {name}: only {torch.cuda.device_count()} CUDA device(s) are visible", "device"
+            )
     return device
 
 
@@ -180,7 +184,7 @@ def resolve_amp(amp: str, device: torch.device) -> str:
             return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
         return "off"
     if amp == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise ConfigError("--amp bf16: this GPU has no bf16 support; use --amp fp16 (with loss scaling)")
+        raise ConfigError("amp bf16: this GPU has no bf16 support; use amp fp16 (with loss scaling)", "amp")
     return amp
 
 
@@ -197,9 +201,9 @@ def build_runtime(
     """Decide the runtime from the options; under `ddp` this joins the process group (torchrun env), waiting
     at most `dist_timeout` seconds for it and for each later collective."""
     if strategy not in STRATEGIES:
-        raise ConfigError(f"--strategy must be one of {', '.join(STRATEGIES)}; got {strategy!r}")
+        raise ConfigError(f"strategy must be one of {', '.join(STRATEGIES)}; got {strategy!r}", "strategy")
     if amp not in AMP_CHOICES:
-        raise ConfigError(f"--amp must be one of {', '.join(AMP_CHOICES)}; got {amp!r}")
+        raise ConfigError(f"amp must be one of {', '.join(AMP_CHOICES)}; got {amp!r}", "amp")
     chosen = resolve_device(device)
     options = {"compile": compile, "sync_bn": sync_bn and strategy == "ddp"}
     if strategy == "ddp":
@@ -208,13 +212,15 @@ def build_runtime(
             if place.local_rank >= torch.cuda.device_count():
                 raise MeddenoiseError(
                     f"LOCAL_RANK={place.local_rank} but only {torch.cuda.device_count()} GPU(s) are "
-                    "visible on this node; use --nproc_per_node (or --nproc) at most the number of GPUs"
+                    "visible on this node; use torchrun's `--nproc_per_node` (or nproc) at most the number "
+                    "of GPUs",
+                    parameter="nproc",
                 )
             chosen = torch.device("cuda", place.local_rank)
             torch.cuda.set_device(chosen)
         elif sync_bn:
             raise ConfigError(
-                "--sync-bn needs CUDA devices (SyncBatchNorm does not run on CPU); drop --sync-bn"
+                "sync_bn needs CUDA devices (SyncBatchNorm does not run on CPU); turn sync_bn off", "sync_bn"
             )
         distributed.init_process_group(chosen, place, dist_timeout)
         return Runtime(
@@ -232,7 +238,8 @@ def build_runtime(
         dp_ids = list(range(torch.cuda.device_count()))
         if len(dp_ids) < 2:
             raise MeddenoiseError(
-                f"--strategy dp needs at least 2 visible GPUs, found {len(dp_ids)}; use --strategy single"
+                f"the dp strategy needs at least 2 visible GPUs, found {len(dp_ids)}; use strategy single",
+                parameter="strategy",
             )
         chosen = torch.device("cuda", dp_ids[0])  # DataParallel keeps the master copy on the first device
     return Runtime(

@@ -78,7 +78,7 @@ class Trainer:
         # On every rank: none may wait in a collective for one that failed.
         self.resuming = self._decide_resume()
         if runtime.is_main:
-            ensure_writable_dir(self.out, what="run folder (--out)")
+            ensure_writable_dir(self.out, what="run folder", parameter="out")
         self.log = RunLog(self.run_dir.log_file, runtime.is_main)
         self.event_log = None
         self.termination: TerminationSignal | None = None  # set by fit while the loop runs
@@ -165,25 +165,29 @@ class Trainer:
             raise MeddenoiseError(
                 f"{self.out} holds an earlier run's results ({', '.join(orphaned) or 'on rank 0'}) but no "
                 f"training state ({self.paths['last_state']}), so it cannot be continued, and starting fresh "
-                "would overwrite them; move the folder aside or choose another --out"
+                "would overwrite them; move the folder aside or choose another output folder",
+                parameter="out",
             )
         if mode == "auto":
             resuming = bool(distributed.broadcast_object(has_state))
             if resuming and not has_state:
                 raise MeddenoiseError(
-                    f"--resume auto: rank 0 found {self.paths['last_state']} but rank {self.runtime.rank} "
-                    "cannot see it; the run folder must be on a file system every node shares"
+                    f"resume auto: rank 0 found {self.paths['last_state']} but rank {self.runtime.rank} "
+                    "cannot see it; the run folder must be on a file system every node shares",
+                    parameter="resume",
                 )
             return resuming
         if mode == "yes" and not has_state:
             raise MeddenoiseError(
-                f"--resume: {self.out} has no checkpoint to continue ({self.paths['last_state']}); "
-                "use --resume auto to start fresh when there is none"
+                f"resume: {self.out} has no checkpoint to continue ({self.paths['last_state']}); "
+                "use resume auto to start fresh when there is none",
+                parameter="resume",
             )
         if mode == "no" and has_state:
             raise MeddenoiseError(
-                f"{self.out} already holds a run; add --resume to continue it (--resume auto continues "
-                "when there is a checkpoint) or choose another --out"
+                f"{self.out} already holds a run; turn resume on to continue it (resume auto continues "
+                "when there is a checkpoint) or choose another output folder (out)",
+                parameter="resume",
             )
         return mode == "yes"
 
@@ -204,7 +208,9 @@ class Trainer:
             self.runtime.scaler.load_state_dict(state["scaler"])
         if self.ema is not None:
             if state.get("ema") is None:
-                raise MeddenoiseError("the checkpoint has no EMA weights; resume without --ema-decay")
+                raise MeddenoiseError(
+                    "the checkpoint has no EMA weights; resume without ema_decay", parameter="ema_decay"
+                )
             self.ema.load_state_dict(state["ema"])
         self.target.load_state_dict(state["target"])
         runtime = self.runtime
@@ -279,7 +285,8 @@ class Trainer:
             )
             raise MeddenoiseError(
                 f"the training loss became NaN or infinite at step {step} (epoch {self.progress.epoch + 1}); "
-                f"training stopped and {kept_text}. Try a lower --lr, --grad-clip 1.0 or --amp off"
+                f"training stopped and {kept_text}. Try a lower lr, grad_clip 1.0 or amp off",
+                parameter="lr",
             )
 
     def outside_stop(self, started: float, at_epoch_end: bool = False) -> str | None:
@@ -640,12 +647,13 @@ def _build_trainer(config: TrainConfig, runtime: Runtime) -> Trainer:
             stream = (
                 ""
                 if config.data_placement == "stream"  # already streaming: that advice cannot help
-                else "use --data-placement stream (batches are read from disk as needed), "
+                else "use data_placement stream (batches are read from disk as needed), "
             )
             raise MeddenoiseError(
                 f"out of memory while placing the prepared images and the model on {runtime.device} "
-                f"({detail}); {stream}fewer images (--limit-train / --limit-val), a smaller --base-channels, "
-                "or prepare smaller images"
+                f"({detail}); {stream}fewer images (limit_train / limit_val), a smaller base_channels, "
+                "or prepare smaller images",
+                parameter="data_placement" if stream else "limit_train",
             ) from None
         raise
 
@@ -659,22 +667,24 @@ def _train(trainer: Trainer) -> str:
             streaming = getattr(trainer.placement, "kind", "") == "stream"
             # Already streaming, the images are not what fills memory: the batch and the network are.
             remedy = (
-                f"the images are already streamed from disk, so use a smaller --batch-size "
-                f"({max(1, config.batch_size // 2)}) or --val-batch-size "
+                f"the images are already streamed from disk, so use a smaller batch_size "
+                f"({max(1, config.batch_size // 2)}) or val_batch_size "
                 f"({max(1, config.val_batch_size // 2)}), or smaller images or network"
                 if streaming
-                else "use --data-placement stream (batches are read from disk as needed) or fewer images "
-                "(--limit-train / --limit-val)"
+                else "use data_placement stream (batches are read from disk as needed) or fewer images "
+                "(limit_train / limit_val)"
             )
             raise MeddenoiseError(
-                f"out of host memory during training ({type(exc).__name__}: {str(exc)[:300]}); {remedy}"
+                f"out of host memory during training ({type(exc).__name__}: {str(exc)[:300]}); {remedy}",
+                parameter="batch_size" if streaming else "data_placement",
             ) from None
         if _is_out_of_memory(exc):
             config = trainer.config
             raise MeddenoiseError(
-                f"out of memory with --batch-size {config.batch_size} on the training device; "
-                f"try --batch-size {max(1, config.batch_size // 2)} "
-                f"(or --val-batch-size {max(1, config.val_batch_size // 2)}, --amp bf16)"
+                f"out of memory with batch_size {config.batch_size} on the training device; "
+                f"try batch_size {max(1, config.batch_size // 2)} "
+                f"(or val_batch_size {max(1, config.val_batch_size // 2)}, amp bf16)",
+                parameter="batch_size",
             ) from None
         raise
 
@@ -707,7 +717,8 @@ def fit(config: TrainConfig) -> Path:
     locked = contextlib.ExitStack()
     try:
         if runtime.is_main:  # only rank 0 writes the run folder
-            locked.enter_context(folder_lock(ensure_writable_dir(config.out, what="run folder (--out)")))
+            run_folder = ensure_writable_dir(config.out, what="run folder", parameter="out")
+            locked.enter_context(folder_lock(run_folder))
         trainer = _build_trainer(config, runtime)
         trainer.log.info(
             f"runtime: {runtime.describe()}; global batch {config.batch_size * runtime.data_parallel_width}; "
@@ -728,7 +739,8 @@ def fit(config: TrainConfig) -> Path:
             progress = trainer.progress
             raise Terminated(
                 f"terminated (SIGTERM) at step {progress.global_step}, epoch {progress.epoch + 1}; the last "
-                f"checkpoint is in {trainer.out}: run the same command with --resume to continue"
+                f"checkpoint is in {trainer.out}: run the same command with resume to continue",
+                parameter="resume",
             )
         trainer.log.info(f"training finished ({reason}); run folder {trainer.out}")
         distributed.barrier()

@@ -14,8 +14,16 @@ from meddenoise.errors import MeddenoiseError
 
 
 def flag_for(parameter: str | None) -> str | None:
-    """The `meddenoise train` flag of a config parameter (`noise.std` -> `--noise-std`)."""
-    return "--" + parameter.replace(".", "-").replace("_", "-") if parameter else None
+    """The `meddenoise train` flag of a config parameter (`noise.std` -> `--noise-std`), looked up in the
+    command's own parser like the CLI does: a spelling convention would miss renamed flags and invent flags
+    for parameters that have none."""
+    if not parameter:
+        return None
+    import argparse
+
+    from meddenoise.cli import build_parser, command_parser, flag_of
+
+    return flag_of(command_parser(build_parser(), argparse.Namespace(command="train")), parameter)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -56,7 +56,9 @@ def make_target(
     data = load_prepared(data_dir)
     indices = data.indices(split)
     if indices.size == 0:
-        raise MeddenoiseError(f"{data_dir} has no images in split {split!r}; choose another --split")
+        raise MeddenoiseError(
+            f"{data_dir} has no images in split {split!r}; choose another split", parameter="split"
+        )
     if 0 < limit < indices.size:
         # The `limit` smallest image keys: a subset that always holds the images kept as samples (also the
         # smallest keys), so a baseline run on a subset still appears in the report's figures.
@@ -171,10 +173,14 @@ def evaluate_run(
         own_data = str(recorded_folder(own_data, run_dir, train_config.get("out", "")))
     data_dir = Path(data_dir) if data_dir else Path(own_data) if own_data else None
     if data_dir is None:
-        raise MeddenoiseError(f"{run_dir} does not record its prepared folder; give one with --data")
+        raise MeddenoiseError(
+            f"{run_dir} does not record its prepared folder; give the prepared folder to use",
+            parameter="data",
+        )
     if not data_dir.is_dir():
         raise MeddenoiseError(
-            f"prepared folder {data_dir} (recorded by the run) is gone; give one with --data"
+            f"prepared folder {data_dir} (recorded by the run) is gone; give the prepared folder to use",
+            parameter="data",
         )
     noise = metadata.noise
     trained_std = noise.std

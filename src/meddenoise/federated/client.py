@@ -37,7 +37,8 @@ def site_from_node_config(node_config: dict[str, Any]) -> Site:
     data = node_config.get("data")
     if not data:
         raise ValueError(
-            "this SuperNode has no prepared folder: start it with --node-config \"data='/path/to/prepared'\""
+            "this SuperNode has no prepared folder: start it with "
+            "`--node-config \"data='/path/to/prepared'\"`"
         )
     name = str(node_config.get("name") or Path(str(data)).resolve().name)
     return Site(name=name, data=str(data))

@@ -32,7 +32,7 @@ def deployment_settings(config: FederatedConfig) -> dict:
 def write_flower_app(config: FederatedConfig, folder: str | Path) -> Path:
     from meddenoise import __version__
 
-    folder = ensure_writable_dir(folder, what="Flower App folder (--flower-app)")
+    folder = ensure_writable_dir(folder, what="Flower App folder", parameter="flower_app")
     settings = json.dumps(deployment_settings(config), sort_keys=True)
     text = f"""# A Flower App for `flwr run`: meddenoise's ServerApp and ClientApp, with its settings.
 # Written by `meddenoise federated --flower-app`; see docs/federated.md.

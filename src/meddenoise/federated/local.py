@@ -197,7 +197,8 @@ class LocalSite:
         if progress.first_non_finite_step() is not None or not np.isfinite(train_loss):
             raise MeddenoiseError(
                 f"site {self.site.name}: the training loss became NaN or infinite in round {server_round}; "
-                "try a lower --lr or --grad-clip 1.0"
+                "try a lower lr or grad_clip 1.0",
+                parameter="lr",
             )
         metrics = {
             "train_loss": train_loss,

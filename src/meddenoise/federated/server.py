@@ -95,7 +95,7 @@ class FederatedServer:
         self.run_dir = RunDir(self.out)
         self.paths = ckpt.checkpoint_paths(self.out)
         self._check_fresh_or_resumable()
-        ensure_writable_dir(self.out, what="run folder (--out)")
+        ensure_writable_dir(self.out, what="run folder", parameter="out")
         self.log = RunLog(self.run_dir.log_file, True)
         self.train_config = local_train_config(config, data=config.reference_data, out=str(self.out))
         self.recipe_json = json.dumps(self._recipe(), sort_keys=True)
@@ -106,10 +106,14 @@ class FederatedServer:
     def _check_fresh_or_resumable(self) -> None:
         has_state = self.paths["last_state"].is_file()
         if self.config.resume and not has_state:
-            raise MeddenoiseError(f"--resume: {self.out} has no completed round to continue from")
+            raise MeddenoiseError(
+                f"resume: {self.out} has no completed round to continue from", parameter="resume"
+            )
         if not self.config.resume and has_state:
             raise MeddenoiseError(
-                f"{self.out} already holds a run; add --resume to continue it or choose another --out"
+                f"{self.out} already holds a run; turn resume on to continue it or choose another output "
+                "folder (out)",
+                parameter="resume",
             )
 
     def _recipe(self) -> dict[str, Any]:
@@ -181,7 +185,9 @@ class FederatedServer:
                     f"{int(info['val-images'])} validation images; every training site needs both"
                 )
         if self.config.test_site and not any(d["role"] == "test" for d in described.values()):
-            raise MeddenoiseError(f"--test-site {self.config.test_site!r} is not among the connected sites")
+            raise MeddenoiseError(
+                f"test_site {self.config.test_site!r} is not among the connected sites", parameter="test_site"
+            )
         return described
 
     def _raise_on_error(self, reply: Any, stage: str) -> None:

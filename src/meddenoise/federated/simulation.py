@@ -56,7 +56,7 @@ def simulate(config: FederatedConfig) -> Path:
     from meddenoise.locking import folder_lock
 
     # one writer per run folder, as `train`: a second federation aimed at it stops before starting
-    with folder_lock(ensure_writable_dir(config.out, what="run folder (--out)")):
+    with folder_lock(ensure_writable_dir(config.out, what="run folder", parameter="out")):
         return _simulate(config, run_simulation)
 
 

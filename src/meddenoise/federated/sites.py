@@ -75,14 +75,18 @@ def sites_from_folders(folders: list[str]) -> list[Site]:
 
     for name, folder in zip(names, folders):
         if not Path(folder).is_dir():
-            raise DataError(f"--site-data: prepared folder {folder} does not exist")
+            raise DataError(f"site_data: prepared folder {folder} does not exist", parameter="site_data")
         # checked here, before Flower starts: inside a simulated site the same error is a long traceback
         try:
             data = load_prepared(folder)
         except MeddenoiseError as exc:
-            raise DataError(f"--site-data: site {name} ({folder}) is not usable: {exc}") from None
+            raise DataError(
+                f"site_data: site {name} ({folder}) is not usable: {exc}", parameter="site_data"
+            ) from None
         if data.indices("train").size == 0:
-            raise DataError(f"--site-data: site {name} ({folder}) has no training images")
+            raise DataError(
+                f"site_data: site {name} ({folder}) has no training images", parameter="site_data"
+            )
     return [Site(name=name, data=str(folder)) for name, folder in zip(names, folders)]
 
 
@@ -134,7 +138,8 @@ def _by_source(records: list[dict[str, str]], sites: int, folder: str) -> list[l
     if mixed:
         raise DataError(
             f"{folder}: group (patient) {mixed[0]} has images from several sources, so a by-source "
-            "partition would split it across sites; use --partition iid or dirichlet"
+            "partition would split it across sites; use partition iid or dirichlet",
+            parameter="partition",
         )
     return [sorted(u for u, s in by_unit.items() if source in s) for source in sources]
 
@@ -192,7 +197,8 @@ def _dirichlet(
             return groups
     raise DataError(
         f"a Dirichlet(alpha={alpha}) partition of {folder} into {sites} sites left a site without training "
-        f"or validation images in {DIRICHLET_ATTEMPTS} draws; use a larger --alpha or fewer --sites"
+        f"or validation images in {DIRICHLET_ATTEMPTS} draws; use a larger alpha or fewer sites",
+        parameter="alpha",
     )
 
 

@@ -61,7 +61,9 @@ def plan_audit(
     total = len(patients)
     query_rows = np.flatnonzero(splits == split) if split != "all" else np.arange(total)
     if query_rows.size == 0:
-        raise DataError(f"the prepared set has no images in split {split!r}; choose another --split")
+        raise DataError(
+            f"the prepared set has no images in split {split!r}; choose another split", parameter="split"
+        )
     rng = np.random.default_rng(seed)
     if 0 < max_queries < query_rows.size:
         query_rows = np.sort(rng.choice(query_rows, size=max_queries, replace=False))
@@ -70,8 +72,9 @@ def plan_audit(
     else:
         if gallery_size < query_rows.size:
             raise ConfigError(
-                f"--gallery-size {gallery_size} is smaller than the {query_rows.size} queries; the gallery"
-                " must hold every query's original: raise it, lower --max-queries, or use 0 for the whole set"
+                f"gallery_size {gallery_size} is smaller than the {query_rows.size} queries; the gallery"
+                " must hold every query's original: raise it, lower max_queries, or use 0 for the whole set",
+                "gallery_size",
             )
         others = np.setdiff1d(np.arange(total), query_rows)
         fill = rng.choice(others, size=gallery_size - query_rows.size, replace=False)

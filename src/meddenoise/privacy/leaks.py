@@ -430,14 +430,15 @@ def regroup_prepared(
             return " / ".join(f"{v:.2f}" for v in values)
 
         raise DataError(
-            f"--group-similar {threshold:g} would join {summary['images_in_joined_components']} of "
+            f"group_similar {threshold:g} would join {summary['images_in_joined_components']} of "
             f"{len(rows)} images into {summary['joined_components']} group(s) (the largest holds "
             f"{summary['largest_component']}); keeping each in one split moves {moved_images} image(s) of "
             f"{moved_groups} group(s), and the train/val/test shares would become {shares(achieved)} "
             f"(unjoined {shares(unjoined)}) instead of the requested {shares(fractions)} (more than "
             f"{max_shift * 100:g} points off): the split would no longer measure anything. {folder} is left "
             "as it was. Raise the threshold (calibrate it with `meddenoise data leaks DIR --calibrate "
-            "ID_FOLDER`), or use patient ids."
+            "ID_FOLDER`), or use patient ids.",
+            parameter="group_similar",
         )
     extra = {key: [row[key] for row in rows] for key in rows[0] if key not in MANIFEST_COLUMNS}
     images = np.array(data.images)  # read fully: the file is replaced below

@@ -235,7 +235,7 @@ def choose_sets(
     if set(np.asarray(groups)[members]) & set(np.asarray(groups)[nonmembers]):
         raise DataError(
             "membership audit: members and non-members share patients (the prepared folder was split by "
-            "image); re-prepare with --split-by patient"
+            "image); re-prepare it split by patient (`meddenoise prepare --split-by patient ...`)"
         )
     rng = np.random.default_rng(seed)
     if max_images:
@@ -351,7 +351,7 @@ def _checkpoints(run_dir: str | Path) -> list[tuple[str, Path]]:
     found = [(name, file) for name, file in (("best", run.best_weights), ("last", run.last_weights))]
     found = [(name, file) for name, file in found if file.is_file()]
     if not found:
-        raise ConfigError(f"--run {run_dir}: no checkpoints/best.safetensors or last.safetensors", "run")
+        raise ConfigError(f"run {run_dir}: no checkpoints/best.safetensors or last.safetensors", "run")
     return found
 
 
@@ -390,7 +390,7 @@ def run_membership_audit(
     run_config = dict(metadata.config)
     if not run_config:
         raise ConfigError(
-            f"--run {run_dir}: the checkpoint has no training config; retrain with this version"
+            f"run {run_dir}: the checkpoint has no training config; retrain with this version", "run"
         )
     if not data_dir and run_config.get("data"):
         data_dir = str(recorded_folder(run_config["data"], run_dir, run_config.get("out", "")))
@@ -522,7 +522,7 @@ def _reference_errors(
         raise DataError(
             f"membership audit: the reference split {split!r} shares {len(shared)} patient(s) with the "
             "members or non-members; reference models must never have seen an audited patient "
-            "(re-prepare with --split-by patient)"
+            "(re-prepare the folder split by patient: `meddenoise prepare --split-by patient ...`)"
         )
     recipe_config = run_config
     if recipe is not None:

@@ -219,8 +219,9 @@ def recorrupted_loss(
 def _noise_parameters(noise_op: object) -> tuple[float, float, bool]:
     if getattr(noise_op, "kind", "gaussian") != "gaussian":
         raise ConfigError(
-            f"clean-free targets are derived for additive Gaussian obfuscation; --noise-kind is"
-            f" {noise_op.kind!r}: use --noise-kind gaussian or --target clean"
+            f"clean-free targets are derived for additive Gaussian obfuscation; noise.kind is"
+            f" {noise_op.kind!r}: use noise.kind gaussian or target clean",
+            "noise.kind",
         )
     try:
         return float(noise_op.mean), float(noise_op.std), bool(getattr(noise_op, "clamp", True))

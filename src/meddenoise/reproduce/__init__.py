@@ -115,15 +115,16 @@ def _load_plan(settings: ReproduceConfig) -> dict[str, Any]:
         return {}
     if not settings.resume:
         raise ConfigError(
-            f"{settings.folder} already holds a reproduction; add --resume to continue it (finished "
-            f"configurations "
-            "are kept) or choose another --out"
+            f"{settings.folder} already holds a reproduction; turn resume on to continue it (finished "
+            "configurations are kept) or choose another output folder (out)",
+            "resume",
         )
     plan = layout.read_plan()
     if plan.get("preset") != settings.grid.name:
         raise ConfigError(
             f"{settings.folder} holds a '{plan.get('preset')}' reproduction, not '{settings.grid.name}'; "
-            "use the same --preset or another --out"
+            "use the same preset or another output folder (out)",
+            "preset",
         )
     return plan
 
@@ -157,7 +158,7 @@ def dry_run(settings: ReproduceConfig) -> str:
 
 def reproduce(settings: ReproduceConfig) -> Path:
     """Run (or continue) the grid and build the report; returns the report's Markdown path."""
-    ensure_writable_dir(settings.folder, what="output folder (--out)")
+    ensure_writable_dir(settings.folder, what="output folder", parameter="out")
     with folder_lock(settings.folder):  # one reproduction per folder (its jobs lock their own folders too)
         return _reproduce(settings)
 

@@ -33,8 +33,9 @@ def prepare_data(settings: ReproduceConfig) -> Path:
     options = dict(settings.grid.prepare)
     if options.get("source") in ("nih", "folder") and not settings.data_root:
         raise ConfigError(
-            f"the {settings.grid.name} preset reads {options['source']} images: give their folder with "
-            "--data-root (or a prepared folder with --data)"
+            f"the {settings.grid.name} preset reads {options['source']} images: give a prepared folder "
+            "(data) or the folder of the images (data_root)",
+            "data_root",
         )
     folder = ReproDir(settings.folder).data_dir
     values = {**options, "out": str(folder), "quiet": True}
@@ -150,7 +151,7 @@ def failure_line(exc: BaseException, folder: Path) -> str:
     if any(sign in text for sign in RAY_MEMORY_SIGNS):
         return (
             "Ray stopped a federated site for lack of memory: give the simulation more memory or fewer "
-            f"parallel sites (--sim-cpus 1, a smaller --batch-size or fewer images){kept}"
+            f"parallel sites (sim_cpus 1, a smaller batch_size or fewer images){kept}"
         )
     first = next((line.strip() for line in text.splitlines() if line.strip()), type(exc).__name__)
     return (first if len(first) <= 300 else first[:297] + "...") + kept

@@ -78,8 +78,9 @@ def _build_rendered(config: Any):
         from meddenoise.data.sources.rendered import RenderedChestSource
     except ImportError as exc:
         raise ConfigError(
-            f"--source default is not available in this installation ({exc}); "
-            "use --source nih or --source folder with --root DIR"
+            f"the default source is not available in this installation ({exc}); "
+            "use the nih or folder source with the folder of your images (root)",
+            "source",
         ) from None
     options = parse_render_options(config.render_option, RenderedChestSource)
     count = config.count or DEFAULT_RENDER_COUNT
@@ -98,8 +99,9 @@ def parse_render_options(items: list[str], cls: type) -> dict[str, Any]:
         key = key.strip().replace("-", "_")
         if not sep or key not in allowed:
             raise ConfigError(
-                f"--render-option {item!r}: expected KEY=VALUE with KEY one of "
-                f"{', '.join(allowed) or '(none)'}"
+                f"render_option {item!r}: expected KEY=VALUE with KEY one of "
+                f"{', '.join(allowed) or '(none)'}",
+                "render_option",
             )
         default = parameters[key].default
         options[key] = _convert_like(raw.strip(), default, key)
@@ -119,7 +121,9 @@ def _convert_like(raw: str, default: Any, key: str) -> Any:
         if isinstance(default, (tuple, list)):
             return type(default)(type(default[0])(v) if default else v for v in raw.split(","))
     except (ValueError, TypeError):
-        raise ConfigError(f"--render-option {key}={raw!r}: expected a value like {default!r}") from None
+        raise ConfigError(
+            f"render_option {key}={raw!r}: expected a value like {default!r}", "render_option"
+        ) from None
     return raw
 
 
@@ -127,10 +131,17 @@ def resolve_root(root: str, source_name: str) -> Path:
     from meddenoise.errors import DataError
 
     if not root:
-        raise ConfigError(f"--root is required for --source {source_name}: the folder that holds the images")
+        raise ConfigError(
+            f"root is required for the {source_name} source: the folder that holds the images", "root"
+        )
     path = Path(root).expanduser()
     if not path.exists():
-        raise DataError(f"--root {root} does not exist; give the folder that holds the images")
+        raise DataError(
+            f"image folder {root} does not exist; give the folder that holds the images", parameter="root"
+        )
     if not path.is_dir():
-        raise DataError(f"--root {root} is a file, not a folder; give the folder that holds the images")
+        raise DataError(
+            f"image folder {root} is a file, not a folder; give the folder that holds the images",
+            parameter="root",
+        )
     return path.resolve()

@@ -75,7 +75,10 @@ class FolderSource:
         max_pixels: int = DEFAULT_MAX_PIXELS,
     ):
         if patient_from not in PATIENT_FROM_CHOICES:
-            raise ConfigError(f"--patient-from must be one of {', '.join(PATIENT_FROM_CHOICES)}")
+            raise ConfigError(
+                f"patient_from must be one of {', '.join(PATIENT_FROM_CHOICES)}; got {patient_from!r}",
+                "patient_from",
+            )
         self.root = resolve_root(root, self.name)
         self.count, self.seed, self.patient_from = count, seed, patient_from
         self.exclude = {Path(p).expanduser().resolve() for p in exclude if p}
@@ -89,8 +92,9 @@ class FolderSource:
             self.notes.append(f"ignored {len(ignored)} file(s) that are not images by name (e.g. {examples})")
         if not paths:
             raise DataError(
-                f"no image files (PNG, JPEG, TIFF or DICOM) found under --root {self.root}; "
-                "check the path (sub-folders are searched)"
+                f"no image files (PNG, JPEG, TIFF or DICOM) found under {self.root}; "
+                "check the path (sub-folders are searched)",
+                parameter="root",
             )
         chosen = select_subset(paths, self.count, self.seed)
         if self.count and self.count > len(paths):

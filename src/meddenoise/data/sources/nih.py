@@ -60,8 +60,9 @@ class NihSource:
         if metadata is None:
             if self.view_position:
                 raise ConfigError(
-                    f"--view-position needs the metadata CSV ({' or '.join(CSV_NAMES)}) in {self.root} "
-                    "or given with --csv"
+                    f"view_position needs the metadata CSV ({' or '.join(CSV_NAMES)}) in {self.root} "
+                    "or given as csv",
+                    "view_position",
                 )
             self.notes.append(
                 f"no metadata CSV in {self.root} (looked for {', '.join(CSV_NAMES)}): patient ids derived "
@@ -104,7 +105,8 @@ class NihSource:
             return [p / "images" if (p / "images").is_dir() else p for p in kaggle]
         if self.nih_folders:
             raise ConfigError(
-                f"--nih-folders needs the Kaggle layout (images_001/, images_002/, ...) under {self.root}"
+                f"nih_folders needs the Kaggle layout (images_001/, images_002/, ...) under {self.root}",
+                "nih_folders",
             )
         if (self.root / "images").is_dir():
             return [self.root / "images"]
@@ -123,15 +125,16 @@ class NihSource:
             self.notes.append(f"{len(duplicates)} duplicate file name(s) kept once: {_examples(duplicates)}")
         if not files:
             raise DataError(
-                f"no PNG images found under --root {self.root}; expected images_001/images/*.png (Kaggle), "
-                "images/*.png or PNGs in the folder itself"
+                f"no PNG images found under {self.root}; expected images_001/images/*.png (Kaggle), "
+                "images/*.png or PNGs in the folder itself",
+                parameter="root",
             )
         return files
 
     def _find_csv(self) -> Path | None:
         if self.csv_path is not None:
             if not self.csv_path.is_file():
-                raise DataError(f"--csv {self.csv_path} does not exist")
+                raise DataError(f"metadata CSV {self.csv_path} does not exist", parameter="csv")
             return self.csv_path
         for name in CSV_NAMES:
             if (self.root / name).is_file():
@@ -161,7 +164,9 @@ class NihSource:
         except (OSError, UnicodeDecodeError, csv.Error) as exc:
             raise DataError(f"cannot read the metadata CSV {path}: {exc}") from None
         if self.view_position and VIEW_COLUMN not in columns:
-            raise DataError(f"{path} has no '{VIEW_COLUMN}' column, needed by --view-position")
+            raise DataError(
+                f"{path} has no '{VIEW_COLUMN}' column, needed by view_position", parameter="view_position"
+            )
         self.notes.append(f"metadata from {path.name} ({len(metadata)} rows)")
         return metadata
 

@@ -31,7 +31,9 @@ def sample_folder() -> Path:
     if not (SAMPLE_FOLDER / SAMPLE_CSV).is_file():
         raise DataError(
             f"the embedded NIH sample is missing from this installation ({SAMPLE_FOLDER / SAMPLE_CSV}); "
-            "reinstall meddenoise, or use --source default (the rendered set) or --source nih --root DIR"
+            "reinstall meddenoise, or use the default source (the rendered set) or the nih source with its "
+            "folder (root)",
+            parameter="source",
         )
     return SAMPLE_FOLDER
 
