@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import importlib
+import logging
 import os
 import sys
 
@@ -141,6 +142,19 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
     return int(result or 0)
+
+
+def leave(code: int) -> None:
+    """Exit with `code`. A torchrun worker leaves without the interpreter's final C++ destructors: everything
+    is written and the process group is gone, but those can still abort on gloo/TCPStore threads
+    ("terminate called without an active exception"), and torchrun would then report a finished run as
+    failed."""
+    if os.environ.get("TORCHELASTIC_RUN_ID"):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        logging.shutdown()
+        os._exit(code)
+    sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -255,14 +255,14 @@ def test_launched_workers_read_the_runs_config_from_the_run_folder(tmp_path, mon
     monkeypatch.setattr(distributed, "launch_torchrun", fake_torchrun)
     said = []
     assert launch.train(config, say=said.append) == out
-    assert seen == {"nproc": 2, "module": "meddenoise.engine.worker", "config": config}
+    assert seen == {"nproc": 2, "module": "meddenoise.worker", "config": config}
     assert said == ["launching 2 DDP worker(s) with torchrun"]
     assert not (out / "launch_config.json").exists()
 
 
 def test_a_worker_prints_errors_like_the_train_command(tmp_path, capsys):
+    from meddenoise import worker
     from meddenoise.config import save_config
-    from meddenoise.engine import worker
     from meddenoise.engine.config import TrainConfig
 
     handoff = tmp_path / "launch_config.json"

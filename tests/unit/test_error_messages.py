@@ -13,8 +13,8 @@ import pytest
 
 import meddenoise
 from meddenoise.cli import build_parser, command_parser, flag_of, main
-from meddenoise.engine.worker import flag_for
 from meddenoise.errors import ConfigError, DataError, MeddenoiseError
+from meddenoise.worker import flag_for
 
 SOURCE = Path(meddenoise.__file__).parent
 FLAG = re.compile(r"(?<![\w-])--[a-z][a-z0-9_-]*")

@@ -2,7 +2,7 @@
 
 Single device and DataParallel train in this process. DDP, when this process was not itself started by
 torchrun, launches `nproc` torchrun workers on this node; the launcher writes the run's config into the run
-folder (`launch_config.json`) and every worker reads it there (`python -m meddenoise.engine.worker FILE`),
+folder (`launch_config.json`) and every worker reads it there (`python -m meddenoise.worker FILE`),
 so no option travels through a command line. Under torchrun (a user's own `torchrun -m meddenoise train`,
 multi-node) it trains in this process, as one rank.
 """
@@ -18,7 +18,7 @@ from meddenoise.fileio import ensure_writable_dir
 from meddenoise.locking import folder_lock
 from meddenoise.rundir import RunDir
 
-WORKER_MODULE = "meddenoise.engine.worker"
+WORKER_MODULE = "meddenoise.worker"
 
 
 def workers_to_launch(config: TrainConfig) -> int:

@@ -151,7 +151,7 @@ def failure_line(exc: BaseException, folder: Path) -> str:
     if any(sign in text for sign in RAY_MEMORY_SIGNS):
         return (
             "Ray stopped a federated site for lack of memory: give the simulation more memory or fewer "
-            f"parallel sites (sim_cpus 1, a smaller batch_size or fewer images){kept}"
+            f"parallel sites (--sim-cpus 1, a smaller --batch-size or fewer images){kept}"
         )
     first = next((line.strip() for line in text.splitlines() if line.strip()), type(exc).__name__)
     return (first if len(first) <= 300 else first[:297] + "...") + kept

@@ -1,4 +1,4 @@
-"""A torchrun worker of `engine.launch.train`: `python -m meddenoise.engine.worker RUN/launch_config.json`.
+"""A torchrun worker of `engine.launch.train`: `python -m meddenoise.worker RUN/launch_config.json`.
 
 Reads the config its launcher wrote and trains it as one DDP rank; errors are printed the way the
 `meddenoise train` command prints them, with the same exit statuses.
@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import sys
 
-from meddenoise.config import load_config
-from meddenoise.engine.config import TrainConfig
+from meddenoise.cli import leave
 from meddenoise.errors import MeddenoiseError
 
 
@@ -29,9 +28,11 @@ def flag_for(parameter: str | None) -> str | None:
 def main(argv: list[str] | None = None) -> int:
     arguments = sys.argv[1:] if argv is None else argv
     if len(arguments) != 1:
-        print("usage: python -m meddenoise.engine.worker RUN/launch_config.json", file=sys.stderr)
+        print("usage: python -m meddenoise.worker RUN/launch_config.json", file=sys.stderr)
         return 2
     try:
+        from meddenoise.config import load_config
+        from meddenoise.engine.config import TrainConfig
         from meddenoise.engine.train import fit
 
         fit(load_config(TrainConfig, arguments[0]))
@@ -49,4 +50,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    leave(main())
