@@ -56,6 +56,30 @@ def write_tiny_prepared(
     return write_prepared(out_dir, images, records, splits, params)
 
 
+IDENTIFIABLE_COUNT, IDENTIFIABLE_SIZE = 6, 12
+# strings of the identifiable folder that must never reach a released export
+IDENTIFYING_STRINGS = ("JaneDoe", "MRN-77", "hospital")
+
+
+def write_identifiable_prepared(out_dir: Path) -> Path:
+    """A 6-image prepared folder (random 12 x 12 uint8, two per patient) whose image ids, patient ids and
+    paths are distinctive strings (IDENTIFYING_STRINGS), easy to search for in what a release writes."""
+    rng = np.random.default_rng(0)
+    size = IDENTIFIABLE_SIZE
+    images = rng.integers(0, 256, size=(IDENTIFIABLE_COUNT, size, size), dtype=np.uint8)
+    records = [
+        ImageRecord(
+            image_id=f"scan-{i:03d}-of-JaneDoe",
+            patient_id=f"MRN-77{i // 2:04d}",
+            source="folder",
+            path=f"/hospital/radiology/MRN-77{i // 2:04d}/scan-{i:03d}.dcm",
+        )
+        for i in range(IDENTIFIABLE_COUNT)
+    ]
+    splits = ["train", "train", "val", "val", "test", "test"]
+    return write_prepared(out_dir, images, records, splits, {"source": "folder"})
+
+
 @pytest.fixture
 def make_prepared(tmp_path_factory):
     """Factory: `make_prepared(n=24, size=32, patients=8, seed=0, split_by="patient", dtype="uint8") -> Path`

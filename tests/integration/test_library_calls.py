@@ -13,31 +13,19 @@ import torch
 from PIL import Image
 
 import meddenoise
+from conftest import IDENTIFIABLE_COUNT, IDENTIFIABLE_SIZE, IDENTIFYING_STRINGS, write_identifiable_prepared
 from meddenoise.cli import main
-from meddenoise.data.cache import load_prepared, write_prepared
-from meddenoise.data.records import ImageRecord
+from meddenoise.data.cache import load_prepared
 from meddenoise.engine.checkpoint import save_weights
 from meddenoise.errors import ConfigError
 from meddenoise.models import build_model
 
-COUNT, SIZE = 6, 12
+COUNT, SIZE = IDENTIFIABLE_COUNT, IDENTIFIABLE_SIZE
 
 
 @pytest.fixture
 def prepared(tmp_path) -> Path:
-    rng = np.random.default_rng(0)
-    images = rng.integers(0, 256, size=(COUNT, SIZE, SIZE), dtype=np.uint8)
-    records = [
-        ImageRecord(
-            image_id=f"img-{i:03d}-SmithJohn",
-            patient_id=f"PAT-55{i // 2:04d}",
-            source="folder",
-            path=f"/ward9/PAT-55{i // 2:04d}/img-{i:03d}.png",
-        )
-        for i in range(COUNT)
-    ]
-    splits = ["train", "train", "val", "val", "test", "test"]
-    return write_prepared(tmp_path / "prepared", images, records, splits, {"source": "folder"})
+    return write_identifiable_prepared(tmp_path / "prepared")
 
 
 def test_obfuscate_from_python_releases_every_image_and_no_clean_pixel_or_id(tmp_path, prepared):
@@ -57,7 +45,7 @@ def test_obfuscate_from_python_releases_every_image_and_no_clean_pixel_or_id(tmp
     assert json.loads((result.out / "export.json").read_text())["images"] == COUNT
 
     data = load_prepared(prepared)
-    identifying = {"SmithJohn", "ward9", "PAT-55", str(prepared)}
+    identifying = {*IDENTIFYING_STRINGS, str(prepared)}
     for row in data.records:
         identifying |= {row["image_id"], row["patient_id"], row["source_path"], row["image_key"]}
     seed = json.loads(result.private_config.read_text())["config"]["noise"]["seed"]

@@ -13,32 +13,19 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import IDENTIFIABLE_COUNT, IDENTIFIABLE_SIZE, IDENTIFYING_STRINGS, write_identifiable_prepared
 from meddenoise.cli import main
 from meddenoise.commands.obfuscate import ObfuscateConfig
 from meddenoise.config import load_config
-from meddenoise.data.cache import load_prepared, write_prepared
-from meddenoise.data.records import ImageRecord
+from meddenoise.data.cache import load_prepared
 from meddenoise.noise import build_noise
 
-COUNT, SIZE = 6, 12
+COUNT, SIZE = IDENTIFIABLE_COUNT, IDENTIFIABLE_SIZE
 
 
 @pytest.fixture
 def prepared(tmp_path) -> Path:
-    """A prepared folder whose ids, patients and paths are distinctive strings, easy to search for."""
-    rng = np.random.default_rng(0)
-    images = rng.integers(0, 256, size=(COUNT, SIZE, SIZE), dtype=np.uint8)
-    records = [
-        ImageRecord(
-            image_id=f"scan-{i:03d}-of-JaneDoe",
-            patient_id=f"MRN-77{i // 2:04d}",
-            source="folder",
-            path=f"/hospital/radiology/MRN-77{i // 2:04d}/scan-{i:03d}.dcm",
-        )
-        for i in range(COUNT)
-    ]
-    splits = ["train", "train", "val", "val", "test", "test"]
-    return write_prepared(tmp_path / "prepared-ward7", images, records, splits, {"source": "folder"})
+    return write_identifiable_prepared(tmp_path / "prepared-ward7")
 
 
 def export(tmp_path: Path, prepared: Path, *options: str, name: str = "export") -> tuple[Path, Path]:
@@ -102,7 +89,7 @@ def test_png16_export_layout_and_values_round_trip(tmp_path, prepared, capsys):
 def test_nothing_identifying_leaves_with_the_export(tmp_path, prepared):
     out, private_map = export(tmp_path, prepared, "--noise-seed", "123456789", "--copies", "2")
     data = load_prepared(prepared)
-    secrets_ = {str(prepared), prepared.name, private_map.name, "123456789", "JaneDoe", "hospital", "MRN-77"}
+    secrets_ = {str(prepared), prepared.name, private_map.name, "123456789", *IDENTIFYING_STRINGS}
     for row in data.records:
         secrets_ |= {row["image_id"], row["patient_id"], row["source_path"], row["image_key"]}
     map_text = private_map.read_text()
