@@ -74,6 +74,19 @@ def train_overrides(preset: Preset, model: str, seed: int, extra: dict[str, Any]
     return {**preset.train, **preset.model_train.get(model, {}), "model": model, "seed": seed, **extra}
 
 
+def network_job(
+    layout: ReproDir,
+    name: str,
+    noise_std: float,
+    method: str,
+    strategy: str,
+    seed: int,
+    overrides: dict[str, Any],
+) -> Job:
+    """A train+evaluate job whose run folder is the reproduction's run folder of that name."""
+    return Job(name, "network", layout.run_dir(name), noise_std, method, strategy, seed, overrides)
+
+
 def plan_jobs(preset: Preset, out: Path, seeds: int, gpus: int) -> tuple[list[Job], list[dict[str, str]]]:
     """Every job of the grid, in run order, and what is skipped with the reason."""
     layout = ReproDir(out)
@@ -102,18 +115,7 @@ def plan_jobs(preset: Preset, out: Path, seeds: int, gpus: int) -> tuple[list[Jo
             for model in (*preset.models, *preset.learned):
                 name = f"{model}_{std_tag(noise_std)}_single_seed{seed}"
                 overrides = train_overrides(preset, model, seed, SINGLE_DEVICE)
-                jobs.append(
-                    Job(
-                        name,
-                        "network",
-                        layout.run_dir(name),
-                        noise_std,
-                        model,
-                        "single",
-                        seed,
-                        overrides,
-                    )
-                )
+                jobs.append(network_job(layout, name, noise_std, model, "single", seed, overrides))
     for strategy in preset.strategies:
         if strategy == "single":
             continue
@@ -134,16 +136,7 @@ def plan_jobs(preset: Preset, out: Path, seeds: int, gpus: int) -> tuple[list[Jo
                     for model in multi_models:
                         name = f"{model}_{std_tag(noise_std)}_{label}{suffix}_seed{seed}"
                         overrides = train_overrides(preset, model, seed, {**runtime, **protocol_overrides})
-                        job = Job(
-                            name,
-                            "network",
-                            layout.run_dir(name),
-                            noise_std,
-                            model,
-                            label,
-                            seed,
-                            overrides,
-                        )
+                        job = network_job(layout, name, noise_std, model, label, seed, overrides)
                         jobs.append(dataclasses.replace(job, nproc=nproc, protocol=protocol))
         left_out = [s for s in preset.noise_stds if s not in multi_levels]
         if left_out:
@@ -172,18 +165,7 @@ def plan_jobs(preset: Preset, out: Path, seeds: int, gpus: int) -> tuple[list[Jo
         for noise_std in free_levels:
             name = f"unet-{target}_{std_tag(noise_std)}_single_seed0"
             overrides = train_overrides(preset, "unet", 0, {**SINGLE_DEVICE, "target": target})
-            jobs.append(
-                Job(
-                    name,
-                    "network",
-                    layout.run_dir(name),
-                    noise_std,
-                    f"unet+{target}",
-                    "single",
-                    0,
-                    overrides,
-                )
-            )
+            jobs.append(network_job(layout, name, noise_std, f"unet+{target}", "single", 0, overrides))
     jobs += federated_jobs(preset, out, skipped)
     return interleave_timing(jobs, preset, out), skipped
 
