@@ -32,6 +32,12 @@ def test_the_learned_matcher_is_scored_only_on_patients_it_was_not_fitted_on(sam
     reid = level["reidentification"]
     assert 0.0 <= reid["top1"] <= 1.0 and reid["top1"] > reid["chance_top1"]
     assert "top1" in level["linkage"]
+    # the leak score's ranking (embedding candidates, then the registered correlation) on the same queries
+    registered = level["registered"]
+    assert registered["reidentification"]["queries"] == reid["queries"]
+    assert registered["reidentification"]["top1"] > reid["chance_top1"]
+    assert registered["linkage"]["queries"] == level["linkage"]["queries"]
     text = markdown_section(result)
     assert "A stronger attacker: the learned patient embedding" in text
+    assert "reid@1 with registration" in text and "registered correlation" in text
     assert f"The {len(even)} patient(s) it was fitted on" in text

@@ -306,7 +306,9 @@ def classical_reference(
     return AuditedDenoiser(role="classical", path="", model=baseline, metadata=metadata)
 
 
-def reidentification(plan: AuditPlan, query_features: torch.Tensor, gallery_features: torch.Tensor) -> dict:
+def reidentification(
+    plan: AuditPlan, query_features: torch.Tensor, gallery_features: torch.Tensor, rank: Any = None
+) -> dict:
     if plan.reid_skip_reason is not None:
         return {"skipped": plan.reid_skip_reason}
     eligible = torch.from_numpy(plan.reid_queries)
@@ -319,6 +321,7 @@ def reidentification(plan: AuditPlan, query_features: torch.Tensor, gallery_feat
         query_patients,
         gallery_patients,
         own,
+        rank=rank,
     )
     out = rate.to_dict()
     out["excluded_queries"] = int(plan.query_rows.size - plan.reid_queries.size)
@@ -452,6 +455,7 @@ def learned_attack(
     fitted on are left out of queries and gallery alike (scoring them would flatter it), so its figures
     are over the remaining patients; the result says how many were left out and what chance is there.
     """
+    from meddenoise.privacy.leaks import RegisteredRanking
     from meddenoise.privacy.reid_embedding import LearnedMatcher, fitted_rows, matcher_info, resolve_matcher
 
     try:
@@ -476,11 +480,15 @@ def learned_attack(
     if data.params.get("split_unit") == UNIT_IMAGE_UNKNOWN:
         plan = dataclasses.replace(plan, reid_skip_reason="patient ids are unknown in this prepared folder")
     gallery = features_of_rows(learned, data.images, kept[plan.gallery_rows], data.max_value, device=device)
+    ranking = RegisteredRanking(learned)
+    ranked_gallery = features_of_rows(
+        ranking, data.images, kept[plan.gallery_rows], data.max_value, device=device
+    )
     queries = kept[plan.query_rows]
     per_level = []
     for level in levels:
         level_noise = noise.with_std(level["noise_std"])
-        noise_op, chunks = level_noise.build(), []
+        noise_op, chunks, ranked_chunks = level_noise.build(), [], []
         for start in range(0, queries.size, batch_size):
             rows = queries[start : start + batch_size]
             clean = torch.from_numpy(np.ascontiguousarray(data.images[rows])).to(device).unsqueeze(1)
@@ -488,7 +496,9 @@ def learned_attack(
             keys = torch.from_numpy(data.image_keys[rows]).to(device)
             noisy = noise_op(clean, keys, seed=level_noise.copy_seed(0), mode="fixed")  # the released copy
             chunks.append(learned.features(noisy).cpu())
+            ranked_chunks.append(ranking.features(noisy).cpu())
         features = torch.cat(chunks).to(gallery.device)
+        ranked_features = torch.cat(ranked_chunks).to(ranked_gallery.device)
         groups = [patients[row] for row in plan.query_rows]
         true_index = torch.from_numpy(plan.query_in_gallery)
         per_level.append(
@@ -496,8 +506,17 @@ def learned_attack(
                 "noise_std": level["noise_std"],
                 "linkage": linkage_rate(features, gallery, true_index, groups, "patient").to_dict(),
                 "reidentification": reidentification(plan, features, gallery),
+                "registered": {
+                    "linkage": linkage_rate(
+                        ranked_features, ranked_gallery, true_index, groups, "patient", rank=ranking.rank
+                    ).to_dict(),
+                    "reidentification": reidentification(
+                        plan, ranked_features, ranked_gallery, rank=ranking.rank
+                    ),
+                },
             }
         )
+    info["registered_score"] = ranking.scorer.describe()["score"]
     return {**info, "queries": int(queries.size), "gallery": int(plan.gallery_rows.size), "levels": per_level}
 
 

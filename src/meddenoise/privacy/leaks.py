@@ -5,7 +5,9 @@ repeat studies of one person can sit in training and test. A matcher (the learne
 `privacy.reid_embedding` by default, or the pixel matcher of `privacy.matcher`) scores every image against
 the images of the other splits; each image keeps its NEIGHBOURS best partners there, and a candidate pair
 scoring at or above a threshold is a suspect. With the learned matcher the score is `LeakScorer`'s: the
-embedding averaged over small shifts, mixed with the pixel correlation.
+embedding averaged over small shifts and mixed with the pixel correlation finds each image's POOL most
+similar images, and those pairs are scored again with the registered correlation (`privacy.registration`:
+the best correlation over small affine moves), which takes most of the final score.
 
 The threshold is never a guess: it is calibrated on a prepared folder whose patient ids are known with the
 SAME candidate scheme it is applied with (the calibration images are split by image at random with the
@@ -28,6 +30,7 @@ import torch
 
 from meddenoise.errors import DataError
 from meddenoise.privacy.matcher import Matcher, features_of_rows, top_matches
+from meddenoise.privacy.registration import Registration
 from meddenoise.privacy.reid_embedding import fitted_rows, matcher_info
 
 NEIGHBOURS = 5  # candidates kept per image before thresholding
@@ -35,7 +38,9 @@ UNCALIBRATED_LISTED = 200  # without a threshold: the best-scoring pairs, for in
 CALIBRATION_REPEATS = 5  # random image-level splits of the calibration folder, pooled
 MAX_FRACTION_SHIFT = 0.05  # --group-similar refuses when a split's share moves further than this
 TTA_SHIFT = 3  # learned matcher: its embedding is averaged over shifts of 0 and +-this many pixels (at 64 px)
-PIXEL_WEIGHT = 0.35  # learned matcher: the pixel correlation's share of a pair's score
+PIXEL_WEIGHT = 0.35  # learned matcher: the pixel correlation's share of the feature score
+POOL = 30  # each image's most similar images (feature score) that the registered correlation scores again
+REGISTRATION_WEIGHT = 0.7  # learned matcher: the registered correlation's share of a pair's final score
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,22 +63,36 @@ class Calibration:
 
 
 class LeakScorer:
-    """The features whose dot product is a pair's score: for the learned matcher, its embedding averaged over
-    small shifts, joined with the pixel matcher's features (score = (1 - w) * learned cosine + w * pixel
-    correlation); any other matcher unchanged.
+    """How a pair is scored. `features`: vectors whose dot product is the feature score; for the learned
+    matcher, its embedding averaged over small shifts joined with the pixel matcher's features (feature
+    score = (1 - w) * learned cosine + w * pixel correlation); any other matcher's own features unchanged.
+    `registration_weight` v: the final score of a pair among an image's POOL best by feature score is
+    (1 - v) * feature score + v * registered correlation (learned matcher only).
 
-    Both halves measured separately on held-out NIH patients: averaging over shifts steadies the embedding
-    (a few pixels of pose change its nearest neighbours), and the pixel score breaks ties between patients
-    the embedding finds alike (benchmarks/reid_embedding.py, docs/privacy.md). Shifts only: a chest
-    radiograph is never mirrored, so no left-right flips."""
+    Each part was measured on held-out NIH patients: averaging over shifts steadies the embedding (a few
+    pixels of pose change its nearest neighbours), the pixel score breaks ties between patients the
+    embedding finds alike, and the registered correlation sees past pose differences (benchmarks/
+    reid_embedding.py, docs/privacy.md). Shifts only: a chest radiograph is never mirrored, so no flips."""
 
-    def __init__(self, matcher: Any, shift: int | None = None, pixel_weight: float | None = None) -> None:
+    def __init__(
+        self,
+        matcher: Any,
+        shift: int | None = None,
+        pixel_weight: float | None = None,
+        registration_weight: float | None = None,
+    ) -> None:
         from meddenoise.privacy.reid_embedding import LearnedMatcher
 
         self.matcher = matcher
         self.learned = isinstance(matcher, LearnedMatcher)
         self.shift = (TTA_SHIFT if shift is None else shift) if self.learned else 0
         self.pixel_weight = (PIXEL_WEIGHT if pixel_weight is None else pixel_weight) if self.learned else 0.0
+        self.registration_weight = (
+            (REGISTRATION_WEIGHT if registration_weight is None else registration_weight)
+            if self.learned
+            else 0.0
+        )
+        self.registration = Registration()
         self.pixel = Matcher()
         self.dim = (
             matcher.dim + self.pixel.feature_size**2
@@ -105,17 +124,100 @@ class LeakScorer:
     def describe(self) -> dict[str, Any]:
         if not self.learned:
             return {"score": "the matcher's own"}
+        v, w = self.registration_weight, self.pixel_weight
+        feature = (
+            f"{1 - w:g} x learned cosine (embedding averaged over shifts of 0 and +-{self.shift} px at "
+            f"64 x 64, no flips) + {w:g} x pixel correlation"
+        )
+        registration = self.registration
         return {
-            "score": f"{1 - self.pixel_weight:g} x learned cosine (embedding averaged over shifts of 0 and "
-            f"+-{self.shift} px at 64 x 64, no flips) + {self.pixel_weight:g} x pixel correlation",
+            "score": (
+                f"{1 - v:g} x ({feature}) + {v:g} x registered correlation (best over "
+                f"{len(registration.moves())} small affine moves, high-pass filtered at "
+                f"{registration.size} x {registration.size}), for each image's {POOL} best pairs"
+                if v
+                else feature
+            ),
             "shift_px": self.shift,
-            "pixel_weight": self.pixel_weight,
+            "pixel_weight": w,
+            "registration_weight": v,
+            "pool": POOL,
         }
 
 
-def clean_features(data: Any, matcher: Any, device: str = "cpu", rows: np.ndarray | None = None):
-    rows = np.arange(len(data.records)) if rows is None else rows
-    return features_of_rows(LeakScorer(matcher), data.images, rows, data.max_value, device=device)
+@dataclasses.dataclass(frozen=True)
+class PairScores:
+    """Each image's most similar images in its folder, best first: `partners` (N, P) positions among the
+    scored rows, `scores` (N, P) the pair scores (`LeakScorer`)."""
+
+    partners: np.ndarray
+    scores: np.ndarray
+
+    @property
+    def count(self) -> int:
+        return int(self.partners.shape[0])
+
+
+def score_pairs(data: Any, matcher: Any, device: str = "cpu", rows: np.ndarray | None = None) -> PairScores:
+    """Every image's POOL best partners among `rows` of a prepared folder and their scores (`LeakScorer`)."""
+    scorer = LeakScorer(matcher)
+    rows = np.arange(len(data.records)) if rows is None else np.asarray(rows)
+    features = features_of_rows(scorer, data.images, rows, data.max_value, device=device)
+    n = len(rows)
+    pool = min(POOL, n - 1)
+    if pool < 1:
+        return PairScores(np.zeros((n, 0), dtype=np.int64), np.zeros((n, 0)))
+    partners = top_matches(features, features, pool, exclude=torch.arange(n)).cpu().numpy()  # (N, P)
+    scores = (features.unsqueeze(1) * features[torch.from_numpy(partners)]).sum(-1).double().cpu().numpy()
+    v = scorer.registration_weight
+    if v:
+        prepared = features_of_rows(scorer.registration, data.images, rows, data.max_value, device=device)
+        pairs = np.stack([np.repeat(np.arange(n), pool), partners.reshape(-1)], 1)
+        unique, inverse = np.unique(np.sort(pairs, 1), axis=0, return_inverse=True)
+        registered = scorer.registration.scores(prepared, unique)[inverse.reshape(-1)].reshape(n, pool)
+        scores = (1 - v) * scores + v * registered
+        order = np.argsort(-scores, axis=1, kind="stable")
+        partners = np.take_along_axis(partners, order, 1)
+        scores = np.take_along_axis(scores, order, 1)
+    return PairScores(partners, scores)
+
+
+class RegisteredRanking:
+    """The leak score as an attacker's ranking of a gallery, for the privacy audit: `features` joins each
+    image's feature-score vector (`LeakScorer`) with its registration input, and `rank` (the signature of
+    `matcher.top_matches`) orders each query's POOL best gallery images by feature score again by
+    (1 - v) * feature score + v * registered correlation. Rows can be subset freely: everything a pair's
+    score needs travels in the two rows."""
+
+    def __init__(self, matcher: Any) -> None:
+        self.scorer = LeakScorer(matcher)
+        self.split = self.scorer.dim
+        self.dim = self.split + self.scorer.registration.dim
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.scorer.features(images), self.scorer.registration.features(images)], dim=1)
+
+    def rank(
+        self,
+        query: torch.Tensor,
+        gallery: torch.Tensor,
+        k: int,
+        *,
+        exclude: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        d, v = self.split, self.scorer.registration_weight
+        pool = top_matches(query[:, :d], gallery[:, :d], max(k, POOL), exclude=exclude)  # (Q, P)
+        if not v:
+            return pool[:, :k]
+        feature = torch.stack([query[i, :d] @ gallery[pool[i], :d].t() for i in range(len(pool))])
+        prepared = torch.cat([query[:, d:], gallery[:, d:]]).cpu()
+        pairs = np.stack(
+            [np.repeat(np.arange(len(pool)), pool.shape[1]), len(query) + pool.cpu().numpy().ravel()], 1
+        )
+        registered = self.scorer.registration.scores(prepared, pairs).reshape(tuple(pool.shape))
+        score = (1 - v) * feature.double().cpu().numpy() + v * registered
+        order = torch.from_numpy(np.argsort(-score, axis=1, kind="stable")[:, :k].copy()).to(pool.device)
+        return torch.gather(pool, 1, order)
 
 
 def split_fractions(splits: np.ndarray) -> tuple[float, float, float]:
@@ -134,7 +236,7 @@ def image_level_split(count: int, fractions, rng: np.random.Generator) -> np.nda
 
 
 def calibrate(
-    features: torch.Tensor,
+    pairs: PairScores,
     patients: list[str],
     precision: float,
     source: str,
@@ -145,7 +247,7 @@ def calibrate(
     excluded: int = 0,
 ) -> Calibration:
     """The lowest score at which this folder's cross-split candidates are one patient with `precision`."""
-    n = features.shape[0]
+    n = pairs.count
     counts: dict[str, int] = {}
     for patient in patients:
         counts[patient] = counts.get(patient, 0) + 1
@@ -165,7 +267,7 @@ def calibrate(
     true_images: list[set[int]] = []
     for repeat in range(repeats):
         splits = image_level_split(n, fractions, rng)
-        for i, j, score in cross_split_pairs(features, splits):
+        for i, j, score in cross_split_pairs(pairs, splits):
             scores.append(score)
             same.append(labels[i] == labels[j])
             runs.append((repeat, i, j))
@@ -206,21 +308,17 @@ def calibrate(
     )
 
 
-def cross_split_pairs(features: torch.Tensor, splits: np.ndarray) -> list[tuple[int, int, float]]:
-    """(i, j, score) with i < j in different splits, each image's NEIGHBOURS best partners, best first."""
+def cross_split_pairs(pairs: PairScores, splits: np.ndarray) -> list[tuple[int, int, float]]:
+    """(i, j, score) with i < j in different splits, each image's NEIGHBOURS best partners among its scored
+    partners in the other splits, best first."""
     found: dict[tuple[int, int], float] = {}
-    rows = np.arange(features.shape[0])
-    for split in sorted(set(splits.tolist())):
-        queries = rows[splits == split]
-        others = rows[splits != split]
-        if queries.size == 0 or others.size == 0:
-            continue
-        ranked = top_matches(features[queries], features[others], min(NEIGHBOURS, others.size))
-        for position, query in enumerate(queries.tolist()):
-            for index in ranked[position].tolist():
-                partner = int(others[index])
-                key = (min(query, partner), max(query, partner))
-                found[key] = float((features[query] * features[partner]).sum())
+    splits = np.asarray(splits)
+    for query in range(pairs.count):
+        other = splits[pairs.partners[query]] != splits[query]
+        for partner, score in zip(
+            pairs.partners[query][other][:NEIGHBOURS].tolist(), pairs.scores[query][other][:NEIGHBOURS]
+        ):
+            found[(min(query, partner), max(query, partner))] = float(score)
     return sorted(((i, j, s) for (i, j), s in found.items()), key=lambda item: -item[2])
 
 
@@ -243,14 +341,14 @@ def find_leaks(
     """Suspect pairs across the splits of `data` and how the threshold was set (module docstring)."""
     matcher = matcher or Matcher()
     rows = _unfitted(data, matcher)
-    features = clean_features(data, matcher, device, rows)
+    scored = score_pairs(data, matcher, device, rows)
     splits = np.asarray(data.splits)[rows]
     calibration = None
     if threshold is None and calibration_data is not None:
         calibration_rows = _unfitted(calibration_data, matcher)
         patients = [calibration_data.records[int(r)]["patient_id"] for r in calibration_rows]
         calibration = calibrate(
-            clean_features(calibration_data, matcher, device, calibration_rows),
+            score_pairs(calibration_data, matcher, device, calibration_rows),
             patients,
             precision,
             str(calibration_data.folder),
@@ -259,7 +357,7 @@ def find_leaks(
             excluded=len(calibration_data.records) - len(calibration_rows),
         )
         threshold = calibration.threshold
-    pairs = cross_split_pairs(features, splits)
+    pairs = cross_split_pairs(scored, splits)
     records = data.records
     listed = []
     for i, j, score in pairs:
@@ -312,9 +410,10 @@ def _scaled(count: int, calibration: Calibration | None, key: str) -> float | No
     return count / recall if recall else None
 
 
-def similar_groups(features: torch.Tensor, threshold: float) -> np.ndarray:
-    """Component label (N,) of every image when images scoring >= `threshold` are joined (union-find)."""
-    n = features.shape[0]
+def similar_groups(pairs: PairScores, threshold: float) -> np.ndarray:
+    """Component label (N,) of every image when an image and one of its NEIGHBOURS best partners scoring
+    >= `threshold` are joined (union-find)."""
+    n = pairs.count
     parent = np.arange(n)
 
     def root(i: int) -> int:
@@ -323,12 +422,10 @@ def similar_groups(features: torch.Tensor, threshold: float) -> np.ndarray:
             i = int(parent[i])
         return i
 
-    if n > 1:
-        ranked = top_matches(features, features, min(NEIGHBOURS, n - 1), exclude=torch.arange(n))
-        for i, neighbours in enumerate(ranked.tolist()):
-            for j in neighbours:
-                if float((features[i] * features[j]).sum()) >= threshold:
-                    parent[root(i)] = root(j)
+    for i in range(n):
+        for j, score in zip(pairs.partners[i][:NEIGHBOURS].tolist(), pairs.scores[i][:NEIGHBOURS]):
+            if score >= threshold:
+                parent[root(i)] = root(j)
     return np.array([root(i) for i in range(n)])
 
 
@@ -395,7 +492,7 @@ def regroup_prepared(
     del seed
     matcher = matcher or Matcher()
     data = load_prepared(folder)
-    labels = similar_groups(clean_features(data, matcher, device), threshold)
+    labels = similar_groups(score_pairs(data, matcher, device), threshold)
     rows = data.records
     sizes = np.bincount(labels, minlength=len(rows))
     records = []

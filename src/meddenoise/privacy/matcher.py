@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -90,6 +90,10 @@ def top_matches(
             scores[torch.nonzero(valid).squeeze(1), rows[valid]] = -float("inf")
         results.append(torch.topk(scores, k, dim=1).indices)
     return torch.cat(results)
+
+
+# (query features, gallery features, k, exclude=...) -> (Q, k) gallery indices, best first (`top_matches`)
+Ranking = Callable[..., torch.Tensor]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -189,10 +193,12 @@ def linkage_rate(
     true_index: torch.Tensor,
     query_groups: Sequence[str] | None = None,
     unit: str = "patient",
+    rank: Ranking | None = None,
 ) -> HitRate:
-    """How often each query's original (gallery index `true_index`, (Q,)) is ranked first / in the top 5."""
+    """How often each query's original (gallery index `true_index`, (Q,)) is ranked first / in the top 5.
+    `rank` orders the gallery (default: `top_matches`, the features' dot product)."""
     gallery_size = gallery_features.shape[0]
-    ranked = top_matches(query_features, gallery_features, 5)  # (Q, k)
+    ranked = (rank or top_matches)(query_features, gallery_features, 5)  # (Q, k)
     found = ranked == true_index.view(-1, 1).to(ranked.device)
     hits1 = found[:, :1].any(dim=1).cpu().numpy()
     hits5 = found.any(dim=1).cpu().numpy()
@@ -206,6 +212,7 @@ def reidentification_rate(
     query_patients: Sequence[str],
     gallery_patients: Sequence[str],
     own_index: torch.Tensor,
+    rank: Ranking | None = None,
 ) -> HitRate:
     """How often the nearest OTHER gallery image (own image `own_index` excluded) shows the query's patient.
 
@@ -216,7 +223,7 @@ def reidentification_rate(
     codes = {name: code for code, name in enumerate(sorted(set(gallery_patients) | set(query_patients)))}
     gallery_codes = torch.tensor([codes[p] for p in gallery_patients], dtype=torch.int64)
     query_codes = torch.tensor([codes[p] for p in query_patients], dtype=torch.int64)
-    ranked = top_matches(query_features, gallery_features, 5, exclude=own_index)  # (Q, k)
+    ranked = (rank or top_matches)(query_features, gallery_features, 5, exclude=own_index)  # (Q, k)
     same_patient = gallery_codes[ranked.cpu()] == query_codes.view(-1, 1)  # (Q, k)
     hits1 = same_patient[:, :1].any(dim=1).numpy()
     hits5 = same_patient.any(dim=1).numpy()

@@ -355,18 +355,34 @@ def learned_matcher_lines(learned: dict[str, Any] | None) -> list[str]:
         f" The {learned['excluded_patients']} patient(s) it was fitted on ({learned['excluded_images']}"
         f" images) are left out of queries and gallery: {learned['queries']} queries, gallery"
         f" {learned['gallery']}.",
+    ]
+    registered = learned.get("registered_score")
+    if registered:
+        lines += [
+            "",
+            "With registration: the same embedding's candidates ranked again by the leak score of"
+            f" `data leaks` ({registered}).",
+        ]
+    lines += [
         "",
-        "| noise std | link@1 [95% CI] | reid@1 [95% CI] | reid chance@1 |",
-        "|---:|---:|---:|---:|",
+        "| noise std | link@1 [95% CI] | reid@1 [95% CI] | reid chance@1 |"
+        + (" link@1 with registration | reid@1 with registration |" if registered else ""),
+        "|---:|---:|---:|---:|" + ("---:|---:|" if registered else ""),
     ]
     for level in learned["levels"]:
         reid = level["reidentification"]
-        reid_text = f"n/a ({reid['skipped']})" if "skipped" in reid else _rate(reid)
         chance = reid.get("chance_top1")
-        lines.append(
-            f"| {level['noise_std']:g} | {_rate(level['linkage'])} | {reid_text} | "
+        row = (
+            f"| {level['noise_std']:g} | {_rate(level['linkage'])} | {_reid_text(reid)} | "
             f"{'n/a' if chance is None else f'{chance:.3f}'} |"
         )
+        if registered:
+            ranked = level.get("registered") or {}
+            row += (
+                f" {_rate(ranked['linkage']) if 'linkage' in ranked else 'n/a'} |"
+                f" {_reid_text(ranked['reidentification']) if 'reidentification' in ranked else 'n/a'} |"
+            )
+        lines.append(row)
     lines += [
         "",
         "Where this matcher finds more than the pixel matcher, the pixel figures understate what an attacker"
@@ -374,3 +390,7 @@ def learned_matcher_lines(learned: dict[str, Any] | None) -> list[str]:
         "",
     ]
     return lines
+
+
+def _reid_text(reid: dict[str, Any]) -> str:
+    return f"n/a ({reid['skipped']})" if "skipped" in reid else _rate(reid)

@@ -167,12 +167,19 @@ def privacy_audit(result: dict[str, Any], sentences: list[str], section: str) ->
     pixel = rates(result.get("levels", []))
     learned = result.get("learned_matcher") or {}
     learned_rates = rates(learned.get("levels", [])) if "levels" in learned else None
+    with_registration = [
+        {"noise_std": lv["noise_std"], **lv["registered"]}
+        for lv in learned.get("levels", [])
+        if "registered" in lv
+    ]
+    registered_rates = rates(with_registration) if with_registration else None
     if learned_rates:
         chance = learned["levels"][0]["reidentification"].get("chance_top1")
         text = (
             f"Re-identification of released images (another image of the same patient at rank 1), std "
             f"{learned_rates[0]}: learned matcher {learned_rates[1]} of {learned['queries']} queries from "
             f"patients it was not fitted on"
+            + (f", {registered_rates[1]} with registration" if registered_rates else "")
             + (f" (chance {100 * chance:.1f}%)" if chance is not None else "")
             + (
                 f"; pixel matcher {pixel[1]} of its {result['levels'][0]['reidentification'].get('queries')}"
