@@ -71,9 +71,9 @@ class Registration:
         if len(pairs) == 0:
             return np.zeros(0)
         side, cut = self.size, max(1, round(self.size * self.margin))
-        images = prepared.float().cpu().view(-1, 1, side, side)
+        images = prepared.float().view(-1, 1, side, side)  # on the device the features were made on
         fixed = _unit(images[..., cut:-cut, cut:-cut].flatten(1))  # (N, L)
-        moves = self.moves()
+        moves = self.moves().to(images.device)
         grid = F.affine_grid(moves, [len(moves), 1, side, side], align_corners=False)  # (M, side, side, 2)
         directed = np.concatenate([pairs, pairs[:, ::-1]])  # (2K, 2): source moved onto target
         best = np.empty(len(directed))
@@ -81,7 +81,7 @@ class Registration:
         sources, first = np.unique(directed[order, 0], return_index=True)
         ends = np.append(first[1:], len(order))
         for start in range(0, len(sources), chunk):
-            batch = sources[start : start + chunk]
+            batch = torch.from_numpy(sources[start : start + chunk]).to(images.device)
             moved = F.grid_sample(
                 images[batch].repeat_interleave(len(moves), 0),
                 grid.repeat(len(batch), 1, 1, 1),
@@ -91,8 +91,8 @@ class Registration:
             moved = _unit(moved[..., cut:-cut, cut:-cut].flatten(1)).view(len(batch), len(moves), -1)
             for position in range(len(batch)):
                 mine = order[first[start + position] : ends[start + position]]
-                targets = fixed[directed[mine, 1]]  # (T, L)
-                best[mine] = (moved[position] @ targets.t()).max(0).values.double().numpy()
+                targets = fixed[torch.from_numpy(directed[mine, 1]).to(images.device)]  # (T, L)
+                best[mine] = (moved[position] @ targets.t()).max(0).values.double().cpu().numpy()
         return 0.5 * (best[: len(pairs)] + best[len(pairs) :])
 
 
