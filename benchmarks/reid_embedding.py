@@ -228,7 +228,7 @@ def _unjoined_rows(summary, folder: Path) -> np.ndarray:
 def _reid_under_noise(data, matcher, rows, registered: bool = False) -> dict:
     """re-id@1 of noisy queries against the clean gallery; `registered`: the leak score's ranking (feature
     score over shifts and pixels, then the registered correlation over each query's POOL best)."""
-    from meddenoise.privacy.leaks import POOL, REGISTRATION_WEIGHT, LeakScorer
+    from meddenoise.privacy.leaks import RegisteredRanking
     from meddenoise.privacy.matcher import top_matches
 
     patients = [data.records[int(r)]["patient_id"] for r in rows]
@@ -237,27 +237,16 @@ def _reid_under_noise(data, matcher, rows, registered: bool = False) -> dict:
     for p in patients:
         counts[p] = counts.get(p, 0) + 1
     eligible = [i for i, p in enumerate(patients) if counts[p] > 1]
-    scorer = LeakScorer(matcher) if registered else matcher
+    ranking = RegisteredRanking(matcher) if registered else None
+    scorer = ranking or matcher
     gallery = scorer.features(clean)
     out = {"queries": len(eligible), "patients": len({patients[i] for i in eligible})}
     generator = torch.Generator().manual_seed(1)
     for std in (0.0, 0.1, 0.2, 0.3):
         noisy = clean if std == 0 else (clean + 0.1 + std * torch.randn(clean.shape, generator=generator))
         queries = scorer.features(noisy.clamp(0, 1))
-        if not registered:
-            nearest = top_matches(queries, gallery, 1, exclude=torch.arange(len(rows)))[:, 0]
-        else:
-            pool = top_matches(queries, gallery, POOL, exclude=torch.arange(len(rows)))  # (Q, P)
-            feature = (queries.unsqueeze(1) * gallery[pool]).sum(-1).double().numpy()
-            registration = scorer.registration
-            prepared = torch.cat([registration.features(noisy.clamp(0, 1)), registration.features(clean)])
-            pairs = np.stack(
-                [np.repeat(np.arange(len(rows)), pool.shape[1]), len(rows) + pool.reshape(-1).numpy()], 1
-            )
-            combined = (1 - REGISTRATION_WEIGHT) * feature + REGISTRATION_WEIGHT * registration.scores(
-                prepared, pairs
-            ).reshape(feature.shape)
-            nearest = pool[torch.arange(len(rows)), torch.from_numpy(combined.argmax(1))]
+        rank = ranking.rank if ranking else top_matches
+        nearest = rank(queries, gallery, 1, exclude=torch.arange(len(rows)))[:, 0]
         hits = [patients[int(nearest[i])] == patients[i] for i in eligible]
         out[f"std_{std:g}"] = float(np.mean(hits))
     return out

@@ -175,11 +175,17 @@ def score_pairs(data: Any, matcher: Any, device: str = "cpu", rows: np.ndarray |
         pairs = np.stack([np.repeat(np.arange(n), pool), partners.reshape(-1)], 1)
         unique, inverse = np.unique(np.sort(pairs, 1), axis=0, return_inverse=True)
         registered = scorer.registration.scores(prepared, unique)[inverse.reshape(-1)].reshape(n, pool)
-        scores = (1 - v) * scores + v * registered
-        order = np.argsort(-scores, axis=1, kind="stable")
-        partners = np.take_along_axis(partners, order, 1)
-        scores = np.take_along_axis(scores, order, 1)
+        partners, scores = rescored(partners, scores, registered, v)
     return PairScores(partners, scores)
+
+
+def rescored(
+    partners: np.ndarray, feature: np.ndarray, registered: np.ndarray, weight: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's partners (R, P) and scores (1 - weight) * feature + weight * registered, best first."""
+    scores = (1 - weight) * feature + weight * registered
+    order = np.argsort(-scores, axis=1, kind="stable")
+    return np.take_along_axis(partners, order, 1), np.take_along_axis(scores, order, 1)
 
 
 class RegisteredRanking:
@@ -209,15 +215,14 @@ class RegisteredRanking:
         pool = top_matches(query[:, :d], gallery[:, :d], max(k, POOL), exclude=exclude)  # (Q, P)
         if not v:
             return pool[:, :k]
-        feature = torch.stack([query[i, :d] @ gallery[pool[i], :d].t() for i in range(len(pool))])
-        prepared = torch.cat([query[:, d:], gallery[:, d:]]).cpu()
+        feature = (query[:, None, :d] * gallery[pool, :d]).sum(-1)  # (Q, P)
+        prepared = torch.cat([query[:, d:], gallery[:, d:]])
         pairs = np.stack(
             [np.repeat(np.arange(len(pool)), pool.shape[1]), len(query) + pool.cpu().numpy().ravel()], 1
         )
         registered = self.scorer.registration.scores(prepared, pairs).reshape(tuple(pool.shape))
-        score = (1 - v) * feature.double().cpu().numpy() + v * registered
-        order = torch.from_numpy(np.argsort(-score, axis=1, kind="stable")[:, :k].copy()).to(pool.device)
-        return torch.gather(pool, 1, order)
+        ranked, _ = rescored(pool.cpu().numpy(), feature.double().cpu().numpy(), registered, v)
+        return torch.from_numpy(ranked[:, :k].copy()).to(pool.device)
 
 
 def split_fractions(splits: np.ndarray) -> tuple[float, float, float]:
