@@ -28,12 +28,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from meddenoise.privacy.grouping import LINK_MARGIN
+
 ROOT = Path(__file__).resolve().parents[1]
 FIT_RULES = {
     "even": "NIH patient id even (int(patient_id) % 2 == 0)",
     "odd": "NIH patient id odd (int(patient_id) % 2 == 1)",
 }
 FIT_RULE = FIT_RULES["even"]
+FRACTIONS = (0.5, 0.33, 0.17)  # the blind folders' split, as a folder without ids gets it
 
 
 def prepared_sample(folder: Path) -> Path:
@@ -125,12 +128,14 @@ def _blind_leaks(data, matcher, calibrate_rows, score_rows, work: Path) -> dict:
     patients = [data.records[int(r)]["patient_id"] for r in score_rows]
     pairs, tests = _truth(patients, np.asarray(blind.splits))
     result = find_leaks(blind, calibration_data=calibration, precision=0.9, matcher=matcher)
-    # joining more than the 0.9-precision pairs: a false join only keeps two unrelated images together
-    looser = {
-        f"calibrated_precision_{precision:g}": find_leaks(
-            blind, calibration_data=calibration, precision=precision, matcher=matcher
-        )["threshold"]
-        for precision in (0.7, 0.5)
+    # --group-similar: the listing threshold, and the looser one `data leaks` suggests for grouping (a false
+    # join only keeps two unrelated images together), each with and without links below it
+    listing, grouping = result["threshold"], result["group_similar_threshold"]
+    settings = {
+        "calibrated": (listing, 0.0),
+        "calibrated_linked": (listing, LINK_MARGIN),
+        "grouping": (grouping, 0.0),
+        "grouping_linked": (grouping, LINK_MARGIN),
     }
     found = {(p["row_a"], p["row_b"]) for p in result["pairs"]}
     true_found = found & pairs
@@ -153,9 +158,8 @@ def _blind_leaks(data, matcher, calibrate_rows, score_rows, work: Path) -> dict:
         "estimated_pairs": result["estimated_pairs"],
         "estimated_test_images": result["estimated_test_images"],
         "patients_in_two_splits_before": before,
-        "group_similar": _group_similar(
-            blind, matcher, {"calibrated": result["threshold"], **looser, "low_0.5": 0.5}, patients, work
-        ),
+        "group_similar": _group_similar(blind, matcher, settings, patients, work),
+        "group_similar_over_splits": _group_similar_over_splits(blind, matcher, settings, patients),
     }
 
 
@@ -166,16 +170,18 @@ def _patients_in_two_splits(patients, splits) -> int:
     return sum(1 for v in seen.values() if len(v) > 1)
 
 
-def _group_similar(blind, matcher, thresholds: dict, patients, work: Path) -> dict:
+def _group_similar(blind, matcher, settings: dict, patients, work: Path) -> dict:
+    """`regroup_prepared` end to end on a copy of the blind folder, for each {name: (threshold, margin)}."""
     import shutil
 
     from meddenoise.data.cache import load_prepared
     from meddenoise.errors import DataError
-    from meddenoise.privacy.leaks import regroup_prepared, split_fractions
+    from meddenoise.privacy.grouping import regroup_prepared
+    from meddenoise.privacy.leaks import split_fractions
 
     before = np.asarray(blind.splits)
     out = {}
-    for name, value in thresholds.items():
+    for name, (value, margin) in settings.items():
         if value is None:
             out[name] = {"threshold": None, "skipped": "no calibrated threshold"}
             continue
@@ -183,14 +189,15 @@ def _group_similar(blind, matcher, thresholds: dict, patients, work: Path) -> di
         shutil.rmtree(folder, ignore_errors=True)
         shutil.copytree(blind.folder, folder)
         try:
-            summary = regroup_prepared(folder, value, fractions=(0.5, 0.33, 0.17), seed=0, matcher=matcher)
+            summary = regroup_prepared(folder, value, fractions=FRACTIONS, margin=margin, matcher=matcher)
         except DataError as error:
-            out[name] = {"threshold": value, "refused": str(error)}
+            out[name] = {"threshold": value, "margin": margin, "refused": str(error)}
             continue
         after = np.asarray(load_prepared(folder).splits)
         unrelated = _unjoined_rows(summary, folder)
         out[name] = {
             "threshold": value,
+            "margin": margin,
             "patients_in_two_splits_before": _patients_in_two_splits(patients, before),
             "patients_in_two_splits_after": _patients_in_two_splits(patients, after),
             "fractions_before": list(split_fractions(before)),
@@ -207,10 +214,47 @@ def _group_similar(blind, matcher, thresholds: dict, patients, work: Path) -> di
                     "joined_components",
                     "images_in_joined_components",
                     "components_moved",
+                    "images_moved_with_joined_groups",
+                    "images_moved_by_links",
                     "images_moved_to_another_split",
                 )
             },
         }
+    return out
+
+
+def _group_similar_over_splits(blind, matcher, settings: dict, patients, splits: int = 8) -> dict:
+    """The same placement (privacy.grouping) on `splits` other random image-level splits of the blind
+    images: one split's count moves by several patients with the luck of the draw. A setting whose joined
+    groups would move a share more than MAX_FRACTION_SHIFT counts as refused (no change), as prepare does."""
+    from meddenoise.privacy.grouping import (
+        MAX_FRACTION_SHIFT,
+        link_weights,
+        move_joined_groups,
+        place_linked,
+        similar_groups,
+    )
+    from meddenoise.privacy.leaks import image_level_split, score_pairs, split_fractions
+
+    pairs = score_pairs(blind, matcher)
+    out: dict = {"splits": splits, "seeds": f"numpy default_rng(100 + k), k < {splits}", "before": 0}
+    for k in range(splits):
+        before = image_level_split(pairs.count, FRACTIONS, np.random.default_rng(100 + k))
+        out["before"] += _patients_in_two_splits(patients, before)
+        for name, (value, margin) in settings.items():
+            if value is None:
+                continue
+            total = out.setdefault(name, {"after": 0, "refused": 0, "largest_share_miss": 0.0})
+            labels = similar_groups(pairs, value)
+            joined, _, _ = move_joined_groups(before, labels, FRACTIONS)
+            if max(abs(a - f) for a, f in zip(split_fractions(joined), FRACTIONS)) > MAX_FRACTION_SHIFT:
+                total["refused"] += 1
+                total["after"] += _patients_in_two_splits(patients, before)
+                continue
+            placed = place_linked(joined, labels, link_weights(pairs, labels, value, margin), FRACTIONS)
+            total["after"] += _patients_in_two_splits(patients, placed)
+            miss = max(abs(a - f) for a, f in zip(split_fractions(placed), FRACTIONS))
+            total["largest_share_miss"] = max(total["largest_share_miss"], float(miss))
     return out
 
 
@@ -334,8 +378,10 @@ def measure(args: argparse.Namespace) -> None:
             ">= 0.9; --group-similar: patients in two splits halved, no split share moved > 5 points"
         ),
         "group_similar": (
-            "calibrated_precision_P: the threshold `data leaks --calibrate --precision P` gives; a refused "
-            "setting is counted as no change in blind_leaks_pooled"
+            "calibrated: the listing threshold (precision 0.9); grouping: the threshold `data leaks` "
+            "suggests for --group-similar (precision 0.7); *_linked: with links down to 0.1 below it (the "
+            "default margin), otherwise joined groups only (--similar-margin 0); a refused setting counts "
+            "as no change"
         ),
     }
     default = (leaks.TTA_SHIFT, leaks.PIXEL_WEIGHT, leaks.REGISTRATION_WEIGHT)
@@ -358,7 +404,7 @@ def measure(args: argparse.Namespace) -> None:
     print(json.dumps(results["reid_at_1_noisy_query_vs_clean_gallery"], indent=1))
     for key, value in results["blind_leaks"].items():
         print(key, {k: value[k] for k in ("pair_precision", "pair_recall", "test_image_recall")},
-              value["group_similar"]["calibrated"])  # fmt: skip
+              value["group_similar"]["grouping_linked"])  # fmt: skip
     print(json.dumps(results["blind_leaks_pooled"], indent=1))
 
 
@@ -381,7 +427,19 @@ def _pooled(blind: dict) -> dict:
             )
             move = f"largest_fraction_move_{setting}"
             total[move] = max(total.get(move, 0.0), grouped.get("largest_fraction_move", 0.0))
+        spread = value["group_similar_over_splits"]
+        over = total.setdefault("over_splits", {"before": 0})
+        over["before"] += spread["before"]
+        for setting, grouped in spread.items():
+            if isinstance(grouped, dict):
+                mine = over.setdefault(setting, {"after": 0, "refused": 0, "largest_share_miss": 0.0})
+                mine["after"] += grouped["after"]
+                mine["refused"] += grouped["refused"]
+                mine["largest_share_miss"] = max(mine["largest_share_miss"], grouped["largest_share_miss"])
     for total in out.values():
+        for grouped in total["over_splits"].values():
+            if isinstance(grouped, dict):
+                grouped["reduction"] = 1 - grouped["after"] / max(1, total["over_splits"]["before"])
         total["pair_precision"] = total["true_suspect_pairs"] / max(1, total["suspect_pairs"])
         total["test_image_recall"] = total["test_images_found"] / max(1, total["test_images"])
     return out

@@ -60,6 +60,10 @@ def test_leaks_are_counted_with_a_calibrated_threshold(tmp_path, capsys):
     assert len(found & true_leaks) >= 0.8 * len(true_leaks)  # most real leaks found
     assert len(found & true_leaks) >= 0.8 * len(found)  # and few false ones
     assert f"{result['suspects']} likely same-patient pair(s) across splits" in printed
+    # --group-similar is offered a threshold calibrated at a looser precision (false joins cost only balance)
+    grouping = result["group_similar_threshold"]
+    assert result["group_similar_precision"] == 0.7 and grouping <= result["threshold"]
+    assert f"--group-similar {grouping:.4f} --similar-matcher pixel" in printed
     assert (anonymous / "leaks_sheet.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -127,6 +131,14 @@ def test_prepare_group_similar_keeps_repeat_studies_in_one_split(tmp_path, image
         == 0
     )
     assert json.loads((tmp_path / "grouped" / "leaks.json").read_text())["suspects"] == 0
+    summary = json.loads((tmp_path / "grouped" / "similar_groups.json").read_text())
+    assert summary["link_margin"] == 0.1 and "images_moved_by_links" in summary
+
+
+def test_similar_margin_out_of_range_names_the_option(tmp_path, capsys):
+    argv = ["prepare", "--source", "nih-sample", "--out", str(tmp_path / "x"), "--group-similar", "0.9"]
+    assert main([*argv, "--similar-margin", "1.5"]) != 0
+    assert "similar_margin" in capsys.readouterr().err
 
 
 def test_a_calibration_folder_without_repeat_patients_is_named_as_the_reason(tmp_path, capsys):
@@ -145,7 +157,7 @@ def test_a_calibration_folder_without_repeat_patients_is_named_as_the_reason(tmp
 
 def test_group_similar_moves_only_the_joined_groups(tmp_path):
     from meddenoise.data.cache import load_prepared
-    from meddenoise.privacy.leaks import regroup_prepared
+    from meddenoise.privacy.grouping import regroup_prepared
 
     # 10 patients with two studies each among 60 unrelated single images, split by image (ids hidden)
     repeats, singles = _studies(10, 2, 21), _studies(60, 1, 5)
@@ -156,7 +168,7 @@ def test_group_similar_moves_only_the_joined_groups(tmp_path):
     straddling = [k for k in range(10) if before[2 * k] != before[2 * k + 1]]
     assert straddling  # the image-level split put some repeat studies in two splits
 
-    summary = regroup_prepared(folder, 0.95, fractions=(0.5, 0.33, 0.17), seed=0, matcher=Matcher())
+    summary = regroup_prepared(folder, 0.95, fractions=(0.5, 0.33, 0.17), matcher=Matcher())
     after = np.array(load_prepared(folder).splits)
     assert all(after[2 * k] == after[2 * k + 1] for k in range(10))  # every repeat pair in one split
     joined = {2 * k for k in range(10)} | {2 * k + 1 for k in range(10)}
@@ -172,15 +184,13 @@ def test_group_similar_moves_only_the_joined_groups(tmp_path):
 
 def test_group_similar_names_the_shares_when_it_refuses(tmp_path):
     from meddenoise.errors import DataError
-    from meddenoise.privacy.leaks import move_joined_groups, regroup_prepared
+    from meddenoise.privacy.grouping import move_joined_groups, regroup_prepared
 
     folder = tmp_path / "anonymous"
     _prepared(folder, _studies(10, 2, 21), [f"q{i // 2}" for i in range(20)], known=False)
     before = (folder / "manifest.csv").read_bytes()
     try:
-        regroup_prepared(
-            folder, 0.95, fractions=(0.5, 0.33, 0.17), seed=0, matcher=Matcher(), max_shift=0.001
-        )
+        regroup_prepared(folder, 0.95, fractions=(0.5, 0.33, 0.17), matcher=Matcher(), max_shift=0.001)
     except DataError as error:
         message = str(error)
     else:
@@ -195,3 +205,40 @@ def test_group_similar_names_the_shares_when_it_refuses(tmp_path):
     moved, images, groups = move_joined_groups(splits, labels, (0.5, 0.33, 0.17))
     assert moved.tolist() == ["val", "val", "val", "test", "test", "train", "train", "train"]
     assert (images, groups) == (2, 2)
+
+
+def test_group_similar_links_pairs_just_below_the_threshold(tmp_path):
+    from meddenoise.data.cache import load_prepared
+    from meddenoise.privacy.grouping import regroup_prepared
+    from meddenoise.privacy.leaks import score_pairs
+
+    repeats, singles = _studies(10, 2, 21), _studies(60, 1, 5)
+    images = np.concatenate([repeats, singles])
+    folder = tmp_path / "anonymous"
+    before = np.array(_prepared(folder, images, [f"q{i}" for i in range(80)], known=False))
+    straddling = [k for k in range(10) if before[2 * k] != before[2 * k + 1]]
+    assert straddling
+    pairs = score_pairs(load_prepared(folder), Matcher())
+    repeat_scores = [
+        float(pairs.scores[2 * k][list(pairs.partners[2 * k]).index(2 * k + 1)]) for k in range(10)
+    ]
+    # a threshold no pair reaches, so nothing is joined; the margin reaches every repeat pair
+    threshold = float(pairs.scores.max()) + 0.001
+    margin = threshold - min(repeat_scores) + 0.001
+    plain = tmp_path / "plain"
+    import shutil
+
+    shutil.copytree(folder, plain)
+    unlinked = regroup_prepared(plain, threshold, fractions=(0.5, 0.33, 0.17), matcher=Matcher(), margin=0)
+    assert unlinked["joined_components"] == 0 and unlinked["images_moved_to_another_split"] == 0
+    assert (np.array(load_prepared(plain).splits) == before).all()
+
+    summary = regroup_prepared(
+        folder, threshold, fractions=(0.5, 0.33, 0.17), matcher=Matcher(), margin=margin
+    )
+    after = np.array(load_prepared(folder).splits)
+    assert summary["joined_components"] == 0 and summary["images_moved_by_links"] > 0
+    together = sum(after[2 * k] == after[2 * k + 1] for k in range(10))
+    assert together > 10 - len(straddling)  # links brought split repeat studies together
+    for share, old, wanted in zip(summary["fractions_after"], summary["fractions_before"], (0.5, 0.33, 0.17)):
+        assert abs(share - wanted) <= max(0.01, abs(old - wanted)) + 1e-9  # the placement's tolerance

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from conftest import smooth_images
 from meddenoise.data.cache import write_prepared
 from meddenoise.data.records import ImageRecord
+from meddenoise.privacy.grouping import similar_groups
 from meddenoise.privacy.leaks import (
     NEIGHBOURS,
     POOL,
@@ -18,7 +19,6 @@ from meddenoise.privacy.leaks import (
     RegisteredRanking,
     cross_split_pairs,
     score_pairs,
-    similar_groups,
 )
 from meddenoise.privacy.matcher import Matcher, top_matches
 from meddenoise.privacy.registration import Registration

@@ -197,9 +197,16 @@ def describe_leaks(result: dict) -> str:
     else:
         lines.append(f"  {tests} test image(s) sit in a suspect pair (at least; the list is not complete).")
     if result["suspects"]:
+        grouping = result.get("group_similar_threshold") or result["threshold"]
+        why = (
+            f" (its threshold is calibrated at precision {result['group_similar_precision']:g}: a false "
+            "join only keeps two unrelated images in one split)"
+            if result.get("group_similar_precision") is not None and grouping != result["threshold"]
+            else ""
+        )
         lines.append(
             f"  Test scores on such images may be optimistic; `meddenoise prepare --group-similar "
-            f"{result['threshold']:.4f} --similar-matcher {kind}` keeps such images in one split."
+            f"{grouping:.4f} --similar-matcher {kind}` keeps likely same-patient images in one split{why}."
         )
     return "\n".join(lines)
 

@@ -52,9 +52,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _group_similar(result, config: PrepareConfig) -> None:
-    """Move the images the matcher joins at --group-similar into one split each (privacy.leaks)."""
+    """Keep the images the matcher joins at --group-similar in one split each, and linked ones together
+    where the shares allow (privacy.grouping)."""
     from meddenoise.data.manifest import read_prepare_info
-    from meddenoise.privacy.leaks import regroup_prepared
+    from meddenoise.privacy.grouping import regroup_prepared
     from meddenoise.privacy.reid_embedding import matcher_name, resolve_matcher
 
     matcher = resolve_matcher(config.similar_matcher)
@@ -62,7 +63,7 @@ def _group_similar(result, config: PrepareConfig) -> None:
         result.folder,
         config.group_similar,
         fractions=config.fractions,
-        seed=config.seed,
+        margin=config.similar_margin,
         matcher=matcher,
         max_shift=config.similar_max_shift,
     )
@@ -74,9 +75,10 @@ def _group_similar(result, config: PrepareConfig) -> None:
         f"{regrouped['joined_components']} group(s) of similar images "
         f"({regrouped['images_in_joined_components']} images) kept in one split each (suspected patients "
         f"with several images; the largest group holds {regrouped['largest_component']}); "
-        f"{regrouped['images_moved_to_another_split']} image(s) of {regrouped['components_moved']} suspected "
-        f"patient(s) moved to another split, every other image kept its split; train/val/test shares "
-        f"{before} -> {shares}"
+        f"{regrouped['images_moved_with_joined_groups']} image(s) of {regrouped['components_moved']} "
+        f"suspected patient(s) moved with their group; {regrouped['images_moved_by_links']} more image(s) "
+        f"moved to keep weaker pairs (scores down to {config.group_similar - config.similar_margin:g}) "
+        f"together or to make room for them; train/val/test shares {before} -> {shares}"
     )
 
 

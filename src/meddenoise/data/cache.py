@@ -120,6 +120,8 @@ def preprocessing_params(source, config: PrepareConfig, record_count: int) -> di
     params = {k: v for k, v in config_to_dict(config).items() if k not in RUN_ONLY_FIELDS}
     if params.get("max_pixels") == DEFAULT_MAX_PIXELS:
         del params["max_pixels"]  # so caches made before the option existed stay reusable
+    if not params.get("group_similar"):
+        params.pop("similar_margin", None)  # the same: it changes nothing without --group-similar
     if getattr(source, "root", None) is not None:
         params["root"] = str(source.root)
     params["record_count"] = record_count

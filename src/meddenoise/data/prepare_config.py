@@ -82,6 +82,11 @@ class PrepareConfig:
         "pixel, or a .safetensors file from `meddenoise data fit-matcher`; use the one the threshold was "
         "calibrated with",
     )
+    similar_margin: float = option(
+        0.1,
+        "--group-similar also keeps pairs scoring up to this far below its threshold in one split where the "
+        "train/val/test shares allow (within 1 point); 0: only the joined groups move",
+    )
     similar_max_shift: float = option(
         0.05,
         "--group-similar refuses when moving the joined groups would put a split's share of images further "
@@ -134,6 +139,10 @@ class PrepareConfig:
         if not 0.0 < self.similar_max_shift <= 1.0:
             raise ConfigError(
                 f"similar_max_shift must be in (0, 1]; got {self.similar_max_shift}", "similar_max_shift"
+            )
+        if not 0.0 <= self.similar_margin <= 1.0:
+            raise ConfigError(
+                f"similar_margin is a score difference in [0, 1]; got {self.similar_margin}", "similar_margin"
             )
         if self.group_similar and self.split_by == "image":
             raise ConfigError("group_similar groups images, so it needs split_by patient", "group_similar")

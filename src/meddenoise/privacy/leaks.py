@@ -22,13 +22,11 @@ count is claimed. Rows of the learned matcher's own fitting patients are left ou
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from meddenoise.errors import DataError
 from meddenoise.privacy.matcher import Matcher, features_of_rows, top_matches
 from meddenoise.privacy.registration import Registration
 from meddenoise.privacy.reid_embedding import fitted_rows, matcher_info
@@ -36,7 +34,7 @@ from meddenoise.privacy.reid_embedding import fitted_rows, matcher_info
 NEIGHBOURS = 5  # candidates kept per image before thresholding
 UNCALIBRATED_LISTED = 200  # without a threshold: the best-scoring pairs, for inspection only
 CALIBRATION_REPEATS = 5  # random image-level splits of the calibration folder, pooled
-MAX_FRACTION_SHIFT = 0.05  # --group-similar refuses when a split's share moves further than this
+GROUPING_PRECISION = 0.7  # the threshold suggested for --group-similar: a false join costs only balance
 TTA_SHIFT = 3  # learned matcher: its embedding is averaged over shifts of 0 and +-this many pixels (at 64 px)
 PIXEL_WEIGHT = 0.35  # learned matcher: the pixel correlation's share of the feature score
 POOL = 30  # each image's most similar images (feature score) that the registered correlation scores again
@@ -348,18 +346,22 @@ def find_leaks(
     rows = _unfitted(data, matcher)
     scored = score_pairs(data, matcher, device, rows)
     splits = np.asarray(data.splits)[rows]
-    calibration = None
+    calibration = grouping = None
     if threshold is None and calibration_data is not None:
         calibration_rows = _unfitted(calibration_data, matcher)
         patients = [calibration_data.records[int(r)]["patient_id"] for r in calibration_rows]
-        calibration = calibrate(
-            score_pairs(calibration_data, matcher, device, calibration_rows),
-            patients,
-            precision,
-            str(calibration_data.folder),
-            fractions=split_fractions(splits),
-            seed=seed,
-            excluded=len(calibration_data.records) - len(calibration_rows),
+        calibration_pairs = score_pairs(calibration_data, matcher, device, calibration_rows)
+        calibration, grouping = (
+            calibrate(
+                calibration_pairs,
+                patients,
+                wanted,
+                str(calibration_data.folder),
+                fractions=split_fractions(splits),
+                seed=seed,
+                excluded=len(calibration_data.records) - len(calibration_rows),
+            )
+            for wanted in (precision, min(precision, GROUPING_PRECISION))
         )
         threshold = calibration.threshold
     pairs = cross_split_pairs(scored, splits)
@@ -397,6 +399,14 @@ def find_leaks(
             else "none"
         ),
         "calibration": calibration.to_dict() if calibration is not None else None,
+        # joining for --group-similar may be looser than listing: a false join only keeps two unrelated
+        # images in one split (privacy.grouping)
+        "group_similar_threshold": (
+            grouping.threshold if grouping is not None and grouping.threshold is not None else threshold
+        ),
+        "group_similar_precision": (
+            grouping.precision if grouping is not None and grouping.threshold is not None else None
+        ),
         "suspects": len(suspects) if threshold is not None else None,
         "suspects_are": "a lower bound: pairs the matcher misses are not counted",
         "suspect_images_in_test": len(test_images),
@@ -413,139 +423,3 @@ def _scaled(count: int, calibration: Calibration | None, key: str) -> float | No
     """count / the calibration's estimated recall: about how many exist, if the recall transfers."""
     recall = getattr(calibration, key, None) if calibration is not None else None
     return count / recall if recall else None
-
-
-def similar_groups(pairs: PairScores, threshold: float) -> np.ndarray:
-    """Component label (N,) of every image when an image and one of its NEIGHBOURS best partners scoring
-    >= `threshold` are joined (union-find)."""
-    n = pairs.count
-    parent = np.arange(n)
-
-    def root(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = int(parent[i])
-        return i
-
-    for i in range(n):
-        for j, score in zip(pairs.partners[i][:NEIGHBOURS].tolist(), pairs.scores[i][:NEIGHBOURS]):
-            if score >= threshold:
-                parent[root(i)] = root(j)
-    return np.array([root(i) for i in range(n)])
-
-
-def move_joined_groups(splits: np.ndarray, labels: np.ndarray, fractions) -> tuple[np.ndarray, int, int]:
-    """Each joined component (label shared by several images) that spans splits moves whole into one of the
-    splits already holding some of its images; every other image keeps its split. Returns the new splits,
-    the images moved and the components moved.
-
-    The split chosen is the one that leaves the image counts closest to `fractions` (sum of squared
-    misses), ties going to the split holding most of the component. Always taking the majority split
-    would drift the shares: a component spread over train and test mostly has more images in train, so
-    train would keep growing."""
-    names = ("train", "val", "test")
-    new = np.asarray(splits).astype(str).copy()
-    targets = np.array([float(f) for f in fractions]) * len(new)
-    counts = np.array([np.sum(new == name) for name in names], dtype=float)
-    sizes = np.bincount(labels, minlength=len(new))
-    # the largest components first: they move the shares most, so the small ones can even them out after
-    joined = sorted(np.flatnonzero(sizes > 1).tolist(), key=lambda label: (-sizes[label], label))
-    moved_images = moved_groups = 0
-    for label in joined:
-        members = np.flatnonzero(labels == label)
-        held = np.array([np.sum(new[members] == name) for name in names], dtype=float)
-        if np.count_nonzero(held) < 2:
-            continue
-        rest = counts - held
-        costs = []
-        for split in np.flatnonzero(held > 0).tolist():
-            after = rest.copy()
-            after[split] += len(members)
-            costs.append((float(np.sum((after - targets) ** 2)), -held[split], split))
-        chosen = min(costs)[2]
-        counts = rest
-        counts[chosen] += len(members)
-        moved_images += int(len(members) - held[chosen])
-        moved_groups += 1
-        new[members] = names[chosen]
-    return new, moved_images, moved_groups
-
-
-def regroup_prepared(
-    folder: Any,
-    threshold: float,
-    *,
-    fractions,
-    seed: int,
-    device: str = "cpu",
-    matcher: Any = None,
-    max_shift: float = MAX_FRACTION_SHIFT,
-) -> dict:
-    """Keep images the matcher joins at `threshold` in one split, and every other image where the prepared
-    split put it; returns what changed (also saved as similar_groups.json beside the manifest).
-
-    Only the joined groups move: re-drawing the whole split would scatter patients whose images were never
-    joined, and make new cross-split patients out of them. Refuses (DataError, the folder untouched) when a
-    split's share of images would move more than `max_shift` from the requested fraction: at a low
-    threshold chains of weak links join most of the set into one group, which no split can hold. `seed` is
-    kept for the signature; the moves are deterministic."""
-    from meddenoise.data.cache import load_prepared
-    from meddenoise.data.manifest import MANIFEST_COLUMNS, write_prepared
-    from meddenoise.data.records import ImageRecord
-    from meddenoise.fileio import atomic_write_json
-
-    del seed
-    matcher = matcher or Matcher()
-    data = load_prepared(folder)
-    labels = similar_groups(score_pairs(data, matcher, device), threshold)
-    rows = data.records
-    sizes = np.bincount(labels, minlength=len(rows))
-    records = []
-    for row, label in zip(rows, labels):
-        # a joined component takes the group of its first member; a lone image keeps its own group
-        group = rows[int(label)]["group"] if sizes[label] > 1 else row["group"]
-        records.append(
-            ImageRecord(row["image_id"], row["patient_id"], row["source"], row["source_path"], group)
-        )
-    before = np.asarray(data.splits).astype(str)
-    moved, moved_images, moved_groups = move_joined_groups(before, labels, fractions)
-    splits = moved.tolist()
-    achieved, unjoined = split_fractions(moved), split_fractions(before)
-    shifts = [abs(a - float(f)) for a, f in zip(achieved, fractions)]
-    summary = {
-        "threshold": threshold,
-        "joined_components": int(np.sum(sizes > 1)),
-        "images_in_joined_components": int(sizes[sizes > 1].sum()),
-        "largest_component": int(sizes.max()) if len(sizes) else 0,
-        "components_moved": moved_groups,
-        "images_moved_to_another_split": moved_images,
-        "requested_fractions": [float(f) for f in fractions],
-        "fractions_before": list(unjoined),
-        "fractions_after": list(achieved),
-        "max_fraction_shift": max_shift,
-        "matcher": matcher_info(matcher),
-        "score": LeakScorer(matcher).describe(),
-    }
-    if max(shifts) > max_shift:
-
-        def shares(values):
-            return " / ".join(f"{v:.2f}" for v in values)
-
-        raise DataError(
-            f"group_similar {threshold:g} would join {summary['images_in_joined_components']} of "
-            f"{len(rows)} images into {summary['joined_components']} group(s) (the largest holds "
-            f"{summary['largest_component']}); keeping each in one split moves {moved_images} image(s) of "
-            f"{moved_groups} group(s), and the train/val/test shares would become {shares(achieved)} "
-            f"(unjoined {shares(unjoined)}) instead of the requested {shares(fractions)} (more than "
-            f"{max_shift * 100:g} points off): the split would no longer measure anything. {folder} is left "
-            "as it was. Raise the threshold (calibrate it with `meddenoise data leaks DIR --calibrate "
-            "ID_FOLDER`), or use patient ids.",
-            parameter="group_similar",
-        )
-    extra = {key: [row[key] for row in rows] for key in rows[0] if key not in MANIFEST_COLUMNS}
-    images = np.array(data.images)  # read fully: the file is replaced below
-    params, fingerprint = data.params, data.info.get("input_fingerprint")
-    del data
-    write_prepared(folder, images, records, splits, params, extra_columns=extra, fingerprint=fingerprint)
-    atomic_write_json(Path(folder) / "similar_groups.json", summary)
-    return summary
