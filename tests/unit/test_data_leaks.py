@@ -133,6 +133,12 @@ def test_prepare_group_similar_keeps_repeat_studies_in_one_split(tmp_path, image
     assert json.loads((tmp_path / "grouped" / "leaks.json").read_text())["suspects"] == 0
     summary = json.loads((tmp_path / "grouped" / "similar_groups.json").read_text())
     assert summary["link_margin"] == 0.1 and "images_moved_by_links" in summary
+    capsys.readouterr()
+    assert main(["data", "info", str(tmp_path / "grouped")]) == 0
+    assert (
+        "similar images grouped (--group-similar 0.95): 8 group(s), 16 images kept together; "
+        f"{summary['images_moved_by_links']} more image(s) moved by links down to 0.85"
+    ) in capsys.readouterr().out
 
 
 def test_similar_margin_out_of_range_names_the_option(tmp_path, capsys):

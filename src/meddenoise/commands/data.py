@@ -356,10 +356,16 @@ def describe(data) -> str:
         import json
 
         found = json.loads(similar.read_text(encoding="utf-8"))
+        linked = (
+            f"; {found['images_moved_by_links']} more image(s) moved by links down to "
+            f"{found['threshold'] - found['link_margin']:g}"
+            if found.get("link_margin")
+            else ""
+        )
         lines.append(
             f"  similar images grouped (--group-similar {found['threshold']:g}): "
             f"{found['joined_components']} group(s), {found['images_in_joined_components']} images kept "
-            "together"
+            f"together{linked}"
         )
     if split_claims.optimistic(unit):
         lines.append("  note: " + split_claims.split_sentence({**params, "split_unit": unit}))

@@ -97,8 +97,9 @@ PRESETS: dict[str, Preset] = {
     ),
     "quick": Preset(
         name="quick",
-        description="CPU-sized version of the paper's grid (narrow networks, few epochs); about 11 minutes "
-        "on 2 cores, set-up included (11 min 8 s measured from a fresh clone).",
+        description="CPU-sized version of the paper's grid (narrow networks, few epochs); about 8 minutes "
+        "on 2 idle cores, set-up included (7 min 51 s measured from a fresh clone; 18 min on a heavily "
+        "loaded machine).",
         data_note="480 of the 725 images of the embedded NIH ChestX-ray14 sample (real patients, 64x64), "
         "split by patient",
         # 480 images drawn with the seed (all 725 took the main job past 18 minutes on 2 cores).
