@@ -198,13 +198,14 @@ def place_linked(
                         partner = [v]
                         break
                 if partner is None:
-                    pool = unlinked.get((b, 1), [])
-                    same = unlinked.get((b, int(size[u])), [])
-                    partner = [same[-1]] if same else pool[-int(size[u]) :] if len(pool) >= size[u] else None
-                    if partner is None:
+                    same, singles = unlinked.get((b, int(size[u])), []), unlinked.get((b, 1), [])
+                    if same:
+                        partner = [same.pop()]
+                    elif len(singles) >= size[u]:
+                        partner = [singles.pop() for _ in range(int(size[u]))]
+                    else:
                         continue
                     for v in partner:
-                        unlinked[(b, int(size[v]))].remove(v)
                         unlinked.setdefault((a, int(size[v])), []).append(v)
                 else:
                     backward.remove(partner[0])
