@@ -103,6 +103,7 @@ def test_prepare_group_similar_keeps_repeat_studies_in_one_split(tmp_path, image
         "--group-similar 0.95 (pixel matcher): 8 group(s) of similar images (16 images) kept in one split"
         in printed
     )
+    assert "more image(s) moved to keep weaker pairs (scores down to 0.85) together" in printed
 
     from meddenoise.data.cache import load_prepared
 

@@ -69,6 +69,12 @@ def _group_similar(result, config: PrepareConfig) -> None:
     )
     result.info = read_prepare_info(result.folder) or result.info
     shares = " / ".join(f"{value:.2f}" for value in regrouped["fractions_after"])
+    linked = (
+        f"{regrouped['images_moved_by_links']} more image(s) moved to keep weaker pairs (scores down to "
+        f"{config.group_similar - config.similar_margin:g}) together or to make room for them; "
+        if config.similar_margin
+        else "no other image moved (--similar-margin 0); "
+    )
     before = " / ".join(f"{value:.2f}" for value in regrouped["fractions_before"])
     result.notes.append(
         f"--group-similar {config.group_similar:g} ({matcher_name(matcher)} matcher): "
@@ -76,9 +82,7 @@ def _group_similar(result, config: PrepareConfig) -> None:
         f"({regrouped['images_in_joined_components']} images) kept in one split each (suspected patients "
         f"with several images; the largest group holds {regrouped['largest_component']}); "
         f"{regrouped['images_moved_with_joined_groups']} image(s) of {regrouped['components_moved']} "
-        f"suspected patient(s) moved with their group; {regrouped['images_moved_by_links']} more image(s) "
-        f"moved to keep weaker pairs (scores down to {config.group_similar - config.similar_margin:g}) "
-        f"together or to make room for them; train/val/test shares {before} -> {shares}"
+        f"suspected patient(s) moved with their group; {linked}train/val/test shares {before} -> {shares}"
     )
 
 
