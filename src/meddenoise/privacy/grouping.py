@@ -8,9 +8,9 @@ The evidence is the leak score of `privacy.leaks` between each image and its NEI
 Placement starts from the prepared split. Each joined component that spans splits moves whole into one of the
 splits holding it (`move_joined_groups`). A local search then lowers the total weight of the links the split
 cuts (`place_linked`): a component moves to the split it is most linked to when every share stays within
-PLACEMENT_TOLERANCE of the request, or else trades places with a component of the same size there when the
-trade lowers the cut (a component without links trades at no cost). The cut falls with every step, so the
-search ends, and joined components are never divided.
+PLACEMENT_TOLERANCE of the request; otherwise it swaps places with a component that wants to move the other
+way (where the shares allow), or with unlinked images of its total size, which lose nothing by moving. The
+cut falls with every step, so the search ends, and joined components are never divided.
 
 Why links and not just a lower threshold: joining weak pairs chains unrelated images into groups that no split
 can hold, while a link the shares cannot honour is simply cut. On held-out NIH patients (docs/privacy.md)
@@ -25,12 +25,12 @@ from typing import Any
 
 import numpy as np
 
+from meddenoise.data.splits import SPLIT_NAMES
 from meddenoise.errors import DataError
 from meddenoise.privacy.leaks import NEIGHBOURS, LeakScorer, PairScores, score_pairs, split_fractions
 from meddenoise.privacy.matcher import Matcher
 from meddenoise.privacy.reid_embedding import matcher_info
 
-SPLIT_NAMES = ("train", "val", "test")
 MAX_FRACTION_SHIFT = 0.05  # --group-similar refuses when the joined groups move a split's share further
 LINK_MARGIN = 0.1  # pairs scoring this far below the threshold are linked (kept together where shares allow)
 LINK_SCALE = 0.02  # a link's weight falls e-fold every LINK_SCALE below the threshold
