@@ -249,3 +249,30 @@ def test_group_similar_links_pairs_just_below_the_threshold(tmp_path):
     assert together > 10 - len(straddling)  # links brought split repeat studies together
     for share, old, wanted in zip(summary["fractions_after"], summary["fractions_before"], (0.5, 0.33, 0.17)):
         assert abs(share - wanted) <= max(0.01, abs(old - wanted)) + 1e-9  # the placement's tolerance
+
+
+def test_group_similar_keeps_known_patients_whole(tmp_path):
+    """A known patient's images stay together even when only one of them is joined to a similar image."""
+    from meddenoise.data.cache import load_prepared
+    from meddenoise.privacy.grouping import regroup_prepared
+
+    # patient k{p}: image 3p (anatomy p) and image 3p+1 (an unrelated-looking study) carry the id; image 3p+2,
+    # without an id, is another study of anatomy p; plus 40 unrelated images
+    similar, unlike = _studies(12, 2, 31), _studies(12, 1, 77)
+    images = np.stack([im for p in range(12) for im in (similar[2 * p], unlike[p], similar[2 * p + 1])])
+    images = np.concatenate([images, _studies(40, 1, 9)])
+    ids = [f"k{i // 3}" if i % 3 < 2 else f"anon{i}" for i in range(36)] + [f"s{i}" for i in range(40)]
+    records = [ImageRecord(f"img{i:03d}", ids[i], "folder", f"x/{i}.png") for i in range(len(images))]
+    splits = assign_splits(records, seed=2, split_by="patient")
+    folder = tmp_path / "mixed"
+    write_prepared(folder, images, records, splits, {"source": "folder", "split_by": "patient"})
+    assert any(splits[3 * p] != splits[3 * p + 2] for p in range(12))  # the id-less studies sit elsewhere
+
+    summary = regroup_prepared(folder, 0.95, fractions=(0.5, 0.33, 0.17), matcher=Matcher())
+    assert summary["joined_components"] >= 10  # the id-less study joins its patient's similar image
+    after = load_prepared(folder)
+    by_patient: dict[str, set] = {}
+    for row in after.records:
+        by_patient.setdefault(row["patient_id"], set()).add(row["split"])
+    assert all(len(by_patient[f"k{p}"]) == 1 for p in range(12))  # no known patient was divided
+    assert sum(after.splits[3 * p] == after.splits[3 * p + 2] for p in range(12)) >= 10

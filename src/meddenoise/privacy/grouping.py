@@ -59,6 +59,28 @@ def similar_groups(pairs: PairScores, threshold: float) -> np.ndarray:
     return np.array([root(i) for i in range(n)])
 
 
+def with_groups(labels: np.ndarray, groups: list[str]) -> np.ndarray:
+    """`labels` with the components that share a group merged (union-find): the split's own groups (known
+    patients) must stay in one split as the joined images must. A label is a member row of its component."""
+    parent = np.asarray(labels).copy()
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = int(parent[i])
+        return i
+
+    first: dict[str, int] = {}
+    for i, group in enumerate(groups):
+        if group in first:
+            a, b = root(first[group]), root(i)
+            if a != b:
+                parent[max(a, b)] = min(a, b)
+        else:
+            first[group] = i
+    return np.array([root(i) for i in range(len(parent))])
+
+
 def link_weights(pairs: PairScores, labels: np.ndarray, threshold: float, margin: float) -> dict:
     """{(component a, component b): weight}, a < b by label, summed over the pairs of their images that score
     in [threshold - margin, threshold) among each image's NEIGHBOURS best partners (a pair that both images
@@ -250,13 +272,16 @@ def regroup_prepared(
     matcher = matcher or Matcher()
     data = load_prepared(folder)
     pairs = score_pairs(data, matcher, device)
-    labels = similar_groups(pairs, threshold)
     rows = data.records
-    sizes = np.bincount(labels, minlength=len(rows))
+    similar = similar_groups(pairs, threshold)
+    sizes = np.bincount(similar, minlength=len(rows))
+    # the split's own groups (known patients) stay whole too: they are joined like similar images
+    labels = with_groups(similar, [row["group"] for row in rows])
+    joined_units = {int(label) for label, member in zip(labels, similar) if sizes[member] > 1}
     records = []
     for row, label in zip(rows, labels):
-        # a joined component takes the group of its first member; a lone image keeps its own group
-        group = rows[int(label)]["group"] if sizes[label] > 1 else row["group"]
+        # a unit with similar images joined takes the group of one member; every other image keeps its own
+        group = rows[int(label)]["group"] if int(label) in joined_units else row["group"]
         records.append(
             ImageRecord(row["image_id"], row["patient_id"], row["source"], row["source_path"], group)
         )
