@@ -103,7 +103,7 @@ def test_prepare_group_similar_keeps_repeat_studies_in_one_split(tmp_path, image
         "--group-similar 0.95 (pixel matcher): 8 group(s) of similar images (16 images) kept in one split"
         in printed
     )
-    assert "more image(s) moved to keep weaker pairs (scores down to 0.85) together" in printed
+    assert "links then changed the split of" in printed and "(scores down to 0.85) together" in printed
 
     from meddenoise.data.cache import load_prepared
 
@@ -138,7 +138,7 @@ def test_prepare_group_similar_keeps_repeat_studies_in_one_split(tmp_path, image
     assert main(["data", "info", str(tmp_path / "grouped")]) == 0
     assert (
         "similar images grouped (--group-similar 0.95): 8 group(s), 16 images kept together; "
-        f"{summary['images_moved_by_links']} more image(s) moved by links down to 0.85"
+        f"links (down to 0.85) changed the split of {summary['images_moved_by_links']} image(s)"
     ) in capsys.readouterr().out
 
 
@@ -275,4 +275,33 @@ def test_group_similar_keeps_known_patients_whole(tmp_path):
     for row in after.records:
         by_patient.setdefault(row["patient_id"], set()).add(row["split"])
     assert all(len(by_patient[f"k{p}"]) == 1 for p in range(12))  # no known patient was divided
-    assert sum(after.splits[3 * p] == after.splits[3 * p + 2] for p in range(12)) >= 10
+    # most id-less studies joined their patient: one group, one split; the group is the known patient's
+    groups = [after.records[i]["group"] for i in range(36)]
+    joined = [p for p in range(12) if groups[3 * p + 2] == groups[3 * p]]
+    assert len(joined) >= 10
+    assert all(
+        groups[3 * p].startswith("k") and after.splits[3 * p] == after.splits[3 * p + 2] for p in joined
+    )
+
+
+def test_group_similar_refusal_is_retried_and_an_off_split_is_not_blamed(tmp_path, image_files, capsys):
+    from meddenoise.privacy.grouping import regroup_prepared
+
+    # a folder of 3 images cannot match 0.5 / 0.33 / 0.17; with nothing joined, that is no reason to refuse
+    tiny = tmp_path / "tiny"
+    _prepared(tiny, _studies(3, 1, 4), ["a", "b", "c"], known=False)
+    summary = regroup_prepared(tiny, 1.0, fractions=(0.5, 0.33, 0.17), matcher=Matcher(), margin=0)
+    assert summary["images_moved_to_another_split"] == 0
+
+    # a refused grouping is tried again by the next prepare, never skipped because the folder is reused
+    root = tmp_path / "anonymous"
+    for index, pixels in enumerate(_studies(8, 2, 11)):
+        image_files.png(root / f"scan_{index:03d}.png", pixels)
+    argv = ["prepare", "--source", "folder", "--root", str(root), "--size", "48", "--workers", "1",
+            "--quiet", "--out", str(tmp_path / "out"), "--group-similar", "0.95", "--similar-matcher",
+            "pixel", "--similar-max-shift", "0.001"]  # fmt: skip
+    for _ in range(2):
+        assert main(argv) != 0
+        message = capsys.readouterr().err
+        assert "points off" in message and "running prepare again tries the grouping again" in message
+    assert not (tmp_path / "out" / "similar_groups.json").exists()

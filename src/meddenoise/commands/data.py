@@ -199,8 +199,9 @@ def describe_leaks(result: dict) -> str:
     if result["suspects"]:
         grouping = result.get("group_similar_threshold") or result["threshold"]
         why = (
-            f" (its threshold is calibrated at precision {result['group_similar_precision']:g}: a false "
-            "join only keeps two unrelated images in one split)"
+            f" (its threshold is calibrated at precision {result['group_similar_precision']:g}: a wrong "
+            "join costs split balance, and prepare refuses when the shares would move too far; a missed one "
+            "leaves a patient in two splits)"
             if result.get("group_similar_precision") is not None and grouping != result["threshold"]
             else ""
         )
@@ -357,8 +358,8 @@ def describe(data) -> str:
 
         found = json.loads(similar.read_text(encoding="utf-8"))
         linked = (
-            f"; {found['images_moved_by_links']} more image(s) moved by links down to "
-            f"{found['threshold'] - found['link_margin']:g}"
+            f"; links (down to {found['threshold'] - found['link_margin']:g}) changed the split of "
+            f"{found['images_moved_by_links']} image(s)"
             if found.get("link_margin")
             else ""
         )

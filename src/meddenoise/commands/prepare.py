@@ -44,7 +44,9 @@ def run(args: argparse.Namespace) -> int:
     out = ensure_writable_dir(config.out, what="output folder (--out)")
     with folder_lock(out):  # held until config.json is written too
         result = prepare(source, config)
-        if config.group_similar and not result.reused:
+        # a folder whose grouping was refused is reused without it: try the grouping again, never skip it
+        grouped = (Path(result.folder) / "similar_groups.json").is_file()
+        if config.group_similar and not (result.reused and grouped):
             _group_similar(result, config)
         save_config(config, Path(result.folder) / "config.json")
     print(format_summary(result, config))
@@ -55,23 +57,32 @@ def _group_similar(result, config: PrepareConfig) -> None:
     """Keep the images the matcher joins at --group-similar in one split each, and linked ones together
     where the shares allow (privacy.grouping)."""
     from meddenoise.data.manifest import read_prepare_info
+    from meddenoise.errors import DataError
     from meddenoise.privacy.grouping import regroup_prepared
     from meddenoise.privacy.reid_embedding import matcher_name, resolve_matcher
 
     matcher = resolve_matcher(config.similar_matcher)
-    regrouped = regroup_prepared(
-        result.folder,
-        config.group_similar,
-        fractions=config.fractions,
-        margin=config.similar_margin,
-        matcher=matcher,
-        max_shift=config.similar_max_shift,
-    )
+    try:
+        regrouped = regroup_prepared(
+            result.folder,
+            config.group_similar,
+            fractions=config.fractions,
+            margin=config.similar_margin,
+            matcher=matcher,
+            max_shift=config.similar_max_shift,
+        )
+    except DataError as error:
+        raise DataError(
+            f"{error} It holds the prepared images with the ordinary split, not grouped; running prepare "
+            "again tries the grouping again.",
+            parameter=error.parameter,
+        ) from error
     result.info = read_prepare_info(result.folder) or result.info
     shares = " / ".join(f"{value:.2f}" for value in regrouped["fractions_after"])
     linked = (
-        f"{regrouped['images_moved_by_links']} more image(s) moved to keep weaker pairs (scores down to "
-        f"{config.group_similar - config.similar_margin:g}) together or to make room for them; "
+        f"links then changed the split of {regrouped['images_moved_by_links']} image(s) to keep weaker pairs "
+        f"(scores down to {config.group_similar - config.similar_margin:g}) together or to make room for "
+        f"them; {regrouped['images_moved_to_another_split']} image(s) in all left their ordinary split; "
         if config.similar_margin
         else "no other image moved (--similar-margin 0); "
     )

@@ -85,7 +85,8 @@ class PrepareConfig:
     similar_margin: float = option(
         0.1,
         "--group-similar also keeps pairs scoring up to this far below its threshold in one split where the "
-        "train/val/test shares allow (within 1 point); 0: only the joined groups move",
+        "train/val/test shares allow (each within 1 point of --fractions, or no further off than the joined "
+        "groups left it); 0: only the joined groups move",
     )
     similar_max_shift: float = option(
         0.05,

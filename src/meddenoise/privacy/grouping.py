@@ -81,6 +81,16 @@ def with_groups(labels: np.ndarray, groups: list[str]) -> np.ndarray:
     return np.array([root(i) for i in range(len(parent))])
 
 
+def unit_groups(labels: np.ndarray, groups: list[str]) -> dict[int, str]:
+    """{unit label: the group its images take}: the group most of its images already share (a known
+    patient's, not an id-less image's), ties to the earliest row."""
+    counts: dict[int, dict[str, int]] = {}
+    for label, group in zip(labels.tolist(), groups):
+        mine = counts.setdefault(int(label), {})
+        mine[group] = mine.get(group, 0) + 1
+    return {label: max(mine, key=lambda g: mine[g]) for label, mine in counts.items()}
+
+
 def link_weights(pairs: PairScores, labels: np.ndarray, threshold: float, margin: float) -> dict:
     """{(component a, component b): weight}, a < b by label, summed over the pairs of their images that score
     in [threshold - margin, threshold) among each image's NEIGHBOURS best partners (a pair that both images
@@ -261,9 +271,9 @@ def regroup_prepared(
 
     Images move only with a joined group, or to cut less link weight (module docstring): re-drawing the
     whole split would scatter the patients whose images were never joined. Refuses (DataError, the folder
-    untouched) when keeping the joined groups whole would move a split's share more than `max_shift` from
-    the requested fraction: at a low threshold chains of weak pairs join most of the set into one group,
-    which no split can hold. The result is deterministic."""
+    untouched) when keeping the joined groups whole would put a split's share more than `max_shift` from the
+    requested fraction (or further off than the ordinary split already was): at a low threshold chains of
+    weak pairs join most of the set into one group, which no split can hold. The result is deterministic."""
     from meddenoise.data.cache import load_prepared
     from meddenoise.data.manifest import MANIFEST_COLUMNS, write_prepared
     from meddenoise.data.records import ImageRecord
@@ -277,20 +287,25 @@ def regroup_prepared(
     sizes = np.bincount(similar, minlength=len(rows))
     # the split's own groups (known patients) stay whole too: they are joined like similar images
     labels = with_groups(similar, [row["group"] for row in rows])
-    joined_units = {int(label) for label, member in zip(labels, similar) if sizes[member] > 1}
+    named = unit_groups(labels, [row["group"] for row in rows])
     records = []
     for row, label in zip(rows, labels):
-        # a unit with similar images joined takes the group of one member; every other image keeps its own
-        group = rows[int(label)]["group"] if int(label) in joined_units else row["group"]
         records.append(
-            ImageRecord(row["image_id"], row["patient_id"], row["source"], row["source_path"], group)
+            ImageRecord(
+                row["image_id"], row["patient_id"], row["source"], row["source_path"], named[int(label)]
+            )
         )
     before = np.asarray(data.splits).astype(str)
     joined, joined_images, joined_groups = move_joined_groups(before, labels, fractions)
     weights = link_weights(pairs, labels, threshold, margin)
-    placed = place_linked(joined, labels, weights, fractions)
+    # links never take a share further than the refusal bound allows
+    placed = place_linked(joined, labels, weights, fractions, tolerance=min(PLACEMENT_TOLERANCE, max_shift))
     achieved, unjoined = split_fractions(joined), split_fractions(before)
-    shifts = [abs(a - float(f)) for a, f in zip(achieved, fractions)]
+    # a split already off the request (a tiny folder, a patient-level split) is not the grouping's doing
+    shifts = [
+        abs(a - float(f)) - max(0.0, abs(u - float(f)) - max_shift)
+        for a, u, f in zip(achieved, unjoined, fractions)
+    ]
     summary = {
         "threshold": threshold,
         "joined_components": int(np.sum(sizes > 1)),
