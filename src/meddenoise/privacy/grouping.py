@@ -40,45 +40,39 @@ TRADE_CANDIDATES = 50  # opposite movers tried per component before unlinked ima
 GAIN_FLOOR = 1e-9  # smaller drops of the cut are rounding, not gains
 
 
+def _root(parent: np.ndarray, i: int) -> int:
+    """Union-find: the root of row i, halving the path on the way."""
+    while parent[i] != i:
+        parent[i] = parent[parent[i]]
+        i = int(parent[i])
+    return i
+
+
 def similar_groups(pairs: PairScores, threshold: float) -> np.ndarray:
     """Component label (N,) of every image when an image and one of its NEIGHBOURS best partners scoring
     >= `threshold` are joined (union-find)."""
     n = pairs.count
     parent = np.arange(n)
-
-    def root(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = int(parent[i])
-        return i
-
     for i in range(n):
         for j, score in zip(pairs.partners[i][:NEIGHBOURS].tolist(), pairs.scores[i][:NEIGHBOURS]):
             if score >= threshold:
-                parent[root(i)] = root(j)
-    return np.array([root(i) for i in range(n)])
+                parent[_root(parent, i)] = _root(parent, j)
+    return np.array([_root(parent, i) for i in range(n)])
 
 
 def with_groups(labels: np.ndarray, groups: list[str]) -> np.ndarray:
     """`labels` with the components that share a group merged (union-find): the split's own groups (known
     patients) must stay in one split as the joined images must. A label is a member row of its component."""
     parent = np.asarray(labels).copy()
-
-    def root(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = int(parent[i])
-        return i
-
     first: dict[str, int] = {}
     for i, group in enumerate(groups):
         if group in first:
-            a, b = root(first[group]), root(i)
+            a, b = _root(parent, first[group]), _root(parent, i)
             if a != b:
                 parent[max(a, b)] = min(a, b)
         else:
             first[group] = i
-    return np.array([root(i) for i in range(len(parent))])
+    return np.array([_root(parent, i) for i in range(len(parent))])
 
 
 def unit_groups(labels: np.ndarray, groups: list[str]) -> dict[int, str]:
@@ -117,7 +111,7 @@ def move_joined_groups(splits: np.ndarray, labels: np.ndarray, fractions) -> tup
     misses), ties going to the split holding most of the component. Always taking the majority split
     would drift the shares: a component spread over train and test mostly has more images in train, so
     train would keep growing."""
-    names = ("train", "val", "test")
+    names = SPLIT_NAMES
     new = np.asarray(splits).astype(str).copy()
     targets = np.array([float(f) for f in fractions]) * len(new)
     counts = np.array([np.sum(new == name) for name in names], dtype=float)
@@ -177,21 +171,24 @@ def place_linked(
     for pool in unlinked.values():
         pool.reverse()  # pop() takes the lowest row first
 
-    def gain(u: int, there: int) -> float:
-        """How much less link weight the split cuts when component u alone moves to `there`."""
+    def gains(u: int) -> np.ndarray:
+        """How much less link weight the split cuts when component u alone moves to each split."""
         ties = np.zeros(3)
         for v, weight in neighbours[u].items():
             ties[part[v]] += weight
-        return float(ties[there] - ties[part[u]])
+        return ties - ties[part[u]]
+
+    def gain(u: int, there: int) -> float:
+        return float(gains(u)[there])
 
     def moves() -> bool:
         """Each linked component to the split it gains most in, where the shares allow."""
         nonlocal counts
         changed = False
         for u in linked:
-            here = int(part[u])
-            for _, there in sorted((-gain(u, t), t) for t in range(3) if t != here):
-                if gain(u, there) <= GAIN_FLOOR:
+            here, gained = int(part[u]), gains(u)
+            for _, there in sorted((-gained[t], t) for t in range(3) if t != here):
+                if gained[there] <= GAIN_FLOOR:
                     break
                 after = counts.copy()
                 after[here] -= size[u]
@@ -208,10 +205,10 @@ def place_linked(
         nonlocal counts
         wants: dict[tuple[int, int], list[tuple[float, int]]] = {}
         for u in linked:
-            here = int(part[u])
-            best = max((t for t in range(3) if t != here), key=lambda t: gain(u, t))
-            if gain(u, best) > GAIN_FLOOR:
-                wants.setdefault((here, best), []).append((-gain(u, best), u))
+            here, gained = int(part[u]), gains(u)
+            best = max((t for t in range(3) if t != here), key=lambda t: gained[t])
+            if gained[best] > GAIN_FLOOR:
+                wants.setdefault((here, best), []).append((-float(gained[best]), u))
         changed = False
         for (a, b), forward in sorted(wants.items()):
             backward = [v for _, v in sorted(wants.get((b, a), []))] if a < b else []

@@ -351,8 +351,9 @@ def find_leaks(
         calibration_rows = _unfitted(calibration_data, matcher)
         patients = [calibration_data.records[int(r)]["patient_id"] for r in calibration_rows]
         calibration_pairs = score_pairs(calibration_data, matcher, device, calibration_rows)
-        calibration, grouping = (
-            calibrate(
+
+        def calibrated(wanted: float) -> Calibration:
+            return calibrate(
                 calibration_pairs,
                 patients,
                 wanted,
@@ -361,8 +362,9 @@ def find_leaks(
                 seed=seed,
                 excluded=len(calibration_data.records) - len(calibration_rows),
             )
-            for wanted in (precision, min(precision, GROUPING_PRECISION))
-        )
+
+        calibration = calibrated(precision)
+        grouping = calibration if precision <= GROUPING_PRECISION else calibrated(GROUPING_PRECISION)
         threshold = calibration.threshold
     pairs = cross_split_pairs(scored, splits)
     records = data.records
